@@ -1,0 +1,34 @@
+# make run: the seed study on all 60,000 MNIST images, stored in aeknn.db, tables printed.
+# make test: the test suite (needs the machine's PostgreSQL for the storage tests on PostgreSQL).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The real MNIST files beside a checkout of this project are used when present (no network needed).
+export AEKNN_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist),../shared/data,data)
+
+.PHONY: run test install install-dev lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(VENV)/bin/aeknn run
+
+test: install-dev
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .aeknn-cache build *.egg-info

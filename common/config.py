@@ -1,0 +1,79 @@
+"""What a study is asked to do: one validated config shared by the CLI, the workers and the API.
+
+Closed sets are enums, so bad input is rejected by validation with a message naming the field,
+before any work starts. Every default is the seed study's setting (STUDY.md).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES
+
+ModelName = StrEnum("ModelName", {n: n for n in MODEL_NAMES})
+Distance = StrEnum("Distance", {d: d for d in DISTANCES})
+DatasetName = StrEnum("DatasetName", {d.replace("-", "_"): d for d in DATASETS})
+
+
+class Space(StrEnum):
+    original = "original"
+    encoded = "encoded"
+
+
+MAX_EPOCHS = 10_000
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: DatasetName = DatasetName.mnist
+    limit: int | None = Field(default=None, gt=0, description="use the first N training samples")
+    models: list[ModelName] = Field(default_factory=lambda: list(ModelName), min_length=1)
+    epochs: int = Field(default=100, gt=0, le=MAX_EPOCHS)
+    batch_size: int = Field(default=100, gt=0, le=60_000)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-3, ge=0)
+    k: int = Field(default=DEFAULT_K, gt=0, description="K: neighbours kept per sample")
+    distances: list[Distance] = Field(default_factory=lambda: list(Distance), min_length=1)
+    seed: int = Field(default=0, ge=0, lt=2**31)
+    ks: list[int] = Field(default_factory=lambda: list(DEFAULT_KS), min_length=1,
+                          description="the k of the metric tables, each <= K")
+
+    @field_validator("lr", "weight_decay")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("models", "distances", "ks")
+    @classmethod
+    def _distinct(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat a value")
+        return v
+
+    @property
+    def n(self) -> int:
+        """The number of samples studied."""
+        full = DATASETS[self.dataset.value][1]
+        return full if self.limit is None else min(self.limit, full)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> StudyConfig:
+        full = DATASETS[self.dataset.value][1]
+        if self.limit is not None and self.limit > full:
+            raise ValueError(f"limit: {self.dataset.value} has {full} training samples, got {self.limit}")
+        if self.k >= self.n:
+            raise ValueError(f"k: K={self.k} must be below the number of samples N={self.n} "
+                             "(limit must exceed K)")
+        bad = [k for k in self.ks if not 0 < k <= min(self.k, self.n - 2)]
+        if bad:
+            raise ValueError(f"ks: {bad} must each be in 1..K={self.k} (and below N-1)")
+        return self
+
+    def as_json(self) -> dict:
+        return self.model_dump(mode="json")

@@ -1,0 +1,166 @@
+"""The data sets: MNIST and Fashion-MNIST training splits, loaded through torchvision.
+
+Files are looked for in the data directory first (offline); torchvision downloads them only when
+they are nowhere to be found. Every file is checked against the IDX format (magic number, shape,
+length) before use, so a truncated or corrupt file is reported by name instead of failing deep
+inside torchvision. Imports only numpy / torch / torchvision.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.errors import DataError
+from common.names import DATASETS
+
+log = logging.getLogger(__name__)
+
+IMAGE_MAGIC = 2051
+LABEL_MAGIC = 2049
+SIDE = 28
+DIM = SIDE * SIDE
+
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    """What one IDX file must hold."""
+
+    name: str  # file name without .gz, as torchvision expects it
+    magic: int
+    shape: tuple[int, ...]
+
+
+def idx_specs(dataset: str) -> list[IdxSpec]:
+    _, n_train, n_test = DATASETS[dataset]
+    return [
+        IdxSpec("train-images-idx3-ubyte", IMAGE_MAGIC, (n_train, SIDE, SIDE)),
+        IdxSpec("train-labels-idx1-ubyte", LABEL_MAGIC, (n_train,)),
+        IdxSpec("t10k-images-idx3-ubyte", IMAGE_MAGIC, (n_test, SIDE, SIDE)),
+        IdxSpec("t10k-labels-idx1-ubyte", LABEL_MAGIC, (n_test,)),
+    ]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A training split: pixels as bytes (exact integer distances) and labels."""
+
+    name: str
+    images: np.ndarray  # (N, 784) uint8
+    labels: np.ndarray  # (N,) uint8
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    def scaled(self) -> torch.Tensor:
+        """Inputs scaled to [-1, 1] (x/255*2-1), the range of the tanh decoder. (N, 784) float32."""
+        return torch.from_numpy(self.images).float().div_(255.0).mul_(2.0).sub_(1.0)
+
+
+def check_idx_file(path: Path, spec: IdxSpec) -> None:
+    """Raise DataError unless ``path`` (raw or .gz) is a complete IDX file as ``spec`` describes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    expected = f"an IDX file with magic {spec.magic} and shape {'x'.join(map(str, spec.shape))}"
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(4)
+            if len(header) < 4:
+                raise DataError(f"{path}: file is empty or truncated; expected {expected}")
+            magic = struct.unpack(">i", header)[0]
+            if magic != spec.magic:
+                raise DataError(f"{path}: wrong magic number {magic}; expected {expected}")
+            ndim = header[3]
+            dims = struct.unpack(f">{ndim}i", f.read(4 * ndim))
+            if tuple(dims) != spec.shape:
+                raise DataError(f"{path}: shape {dims}; expected {expected}")
+            want = int(np.prod(spec.shape))
+            got = 0
+            while chunk := f.read(1 << 22):
+                got += len(chunk)
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error, struct.error) as exc:
+        raise DataError(f"{path}: unreadable, truncated or corrupt ({exc}); expected {expected}") from exc
+    if got != want:
+        raise DataError(f"{path}: {got} data bytes after the header, expected {want} ({expected}); "
+                        "the file is truncated or padded")
+
+
+def _find(data_dir: Path, dataset: str, name: str) -> Path | None:
+    """A data file by its torchvision name, raw or gzipped, in the usual places under data_dir."""
+    cls = DATASETS[dataset][0]
+    for folder in (data_dir / cls / "raw", data_dir / dataset, data_dir):
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def stage_files(dataset: str, data_dir: Path, cache_dir: Path) -> Path:
+    """Link the data set's files found under data_dir into a torchvision root inside cache_dir.
+
+    Returns the torchvision root. Files found are validated (DataError names a bad one); files not
+    found are left for torchvision to download.
+    """
+    if dataset not in DATASETS:
+        raise DataError(f"unknown data set {dataset!r}; expected one of {sorted(DATASETS)}")
+    raw = cache_dir / DATASETS[dataset][0] / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for spec in idx_specs(dataset):
+        src = _find(data_dir, dataset, spec.name)
+        if src is None:
+            continue
+        check_idx_file(src, spec)
+        dst = raw / src.name
+        if dst.resolve() != src.resolve():
+            if dst.is_symlink() or dst.exists():
+                dst.unlink()
+            os.symlink(src.resolve(), dst)
+            # a stale extracted copy from another source would shadow the new file
+            extracted = raw / spec.name
+            if src.suffix == ".gz" and extracted.exists():
+                extracted.unlink()
+    return cache_dir
+
+
+def load_dataset(dataset: str, data_dir: Path, cache_dir: Path, limit: int | None = None) -> Dataset:
+    """The training split of ``dataset`` (first ``limit`` samples), through torchvision."""
+    from torchvision import datasets as tv  # heavy import, only when data is needed
+
+    root = stage_files(dataset, data_dir, cache_dir)
+    cls = getattr(tv, DATASETS[dataset][0])
+    try:
+        ds = cls(str(root), train=True, download=True)
+    except Exception as exc:  # torchvision raises bare RuntimeError / URLError when offline
+        missing = [s.name + ".gz" for s in idx_specs(dataset) if _find(data_dir, dataset, s.name) is None]
+        raise DataError(
+            f"{dataset}: files {missing} are not in {data_dir} (looked in {data_dir}, "
+            f"{data_dir / dataset} and {data_dir / DATASETS[dataset][0] / 'raw'}) and could not be "
+            f"downloaded ({exc}). Put the four IDX .gz files in {data_dir / dataset} or set "
+            "AEKNN_DATA_DIR / --data-dir to the folder that holds them."
+        ) from exc
+    # a staged file may have been extracted earlier; check what torchvision actually read
+    for spec in idx_specs(dataset):
+        extracted = root / DATASETS[dataset][0] / "raw" / spec.name
+        if extracted.exists() and not extracted.is_symlink() and spec.name.startswith("train"):
+            check_idx_file(extracted, spec)
+    images = ds.data.reshape(len(ds.data), DIM).numpy().astype(np.uint8, copy=False)
+    labels = ds.targets.numpy().astype(np.uint8, copy=False)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return Dataset(dataset, np.ascontiguousarray(images), np.ascontiguousarray(labels))
+
+
+def reconstruction_ids(labels: np.ndarray) -> list[int]:
+    """The fixed samples whose reconstructions are kept: the first of each label present."""
+    return [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)]

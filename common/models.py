@@ -1,0 +1,49 @@
+"""The four autoencoders of the study (STUDY.md, "The four models"). Imports only torch."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from common.names import MODEL_NAMES
+
+WIDTHS = (784, 128, 64, 12, 2)
+
+
+def _stack(widths: tuple[int, ...], relu: bool, last: nn.Module | None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if relu and i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    if last is not None:
+        layers.append(last)
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """784 -> 2 -> 784. ``relu`` puts ReLU between layers (none on the code) and tanh on the output."""
+
+    def __init__(self, relu: bool) -> None:
+        super().__init__()
+        self.encoder = _stack(WIDTHS, relu, None)  # (B, 784) -> (B, 2)
+        self.decoder = _stack(WIDTHS[::-1], relu, nn.Tanh() if relu else None)  # (B, 2) -> (B, 784)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 784)
+        return self.decoder(self.encoder(x))
+
+
+def check_model_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; expected one of {list(MODEL_NAMES)}")
+
+
+def build_model(name: str) -> Autoencoder:
+    """The architecture named by the first half of ``name`` (linear / relu)."""
+    check_model_name(name)
+    return Autoencoder(relu=name.startswith("relu"))
+
+
+def loss_name(name: str) -> str:
+    """The training loss named by the second half of ``name`` (l1 / mse)."""
+    check_model_name(name)
+    return name.split("_", 1)[1]

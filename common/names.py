@@ -1,0 +1,12 @@
+"""The study's closed sets, in plain Python so that anything (the API too) can import them without torch."""
+
+MODEL_NAMES: tuple[str, ...] = ("linear_l1", "linear_mse", "relu_l1", "relu_mse")
+DISTANCES: tuple[str, ...] = ("l1", "l2")
+# data set name -> (torchvision class name, training samples, test samples)
+DATASETS: dict[str, tuple[str, int, int]] = {
+    "mnist": ("MNIST", 60_000, 10_000),
+    "fashion-mnist": ("FashionMNIST", 60_000, 10_000),
+}
+DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)  # k of the metric tables
+BY_LABEL_K = 20  # k of score@k by label
+DEFAULT_K = 200  # K: neighbours kept per sample

@@ -1,0 +1,360 @@
+"""The storage schema and the repository functions every stage uses (SQLAlchemy 2.0).
+
+SQLite (WAL, busy timeout) by default; PostgreSQL through a ``postgresql+psycopg://`` URL.
+A neighbour table is one row per sample: its K ids (int32), labels (uint8) and distances (float32)
+packed little-endian in three blobs, so one sample's neighbours cost one indexed read.
+Routes, tasks and the CLI go through the functions here, not through raw ``select()``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+# job states
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ORIGINAL = "original"  # the pixel space; code spaces are named by their model
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DatasetRow(Base):
+    """A data set as studied: name, the first n samples, their labels and pixels."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "n"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(32))
+    n: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[bytes] = mapped_column(LargeBinary)  # (n,) uint8
+    images: Mapped[bytes] = mapped_column(LargeBinary)  # (n, 784) uint8
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    config: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    stage: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict] = mapped_column(JSON, default=dict)  # stage -> seconds
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+
+class ModelRow(Base):
+    """One trained (or training) model of an experiment, with its checkpoint and results."""
+
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("experiment_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(32))
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    losses: Mapped[list] = mapped_column(JSON, default=list)  # mean loss of each epoch
+    checkpoint: Mapped[bytes | None] = mapped_column(LargeBinary)  # latest epoch, written atomically
+    weights: Mapped[bytes | None] = mapped_column(LargeBinary)  # final state_dict (torch.save)
+    recon_ids: Mapped[list | None] = mapped_column(JSON)
+    recon_epoch: Mapped[int | None] = mapped_column(Integer)
+    reconstructions: Mapped[bytes | None] = mapped_column(LargeBinary)  # (R, 784) float32
+    codes: Mapped[bytes | None] = mapped_column(LargeBinary)  # (n, 2) float32
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class TableRow(Base):
+    """A neighbour table. Pixel-space tables belong to a data set and are shared by experiments."""
+
+    __tablename__ = "neighbor_tables"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    space: Mapped[str] = mapped_column(String(32))  # "original" or the model's name
+    distance: Mapped[str] = mapped_column(String(8))
+    k: Mapped[int] = mapped_column(Integer)
+    n: Mapped[int] = mapped_column(Integer)
+    complete: Mapped[bool] = mapped_column(default=False)
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class NeighborRow(Base):
+    __tablename__ = "neighbor_rows"
+    table_id: Mapped[int] = mapped_column(
+        ForeignKey("neighbor_tables.id", ondelete="CASCADE"), primary_key=True
+    )
+    sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ids: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) int32 little-endian
+    labels: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) uint8
+    distances: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) float32 little-endian
+
+
+class MetricValue(Base):
+    """One number of one metric table. ``space`` is "original" or a model; label -1 = all samples."""
+
+    __tablename__ = "metric_values"
+    __table_args__ = (UniqueConstraint("experiment_id", "metric", "space", "distance", "k", "label"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    metric: Mapped[str] = mapped_column(String(32))
+    space: Mapped[str] = mapped_column(String(32))
+    distance: Mapped[str] = mapped_column(String(8))
+    k: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(Integer, default=-1)
+    value: Mapped[float] = mapped_column(Float)
+
+
+# ---------------------------------------------------------------- engine and sessions
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite set up for one writer and many readers (WAL, busy timeout)."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def init_db(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One short transaction: committed on success, rolled back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+# ---------------------------------------------------------------- data sets
+
+
+def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, images: np.ndarray) -> int:
+    n = int(labels.shape[0])
+    found = session.scalar(select(DatasetRow.id).where(DatasetRow.name == name, DatasetRow.n == n))
+    if found is not None:
+        return found
+    row = DatasetRow(name=name, n=n, labels=labels.astype(np.uint8).tobytes(),
+                     images=images.astype(np.uint8).tobytes())
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def dataset_labels(*, session: Session, dataset_id: int) -> np.ndarray:
+    data = session.scalar(select(DatasetRow.labels).where(DatasetRow.id == dataset_id))
+    return np.frombuffer(data, np.uint8)
+
+
+# ---------------------------------------------------------------- experiments
+
+
+def create_experiment(*, session: Session, config: dict[str, Any]) -> int:
+    exp = Experiment(config=config, status=QUEUED, timings={})
+    session.add(exp)
+    session.flush()
+    return exp.id
+
+
+def get_experiment(*, session: Session, experiment_id: int) -> Experiment | None:
+    return session.get(Experiment, experiment_id)
+
+
+def latest_experiment_id(*, session: Session, status: str | None = SUCCEEDED) -> int | None:
+    q = select(Experiment.id).order_by(Experiment.id.desc()).limit(1)
+    if status is not None:
+        q = q.where(Experiment.status == status)
+    return session.scalar(q)
+
+
+def update_experiment(*, session: Session, experiment_id: int, **values: Any) -> None:
+    session.execute(update(Experiment).where(Experiment.id == experiment_id).values(**values))
+
+
+def record_timing(*, session: Session, experiment_id: int, stage: str, seconds: float) -> None:
+    exp = session.get(Experiment, experiment_id, with_for_update=True)
+    exp.timings = {**(exp.timings or {}), stage: round(seconds, 3)}
+
+
+# ---------------------------------------------------------------- models
+
+
+def get_or_create_model(*, session: Session, experiment_id: int, name: str) -> ModelRow:
+    row = session.scalar(select(ModelRow).where(ModelRow.experiment_id == experiment_id,
+                                                ModelRow.name == name))
+    if row is None:
+        row = ModelRow(experiment_id=experiment_id, name=name, epochs_done=0, losses=[])
+        session.add(row)
+        session.flush()
+    return row
+
+
+def list_models(*, session: Session, experiment_id: int) -> list[ModelRow]:
+    return list(session.scalars(select(ModelRow).where(ModelRow.experiment_id == experiment_id)
+                                .order_by(ModelRow.id)))
+
+
+def save_checkpoint(*, session: Session, model_id: int, epoch: int, losses: list[float],
+                    checkpoint: bytes) -> None:
+    """The epoch's checkpoint, its loss history and progress, in the caller's one transaction."""
+    session.execute(update(ModelRow).where(ModelRow.id == model_id).values(
+        epochs_done=epoch, losses=list(losses), checkpoint=checkpoint))
+
+
+def save_trained(*, session: Session, model_id: int, weights: bytes, recon_ids: list[int],
+                 recon_epoch: int | None, reconstructions: np.ndarray | None, codes: np.ndarray,
+                 seconds: float | None) -> None:
+    session.execute(update(ModelRow).where(ModelRow.id == model_id).values(
+        weights=weights, recon_ids=recon_ids, recon_epoch=recon_epoch,
+        reconstructions=None if reconstructions is None else reconstructions.astype("<f4").tobytes(),
+        codes=codes.astype("<f4").tobytes(), seconds=seconds))
+
+
+def model_codes(row: ModelRow) -> np.ndarray:
+    return np.frombuffer(row.codes, "<f4").reshape(-1, 2)
+
+
+# ---------------------------------------------------------------- neighbour tables
+
+
+def table_key(*, dataset_id: int, space: str, model_id: int | None, distance: str, k: int) -> str:
+    owner = f"dataset={dataset_id}" if model_id is None else f"model={model_id}"
+    return f"{space}:{owner}:{distance}:K={k}"
+
+
+def get_or_create_table(*, session: Session, dataset_id: int, space: str, model_id: int | None,
+                        distance: str, k: int, n: int) -> TableRow:
+    key = table_key(dataset_id=dataset_id, space=space, model_id=model_id, distance=distance, k=k)
+    row = session.scalar(select(TableRow).where(TableRow.key == key))
+    if row is None:
+        row = TableRow(key=key, dataset_id=dataset_id, model_id=model_id, space=space,
+                       distance=distance, k=k, n=n, complete=False)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def clear_table(*, session: Session, table_id: int) -> None:
+    session.execute(delete(NeighborRow).where(NeighborRow.table_id == table_id))
+    session.execute(update(TableRow).where(TableRow.id == table_id).values(complete=False))
+
+
+def mark_table_complete(*, session: Session, table_id: int, seconds: float | None) -> None:
+    session.execute(update(TableRow).where(TableRow.id == table_id).values(complete=True, seconds=seconds))
+
+
+def save_neighbors(*, session: Session, table_id: int, start: int, ids: np.ndarray,
+                   labels: np.ndarray, distances: np.ndarray) -> None:
+    """Rows start..start+len(ids) of a table; ``labels`` are the neighbours' labels, (rows, K)."""
+    ids = np.ascontiguousarray(ids, "<i4")
+    labels = np.ascontiguousarray(labels, np.uint8)
+    distances = np.ascontiguousarray(distances, "<f4")
+    rows = [
+        {"table_id": table_id, "sample_id": start + r, "ids": ids[r].tobytes(),
+         "labels": labels[r].tobytes(), "distances": distances[r].tobytes()}
+        for r in range(ids.shape[0])
+    ]
+    session.execute(insert(NeighborRow), rows)
+
+
+def find_table(*, session: Session, experiment_id: int, space: str, distance: str) -> TableRow | None:
+    """The complete table of an experiment for a space ("original" or a model name) and distance."""
+    exp = session.get(Experiment, experiment_id)
+    if exp is None or exp.dataset_id is None:
+        return None
+    q = select(TableRow).where(TableRow.dataset_id == exp.dataset_id, TableRow.space == space,
+                               TableRow.distance == distance, TableRow.complete.is_(True),
+                               TableRow.k == int(exp.config["k"]))
+    if space != ORIGINAL:
+        q = q.join(ModelRow, ModelRow.id == TableRow.model_id).where(ModelRow.experiment_id == experiment_id)
+    else:
+        q = q.where(TableRow.model_id.is_(None))
+    return session.scalar(q)
+
+
+def sample_neighbors(*, session: Session, table_id: int, sample_id: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """One sample's (ids, labels, distances), nearest first: one indexed read."""
+    row = session.get(NeighborRow, (table_id, sample_id))
+    if row is None:
+        return None
+    return (np.frombuffer(row.ids, "<i4"), np.frombuffer(row.labels, np.uint8),
+            np.frombuffer(row.distances, "<f4"))
+
+
+def load_table_ids(*, session: Session, table_id: int, n: int, k: int) -> np.ndarray:
+    """The whole (n, k) id table, for metrics."""
+    out = np.empty((n, k), np.int32)
+    seen = 0
+    res = session.execute(select(NeighborRow.sample_id, NeighborRow.ids)
+                          .where(NeighborRow.table_id == table_id)
+                          .execution_options(yield_per=5000))
+    for sample_id, blob in res:
+        out[sample_id] = np.frombuffer(blob, "<i4")
+        seen += 1
+    if seen != n:
+        raise RuntimeError(f"neighbour table {table_id} holds {seen} rows, expected {n}")
+    return out
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def save_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[str, Any]]) -> None:
+    """Replace the experiment's metric values with ``values`` (metric, space, distance, k, label, value)."""
+    session.execute(delete(MetricValue).where(MetricValue.experiment_id == experiment_id))
+    if values:
+        session.execute(insert(MetricValue), [{"experiment_id": experiment_id, "label": -1, **v}
+                                              for v in values])
+
+
+def load_metrics(*, session: Session, experiment_id: int, metric: str | None = None) -> list[MetricValue]:
+    q = select(MetricValue).where(MetricValue.experiment_id == experiment_id)
+    if metric is not None:
+        q = q.where(MetricValue.metric == metric)
+    return list(session.scalars(q.order_by(MetricValue.id)))

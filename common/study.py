@@ -1,0 +1,284 @@
+"""The study's stages, each reading its inputs from and writing its results to the database.
+
+The CLI drives them in one process (:func:`run_experiment`); the workers call the same stage
+functions from thin tasks. Every stage is idempotent: what is already stored is kept, so a run that
+stopped resumes where it stopped (training from its last epoch checkpoint).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from common import metrics as M
+from common import storage as db
+from common.config import StudyConfig
+from common.data import Dataset, load_dataset, reconstruction_ids
+from common.neighbors import chunk_rows, knn_rows, prepare
+from common.training import Checkpoint, TrainConfig, encode, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """What the stages report; the CLI draws progress bars from it, workers log it."""
+
+    def begin(self, stage: str, total: int, unit: str) -> None: ...
+    def advance(self, n: int = 1, info: str | None = None) -> None: ...
+    def end(self) -> None: ...
+
+
+class LogProgress:
+    def begin(self, stage: str, total: int, unit: str) -> None:
+        log.info("%s: %d %s", stage, total, unit)
+
+    def advance(self, n: int = 1, info: str | None = None) -> None:
+        if info:
+            log.debug(info)
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class Runtime:
+    """Where and how the stages run (not part of the study's config)."""
+
+    factory: sessionmaker[Session]
+    data_dir: Path
+    cache_dir: Path
+    device: str = "auto"
+    memory_budget: int = 1 << 30
+    progress: Progress = field(default_factory=LogProgress)
+    on_epoch_end: object = None  # optional callable(model_name, Checkpoint), e.g. to stop a run
+
+
+def submit(factory: sessionmaker[Session], config: StudyConfig) -> int:
+    """A new experiment, queued. Returns its id."""
+    with db.transaction(factory) as s:
+        return db.create_experiment(session=s, config=config.as_json())
+
+
+def load_config(factory: sessionmaker[Session], experiment_id: int) -> StudyConfig:
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        if exp is None:
+            raise LookupError(f"no experiment {experiment_id}")
+        return StudyConfig.model_validate(exp.config)
+
+
+def _timed(rt: Runtime, experiment_id: int, stage: str, t0: float) -> None:
+    with db.transaction(rt.factory) as s:
+        db.record_timing(session=s, experiment_id=experiment_id, stage=stage, seconds=time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_data(rt: Runtime, experiment_id: int) -> Dataset:
+    """Load the data set and store it (labels, pixels) once per (data set, N)."""
+    cfg = load_config(rt.factory, experiment_id)
+    t0 = time.perf_counter()
+    ds = load_dataset(cfg.dataset.value, rt.data_dir, rt.cache_dir, cfg.limit)
+    with db.transaction(rt.factory) as s:
+        dataset_id = db.get_or_create_dataset(session=s, name=ds.name, labels=ds.labels, images=ds.images)
+        db.update_experiment(session=s, experiment_id=experiment_id, dataset_id=dataset_id)
+    _timed(rt, experiment_id, "data", t0)
+    return ds
+
+
+def _build_table(rt: Runtime, *, table: db.TableRow, points: np.ndarray, labels: np.ndarray,
+                 title: str) -> None:
+    """Compute a neighbour table chunk by chunk; each chunk's rows commit in their own transaction."""
+    t0 = time.perf_counter()
+    with db.transaction(rt.factory) as s:
+        db.clear_table(session=s, table_id=table.id)  # a table left half-written is redone
+    space = prepare(points, table.distance, resolve_device(rt.device))
+    n = space.n
+    step = chunk_rows(n, space.bytes_per_pair, rt.memory_budget)
+    rt.progress.begin(title, n, "rows")
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        part = knn_rows(space, start, stop, table.k)
+        with db.transaction(rt.factory) as s:
+            db.save_neighbors(session=s, table_id=table.id, start=start, ids=part.ids,
+                              labels=labels[part.ids], distances=part.distances)
+        rt.progress.advance(stop - start)
+    rt.progress.end()
+    with db.transaction(rt.factory) as s:
+        db.mark_table_complete(session=s, table_id=table.id, seconds=time.perf_counter() - t0)
+
+
+def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: str) -> None:
+    """The pixel-space table, shared by every experiment on the same (data set, N, distance, K)."""
+    cfg = load_config(rt.factory, experiment_id)
+    t0 = time.perf_counter()
+    with db.transaction(rt.factory) as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        table = db.get_or_create_table(session=s, dataset_id=exp.dataset_id, space=db.ORIGINAL,
+                                       model_id=None, distance=distance, k=cfg.k, n=ds.n)
+    if table.complete:
+        log.info("experiment %d: reusing the stored original/%s table", experiment_id, distance)
+        return
+    _build_table(rt, table=table, points=ds.images, labels=ds.labels, title=f"original {distance}")
+    _timed(rt, experiment_id, f"table original {distance}", t0)
+
+
+def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, name: str) -> None:
+    """Train one model (resuming from its checkpoint), then store its weights, reconstructions, codes."""
+    cfg = load_config(rt.factory, experiment_id)
+    with db.transaction(rt.factory) as s:
+        row = db.get_or_create_model(session=s, experiment_id=experiment_id, name=name)
+    if row.codes is not None:
+        return
+    resume = Checkpoint.from_bytes(row.checkpoint) if row.checkpoint else None
+    t0 = time.perf_counter()
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                       weight_decay=cfg.weight_decay, seed=cfg.seed)
+    rids = reconstruction_ids(ds.labels)
+    rt.progress.begin(f"train {name}", cfg.epochs, "epochs")
+    if resume is not None:
+        rt.progress.advance(resume.epoch)
+
+    def on_epoch_end(ck: Checkpoint) -> None:
+        with db.transaction(rt.factory) as s:
+            db.save_checkpoint(session=s, model_id=row.id, epoch=ck.epoch, losses=ck.losses,
+                               checkpoint=ck.to_bytes())
+        rt.progress.advance(1, f"loss {ck.losses[-1]:.4f}")
+        if callable(rt.on_epoch_end):
+            rt.on_epoch_end(name, ck)
+
+    x = ds.scaled()
+    model, ck = train(name, x, tcfg, recon_ids=rids, device=rt.device, resume=resume,
+                      on_epoch_end=on_epoch_end)
+    rt.progress.end()
+    codes = encode(model, x).numpy()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    with db.transaction(rt.factory) as s:
+        db.save_trained(session=s, model_id=row.id, weights=buf.getvalue(), recon_ids=rids,
+                        recon_epoch=ck.recon_epoch,
+                        reconstructions=None if ck.reconstructions is None else ck.reconstructions.numpy(),
+                        codes=codes, seconds=time.perf_counter() - t0)
+    _timed(rt, experiment_id, f"train {name}", t0)
+
+
+def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, distance: str) -> None:
+    cfg = load_config(rt.factory, experiment_id)
+    t0 = time.perf_counter()
+    with db.transaction(rt.factory) as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        row = db.get_or_create_model(session=s, experiment_id=experiment_id, name=name)
+        table = db.get_or_create_table(session=s, dataset_id=exp.dataset_id, space=name, model_id=row.id,
+                                       distance=distance, k=cfg.k, n=ds.n)
+    if table.complete:
+        return
+    _build_table(rt, table=table, points=db.model_codes(row).copy(), labels=ds.labels,
+                 title=f"{name} {distance}")
+    _timed(rt, experiment_id, f"table {name} {distance}", t0)
+
+
+def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.ndarray],
+                    enc: dict[tuple[str, str], np.ndarray]) -> list[dict]:
+    """Every metric of STUDY.md from the id tables: orig[distance], enc[(model, distance)]."""
+    n = labels.shape[0]
+    out: list[dict] = []
+
+    def put(metric: str, space: str, distance: str, k: int, value: float, label: int = -1) -> None:
+        out.append({"metric": metric, "space": space, "distance": distance, "k": k, "label": label,
+                    "value": float(value)})
+
+    by_label_k = min(M.BY_LABEL_K, cfg.k)
+    for d, o in orig.items():
+        for k in cfg.ks:
+            put("same_label_rate", db.ORIGINAL, d, k, M.same_label_rate(o, labels, k).mean())
+            put("knn_accuracy", db.ORIGINAL, d, k, M.knn_accuracy(o, labels, k))
+    for (m, d), e in enc.items():
+        o = orig[d]
+        for k in cfg.ks:
+            q = M.score_at_k(o, e, k)
+            put("score_at_k", m, d, k, q)
+            put("r_nx", m, d, k, M.r_nx(q, n, k))
+            la = M.label_agreement(o, e, labels, k)
+            put("same_label_rate", m, d, k, la["encoded_rate"])
+            put("label_agreement_change", m, d, k, la["change"])
+            put("label_agreement_distance", m, d, k, la["abs_change"])
+            put("knn_accuracy", m, d, k, M.knn_accuracy(e, labels, k))
+        for label, v in M.score_at_k_by_label(o, e, labels, by_label_k).items():
+            put("score_at_k_by_label", m, d, by_label_k, v, label)
+    return out
+
+
+def stage_metrics(rt: Runtime, experiment_id: int) -> None:
+    """All metric tables, from the stored neighbour tables (the database is the source of truth)."""
+    cfg = load_config(rt.factory, experiment_id)
+    t0 = time.perf_counter()
+    with rt.factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        labels = db.dataset_labels(session=s, dataset_id=exp.dataset_id)
+
+        def ids(space: str, d: str) -> np.ndarray:
+            t = db.find_table(session=s, experiment_id=experiment_id, space=space, distance=d)
+            if t is None:
+                raise RuntimeError(f"experiment {experiment_id}: the {space}/{d} table is not complete")
+            return db.load_table_ids(session=s, table_id=t.id, n=t.n, k=t.k)
+
+        distances = [d.value for d in cfg.distances]
+        orig = {d: ids(db.ORIGINAL, d) for d in distances}
+        enc = {(m.value, d): ids(m.value, d) for m in cfg.models for d in distances}
+    values = compute_metrics(cfg, labels, orig, enc)
+    with db.transaction(rt.factory) as s:
+        db.save_metrics(session=s, experiment_id=experiment_id, values=values)
+    _timed(rt, experiment_id, "metrics", t0)
+
+
+# ---------------------------------------------------------------- the whole study in one process
+
+
+def run_experiment(rt: Runtime, experiment_id: int) -> None:
+    """Run (or resume) every stage of an experiment in this process; mark it succeeded or failed."""
+    cfg = load_config(rt.factory, experiment_id)
+    with db.transaction(rt.factory) as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        db.update_experiment(session=s, experiment_id=experiment_id, status=db.RUNNING, error=None,
+                             attempts=exp.attempts + 1, started_at=exp.started_at or db.utcnow())
+    t0 = time.perf_counter()
+
+    def stage(name: str) -> None:
+        with db.transaction(rt.factory) as s:
+            db.update_experiment(session=s, experiment_id=experiment_id, stage=name)
+
+    try:
+        stage("data")
+        ds = stage_data(rt, experiment_id)
+        distances = [d.value for d in cfg.distances]
+        for d in distances:
+            stage(f"table original {d}")
+            stage_pixel_table(rt, experiment_id, ds, d)
+        for m in cfg.models:
+            stage(f"train {m.value}")
+            stage_train(rt, experiment_id, ds, m.value)
+        for m in cfg.models:
+            for d in distances:
+                stage(f"table {m.value} {d}")
+                stage_code_table(rt, experiment_id, ds, m.value, d)
+        stage("metrics")
+        stage_metrics(rt, experiment_id)
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        with db.transaction(rt.factory) as s:
+            db.update_experiment(session=s, experiment_id=experiment_id, status=db.FAILED, error=reason)
+        raise
+    with db.transaction(rt.factory) as s:
+        db.record_timing(session=s, experiment_id=experiment_id, stage="total",
+                         seconds=time.perf_counter() - t0)
+        db.update_experiment(session=s, experiment_id=experiment_id, status=db.SUCCEEDED, stage="done",
+                             finished_at=db.utcnow())

@@ -1,0 +1,204 @@
+"""`aeknn run` on real MNIST, checked against brute force; resume; the CLI's read commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from common import storage as db
+from common.config import StudyConfig
+from common.neighbors import PIXEL_UNIT
+
+pytestmark = pytest.mark.slow
+LIMIT, EPOCHS = 2000, 2
+
+
+def aeknn(*args: str, env_db: str, data_dir=None, check=True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "common.cli", *args, "--db", env_db]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, data_dir):
+    url = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'aeknn.db'}"
+    proc = aeknn("run", "--limit", str(LIMIT), "--epochs", str(EPOCHS), env_db=url, data_dir=data_dir)
+    engine = db.make_engine(url)
+    factory = db.session_factory(engine)
+    with factory() as s:
+        experiment_id = db.latest_experiment_id(session=s)
+    yield {"url": url, "factory": factory, "id": experiment_id, "stdout": proc.stdout}
+    engine.dispose()
+
+
+def brute_rows(points: np.ndarray, queries: np.ndarray, k: int, distance: str):
+    d = cdist(points[queries].astype(np.float64), points.astype(np.float64),
+              "cityblock" if distance == "l1" else "euclidean")
+    d[np.arange(len(queries)), queries] = np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(len(points)), d.shape), d), axis=1)[:, :k]
+    return order, np.take_along_axis(d, order, axis=1)
+
+
+def test_run_prints_the_tables_and_succeeds(study):
+    out = study["stdout"]
+    for title in ("score@k", "score@20 by label", "same-label rate", "kNN accuracy@k", "R_NX(k)"):
+        assert title in out
+    with study["factory"]() as s:
+        exp = db.get_experiment(session=s, experiment_id=study["id"])
+        assert exp.status == db.SUCCEEDED and exp.attempts == 1
+        assert {"data", "table original l1", "table original l2", "train relu_mse", "metrics",
+                "total"} <= set(exp.timings)
+        models = db.list_models(session=s, experiment_id=study["id"])
+        assert [m.name for m in models] == ["linear_l1", "linear_mse", "relu_l1", "relu_mse"]
+        assert all(m.epochs_done == EPOCHS and len(m.losses) == EPOCHS and m.recon_epoch == EPOCHS
+                   for m in models)
+
+
+def test_stored_neighbors_equal_brute_force(study, mnist):
+    images, labels = mnist.images[:LIMIT], mnist.labels[:LIMIT]
+    queries = np.random.default_rng(0).choice(LIMIT, 40, replace=False)
+    with study["factory"]() as s:
+        spaces = {"original": images}
+        for m in db.list_models(session=s, experiment_id=study["id"]):
+            spaces[m.name] = db.model_codes(m)
+        for space, points in spaces.items():
+            for distance in ("l1", "l2"):
+                table = db.find_table(session=s, experiment_id=study["id"], space=space, distance=distance)
+                assert table is not None and table.n == LIMIT and table.k == 200
+                want_ids, want_d = brute_rows(points, queries, 200, distance)
+                unit = PIXEL_UNIT if space == "original" else 1.0
+                for q, wi, wd in zip(queries, want_ids, want_d, strict=True):
+                    ids, lab, dist = db.sample_neighbors(session=s, table_id=table.id, sample_id=int(q))
+                    np.testing.assert_array_equal(ids, wi, err_msg=f"{space}/{distance} sample {q}")
+                    np.testing.assert_array_equal(lab, labels[wi])
+                    np.testing.assert_allclose(dist, wd * unit, rtol=1e-5, atol=1e-6)
+
+
+def test_stored_metrics_equal_metrics_recomputed_from_stored_tables(study):
+    from common.study import compute_metrics
+
+    with study["factory"]() as s:
+        exp = db.get_experiment(session=s, experiment_id=study["id"])
+        cfg = StudyConfig.model_validate(exp.config)
+        labels = db.dataset_labels(session=s, dataset_id=exp.dataset_id)
+
+        def ids(space, d):
+            t = db.find_table(session=s, experiment_id=study["id"], space=space, distance=d)
+            return db.load_table_ids(session=s, table_id=t.id, n=t.n, k=t.k)
+
+        orig = {d: ids("original", d) for d in ("l1", "l2")}
+        enc = {(m, d): ids(m, d) for m in cfg.models for d in ("l1", "l2")}
+        stored = {(v.metric, v.space, v.distance, v.k, v.label): v.value
+                  for v in db.load_metrics(session=s, experiment_id=study["id"])}
+    again = {(v["metric"], v["space"], v["distance"], v["k"], v["label"]): v["value"]
+             for v in compute_metrics(cfg, labels, orig, enc)}
+    assert stored == again
+    # every table of STUDY.md is there: 4 models x 2 distances x 4 k, by label at k=20 for 10 labels
+    assert sum(1 for key in stored if key[0] == "score_at_k") == 32
+    assert sum(1 for key in stored if key[0] == "score_at_k_by_label") == 80
+    assert sum(1 for key in stored if key[0] == "knn_accuracy") == 40
+
+
+def test_metrics_command_formats(study):
+    table = aeknn("metrics", env_db=study["url"]).stdout
+    assert "score@k" in table and "relu_mse" in table
+    csv_out = aeknn("metrics", "--format", "csv", env_db=study["url"]).stdout
+    assert csv_out.splitlines()[0] == "table,model,distance,k=5,k=10,k=20,k=50"
+    data = json.loads(aeknn("metrics", "--format", "json", env_db=study["url"]).stdout)
+    score = next(t for t in data["tables"] if t["name"] == "score_at_k")
+    with study["factory"]() as s:
+        (v,) = [x for x in db.load_metrics(session=s, experiment_id=study["id"], metric="score_at_k")
+                if x.space == "relu_mse" and x.distance == "l2" and x.k == 20]
+    row = next(r for r in score["rows"] if r[:2] == ["relu_mse", "l2"])
+    assert row[2 + score["columns"][2:].index("k=20")] == v.value
+
+
+def test_neighbors_command(study, mnist):
+    out = aeknn("neighbors", "7", "--space", "original", "--distance", "l1", "--k", "5",
+                env_db=study["url"]).stdout.splitlines()
+    assert out[0].startswith(f"experiment {study['id']}  sample 7 (label {mnist.labels[7]})")
+    rows = [line.split() for line in out[2:]]
+    want, _ = brute_rows(mnist.images[:LIMIT], np.array([7]), 5, "l1")
+    assert [int(r[1]) for r in rows] == list(want[0])
+    assert [int(r[2]) for r in rows] == list(mnist.labels[want[0]])
+    enc = aeknn("neighbors", "7", "--space", "encoded", "--model", "relu_l1", env_db=study["url"]).stdout
+    assert len(enc.splitlines()) == 2 + 20
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["neighbors", "7", "--space", "original", "--k", "201"], "--k must be in 1..200"),
+    (["neighbors", "2000", "--space", "original"], "sample id must be in 0..1999"),
+    (["neighbors", "7", "--space", "encoded", "--model", "vae"], "invalid choice: 'vae'"),
+    (["metrics", "--experiment", "999"], "no experiment 999"),
+])
+def test_read_commands_refuse_bad_input(study, args, msg):
+    proc = aeknn(*args, env_db=study["url"], check=False)
+    assert proc.returncode != 0 and msg in proc.stderr
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--limit", "150"], "K=200 must be below the number of samples N=150"),
+    (["--models", "relu_mse,vae"], "invalid models.1"),
+    (["--distances", "cosine"], "invalid distances.0"),
+    (["--epochs", "0"], "invalid epochs"),
+    (["--lr", "nan"], "invalid lr"),
+    (["--batch-size", "-5"], "invalid batch_size"),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+])
+def test_run_refuses_bad_input_before_any_work(tmp_path, args, msg):
+    url = f"sqlite:///{tmp_path / 'bad.db'}"
+    proc = aeknn("run", *args, env_db=url, check=False)
+    assert proc.returncode == 2 and msg in proc.stderr, proc.stderr
+    assert not (tmp_path / "bad.db").exists()  # nothing was written
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
+    """Stopped after the first epoch of the second model, resumed: equal to a run that never stopped."""
+    from common.study import Runtime, run_experiment, submit
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    db.init_db(engine)
+    f = db.session_factory(engine)
+    cfg = StudyConfig(limit=1000, epochs=3, models=["linear_mse", "relu_mse"], k=50, ks=[5, 20])
+
+    def runtime(hook=None):
+        return Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path / "cache", device="cpu",
+                       on_epoch_end=hook)
+
+    def stop(name, ck):
+        if name == "relu_mse" and ck.epoch == 1:
+            raise KeyboardInterrupt
+
+    stopped = submit(f, cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(runtime(stop), stopped)
+    with f() as s:
+        exp = db.get_experiment(session=s, experiment_id=stopped)
+        assert exp.status == db.FAILED and exp.error == "interrupted"
+        done = {m.name: m.epochs_done for m in db.list_models(session=s, experiment_id=stopped)}
+        assert done == {"linear_mse": 3, "relu_mse": 1}
+    run_experiment(runtime(), stopped)  # what `aeknn resume ID` does
+    clean = submit(f, cfg)
+    run_experiment(runtime(), clean)
+
+    with f() as s:
+        a, b = (db.get_experiment(session=s, experiment_id=i) for i in (stopped, clean))
+        assert a.status == b.status == db.SUCCEEDED and a.attempts == 2 and b.attempts == 1
+        ma, mb = (db.list_models(session=s, experiment_id=i) for i in (stopped, clean))
+        for x, y in zip(ma, mb, strict=True):
+            assert x.losses == y.losses and x.codes == y.codes and x.weights == y.weights
+        va, vb = ({(v.metric, v.space, v.distance, v.k, v.label): v.value
+                   for v in db.load_metrics(session=s, experiment_id=i)} for i in (stopped, clean))
+        assert va == vb
+        # the pixel-space tables were computed once and shared
+        assert db.find_table(session=s, experiment_id=stopped, space="original", distance="l2").id == \
+            db.find_table(session=s, experiment_id=clean, space="original", distance="l2").id

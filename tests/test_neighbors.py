@@ -1,0 +1,93 @@
+"""The neighbour engine against brute force, on data full of duplicates and exact ties."""
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from common.neighbors import PAD, PIXEL_UNIT, chunk_rows, exact_knn
+
+
+def brute_force(x: np.ndarray, k: int, distance: str) -> tuple[np.ndarray, np.ndarray]:
+    """Full float64 distance matrix; order by (distance, id); the sample itself excluded."""
+    xf = x.astype(np.float64)
+    d = cdist(xf, xf, "cityblock" if distance == "l1" else "euclidean")
+    np.fill_diagonal(d, np.inf)
+    n = len(x)
+    order = np.lexsort((np.broadcast_to(np.arange(n), d.shape), d), axis=1)[:, :k]
+    return order, np.take_along_axis(d, order, axis=1)
+
+
+def tied_pixels(n: int, seed: int) -> np.ndarray:
+    """Bytes in a narrow range (many equal distances) with groups of identical rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (n, 24)).astype(np.uint8) * 60
+    x[10:20] = x[3]  # ten duplicates of sample 3
+    x[100:100 + PAD + 20] = x[7]  # more duplicates than the candidate pad: the exact fallback runs
+    return x
+
+
+def tied_codes(n: int, seed: int) -> np.ndarray:
+    """2-D float codes on a coarse grid (exact ties), some duplicates, some large values."""
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-5, 6, (n, 2)) * 0.25).astype(np.float32)
+    x[50:60] = x[0]
+    x[-5:] *= 1000
+    return x
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+@pytest.mark.parametrize("chunk", [1, 7, 64, 333, None])
+def test_pixels_match_brute_force(distance, chunk):
+    x = tied_pixels(333, 0)
+    ids, dist = brute_force(x, 40, distance)
+    t = exact_knn(x, k=40, distance=distance, chunk=chunk)
+    np.testing.assert_array_equal(t.ids, ids)
+    np.testing.assert_allclose(t.distances, dist * PIXEL_UNIT, rtol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+@pytest.mark.parametrize("chunk", [1, 13, 250, None])
+def test_codes_match_brute_force(distance, chunk):
+    x = tied_codes(250, 1)
+    ids, dist = brute_force(x, 30, distance)
+    t = exact_knn(x, k=30, distance=distance, chunk=chunk)
+    np.testing.assert_array_equal(t.ids, ids)
+    np.testing.assert_allclose(t.distances, dist, rtol=1e-6)
+
+
+def test_real_mnist_rows_match_brute_force(mnist):
+    x = mnist.images[:1500]
+    for distance in ("l1", "l2"):
+        ids, _ = brute_force(x, 200, distance)
+        t = exact_knn(x, k=200, distance=distance, memory_budget=1_000_000)  # many small chunks
+        np.testing.assert_array_equal(t.ids, ids)
+
+
+def test_full_pixel_range_l2_is_exact_where_float32_would_round():
+    # rows of 0 and 255 make squared distances up to 784 * 255^2 = 5.1e7 > 2^24: float32 sums would round
+    rng = np.random.default_rng(3)
+    x = (rng.integers(0, 2, (120, 784)) * 255).astype(np.uint8)
+    x[60:70] = x[5]
+    ids, _ = brute_force(x, 50, "l2")
+    np.testing.assert_array_equal(exact_knn(x, k=50, distance="l2", chunk=17).ids, ids)
+
+
+def test_self_is_excluded_and_ties_go_to_the_lower_id():
+    x = np.zeros((6, 3), np.uint8)  # six identical points: all distances 0
+    t = exact_knn(x, k=5, distance="l2")
+    for i in range(6):
+        assert list(t.ids[i]) == [j for j in range(6) if j != i]
+    assert (t.distances == 0).all()
+
+
+def test_k_must_leave_room():
+    with pytest.raises(ValueError, match="k must be in 1..4"):
+        exact_knn(np.zeros((5, 2), np.float32), k=5, distance="l1")
+    with pytest.raises(ValueError, match="unknown distance"):
+        exact_knn(np.zeros((5, 2), np.float32), k=2, distance="cosine")
+
+
+def test_chunk_rows_follow_the_budget():
+    assert chunk_rows(60_000, 12, 1 << 30) == (1 << 30) // (60_000 * 12)
+    assert chunk_rows(60_000, 12, 1) == 1  # never zero
+    assert chunk_rows(100, 12, 1 << 30) == 100  # never more than N

@@ -1,0 +1,67 @@
+"""Training: the four architectures, seeded determinism, checkpoints and resume."""
+
+import pytest
+import torch
+
+from common.models import build_model
+from common.names import MODEL_NAMES
+from common.training import Checkpoint, TrainConfig, encode, train
+
+
+def test_architectures_match_the_study():
+    lin, relu = build_model("linear_mse"), build_model("relu_l1")
+    shapes = [tuple(m.weight.shape) for m in lin.encoder if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(128, 784), (64, 128), (12, 64), (2, 12)]
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.Tanh)) for m in lin.modules())
+    kinds = [type(m).__name__ for m in relu.encoder]
+    assert kinds == ["Linear", "ReLU", "Linear", "ReLU", "Linear", "ReLU", "Linear"]  # no activation on the code
+    assert [type(m).__name__ for m in relu.decoder][-2:] == ["Linear", "Tanh"]
+    x = torch.zeros(3, 784)
+    assert relu.encoder(x).shape == (3, 2) and relu(x).shape == (3, 784)
+    with pytest.raises(ValueError, match="unknown model 'vae'"):
+        build_model("vae")
+
+
+@pytest.fixture(scope="module")
+def x(mnist):
+    return mnist.scaled()[:500]
+
+
+CFG = TrainConfig(epochs=3, batch_size=100, seed=7, recon_epoch=90)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_seeded_training_is_deterministic_and_learns(x, name):
+    m1, c1 = train(name, x, CFG, recon_ids=[0, 1])
+    m2, c2 = train(name, x, CFG, recon_ids=[0, 1])
+    assert c1.losses == c2.losses and len(c1.losses) == 3
+    assert c1.losses[-1] < c1.losses[0]
+    assert torch.equal(encode(m1, x), encode(m2, x))
+    assert c1.recon_epoch == 3 and c1.reconstructions.shape == (2, 784)  # fewer than 90 epochs: the last
+
+
+def test_reconstructions_are_taken_at_the_reconstruction_epoch(x):
+    _, ck = train("relu_mse", x, TrainConfig(epochs=3, recon_epoch=2), recon_ids=[4])
+    _, ck2 = train("relu_mse", x, TrainConfig(epochs=2, recon_epoch=2), recon_ids=[4])
+    assert ck.recon_epoch == 2 and torch.equal(ck.reconstructions, ck2.reconstructions)
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(x):
+    _, full = train("relu_l1", x, CFG, recon_ids=[0])
+    saved: list[bytes] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(ck: Checkpoint) -> None:
+        saved.append(ck.to_bytes())
+        raise Stop
+
+    with pytest.raises(Stop):
+        train("relu_l1", x, CFG, recon_ids=[0], on_epoch_end=stop_after_first)
+    resumed_from = Checkpoint.from_bytes(saved[-1])  # torch.load(weights_only=True)
+    assert resumed_from.epoch == 1
+    model, ck = train("relu_l1", x, CFG, recon_ids=[0], resume=resumed_from)
+    assert ck.losses == full.losses
+    assert all(torch.equal(ck.model_state[k], full.model_state[k]) for k in full.model_state)
+    assert torch.equal(ck.reconstructions, full.reconstructions)
