@@ -17,6 +17,7 @@ the cut are recomputed exactly over the whole row. Imports only numpy and torch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,11 @@ import torch
 from torch import Tensor
 
 from common.names import DISTANCES
+
+try:  # the compiled SAD kernel; without it the portable path gives the same integers
+    from common import _l1
+except ImportError:  # pragma: no cover - only where the extension could not be built
+    _l1 = None
 
 PIXEL_UNIT = 2.0 / 255.0  # pixel-space distances are reported on the [-1, 1] inputs the models see
 PAD = 32  # extra candidates per row; ties wider than this fall back to an exact full row
@@ -46,24 +52,32 @@ class Space:
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def scores(self, start: int, stop: int) -> Tensor:
-        """Fast scores of rows start..stop against all points, (c, N); may keep state for exact_*."""
+    def scores(self, rows: Tensor) -> Tensor:
+        """Fast scores of query ``rows`` (c,) against all points, (c, N); may keep state for exact_*."""
         raise NotImplementedError
 
-    def exact_at(self, start: int, cand: Tensor) -> Tensor:
+    def exact_at(self, rows: Tensor, cand: Tensor) -> Tensor:
         """Exact values (float64) of the last scored chunk at candidate columns ``cand`` (c, M)."""
         raise NotImplementedError
 
-    def exact_row(self, start: int, r: int) -> Tensor:
+    def exact_row(self, rows: Tensor, r: int) -> Tensor:
         """Exact values (float64) of chunk row r against all N points."""
         raise NotImplementedError
 
-    def finalize(self, start: int, values: Tensor) -> Tensor:
+    def finalize(self, rows: Tensor, values: Tensor) -> Tensor:
         """Exact values (c, K) -> the distances reported, float32."""
         raise NotImplementedError
 
     def release(self) -> None:
         """Drop the chunk's state."""
+
+    def chunk(self, k: int, memory_budget: int) -> int:
+        """Query rows per chunk so that a chunk's working set fits the budget."""
+        return chunk_rows(self.n, self.bytes_per_pair, memory_budget)
+
+    def knn(self, rows: Tensor, k: int) -> NeighborTable:
+        """Exact top-k of the query ``rows`` (int64 indices)."""
+        return knn_of(self, rows, k)
 
 
 class PixelL2(Space):
@@ -76,19 +90,18 @@ class PixelL2(Space):
         self.sq = (self.s * self.s).sum(1)  # (N,) exact integers < 2^24
         self.g: Tensor | None = None
 
-    def scores(self, start, stop):
-        self.g = self.s[start:stop] @ self.s.T  # (c, N) exact integer dot products
+    def scores(self, rows):
+        self.g = self.s[rows] @ self.s.T  # (c, N) exact integer dot products
         return torch.add(self.sq, self.g, alpha=-2.0)  # |b|^2 - 2 a.b: |a|^2 is the same on a row
 
-    def exact_at(self, start, cand):
+    def exact_at(self, rows, cand):
         return self.sq.double()[cand] - 2.0 * self.g.gather(1, cand).double()
 
-    def exact_row(self, start, r):
+    def exact_row(self, rows, r):
         return self.sq.double() - 2.0 * self.g[r].double()
 
-    def finalize(self, start, values):
-        c = values.shape[0]
-        d2 = values + self.sq[start : start + c].double()[:, None]  # exact integer squared distance
+    def finalize(self, rows, values):
+        d2 = values + self.sq[rows].double()[:, None]  # exact integer squared distance
         return (d2.clamp_min_(0).sqrt_() * PIXEL_UNIT).float()
 
     def release(self):
@@ -102,10 +115,10 @@ class _Dense(Space):
         super().__init__(n)
         self.d: Tensor | None = None
 
-    def exact_at(self, start, cand):
+    def exact_at(self, rows, cand):
         return self.d.gather(1, cand).double()
 
-    def exact_row(self, start, r):
+    def exact_row(self, rows, r):
         return self.d[r].double()
 
     def release(self):
@@ -113,53 +126,132 @@ class _Dense(Space):
 
 
 class PixelL1(_Dense):
-    """Sums of |a - b| over bytes are integers below 2^24: float32 holds them exactly."""
+    """Sums of |a - b| over bytes: exact integers, from the SAD kernel (common/_l1.c) on the CPU, or
+    from torch.cdist in float32 elsewhere (integers below 2^24 are exact there too)."""
 
     bytes_per_pair = 12
 
-    def __init__(self, x: np.ndarray, device: torch.device) -> None:
+    def __init__(self, x: np.ndarray, device: torch.device, use_kernel: bool = True) -> None:
         super().__init__(x.shape[0])
-        self.x = torch.from_numpy(x).to(device).float()
+        self.kernel = _l1 if device.type == "cpu" and use_kernel else None
+        if self.kernel is not None:
+            width = -(-x.shape[1] // 64) * 64  # rows padded with zero bytes to whole 64-byte vectors
+            self.padded = np.zeros((x.shape[0], width), np.uint8)
+            self.padded[:, : x.shape[1]] = x
+        else:
+            self.x = torch.from_numpy(x).to(device).float()
 
-    def scores(self, start, stop):
-        self.d = torch.cdist(self.x[start:stop], self.x, p=1.0)
+    def scores(self, rows):
+        if self.kernel is None:
+            self.d = torch.cdist(self.x[rows], self.x, p=1.0)
+            return self.d
+        q = self.padded[rows.numpy()]
+        out = np.empty((q.shape[0], self.n), np.int32)
+        # the kernel releases the GIL: one slice of query rows per thread
+        parts = np.array_split(np.arange(q.shape[0]), max(1, min(torch.get_num_threads(), q.shape[0])))
+        width = self.padded.shape[1]
+        list(_threads().map(lambda p: self.kernel.l1_block(q[p[0]:p[-1] + 1], self.padded,
+                                                           out[p[0]:p[-1] + 1], width), parts))
+        self.d = torch.from_numpy(out)
         return self.d
 
-    def finalize(self, start, values):
+    def finalize(self, rows, values):
         return (values * PIXEL_UNIT).float()
 
 
 class CodeSpace(_Dense):
-    """Low-dimensional float codes: every distance in float64, one formula for every pair."""
+    """Low-dimensional float codes: every distance in float64, one formula for every pair.
+
+    On the CPU a KD-tree (scipy) proposes the candidates and the same float64 formula re-ranks them;
+    the cut is proven as above (the tree's own distances differ from ours by rounding only), and rows
+    that cannot be proven go through the brute-force chunk path.
+    """
 
     bytes_per_pair = 32
+    TREE_MARGIN = 1e-9  # relative: far above any rounding difference between scipy's sums and ours
 
     def __init__(self, x: np.ndarray, distance: str, device: torch.device) -> None:
         super().__init__(x.shape[0])
-        self.x = torch.from_numpy(np.asarray(x, dtype=np.float64)).to(device)
+        xd = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(xd).all():
+            raise ValueError(f"{int((~np.isfinite(xd)).any(axis=1).sum())} codes are NaN or infinite")
+        self.x = torch.from_numpy(xd).to(device)
         self.l1 = distance == "l1"
+        self.tree = None
+        if device.type == "cpu" and xd.shape[1] <= 8:
+            from scipy.spatial import cKDTree
 
-    def scores(self, start, stop):
-        q = self.x[start:stop]
+            self.tree = cKDTree(xd)
+
+    def _exact(self, q: Tensor, x: Tensor) -> Tensor:
+        """sum over coordinates of |q - x| or (q - x)^2, broadcasting; one coordinate at a time."""
         acc = None
-        for j in range(self.x.shape[1]):  # one coordinate at a time: (c, N) temporaries only
-            diff = q[:, j : j + 1] - self.x[:, j]
+        for j in range(self.x.shape[1]):
+            diff = q[..., j] - x[..., j]
             term = diff.abs_() if self.l1 else diff.mul_(diff)
             acc = term if acc is None else acc.add_(term)
-        self.d = acc  # L1, or the squared L2 distance
         return acc
 
-    def finalize(self, start, values):
+    def scores(self, rows):
+        self.d = self._exact(self.x[rows][:, None, :], self.x[None, :, :])  # L1, or squared L2
+        return self.d
+
+    def finalize(self, rows, values):
         return (values if self.l1 else values.sqrt()).float()
 
+    def chunk(self, k: int, memory_budget: int) -> int:
+        if self.tree is None:
+            return super().chunk(k, memory_budget)
+        return int(max(1, min(self.n, memory_budget // (min(k + 1 + PAD, self.n) * 96))))
 
-def prepare(points: np.ndarray, distance: str, device: str | torch.device = "cpu") -> Space:
-    """Pixel spaces are uint8 (exact integer arithmetic); anything else is a float code space."""
+    def knn(self, rows: Tensor, k: int) -> NeighborTable:
+        if self.tree is None:
+            return super().knn(rows, k)
+        _check_k(k, self.n)
+        r = rows.numpy()
+        m = min(k + 1 + PAD, self.n)
+        td, ti = self.tree.query(self.x.numpy()[r], k=m, p=1 if self.l1 else 2, workers=-1)
+        ti = torch.from_numpy(ti.reshape(len(r), m))
+        ev = self._exact(self.x[r][:, None, :], self.x[ti])  # (c, m) float64, our formula
+        ev[ti == rows[:, None]] = torch.inf  # the sample itself
+        ti, order = ti.sort(dim=1)
+        ev, order2 = ev.gather(1, order).sort(dim=1, stable=True)  # by (value, id)
+        ti = ti.gather(1, order2)
+        ids, vals = ti[:, :k], ev[:, :k]
+        bad = torch.zeros(len(r), dtype=torch.bool)
+        if m < self.n:
+            edge = torch.from_numpy(td.reshape(len(r), m)[:, -1])
+            bound = (edge if self.l1 else edge * edge) * (1 - self.TREE_MARGIN)
+            bad = ~(vals[:, -1] < bound)
+        ids_np = ids.numpy().astype(np.int32)
+        dist_np = self.finalize(rows, vals).numpy()
+        if bad.any():  # ties or near-ties across the cut: the exact brute-force path
+            redo = super().knn(rows[bad], k)
+            ids_np[bad.numpy()], dist_np[bad.numpy()] = redo.ids, redo.distances
+        return NeighborTable(ids_np, dist_np)
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="aeknn-l1")
+    return _pool
+
+
+def prepare(points: np.ndarray, distance: str, device: str | torch.device = "cpu", *,
+            l1_kernel: bool = True) -> Space:
+    """Pixel spaces are uint8 (exact integer arithmetic); anything else is a float code space.
+
+    ``l1_kernel=False`` takes the portable pixel-L1 path even where the SAD kernel is built.
+    """
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; expected one of {list(DISTANCES)}")
     dev = torch.device(device)
     if points.dtype == np.uint8:
-        return PixelL2(points, dev) if distance == "l2" else PixelL1(points, dev)
+        return PixelL2(points, dev) if distance == "l2" else PixelL1(points, dev, l1_kernel)
     return CodeSpace(points, distance, dev)
 
 
@@ -170,16 +262,26 @@ def chunk_rows(n: int, bytes_per_pair: int, memory_budget: int) -> int:
 
 def knn_rows(space: Space, start: int, stop: int, k: int) -> NeighborTable:
     """Exact top-k of query rows start..stop (see the module docstring for the proof of the cut)."""
-    n = space.n
+    return space.knn(torch.arange(start, stop), k)
+
+
+def _check_k(k: int, n: int) -> None:
     if not 0 < k < n:
         raise ValueError(f"k must be in 1..{n - 1} for {n} points, got {k}")
-    approx = space.scores(start, stop)
-    c = stop - start
-    rows = torch.arange(c, device=approx.device)
-    approx[rows, rows + start] = float("inf")  # a sample is not its own neighbour
+
+
+def knn_of(space: Space, rows: Tensor, k: int) -> NeighborTable:
+    """Brute force over all points for the query ``rows``, with the proven cut."""
+    n = space.n
+    _check_k(k, n)
+    approx = space.scores(rows)
+    c = rows.shape[0]
+    local = torch.arange(c)
+    big = torch.inf if approx.is_floating_point() else torch.iinfo(approx.dtype).max
+    approx[local.to(approx.device), rows.to(approx.device)] = big  # a sample is not its own neighbour
     m = min(k + PAD, n - 1)
     tv, ti = approx.topk(m, dim=1, largest=False, sorted=False)
-    ev = space.exact_at(start, ti)
+    ev = space.exact_at(rows, ti)
     # order candidates by (exact value, id): sort by id, then a stable sort by value
     ti, order = ti.sort(dim=1)
     ev = ev.gather(1, order)
@@ -189,11 +291,11 @@ def knn_rows(space: Space, start: int, stop: int, k: int) -> NeighborTable:
     if m < n - 1:
         bound = tv.max(dim=1).values.double() - space.eps  # no non-candidate is below this
         for r in (~(vals[:, -1] < bound)).nonzero().flatten().tolist():
-            full = space.exact_row(start, r)
-            full[start + r] = float("inf")
+            full = space.exact_row(rows, r)
+            full[int(rows[r])] = torch.inf
             order = torch.sort(full, stable=True).indices[:k]  # index order breaks ties by id
             ids[r], vals[r] = order, full[order]
-    dist = space.finalize(start, vals)
+    dist = space.finalize(rows.to(vals.device), vals)
     space.release()
     return NeighborTable(ids.cpu().numpy().astype(np.int32), dist.cpu().numpy())
 
@@ -211,7 +313,7 @@ def exact_knn(
     """The full table for ``points`` ((N, D), uint8 pixels or float codes): (N, k) ids and distances."""
     space = prepare(points, distance, device)
     n = space.n
-    step = chunk or chunk_rows(n, space.bytes_per_pair, memory_budget)
+    step = chunk or space.chunk(k, memory_budget)
     ids = np.empty((n, k), np.int32)
     dist = np.empty((n, k), np.float32)
     for start in range(0, n, step):

@@ -22,8 +22,8 @@ from common import metrics as M
 from common import storage as db
 from common.config import StudyConfig
 from common.data import Dataset, load_dataset, reconstruction_ids
-from common.neighbors import chunk_rows, knn_rows, prepare
-from common.training import Checkpoint, TrainConfig, encode, resolve_device, train
+from common.neighbors import knn_rows, prepare
+from common.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _build_table(rt: Runtime, *, table: db.TableRow, points: np.ndarray, labels:
         db.clear_table(session=s, table_id=table.id)  # a table left half-written is redone
     space = prepare(points, table.distance, resolve_device(rt.device))
     n = space.n
-    step = chunk_rows(n, space.bytes_per_pair, rt.memory_budget)
+    step = space.chunk(table.k, rt.memory_budget)
     rt.progress.begin(title, n, "rows")
     for start in range(0, n, step):
         stop = min(n, start + step)
@@ -132,43 +132,53 @@ def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: st
     _timed(rt, experiment_id, f"table original {distance}", t0)
 
 
-def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, name: str) -> None:
-    """Train one model (resuming from its checkpoint), then store its weights, reconstructions, codes."""
+def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
+    """Train the models side by side (resuming from their checkpoints), then store each one's
+    weights, reconstructions and codes. A model already stored is not trained again."""
     cfg = load_config(rt.factory, experiment_id)
     with db.transaction(rt.factory) as s:
-        row = db.get_or_create_model(session=s, experiment_id=experiment_id, name=name)
-    if row.codes is not None:
+        rows = {n: db.get_or_create_model(session=s, experiment_id=experiment_id, name=n) for n in names}
+    todo = [n for n in names if rows[n].codes is None]
+    if not todo:
         return
-    resume = Checkpoint.from_bytes(row.checkpoint) if row.checkpoint else None
+    saved = {n: Checkpoint.from_bytes(rows[n].checkpoint) for n in todo if rows[n].checkpoint}
+    resume = saved if len(saved) == len(todo) and len({c.epoch for c in saved.values()}) == 1 else None
+    if saved and resume is None:
+        log.warning("experiment %d: checkpoints of %s do not match; training them from the start",
+                    experiment_id, todo)
     t0 = time.perf_counter()
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                        weight_decay=cfg.weight_decay, seed=cfg.seed)
     rids = reconstruction_ids(ds.labels)
-    rt.progress.begin(f"train {name}", cfg.epochs, "epochs")
+    rt.progress.begin(f"train {','.join(todo)}", cfg.epochs, "epochs")
     if resume is not None:
-        rt.progress.advance(resume.epoch)
+        rt.progress.advance(next(iter(resume.values())).epoch)
 
-    def on_epoch_end(ck: Checkpoint) -> None:
-        with db.transaction(rt.factory) as s:
-            db.save_checkpoint(session=s, model_id=row.id, epoch=ck.epoch, losses=ck.losses,
-                               checkpoint=ck.to_bytes())
-        rt.progress.advance(1, f"loss {ck.losses[-1]:.4f}")
+    def on_epoch_end(cks: dict[str, Checkpoint]) -> None:
+        with db.transaction(rt.factory) as s:  # every model's epoch, or none of them
+            for name, ck in cks.items():
+                db.save_checkpoint(session=s, model_id=rows[name].id, epoch=ck.epoch, losses=ck.losses,
+                                   checkpoint=ck.to_bytes())
+        rt.progress.advance(1, " ".join(f"{n}={ck.losses[-1]:.4f}" for n, ck in cks.items()))
         if callable(rt.on_epoch_end):
-            rt.on_epoch_end(name, ck)
+            for name, ck in cks.items():
+                rt.on_epoch_end(name, ck)
 
     x = ds.scaled()
-    model, ck = train(name, x, tcfg, recon_ids=rids, device=rt.device, resume=resume,
-                      on_epoch_end=on_epoch_end)
+    final = train_group(todo, x, tcfg, recon_ids=rids, device=rt.device, resume=resume,
+                        on_epoch_end=on_epoch_end)
     rt.progress.end()
-    codes = encode(model, x).numpy()
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    with db.transaction(rt.factory) as s:
-        db.save_trained(session=s, model_id=row.id, weights=buf.getvalue(), recon_ids=rids,
-                        recon_epoch=ck.recon_epoch,
-                        reconstructions=None if ck.reconstructions is None else ck.reconstructions.numpy(),
-                        codes=codes, seconds=time.perf_counter() - t0)
-    _timed(rt, experiment_id, f"train {name}", t0)
+    seconds = time.perf_counter() - t0
+    for name, ck in final.items():
+        model = load_trained(name, ck.model_state)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        with db.transaction(rt.factory) as s:
+            db.save_trained(session=s, model_id=rows[name].id, weights=buf.getvalue(), recon_ids=rids,
+                            recon_epoch=ck.recon_epoch,
+                            reconstructions=None if ck.reconstructions is None else ck.reconstructions.numpy(),
+                            codes=encode(model, x).numpy(), seconds=seconds)
+    _timed(rt, experiment_id, "train", t0)
 
 
 def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, distance: str) -> None:
@@ -263,9 +273,8 @@ def run_experiment(rt: Runtime, experiment_id: int) -> None:
         for d in distances:
             stage(f"table original {d}")
             stage_pixel_table(rt, experiment_id, ds, d)
-        for m in cfg.models:
-            stage(f"train {m.value}")
-            stage_train(rt, experiment_id, ds, m.value)
+        stage("train")
+        stage_train(rt, experiment_id, ds, [m.value for m in cfg.models])
         for m in cfg.models:
             for d in distances:
                 stage(f"table {m.value} {d}")

@@ -31,6 +31,7 @@ def tied_codes(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = (rng.integers(-5, 6, (n, 2)) * 0.25).astype(np.float32)
     x[50:60] = x[0]
+    x[100:100 + PAD + 30] = x[1]  # more duplicates than the pad: the tree's cut cannot be proven there
     x[-5:] *= 1000
     return x
 
@@ -47,12 +48,27 @@ def test_pixels_match_brute_force(distance, chunk):
 
 @pytest.mark.parametrize("distance", ["l1", "l2"])
 @pytest.mark.parametrize("chunk", [1, 13, 250, None])
-def test_codes_match_brute_force(distance, chunk):
+@pytest.mark.parametrize("tree", [True, False])
+def test_codes_match_brute_force(distance, chunk, tree):
+    from common.neighbors import knn_rows, prepare
+
     x = tied_codes(250, 1)
     ids, dist = brute_force(x, 30, distance)
-    t = exact_knn(x, k=30, distance=distance, chunk=chunk)
-    np.testing.assert_array_equal(t.ids, ids)
-    np.testing.assert_allclose(t.distances, dist, rtol=1e-6)
+    space = prepare(x, distance)
+    assert space.tree is not None
+    if not tree:
+        space.tree = None  # the brute-force path, as on a GPU
+    step = chunk or space.chunk(30, 1 << 30)
+    parts = [knn_rows(space, s, min(250, s + step), 30) for s in range(0, 250, step)]
+    np.testing.assert_array_equal(np.concatenate([p.ids for p in parts]), ids)
+    np.testing.assert_allclose(np.concatenate([p.distances for p in parts]), dist, rtol=1e-6)
+
+
+def test_nan_codes_are_refused():
+    x = np.zeros((10, 2), np.float32)
+    x[3, 1] = np.nan
+    with pytest.raises(ValueError, match="1 codes are NaN or infinite"):
+        exact_knn(x, k=3, distance="l2")
 
 
 def test_real_mnist_rows_match_brute_force(mnist):
@@ -91,3 +107,44 @@ def test_chunk_rows_follow_the_budget():
     assert chunk_rows(60_000, 12, 1 << 30) == (1 << 30) // (60_000 * 12)
     assert chunk_rows(60_000, 12, 1) == 1  # never zero
     assert chunk_rows(100, 12, 1 << 30) == 100  # never more than N
+
+
+def test_l1_kernel_is_built_on_x86_64():
+    import platform
+
+    from common import neighbors
+
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert neighbors._l1 is not None, "common/_l1.c was not compiled: `pip install -e .` needs gcc"
+        assert neighbors._l1.isa() in ("avx512", "avx2")
+
+
+@pytest.mark.parametrize("isa", ["best", "avx2", "portable"])
+def test_l1_kernel_every_instruction_set_gives_the_exact_integers(isa):
+    from common import neighbors
+
+    if neighbors._l1 is None:
+        pytest.skip("no compiled kernel on this platform; the torch path is tested above")
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (37, 784)).astype(np.uint8)  # odd sizes: the 4x4 / 4x2 tiles' remainders
+    b = rng.integers(0, 256, (103, 784)).astype(np.uint8)
+    pad = lambda x: np.pad(x, ((0, 0), (0, 832 - 784)))  # noqa: E731
+    out = np.empty((37, 103), np.int32)
+    try:
+        neighbors._l1.use(isa)
+        neighbors._l1.l1_block(pad(a), pad(b), out, 832)
+    finally:
+        neighbors._l1.use("best")
+    np.testing.assert_array_equal(out, cdist(a.astype(np.float64), b.astype(np.float64), "cityblock"))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        neighbors._l1.l1_block(a, b, out, 784)
+
+
+def test_kernel_and_portable_l1_tables_are_identical(mnist):
+    from common.neighbors import knn_rows, prepare
+
+    x = mnist.images[:3000]
+    fast = knn_rows(prepare(x, "l1"), 0, 3000, 100)
+    slow = knn_rows(prepare(x, "l1", l1_kernel=False), 0, 3000, 100)
+    np.testing.assert_array_equal(fast.ids, slow.ids)
+    np.testing.assert_array_equal(fast.distances, slow.distances)

@@ -5,7 +5,7 @@ import torch
 
 from common.models import build_model
 from common.names import MODEL_NAMES
-from common.training import Checkpoint, TrainConfig, encode, train
+from common.training import Checkpoint, ModelStack, TrainConfig, encode, initial_state, train, train_group
 
 
 def test_architectures_match_the_study():
@@ -65,3 +65,40 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(x):
     assert ck.losses == full.losses
     assert all(torch.equal(ck.model_state[k], full.model_state[k]) for k in full.model_state)
     assert torch.equal(ck.reconstructions, full.reconstructions)
+
+
+def test_a_stack_computes_each_model_exactly_as_the_model_alone(x):
+    names = list(MODEL_NAMES)
+    states = [initial_state(n, 3) for n in names]
+    stack = ModelStack(names, states)
+    out = stack(x[:50])
+    per = stack.losses(x[:50])
+    for g, name in enumerate(names):
+        alone = build_model(name)
+        alone.load_state_dict(stack.state_of(g))
+        assert all(torch.equal(stack.state_of(g)[k], states[g][k]) for k in states[g])
+        with torch.no_grad():
+            y = alone(x[:50])
+        torch.testing.assert_close(out[g].detach(), y, rtol=1e-5, atol=1e-5)
+        want = (y - x[:50]).abs().mean() if name.endswith("l1") else ((y - x[:50]) ** 2).mean()
+        torch.testing.assert_close(per[g].detach(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_group_training_resumes_exactly(x):
+    names = list(MODEL_NAMES)
+    full = train_group(names, x, CFG, recon_ids=[0, 1])
+    kept: list[dict] = []
+
+    def stop_after_two(cks):
+        kept.append({n: ck.to_bytes() for n, ck in cks.items()})
+        if len(kept) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_group(names, x, CFG, recon_ids=[0, 1], on_epoch_end=stop_after_two)
+    resume = {n: Checkpoint.from_bytes(b) for n, b in kept[-1].items()}
+    again = train_group(names, x, CFG, recon_ids=[0, 1], resume=resume)
+    for n in names:
+        assert again[n].losses == full[n].losses and len(full[n].losses) == 3
+        assert all(torch.equal(again[n].model_state[k], full[n].model_state[k]) for k in full[n].model_state)
+        assert full[n].losses[-1] < full[n].losses[0]
