@@ -82,7 +82,10 @@ def _factory(settings: Settings):
 
 
 def _runtime(settings: Settings, factory):
-    from common.study import Runtime  # imports torch: only for the commands that compute
+    from common.training import configure_numerics  # imports torch: only for the commands that compute
+
+    configure_numerics()  # before any torch operation starts a thread pool
+    from common.study import Runtime
 
     return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
                    device=settings.device, memory_budget=settings.memory_budget, progress=TqdmProgress())

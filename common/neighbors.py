@@ -75,6 +75,10 @@ class Space:
         """Query rows per chunk so that a chunk's working set fits the budget."""
         return chunk_rows(self.n, self.bytes_per_pair, memory_budget)
 
+    @staticmethod
+    def uses_tree(device: torch.device, dim: int) -> bool:
+        return device.type == "cpu" and dim <= 8
+
     def knn(self, rows: Tensor, k: int) -> NeighborTable:
         """Exact top-k of the query ``rows`` (int64 indices)."""
         return knn_of(self, rows, k)
@@ -178,10 +182,12 @@ class CodeSpace(_Dense):
         self.x = torch.from_numpy(xd).to(device)
         self.l1 = distance == "l1"
         self.tree = None
-        if device.type == "cpu" and xd.shape[1] <= 8:
+        if self.uses_tree(device, xd.shape[1]):
             from scipy.spatial import cKDTree
 
-            self.tree = cKDTree(xd)
+            # balanced_tree=False: scipy 1.17's default (median) build segfaults on duplicate points
+            # when subnormals are flushed to zero, which training sets for the whole process
+            self.tree = cKDTree(xd, balanced_tree=False)
 
     def _exact(self, q: Tensor, x: Tensor) -> Tensor:
         """sum over coordinates of |q - x| or (q - x)^2, broadcasting; one coordinate at a time."""
@@ -202,7 +208,7 @@ class CodeSpace(_Dense):
     def chunk(self, k: int, memory_budget: int) -> int:
         if self.tree is None:
             return super().chunk(k, memory_budget)
-        return int(max(1, min(self.n, memory_budget // (min(k + 1 + PAD, self.n) * 96))))
+        return tree_chunk_rows(self.n, k, memory_budget)
 
     def knn(self, rows: Tensor, k: int) -> NeighborTable:
         if self.tree is None:
@@ -258,6 +264,23 @@ def prepare(points: np.ndarray, distance: str, device: str | torch.device = "cpu
 def chunk_rows(n: int, bytes_per_pair: int, memory_budget: int) -> int:
     """Query rows per chunk so that the chunk's (rows, N) working set fits the budget."""
     return int(max(1, min(n, memory_budget // max(1, n * bytes_per_pair))))
+
+
+def tree_chunk_rows(n: int, k: int, memory_budget: int) -> int:
+    """Query rows per chunk on the KD-tree path: (rows, K + PAD) candidates and their temporaries."""
+    return int(max(1, min(n, memory_budget // (min(k + 1 + PAD, n) * 96))))
+
+
+def plan_chunk(n: int, dim: int, k: int, distance: str, *, pixels: bool, memory_budget: int,
+               device: str | torch.device = "cpu") -> int:
+    """The rows per chunk that ``prepare(points, distance, device).chunk(k, budget)`` would choose,
+    without the points: a table's chunks are fixed when it is planned, before any worker loads data."""
+    if pixels:
+        cls = PixelL2 if distance == "l2" else PixelL1
+        return chunk_rows(n, cls.bytes_per_pair, memory_budget)
+    if CodeSpace.uses_tree(torch.device(device), dim):
+        return tree_chunk_rows(n, k, memory_budget)
+    return chunk_rows(n, CodeSpace.bytes_per_pair, memory_budget)
 
 
 def knn_rows(space: Space, start: int, stop: int, k: int) -> NeighborTable:

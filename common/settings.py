@@ -29,6 +29,21 @@ class Settings(BaseSettings):
     # auto = CUDA when present, else the CPU.
     device: str = "auto"
 
+    # --- the Celery path (aeknn submit / worker); `aeknn run` needs none of this
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Seconds before Redis hands an unacknowledged task to another worker: longer than any task.
+    visibility_timeout: int = Field(default=4 * 3600, gt=0)
+    # Deliveries of one task (worker lost, killed, out of memory) before its experiment is FAILED.
+    max_attempts: int = Field(default=3, gt=0)
+    # A queued task not started after this many seconds is sent again by the sweeper (lost message).
+    stale_after: int = Field(default=600, gt=0)
+    # How often the sweeper (celery beat inside `aeknn worker`) looks for lost work, in seconds.
+    sweep_every: float = Field(default=60.0, gt=0)
+    # A worker child is replaced after its resident memory passes this many KiB.
+    worker_max_memory_kib: int = Field(default=6 * 1024 * 1024, gt=0)
+    # torch threads in each worker child (0 = the cores divided by the worker's concurrency).
+    worker_threads: int = Field(default=0, ge=0)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -105,8 +105,22 @@ class TableRow(Base):
     distance: Mapped[str] = mapped_column(String(8))
     k: Mapped[int] = mapped_column(Integer)
     n: Mapped[int] = mapped_column(Integer)
+    chunk_size: Mapped[int] = mapped_column(Integer)  # query rows per chunk, fixed when the table is planned
     complete: Mapped[bool] = mapped_column(default=False)
     seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class ChunkRow(Base):
+    """A chunk of a table whose rows are stored: written in the same transaction as the rows."""
+
+    __tablename__ = "neighbor_chunks"
+    table_id: Mapped[int] = mapped_column(
+        ForeignKey("neighbor_tables.id", ondelete="CASCADE"), primary_key=True
+    )
+    start: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stop: Mapped[int] = mapped_column(Integer)
+    done_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    worker: Mapped[str | None] = mapped_column(String(200))  # who computed it
 
 
 class NeighborRow(Base):
@@ -118,6 +132,26 @@ class NeighborRow(Base):
     ids: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) int32 little-endian
     labels: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) uint8
     distances: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) float32 little-endian
+
+
+class WorkItem(Base):
+    """One unit of an experiment's work on the broker (data, train, a chunk, metrics): its state and
+    attempts live here, so that the broker may lose or repeat messages without losing or repeating work."""
+
+    __tablename__ = "work_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # data | train | chunk | metrics
+    table_id: Mapped[int | None] = mapped_column(Integer)
+    start: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)  # queued | running | done | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class MetricValue(Base):
@@ -268,20 +302,44 @@ def table_key(*, dataset_id: int, space: str, model_id: int | None, distance: st
 
 
 def get_or_create_table(*, session: Session, dataset_id: int, space: str, model_id: int | None,
-                        distance: str, k: int, n: int) -> TableRow:
+                        distance: str, k: int, n: int, chunk_size: int) -> TableRow:
+    """The table with this key; a new one is planned with ``chunk_size`` rows per chunk."""
     key = table_key(dataset_id=dataset_id, space=space, model_id=model_id, distance=distance, k=k)
     row = session.scalar(select(TableRow).where(TableRow.key == key))
     if row is None:
         row = TableRow(key=key, dataset_id=dataset_id, model_id=model_id, space=space,
-                       distance=distance, k=k, n=n, complete=False)
+                       distance=distance, k=k, n=n, chunk_size=chunk_size, complete=False)
         session.add(row)
         session.flush()
     return row
 
 
-def clear_table(*, session: Session, table_id: int) -> None:
-    session.execute(delete(NeighborRow).where(NeighborRow.table_id == table_id))
-    session.execute(update(TableRow).where(TableRow.id == table_id).values(complete=False))
+def get_table(*, session: Session, table_id: int) -> TableRow | None:
+    return session.get(TableRow, table_id)
+
+
+def table_chunks(table: TableRow) -> list[tuple[int, int]]:
+    """The (start, stop) query rows of every chunk of a table."""
+    return [(s, min(table.n, s + table.chunk_size)) for s in range(0, table.n, table.chunk_size)]
+
+
+def done_chunks(*, session: Session, table_id: int) -> set[int]:
+    """The starts of the chunks whose rows are stored."""
+    return set(session.scalars(select(ChunkRow.start).where(ChunkRow.table_id == table_id)))
+
+
+def save_chunk(*, session: Session, table_id: int, start: int, ids: np.ndarray, labels: np.ndarray,
+               distances: np.ndarray, worker: str | None = None) -> bool:
+    """A chunk's rows and its done-mark, in the caller's transaction. False when it was already done.
+
+    Two deliveries of the same chunk racing each other: the second one's commit fails on the primary
+    key (IntegrityError), its transaction rolls back, and exactly one copy stays.
+    """
+    if session.get(ChunkRow, (table_id, start)) is not None:
+        return False
+    session.add(ChunkRow(table_id=table_id, start=start, stop=start + int(ids.shape[0]), worker=worker))
+    save_neighbors(session=session, table_id=table_id, start=start, ids=ids, labels=labels, distances=distances)
+    return True
 
 
 def mark_table_complete(*, session: Session, table_id: int, seconds: float | None) -> None:
@@ -358,3 +416,38 @@ def load_metrics(*, session: Session, experiment_id: int, metric: str | None = N
     if metric is not None:
         q = q.where(MetricValue.metric == metric)
     return list(session.scalars(q.order_by(MetricValue.id)))
+
+
+# ---------------------------------------------------------------- work items (the Celery path)
+
+DONE = "done"
+
+
+def item_key(*, experiment_id: int, kind: str, table_id: int | None = None, start: int | None = None) -> str:
+    return f"{experiment_id}:{kind}:{'' if table_id is None else table_id}:{'' if start is None else start}"
+
+
+def get_item(*, session: Session, experiment_id: int, kind: str, table_id: int | None = None,
+             start: int | None = None) -> WorkItem | None:
+    key = item_key(experiment_id=experiment_id, kind=kind, table_id=table_id, start=start)
+    return session.scalar(select(WorkItem).where(WorkItem.key == key))
+
+
+def add_item(*, session: Session, experiment_id: int, kind: str, table_id: int | None = None,
+             start: int | None = None) -> WorkItem:
+    item = WorkItem(experiment_id=experiment_id, kind=kind, table_id=table_id, start=start, state=QUEUED,
+                    key=item_key(experiment_id=experiment_id, kind=kind, table_id=table_id, start=start),
+                    attempts=0, enqueued_at=utcnow())
+    session.add(item)
+    session.flush()
+    return item
+
+
+def items_of(*, session: Session, experiment_id: int) -> list[WorkItem]:
+    return list(session.scalars(select(WorkItem).where(WorkItem.experiment_id == experiment_id)
+                                .order_by(WorkItem.id)))
+
+
+def active_experiment_ids(*, session: Session) -> list[int]:
+    return list(session.scalars(select(Experiment.id).where(Experiment.status.in_([QUEUED, RUNNING]))
+                                .order_by(Experiment.id)))

@@ -16,13 +16,14 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common import metrics as M
 from common import storage as db
 from common.config import StudyConfig
 from common.data import Dataset, load_dataset, reconstruction_ids
-from common.neighbors import knn_rows, prepare
+from common.neighbors import Space, knn_rows, plan_chunk, prepare
 from common.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
 
 log = logging.getLogger(__name__)
@@ -95,36 +96,81 @@ def stage_data(rt: Runtime, experiment_id: int) -> Dataset:
     return ds
 
 
+def plan_table(factory: sessionmaker[Session], *, dataset_id: int, space: str, model_id: int | None,
+               distance: str, k: int, n: int, dim: int, memory_budget: int, device: str) -> db.TableRow:
+    """The table's row, planned once: its chunks are fixed here so that every worker agrees on them."""
+    pixels = space == db.ORIGINAL
+    size = plan_chunk(n, dim, k, distance, pixels=pixels, memory_budget=memory_budget,
+                      device=resolve_device(device))
+    with db.transaction(factory) as s:
+        return db.get_or_create_table(session=s, dataset_id=dataset_id, space=space, model_id=model_id,
+                                      distance=distance, k=k, n=n, chunk_size=size)
+
+
+def table_points(session: Session, table: db.TableRow) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a table's space (uint8 pixels or float codes) and the samples' labels."""
+    ds = session.get(db.DatasetRow, table.dataset_id)
+    labels = np.frombuffer(ds.labels, np.uint8)
+    if table.model_id is None:
+        return np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1), labels
+    return db.model_codes(session.get(db.ModelRow, table.model_id)).copy(), labels
+
+
+def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
+                start: int) -> bool:
+    """Compute one chunk and store its rows with its done-mark in one transaction.
+
+    Returns False when the chunk was already stored (a repeated delivery): nothing is written twice.
+    """
+    with factory() as s:
+        if start in db.done_chunks(session=s, table_id=table.id):
+            return False
+    stop = min(table.n, start + table.chunk_size)
+    part = knn_rows(space, start, stop, table.k)
+    try:
+        with db.transaction(factory) as s:
+            return db.save_chunk(session=s, table_id=table.id, start=start, ids=part.ids,
+                                 labels=labels[part.ids], distances=part.distances)
+    except IntegrityError:  # the same chunk committed by another delivery in the meantime
+        return False
+
+
+def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float | None = None) -> bool:
+    """Mark the table complete when every chunk is stored (decided from the database). True if complete."""
+    with db.transaction(factory) as s:
+        table = db.get_table(session=s, table_id=table_id)
+        if table.complete:
+            return True
+        if len(db.done_chunks(session=s, table_id=table_id)) < len(db.table_chunks(table)):
+            return False
+        db.mark_table_complete(session=s, table_id=table_id, seconds=seconds)
+        return True
+
+
 def _build_table(rt: Runtime, *, table: db.TableRow, points: np.ndarray, labels: np.ndarray,
                  title: str) -> None:
-    """Compute a neighbour table chunk by chunk; each chunk's rows commit in their own transaction."""
+    """Every chunk not yet stored, in this process; a table left half-written continues where it was."""
     t0 = time.perf_counter()
-    with db.transaction(rt.factory) as s:
-        db.clear_table(session=s, table_id=table.id)  # a table left half-written is redone
     space = prepare(points, table.distance, resolve_device(rt.device))
-    n = space.n
-    step = space.chunk(table.k, rt.memory_budget)
-    rt.progress.begin(title, n, "rows")
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        part = knn_rows(space, start, stop, table.k)
-        with db.transaction(rt.factory) as s:
-            db.save_neighbors(session=s, table_id=table.id, start=start, ids=part.ids,
-                              labels=labels[part.ids], distances=part.distances)
+    with rt.factory() as s:
+        done = db.done_chunks(session=s, table_id=table.id)
+    rt.progress.begin(title, table.n, "rows")
+    for start, stop in db.table_chunks(table):
+        if start not in done:
+            build_chunk(rt.factory, table, space, labels, start)
         rt.progress.advance(stop - start)
     rt.progress.end()
-    with db.transaction(rt.factory) as s:
-        db.mark_table_complete(session=s, table_id=table.id, seconds=time.perf_counter() - t0)
+    finish_table(rt.factory, table.id, seconds=time.perf_counter() - t0)
 
 
 def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: str) -> None:
     """The pixel-space table, shared by every experiment on the same (data set, N, distance, K)."""
     cfg = load_config(rt.factory, experiment_id)
     t0 = time.perf_counter()
-    with db.transaction(rt.factory) as s:
-        exp = db.get_experiment(session=s, experiment_id=experiment_id)
-        table = db.get_or_create_table(session=s, dataset_id=exp.dataset_id, space=db.ORIGINAL,
-                                       model_id=None, distance=distance, k=cfg.k, n=ds.n)
+    with rt.factory() as s:
+        dataset_id = db.get_experiment(session=s, experiment_id=experiment_id).dataset_id
+    table = plan_table(rt.factory, dataset_id=dataset_id, space=db.ORIGINAL, model_id=None, distance=distance,
+                       k=cfg.k, n=ds.n, dim=ds.images.shape[1], memory_budget=rt.memory_budget, device=rt.device)
     if table.complete:
         log.info("experiment %d: reusing the stored original/%s table", experiment_id, distance)
         return
@@ -185,14 +231,14 @@ def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, di
     cfg = load_config(rt.factory, experiment_id)
     t0 = time.perf_counter()
     with db.transaction(rt.factory) as s:
-        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        dataset_id = db.get_experiment(session=s, experiment_id=experiment_id).dataset_id
         row = db.get_or_create_model(session=s, experiment_id=experiment_id, name=name)
-        table = db.get_or_create_table(session=s, dataset_id=exp.dataset_id, space=name, model_id=row.id,
-                                       distance=distance, k=cfg.k, n=ds.n)
+    codes = db.model_codes(row).copy()
+    table = plan_table(rt.factory, dataset_id=dataset_id, space=name, model_id=row.id, distance=distance,
+                       k=cfg.k, n=ds.n, dim=codes.shape[1], memory_budget=rt.memory_budget, device=rt.device)
     if table.complete:
         return
-    _build_table(rt, table=table, points=db.model_codes(row).copy(), labels=ds.labels,
-                 title=f"{name} {distance}")
+    _build_table(rt, table=table, points=codes, labels=ds.labels, title=f"{name} {distance}")
     _timed(rt, experiment_id, f"table {name} {distance}", t0)
 
 

@@ -62,6 +62,17 @@ class Checkpoint:
         return cls(**d)
 
 
+def configure_numerics() -> None:
+    """Flush subnormal floats to zero. Call at process start, before the first torch operation.
+
+    Weight decay drives the weights and Adam moments of dead ReLU units towards zero; once they are
+    subnormal every step slows down tenfold (seen here: 3 s -> 28 s per epoch by epoch 6 on full
+    MNIST). The flag lives in each thread's MXCSR register and new threads inherit it, so it must be
+    set before torch starts its thread pools; the CLI and the workers do so first thing.
+    """
+    torch.set_flush_denormal(True)
+
+
 def model_seed(seed: int, name: str) -> int:
     """Each model gets its own initial weights, stable across runs."""
     return seed * 1009 + MODEL_NAMES.index(name)
@@ -191,6 +202,7 @@ def train_group(
     """
     order_names = sorted(names, key=lambda n: (n.startswith("relu"), MODEL_NAMES.index(n)))
     dev = resolve_device(device)
+    configure_numerics()  # this thread at least; see there for the others
     start = {n: resume[n] for n in order_names} if resume else None
     if start is not None and len({c.epoch for c in start.values()}) != 1:
         raise ValueError(f"checkpoints at different epochs: { {n: c.epoch for n, c in start.items()} }")

@@ -9,6 +9,9 @@ import pytest
 from sqlalchemy import text
 
 from common import storage as db
+from common.training import configure_numerics
+
+configure_numerics()  # as the CLI and the workers do, before any torch thread pool exists
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,13 +16,18 @@ def test_neighbor_rows_round_trip_and_one_row_per_sample(engine):
         ds = db.get_or_create_dataset(session=s, name="mnist", labels=labels, images=images)
         assert db.get_or_create_dataset(session=s, name="mnist", labels=labels, images=images) == ds
         t = db.get_or_create_table(session=s, dataset_id=ds, space=db.ORIGINAL, model_id=None,
-                                   distance="l2", k=7, n=50)
+                                   distance="l2", k=7, n=50, chunk_size=20)
     ids = rng.integers(0, 50, (50, 7)).astype(np.int32)
     dist = rng.random((50, 7)).astype(np.float32)
-    for start, stop in ((0, 20), (20, 50)):  # two chunks, two transactions
+    assert db.table_chunks(t) == [(0, 20), (20, 40), (40, 50)]
+    for start, stop in db.table_chunks(t):  # one transaction per chunk: its rows and its done-mark
         with db.transaction(f) as s:
-            db.save_neighbors(session=s, table_id=t.id, start=start, ids=ids[start:stop],
-                              labels=labels[ids[start:stop]], distances=dist[start:stop])
+            assert db.save_chunk(session=s, table_id=t.id, start=start, ids=ids[start:stop],
+                                 labels=labels[ids[start:stop]], distances=dist[start:stop])
+    with db.transaction(f) as s:  # a repeated chunk is skipped
+        assert not db.save_chunk(session=s, table_id=t.id, start=20, ids=ids[20:40],
+                                 labels=labels[ids[20:40]], distances=dist[20:40])
+        assert db.done_chunks(session=s, table_id=t.id) == {0, 20, 40}
     with f() as s:
         got = db.sample_neighbors(session=s, table_id=t.id, sample_id=33)
         np.testing.assert_array_equal(got[0], ids[33])
@@ -37,10 +42,8 @@ def test_neighbor_rows_round_trip_and_one_row_per_sample(engine):
                           distances=dist[:1])
     with f() as s:
         np.testing.assert_array_equal(db.load_table_ids(session=s, table_id=t.id, n=50, k=7), ids)
-    with db.transaction(f) as s:
-        db.clear_table(session=s, table_id=t.id)
-    with f() as s, pytest.raises(RuntimeError, match="holds 0 rows, expected 50"):
-        db.load_table_ids(session=s, table_id=t.id, n=50, k=7)
+    with f() as s, pytest.raises(RuntimeError, match="holds 50 rows, expected 60"):
+        db.load_table_ids(session=s, table_id=t.id, n=60, k=7)
 
 
 def test_experiment_model_and_metric_records(engine):

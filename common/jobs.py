@@ -1,0 +1,47 @@
+"""How work is named and routed on the broker, shared by the workers and by whoever submits.
+
+The API and the CLI send tasks by name (``send_task``), so they never import the workers (or torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.settings import Settings
+
+# task names
+ADVANCE = "aeknn.advance"  # look at an experiment's state in the database and send what is due next
+PREPARE = "aeknn.prepare_data"
+TRAIN = "aeknn.train"
+CHUNK = "aeknn.neighbor_chunk"
+METRICS = "aeknn.metrics"
+SWEEP = "aeknn.sweep"
+
+# queues: training and neighbour work apart, so that each can get its own workers
+CONTROL, TRAIN_QUEUE, NEIGHBORS = "control", "train", "neighbors"
+QUEUES = (CONTROL, TRAIN_QUEUE, NEIGHBORS)
+ROUTES = {ADVANCE: CONTROL, PREPARE: CONTROL, METRICS: CONTROL, SWEEP: CONTROL,
+          TRAIN: TRAIN_QUEUE, CHUNK: NEIGHBORS}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for long jobs on Redis (see README, "Running on workers")."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 5,
+        # a task is acknowledged when it finishes, and given back when its worker process dies
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout,
+                                     "socket_connect_timeout": 5, "socket_timeout": 30},
+        "task_routes": {name: {"queue": q} for name, q in ROUTES.items()},
+        "task_default_queue": CONTROL,
+        "task_ignore_result": True,  # the database holds every result and state
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_max_memory_per_child": settings.worker_max_memory_kib,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {"sweep": {"task": SWEEP, "schedule": settings.sweep_every}},
+    }
