@@ -72,6 +72,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         updates["device"] = args.device
     if getattr(args, "memory_budget", None):
         updates["memory_budget"] = args.memory_budget
+    if getattr(args, "broker", None):
+        updates["broker_url"] = args.broker
     return s.model_copy(update=updates)
 
 
@@ -105,18 +107,25 @@ def _print_tables(factory, experiment_id: int, fmt: str) -> None:
         print(report.render_text(tables))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace, cmd: str):
+    """The StudyConfig the options ask for, or None after printing what is wrong with them."""
     from common.config import StudyConfig
 
     fields = {"dataset": args.dataset, "limit": args.limit, "models": args.models, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "k": args.k,
               "distances": args.distances, "seed": args.seed, "ks": args.ks}
     try:
-        cfg = StudyConfig(**{k: v for k, v in fields.items() if v is not None})
+        return StudyConfig(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         for e in exc.errors():
             where = ".".join(str(p) for p in e["loc"]) or "config"
-            print(f"aeknn run: invalid {where}: {e['msg']}", file=sys.stderr)
+            print(f"aeknn {cmd}: invalid {where}: {e['msg']}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args, "run")
+    if cfg is None:
         return 2
     settings = _settings(args)
     factory = _factory(settings)
@@ -141,6 +150,103 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run_experiment(_runtime(settings, factory), args.experiment)
     _print_tables(factory, args.experiment, "table")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from common import experiments, jobs
+
+    cfg = _config(args, "submit")
+    if cfg is None:
+        return 2
+    settings = _settings(args)
+    try:
+        experiment_id = experiments.submit(_factory(settings), settings, cfg)
+    except jobs.BrokerUnavailable as exc:
+        print(f"aeknn submit: not submitted: {exc}", file=sys.stderr)
+        return 3
+    print(experiment_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from common import experiments
+
+    factory = _factory(_settings(args))
+    with factory() as s:
+        info = experiments.describe(s, args.experiment)
+    if info is None:
+        print(f"aeknn status: no experiment {args.experiment}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    print(f"experiment {info['id']}: {info['status']}  stage: {info['stage'] or '-'}  attempts: {info['attempts']}")
+    if info["error"]:
+        print(f"error: {info['error']}")
+    for m in info["models"]:
+        loss = "-" if m["loss"] is None else f"{m['loss']:.4f}"
+        print(f"  model {m['name']:<10} epoch {m['epochs_done']}/{m['epochs']}  loss {loss}")
+    for t in info["tables"]:
+        print(f"  table {t['space']:<10} {t['distance']}  chunks {t['chunks_done']}/{t['chunks_total']}"
+              f"{'  complete' if t['complete'] else ''}")
+    if info["timings"]:
+        print("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in info["timings"].items()))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from common import experiments
+
+    status = experiments.cancel(_factory(_settings(args)), args.experiment)
+    if status is None:
+        print(f"aeknn cancel: no experiment {args.experiment}", file=sys.stderr)
+        return 1
+    print(f"experiment {args.experiment}: {status}")
+    return 0 if status == "cancelled" else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Replace this process with a Celery worker (the workers import torch; this CLI does not)."""
+    import os
+
+    from common.jobs import QUEUES
+
+    settings = _settings(args)
+    env = dict(os.environ, AEKNN_DATABASE_URL=settings.database_url, AEKNN_BROKER_URL=settings.broker_url,
+               AEKNN_DEVICE=settings.device, AEKNN_MEMORY_BUDGET=str(settings.memory_budget))
+    if args.data_dir:
+        env["AEKNN_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if args.concurrency > 1 and not settings.worker_threads:  # share the cores between the pool processes
+        env["AEKNN_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.concurrency))
+    queues = ",".join(args.queues or QUEUES)
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
+           "-c", str(args.concurrency), "-n", args.name, "--loglevel", args.loglevel,
+           "--without-gossip", "--without-mingle"]
+    if args.beat:  # the sweeper: sends again what the broker lost (one beat per deployment is enough)
+        cmd += ["--beat", "--schedule", str(settings.cache_dir / "celerybeat-schedule")]
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Advance every unfinished experiment once: what the broker lost is sent again."""
+    from common import jobs
+    from common import storage as db_
+
+    settings = _settings(args)
+    factory = _factory(settings)
+    app = jobs.broker_client(settings)
+    with factory() as s:
+        ids = db_.active_experiment_ids(session=s)
+    try:
+        for experiment_id in ids:
+            jobs.send(app, jobs.ADVANCE, experiment_id)
+    except jobs.BrokerUnavailable as exc:
+        print(f"aeknn sweep: {exc}", file=sys.stderr)
+        return 3
+    print(f"advanced {len(ids)} experiment(s): {ids}")
     return 0
 
 
@@ -213,28 +319,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common_opts(sp: argparse.ArgumentParser, compute: bool) -> None:
+    def common_opts(sp: argparse.ArgumentParser, compute: bool, broker: bool = False) -> None:
         sp.add_argument("--db", help="database URL (default: AEKNN_DATABASE_URL or sqlite:///aeknn.db)")
+        if broker:
+            sp.add_argument("--broker", help="Celery broker URL (default: AEKNN_BROKER_URL or redis://127.0.0.1:6379/0)")
         if compute:
             sp.add_argument("--data-dir", help="folder with the IDX files (default: AEKNN_DATA_DIR or ./data)")
             sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA if present)")
             sp.add_argument("--memory-budget", type=_size, help="working memory per chunk, e.g. 256M, 1G")
 
+    def study_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist")
+        sp.add_argument("--limit", type=int, help="use the first N training samples (default: all)")
+        sp.add_argument("--models", type=_csv, help=f"comma list of {','.join(MODEL_NAMES)} (default: all)")
+        sp.add_argument("--epochs", type=int, help="default: 100")
+        sp.add_argument("--batch-size", type=int, help="default: 100")
+        sp.add_argument("--lr", type=float, help="default: 1e-3")
+        sp.add_argument("--weight-decay", type=float, help="default: 1e-3")
+        sp.add_argument("--k", type=int, help="K, neighbours kept per sample (default: 200)")
+        sp.add_argument("--distances", type=_csv, help=f"comma list of {','.join(DISTANCES)} (default: both)")
+        sp.add_argument("--seed", type=int, help="default: 0")
+        sp.add_argument("--ks", type=lambda t: [int(x) for x in _csv(t)],
+                        help="k of the metric tables (default: 5,10,20,50)")
+
     run = sub.add_parser("run", help="run the study in this process and print its tables")
-    run.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist")
-    run.add_argument("--limit", type=int, help="use the first N training samples (default: all)")
-    run.add_argument("--models", type=_csv, help=f"comma list of {','.join(MODEL_NAMES)} (default: all)")
-    run.add_argument("--epochs", type=int, help="default: 100")
-    run.add_argument("--batch-size", type=int, help="default: 100")
-    run.add_argument("--lr", type=float, help="default: 1e-3")
-    run.add_argument("--weight-decay", type=float, help="default: 1e-3")
-    run.add_argument("--k", type=int, help="K, neighbours kept per sample (default: 200)")
-    run.add_argument("--distances", type=_csv, help=f"comma list of {','.join(DISTANCES)} (default: both)")
-    run.add_argument("--seed", type=int, help="default: 0")
-    run.add_argument("--ks", type=lambda t: [int(x) for x in _csv(t)],
-                     help="k of the metric tables (default: 5,10,20,50)")
+    study_opts(run)
     common_opts(run, compute=True)
     run.set_defaults(func=cmd_run)
+
+    sm = sub.add_parser("submit", help="queue the study for the Celery workers; prints its id")
+    study_opts(sm)
+    common_opts(sm, compute=False, broker=True)
+    sm.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="an experiment's state: stage, epochs, chunks, attempts, error")
+    st.add_argument("experiment", type=int)
+    st.add_argument("--format", choices=["text", "json"], default="text")
+    common_opts(st, compute=False)
+    st.set_defaults(func=cmd_status)
+
+    cn = sub.add_parser("cancel", help="cancel a queued or running experiment")
+    cn.add_argument("experiment", type=int)
+    common_opts(cn, compute=False)
+    cn.set_defaults(func=cmd_cancel)
+
+    wk = sub.add_parser("worker", help="start a Celery worker (celery -A worker.celery_app worker ...)")
+    wk.add_argument("--queues", type=_csv, help="comma list of control,train,neighbors (default: all)")
+    wk.add_argument("--concurrency", "-c", type=int, default=1, help="pool processes (default: 1)")
+    wk.add_argument("--name", "-n", default="aeknn@%h", help="worker node name (default: aeknn@%%h)")
+    wk.add_argument("--beat", action="store_true", help="also run the sweeper (once per deployment)")
+    wk.add_argument("--loglevel", default="info")
+    common_opts(wk, compute=True, broker=True)
+    wk.set_defaults(func=cmd_worker)
+
+    sw = sub.add_parser("sweep", help="send again whatever the broker lost, for every unfinished experiment")
+    common_opts(sw, compute=False, broker=True)
+    sw.set_defaults(func=cmd_sweep)
 
     res = sub.add_parser("resume", help="continue a stopped experiment where it stopped")
     res.add_argument("experiment", type=int)

@@ -45,3 +45,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "beat_schedule": {"sweep": {"task": SWEEP, "schedule": settings.sweep_every}},
     }
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker could not be reached; nothing was enqueued and nothing was kept."""
+
+
+def broker_client(settings: Settings):
+    """A Celery app that only sends tasks by name (it imports no task code, hence no torch)."""
+    from celery import Celery
+
+    app = Celery("aeknn-client")
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def send(app, name: str, *args: Any) -> None:
+    """Send a task by name; BrokerUnavailable when the broker cannot be reached (no endless retry)."""
+    try:
+        app.send_task(name, args=list(args), retry=True,
+                      retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+    except Exception as exc:  # kombu/redis raise several kinds; all mean "not enqueued"
+        raise BrokerUnavailable(f"the broker at {app.conf.broker_url} is unreachable: {exc}") from exc

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     sweep_every: float = Field(default=60.0, gt=0)
     # A worker child is replaced after its resident memory passes this many KiB.
     worker_max_memory_kib: int = Field(default=6 * 1024 * 1024, gt=0)
-    # torch threads in each worker child (0 = the cores divided by the worker's concurrency).
+    # torch threads in each worker pool process (0 = torch's default, all cores; `aeknn worker -c N`
+    # sets cores / N).
     worker_threads: int = Field(default=0, ge=0)
 
 

@@ -375,6 +375,21 @@ def find_table(*, session: Session, experiment_id: int, space: str, distance: st
     return session.scalar(q)
 
 
+def experiment_tables(*, session: Session, experiment_id: int) -> list[TableRow]:
+    """The tables an experiment uses: the pixel-space ones of its data set and those of its models."""
+    exp = session.get(Experiment, experiment_id)
+    if exp is None or exp.dataset_id is None:
+        return []
+    k = int(exp.config["k"])
+    distances = list(exp.config["distances"])
+    original = session.scalars(select(TableRow).where(
+        TableRow.dataset_id == exp.dataset_id, TableRow.model_id.is_(None), TableRow.k == k,
+        TableRow.distance.in_(distances)).order_by(TableRow.id))
+    coded = session.scalars(select(TableRow).join(ModelRow, ModelRow.id == TableRow.model_id).where(
+        ModelRow.experiment_id == experiment_id, TableRow.distance.in_(distances)).order_by(TableRow.id))
+    return [*original, *coded]
+
+
 def sample_neighbors(*, session: Session, table_id: int, sample_id: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """One sample's (ids, labels, distances), nearest first: one indexed read."""

@@ -112,12 +112,12 @@ def table_points(session: Session, table: db.TableRow) -> tuple[np.ndarray, np.n
     ds = session.get(db.DatasetRow, table.dataset_id)
     labels = np.frombuffer(ds.labels, np.uint8)
     if table.model_id is None:
-        return np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1), labels
+        return np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1).copy(), labels
     return db.model_codes(session.get(db.ModelRow, table.model_id)).copy(), labels
 
 
 def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
-                start: int) -> bool:
+                start: int, worker: str | None = None) -> bool:
     """Compute one chunk and store its rows with its done-mark in one transaction.
 
     Returns False when the chunk was already stored (a repeated delivery): nothing is written twice.
@@ -130,7 +130,7 @@ def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space
     try:
         with db.transaction(factory) as s:
             return db.save_chunk(session=s, table_id=table.id, start=start, ids=part.ids,
-                                 labels=labels[part.ids], distances=part.distances)
+                                 labels=labels[part.ids], distances=part.distances, worker=worker)
     except IntegrityError:  # the same chunk committed by another delivery in the meantime
         return False
 
@@ -198,6 +198,8 @@ def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) 
     rids = reconstruction_ids(ds.labels)
     rt.progress.begin(f"train {','.join(todo)}", cfg.epochs, "epochs")
     if resume is not None:
+        log.info("experiment %d: resuming %s from epoch %d", experiment_id, todo,
+                 next(iter(resume.values())).epoch)
         rt.progress.advance(next(iter(resume.values())).epoch)
 
     def on_epoch_end(cks: dict[str, Checkpoint]) -> None:

@@ -269,10 +269,20 @@ def train(
 
 @torch.no_grad()
 def encode(model: nn.Module, x: Tensor, batch_size: int = 10_000) -> Tensor:
-    """The 2-D code of every row of ``x``: (N, 784) -> (N, 2) float32 on the CPU."""
+    """The 2-D code of every row of ``x``: (N, 784) -> (N, 2) float32 on the CPU.
+
+    On the CPU this runs on one thread: a GEMM's last bit can depend on how many threads share it,
+    and the codes must not depend on the machine's or the worker's thread count (it is ~0.2 s).
+    """
     dev = next(model.parameters()).device
     model.eval()
-    out = [model.encoder(x[i : i + batch_size].to(dev)).cpu() for i in range(0, x.shape[0], batch_size)]
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        out = [model.encoder(x[i : i + batch_size].to(dev)).cpu() for i in range(0, x.shape[0], batch_size)]
+    finally:
+        torch.set_num_threads(threads)
     return torch.cat(out).float()
 
 

@@ -1,0 +1,139 @@
+"""Real services for the integration tests: Celery worker processes, a PostgreSQL database of their
+own, the machine's Redis, and a TCP proxy that can cut the database's connections for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_START = ("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
+               "--dir /var/lib/redis --logfile /var/log/redis/ci.log")
+
+
+def fresh_database(name: str) -> str:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str, every: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Worker:
+    """``celery -A worker.celery_app worker`` as a real process (prefork, one child)."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, queues: str = "control,train,neighbors",
+                 beat: bool = False) -> None:
+        self.name = name
+        self.log = log_dir / f"worker-{name}.log"
+        cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues, "-c", "1",
+               "-n", f"{name}@%h", "--loglevel", "info", "--without-gossip", "--without-mingle"]
+        if beat:
+            cmd += ["--beat", "--schedule", str(log_dir / f"beat-{name}")]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: "ready." in self.text() or self.proc.poll() is not None, 60, f"worker {name} to start")
+        assert self.proc.poll() is None, f"worker {name} died:\n{self.text()[-3000:]}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill_child(self) -> int:
+        """SIGKILL the pool process that runs the tasks (as the OOM killer would)."""
+        child = self.children()[0]  # one pool process (-c 1), and no beat in the tests that kill
+        os.kill(child, signal.SIGKILL)
+        return child
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+class TcpProxy:
+    """Forwards a local port to PostgreSQL; ``cut(seconds)`` drops every connection and refuses new
+    ones for that long, as a network failure would."""
+
+    def __init__(self, target_port: int = 5432) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.down_until = 0.0
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.down_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self, seconds: float) -> None:
+        self.down_until = time.monotonic() + seconds
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+        self.cut(0)

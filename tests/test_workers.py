@@ -1,0 +1,432 @@
+"""The Celery path against the machine's real Redis and PostgreSQL, with real worker processes.
+
+Each test plays one of RELIABILITY.md's scenarios for real and compares the outcome with the
+in-process run of the same config (the foundation's `aeknn run`), byte for byte.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import redis
+from sqlalchemy import delete, func, select
+
+from common import storage as db
+from common.config import StudyConfig
+from common.settings import get_settings
+from tests.services import REDIS_START, TcpProxy, Worker, fresh_database, wait_for
+
+pytestmark = pytest.mark.workers
+REDIS_URL = "redis://127.0.0.1:6379/15"
+SMALL = {"limit": 2000, "epochs": 3}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def snapshot(factory, experiment_id: int) -> dict:
+    """Everything an experiment produced, in a form two databases can be compared by."""
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        out = {"status": exp.status,
+               "metrics": {(v.metric, v.space, v.distance, v.k, v.label): v.value
+                           for v in db.load_metrics(session=s, experiment_id=experiment_id)},
+               "models": {m.name: (m.losses, m.codes, m.weights)
+                          for m in db.list_models(session=s, experiment_id=experiment_id)},
+               "tables": {}}
+        for t in db.experiment_tables(session=s, experiment_id=experiment_id):
+            rows = s.execute(select(db.NeighborRow.sample_id, db.NeighborRow.ids, db.NeighborRow.labels,
+                                       db.NeighborRow.distances).where(db.NeighborRow.table_id == t.id)
+                             .order_by(db.NeighborRow.sample_id)).all()
+            out["tables"][(t.space, t.distance)] = [tuple(r) for r in rows]
+    return out
+
+
+_references: dict[str, dict] = {}
+
+
+def reference(tmp_path_factory, data_dir, **fields) -> dict:
+    """The same study run in one process (SQLite), once per config."""
+    from common.study import Runtime, run_experiment, submit
+
+    cfg = StudyConfig(**fields)
+    key = repr(sorted(cfg.as_json().items()))
+    if key not in _references:
+        engine = db.make_engine(f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}")
+        db.init_db(engine)
+        f = db.session_factory(engine)
+        eid = submit(f, cfg)
+        run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("cache"),
+                               device="cpu"), eid)
+        _references[key] = snapshot(f, eid)
+        engine.dispose()
+    return _references[key]
+
+
+class Stack:
+    """A fresh database, a clean Redis queue database, and the workers started on them."""
+
+    def __init__(self, tmp_path, data_dir, db_url: str, **env) -> None:
+        self.tmp = tmp_path
+        self.db_url = db_url
+        self.env = {"AEKNN_DATABASE_URL": db_url, "AEKNN_BROKER_URL": REDIS_URL,
+                    "AEKNN_DATA_DIR": str(data_dir), "AEKNN_CACHE_DIR": str(tmp_path / "cache"),
+                    "AEKNN_MEMORY_BUDGET": "4000000",  # ~13 chunks per table: work spreads over workers
+                    **{k: str(v) for k, v in env.items()}}
+        self.engine = db.make_engine(db_url)  # the test reads PostgreSQL directly
+        db.init_db(self.engine)
+        self.factory = db.session_factory(self.engine)
+        self.workers: list[Worker] = []
+
+    def worker(self, name: str, **kw) -> Worker:
+        w = Worker(name, self.env, self.tmp, **kw)
+        self.workers.append(w)
+        return w
+
+    def aeknn(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**__import__("os").environ, **self.env}
+        proc = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"aeknn {args} failed: {proc.stderr[-2000:]}")
+        return proc
+
+    def submit(self, **fields) -> int:
+        args = []
+        for k, v in fields.items():
+            args += [f"--{k.replace('_', '-')}", ",".join(v) if isinstance(v, list) else str(v)]
+        return int(self.aeknn("submit", *args).stdout.strip())
+
+    def experiment(self, eid: int) -> db.Experiment:
+        with self.factory() as s:
+            return db.get_experiment(session=s, experiment_id=eid)
+
+    def wait(self, eid: int, timeout: float = 240, status: str = db.SUCCEEDED) -> db.Experiment:
+        def done():
+            exp = self.experiment(eid)
+            return exp if exp.status in (db.SUCCEEDED, db.FAILED, db.CANCELLED) else None
+
+        try:
+            exp = wait_for(done, timeout, f"experiment {eid}")
+        except AssertionError:
+            logs = "\n".join(w.text()[-3000:] for w in self.workers)
+            raise AssertionError(f"experiment {eid} did not finish: {self.experiment(eid).__dict__}\n{logs}") from None
+        assert exp.status == status, (exp.status, exp.error)
+        return exp
+
+    def items(self, eid: int, kind: str | None = None) -> list[db.WorkItem]:
+        with self.factory() as s:
+            return [i for i in db.items_of(session=s, experiment_id=eid) if kind is None or i.kind == kind]
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def stack(tmp_path, data_dir):
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    get_settings.cache_clear()
+    st = Stack(tmp_path, data_dir, fresh_database("aeknn_workers"))
+    yield st
+    st.close()
+
+
+def assert_same_results(got: dict, want: dict) -> None:
+    assert got["status"] == want["status"] == db.SUCCEEDED
+    assert got["models"].keys() == want["models"].keys()
+    for name in want["models"]:
+        assert got["models"][name][0] == want["models"][name][0], f"{name}: loss history differs"
+        assert got["models"][name][1] == want["models"][name][1], f"{name}: codes differ"
+    assert got["tables"].keys() == want["tables"].keys()
+    for key in want["tables"]:
+        assert got["tables"][key] == want["tables"][key], f"table {key} differs"
+    assert got["metrics"] == want["metrics"]
+
+
+# ---------------------------------------------------------------- the scenarios
+
+
+def test_two_workers_share_the_job_and_match_the_in_process_run(stack, tmp_path_factory, data_dir):
+    stack.worker("w1")
+    stack.worker("w2")
+    eid = stack.submit(**SMALL)
+    exp = stack.wait(eid)
+    with stack.factory() as s:
+        by = {w for (w,) in s.execute(select(db.ChunkRow.worker))}
+        n_chunks = s.scalar(select(func.count()).select_from(db.ChunkRow))
+    assert {w.split("@")[0] for w in by} == {"w1", "w2"}, by  # both workers computed chunks
+    assert n_chunks > 20
+    assert exp.attempts == 1
+    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **SMALL))
+    status = stack.aeknn("status", str(eid)).stdout
+    assert f"experiment {eid}: succeeded" in status and "epoch 3/3" in status and "complete" in status
+
+
+def test_worker_killed_during_training_resumes_from_its_checkpoint(stack, tmp_path_factory, data_dir):
+    cfg = {"limit": 3000, "epochs": 25, "models": ["linear_mse", "relu_mse"], "distances": ["l2"]}
+    w = stack.worker("w1")
+    eid = stack.submit(**cfg)
+
+    def mid_training():
+        with stack.factory() as s:
+            done = [m.epochs_done for m in db.list_models(session=s, experiment_id=eid)]
+        return done and 3 <= min(done) < 20
+
+    wait_for(mid_training, 120, "training to pass epoch 3")
+    w.kill_child()
+    exp = stack.wait(eid)
+    (train,) = stack.items(eid, "train")
+    assert train.attempts == 2 and exp.attempts == 2  # delivered again after the worker was lost
+    assert "resuming ['linear_mse', 'relu_mse'] from epoch" in w.text()
+    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **cfg))
+
+
+def test_worker_killed_among_the_chunks_loses_and_repeats_nothing(stack, tmp_path_factory, data_dir):
+    cfg = {"limit": 2000, "epochs": 2, "models": ["relu_mse"]}
+    stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"  # ~40 chunks per pixel table
+    w = stack.worker("w1")
+    eid = stack.submit(**cfg)
+
+    def some_chunks():
+        with stack.factory() as s:
+            return s.scalar(select(func.count()).select_from(db.ChunkRow)) >= 10
+
+    wait_for(some_chunks, 120, "ten chunks")
+    w.kill_child()
+    stack.wait(eid)
+    with stack.factory() as s:
+        for t in db.experiment_tables(session=s, experiment_id=eid):
+            rows = s.scalar(select(func.count()).select_from(db.NeighborRow)
+                            .where(db.NeighborRow.table_id == t.id))
+            assert rows == t.n and len(db.done_chunks(session=s, table_id=t.id)) == len(db.table_chunks(t))
+    assert "signal 9 (SIGKILL)" in w.text()
+    # the task the child was running (a chunk, or the advance between two chunks) was delivered again
+    assert any(i.attempts == 2 for i in stack.items(eid)) or "aeknn.advance" in w.text().split("SIGKILL")[0][-3000:]
+    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **cfg))
+
+
+def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
+    """Two deliveries of one chunk racing on PostgreSQL: one commits, the other skips; same via Celery."""
+    from common.neighbors import prepare
+    from common.study import Runtime, build_chunk, stage_data, stage_pixel_table  # noqa: F401
+
+    stack.worker("w1")
+    eid = stack.submit(**SMALL)
+    stack.wait(eid)
+    with stack.factory() as s:
+        table = db.find_table(session=s, experiment_id=eid, space="original", distance="l2")
+        from common.study import table_points
+
+        points, labels = table_points(s, table)
+        first_rows = s.scalar(select(db.NeighborRow.ids).where(db.NeighborRow.table_id == table.id,
+                                                                    db.NeighborRow.sample_id == 0))
+        # forget chunk 0, as if it had never been written
+        s.execute(delete(db.NeighborRow).where(db.NeighborRow.table_id == table.id,
+                                                  db.NeighborRow.sample_id < table.chunk_size))
+        s.execute(delete(db.ChunkRow).where(db.ChunkRow.table_id == table.id, db.ChunkRow.start == 0))
+        s.commit()
+    space = prepare(points, "l2")
+    results, barrier = [], threading.Barrier(2)
+
+    def deliver():
+        barrier.wait()
+        results.append(build_chunk(stack.factory, table, space, labels, 0, worker="racer"))
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(results) == [False, True]
+    with stack.factory() as s:
+        count = s.scalar(select(func.count()).select_from(db.NeighborRow)
+                         .where(db.NeighborRow.table_id == table.id))
+        assert count == table.n
+        assert s.scalar(select(db.NeighborRow.ids).where(db.NeighborRow.table_id == table.id,
+                                                            db.NeighborRow.sample_id == 0)) == first_rows
+    # and through the broker: a chunk item sent twice more after it is done changes nothing
+    (item,) = [i for i in stack.items(eid, "chunk") if i.table_id == table.id and i.start == 0]
+    from common import jobs
+
+    app = jobs.broker_client(get_settings().model_copy(update={"broker_url": REDIS_URL}))
+    jobs.send(app, jobs.CHUNK, item.id)
+    jobs.send(app, jobs.CHUNK, item.id)
+    time.sleep(3)
+    with stack.factory() as s:
+        assert s.scalar(select(func.count()).select_from(db.NeighborRow)
+                        .where(db.NeighborRow.table_id == table.id)) == table.n
+
+
+def test_a_job_that_fails_every_time_is_failed_with_its_reason_and_others_go_on(stack, tmp_path, data_dir):
+    bad = tmp_path / "bad-data"
+    (bad / "mnist").mkdir(parents=True)
+    for f in (data_dir / "mnist").glob("*.gz"):
+        (bad / "mnist" / f.name).write_bytes(f.read_bytes())
+    (bad / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b broken")
+    stack.env["AEKNN_DATA_DIR"] = str(bad)
+    stack.worker("w1")
+    eid = stack.submit(**SMALL)
+    exp = stack.wait(eid, status=db.FAILED)
+    assert "train-labels-idx1-ubyte.gz" in exp.error and "corrupt" in exp.error
+    (item,) = stack.items(eid, "data")
+    assert item.attempts == 1 and item.state == db.FAILED  # no retry loop
+    status = stack.aeknn("status", str(eid)).stdout
+    assert "failed" in status and "train-labels-idx1-ubyte.gz" in status
+    # the same worker goes on with another job (its data is stored already by then: reuse the good files)
+    stack.workers[0].stop()
+    stack.env["AEKNN_DATA_DIR"] = str(data_dir)
+    stack.worker("w2")
+    stack.wait(stack.submit(**SMALL))
+
+
+def test_attempts_are_bounded_when_the_worker_is_lost_every_time(stack):
+    """A delivery that never finishes (state left 'running') counts; past max_attempts the job FAILS."""
+    from worker import pipeline
+
+    settings = get_settings().model_copy(update={"max_attempts": 3})
+    with db.transaction(stack.factory) as s:
+        eid = db.create_experiment(session=s, config=StudyConfig(**SMALL).as_json())
+        item = db.add_item(session=s, experiment_id=eid, kind="data")
+    ran = []
+    for _ in range(3):  # three deliveries, each "killed" (the body never returns normally)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_item(stack.factory, settings, item.id, lambda it: (ran.append(1), _raise()))
+    assert pipeline.run_item(stack.factory, settings, item.id, lambda it: ran.append(1)) is None
+    exp = stack.experiment(eid)
+    assert len(ran) == 3 and exp.status == db.FAILED and "gave up after 3 attempts" in exp.error
+
+
+def _raise():
+    raise KeyboardInterrupt  # stands for SIGKILL: the body does not come back
+
+
+def test_redis_restarted_with_jobs_queued_still_finishes(stack):
+    eid = stack.submit(**SMALL)  # queued, no worker yet
+    r = redis.Redis.from_url(REDIS_URL)
+    assert r.llen("control") == 1
+    try:
+        r.execute_command("SHUTDOWN", "NOSAVE")  # this Redis keeps nothing on disk: the message is gone
+    except redis.exceptions.ConnectionError:
+        pass  # the server closes the connection as it goes
+    subprocess.run(REDIS_START, shell=True, check=True)
+    wait_for(lambda: _ping(r), 30, "Redis to come back")
+    assert r.llen("control") == 0
+    stack.env.update({"AEKNN_STALE_AFTER": "2", "AEKNN_SWEEP_EVERY": "1"})
+    stack.worker("w1", beat=True)  # the sweeper sends again what was lost
+    stack.wait(eid)
+
+
+def _ping(r) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def test_redis_down_at_submit_is_a_clear_error_and_keeps_nothing(stack):
+    proc = stack.aeknn("submit", "--limit", "2000", "--broker", "redis://127.0.0.1:1/0", check=False)
+    assert proc.returncode == 3 and "unreachable" in proc.stderr
+    with stack.factory() as s:
+        assert s.scalar(select(func.count()).select_from(db.Experiment)) == 0
+
+
+def test_postgres_cut_during_writes_rolls_back_retries_and_completes(stack, tmp_path_factory, data_dir):
+    proxy = TcpProxy()
+    try:
+        stack.env["AEKNN_DATABASE_URL"] = proxy.url("aeknn_workers")
+        stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"
+        cfg = {"limit": 2000, "epochs": 2, "models": ["relu_mse"]}
+        stack.worker("w1")
+        eid = stack.submit(**cfg)
+
+        def some_chunks():
+            with stack.factory() as s:  # the test reads PostgreSQL directly, not through the proxy
+                return s.scalar(select(func.count()).select_from(db.ChunkRow)) >= 5
+
+        wait_for(some_chunks, 120, "five chunks")
+        proxy.cut(4)  # every connection dropped mid-write, and none possible for 4 s
+        stack.wait(eid)
+        log = stack.workers[0].text()
+        assert "Retry in" in log  # the task was retried with backoff, not failed
+        assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **cfg))
+    finally:
+        proxy.close()
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint(stack, data_dir, mnist):
+    """The checkpoint transaction is cut before it commits: the stored one is the previous epoch's, it
+    loads (torch.load weights_only) and training resumed from it equals training never interrupted."""
+    from common.training import Checkpoint, TrainConfig, train_group
+
+    proxy = TcpProxy()
+    try:
+        eng = db.make_engine(proxy.url("aeknn_workers"))
+        f = db.session_factory(eng)
+        with db.transaction(f) as s:
+            eid = db.create_experiment(session=s, config=StudyConfig(**SMALL).as_json())
+            row = db.get_or_create_model(session=s, experiment_id=eid, name="relu_mse")
+        x = mnist.scaled()[:500]
+        cfg = TrainConfig(epochs=3)
+        full = train_group(["relu_mse"], x, cfg, recon_ids=[0])["relu_mse"]
+        epochs_seen = []
+
+        def save(cks):
+            ck = cks["relu_mse"]
+            epochs_seen.append(ck.epoch)
+            with db.transaction(f) as s:
+                db.save_checkpoint(session=s, model_id=row.id, epoch=ck.epoch, losses=ck.losses,
+                                   checkpoint=ck.to_bytes())
+                if ck.epoch == 2:
+                    s.flush()  # the new checkpoint is written, not committed ...
+                    proxy.cut(1)  # ... when the connection dies
+
+        with pytest.raises(Exception):  # noqa: B017 - psycopg's OperationalError, through SQLAlchemy
+            train_group(["relu_mse"], x, cfg, recon_ids=[0], on_epoch_end=save)
+        assert epochs_seen == [1, 2]
+        with stack.factory() as s:
+            stored = db.list_models(session=s, experiment_id=eid)[0]
+            assert stored.epochs_done == 1
+            ck = Checkpoint.from_bytes(stored.checkpoint)
+        assert ck.epoch == 1 and len(ck.losses) == 1
+        resumed = train_group(["relu_mse"], x, cfg, recon_ids=[0], resume={"relu_mse": ck})["relu_mse"]
+        assert resumed.losses == full.losses
+        eng.dispose()
+    finally:
+        proxy.close()
+
+
+def test_cancel_stops_within_one_task_and_keeps_the_database_consistent(stack):
+    w = stack.worker("w1")
+    eid = stack.submit(limit=6000, epochs=200, models="relu_mse", distances="l2")
+
+    def training():
+        with stack.factory() as s:
+            return any(m.epochs_done >= 2 for m in db.list_models(session=s, experiment_id=eid))
+
+    wait_for(training, 120, "training to start")
+    assert "cancelled" in stack.aeknn("cancel", str(eid)).stdout
+    wait_for(lambda: "stopped: " in w.text(), 30, "the training task to stop")
+    with stack.factory() as s:
+        (m,) = db.list_models(session=s, experiment_id=eid)
+        epochs = m.epochs_done
+        assert m.codes is None and len(m.losses) == epochs and Checkpoint_epoch(m) == epochs
+    time.sleep(2)
+    with stack.factory() as s:
+        assert db.list_models(session=s, experiment_id=eid)[0].epochs_done == epochs  # nothing runs on
+    assert stack.experiment(eid).status == db.CANCELLED
+    assert "cancelled" in stack.aeknn("status", str(eid)).stdout
+    assert stack.aeknn("cancel", str(eid)).stdout.strip() == f"experiment {eid}: cancelled"  # idempotent
+    done = stack.submit(**SMALL)
+    stack.wait(done)  # the worker is free for the next job
+    late = stack.aeknn("cancel", str(done), check=False)
+    assert late.returncode == 1 and "succeeded" in late.stdout  # a finished job is not cancelled
+
+
+def Checkpoint_epoch(m) -> int:  # noqa: N802
+    from common.training import Checkpoint
+
+    return Checkpoint.from_bytes(m.checkpoint).epoch

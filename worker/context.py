@@ -1,0 +1,39 @@
+"""Per-process resources of a worker: the database engine and torch's threads."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from common import storage as db
+from common.settings import get_settings
+
+_factory: sessionmaker[Session] | None = None
+_pid: int | None = None
+
+
+def factory() -> sessionmaker[Session]:
+    """This process's session factory (a new engine in each process, never one shared across a fork)."""
+    global _factory, _pid
+    if _factory is None or _pid != os.getpid():
+        engine = db.make_engine(get_settings().database_url)
+        db.init_db(engine)
+        _factory, _pid = db.session_factory(engine), os.getpid()
+    return _factory
+
+
+def after_fork() -> None:
+    """In a new pool child: drop the parent's engine, flush subnormals, size torch's thread pool."""
+    global _factory, _pid
+    if _factory is not None:
+        _factory.kw["bind"].dispose(close=False)  # the parent's connections stay the parent's
+    _factory, _pid = None, None
+    import torch
+
+    from common.training import configure_numerics
+
+    configure_numerics()  # before this child starts any torch thread pool
+    threads = get_settings().worker_threads  # `aeknn worker -c N` sets it to cores / N
+    if threads:
+        torch.set_num_threads(threads)

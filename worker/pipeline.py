@@ -1,0 +1,282 @@
+"""The experiment's state machine on the broker. Nothing here is a Celery task: the tasks in
+``worker/tasks.py`` call these functions with ids, and these functions read and write the database.
+
+- :func:`advance` looks at what is stored and sends what is due next. It is safe to run at any time,
+  any number of times, at once: each unit of work is a row (``work_items``) with a unique key.
+- :func:`run_item` runs one unit: it claims the row (counting the attempt), gives up after
+  ``max_attempts`` deliveries, stops when the experiment was cancelled, and marks the row done.
+- :func:`sweep` sends again what the broker lost (a Redis restart, a dead worker).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from common import jobs
+from common import storage as db
+from common.config import StudyConfig
+from common.data import Dataset
+from common.settings import Settings
+from common.study import (
+    Runtime,
+    build_chunk,
+    finish_table,
+    plan_table,
+    stage_data,
+    stage_metrics,
+    stage_train,
+    table_points,
+)
+
+log = logging.getLogger(__name__)
+Send = Callable[..., None]  # send(task_name, *args)
+TERMINAL = (db.SUCCEEDED, db.FAILED, db.CANCELLED)
+
+
+class Cancelled(Exception):
+    """The experiment was cancelled (or failed elsewhere) while this task ran."""
+
+
+@dataclass(frozen=True)
+class Due:
+    kind: str
+    table_id: int | None = None
+    start: int | None = None
+
+
+# ---------------------------------------------------------------- deciding what is due
+
+
+def _due(factory: sessionmaker[Session], settings: Settings, exp: db.Experiment) -> tuple[list[Due], str, bool]:
+    """What must run next, the stage to show, and whether everything is finished."""
+    cfg = StudyConfig.model_validate(exp.config)
+    if exp.dataset_id is None:
+        return [Due("data")], "data", False
+    with factory() as s:
+        ds = s.get(db.DatasetRow, exp.dataset_id)
+        n, dim = ds.n, len(ds.images) // ds.n
+        rows = {m.name: m for m in db.list_models(session=s, experiment_id=exp.id)}
+    due: list[Due] = []
+    distances = [d.value for d in cfg.distances]
+    models = [m.value for m in cfg.models]
+
+    def chunks_of(space: str, model_id: int | None, d: str, width: int) -> bool:
+        table = plan_table(factory, dataset_id=exp.dataset_id, space=space, model_id=model_id, distance=d,
+                           k=cfg.k, n=n, dim=width, memory_budget=settings.memory_budget, device="cpu")
+        if table.complete or finish_table(factory, table.id):
+            return True
+        with factory() as s:
+            done = db.done_chunks(session=s, table_id=table.id)
+        due.extend(Due("chunk", table.id, start) for start, _ in db.table_chunks(table) if start not in done)
+        return False
+
+    originals = all([chunks_of(db.ORIGINAL, None, d, dim) for d in distances])
+    trained = all(m in rows and rows[m].codes is not None for m in models)
+    if not trained:
+        due.append(Due("train"))
+        return due, "pixel tables and training", False
+    coded = all([chunks_of(m, rows[m].id, d, 2) for m in models for d in distances])
+    if not (originals and coded):
+        return due, "code tables" if originals else "tables", False
+    with factory() as s:
+        metrics = db.get_item(session=s, experiment_id=exp.id, kind="metrics")
+    if metrics is not None and metrics.state == db.DONE:
+        return [], "done", True
+    return [Due("metrics")], "metrics", False
+
+
+def _ensure(factory: sessionmaker[Session], settings: Settings, experiment_id: int, d: Due, send: Send) -> None:
+    """Create the work item and send it; send again only what looks lost (see :func:`sweep`)."""
+    now = db.utcnow()
+    with db.transaction(factory) as s:
+        item = db.get_item(session=s, experiment_id=experiment_id, kind=d.kind, table_id=d.table_id, start=d.start)
+        if item is None:
+            try:
+                with s.begin_nested():
+                    item = db.add_item(session=s, experiment_id=experiment_id, kind=d.kind,
+                                       table_id=d.table_id, start=d.start)
+            except IntegrityError:  # another advance created it at the same moment: it sends it
+                return
+            item_id = item.id
+        else:
+            lost = (item.state == db.QUEUED
+                    and now - item.enqueued_at > dt.timedelta(seconds=settings.stale_after)) or (
+                item.state == db.RUNNING and item.started_at is not None
+                and now - item.started_at > dt.timedelta(seconds=settings.visibility_timeout))
+            if item.state == db.DONE or not lost:
+                return
+            log.warning("experiment %d: %s looks lost (%s since %s); sending it again",
+                        experiment_id, item.key, item.state, item.enqueued_at)
+            item.state, item.enqueued_at = db.QUEUED, now
+            item_id = item.id
+    task = {"data": jobs.PREPARE, "train": jobs.TRAIN, "chunk": jobs.CHUNK, "metrics": jobs.METRICS}[d.kind]
+    send(task, item_id)
+
+
+def advance(factory: sessionmaker[Session], settings: Settings, experiment_id: int, send: Send) -> str | None:
+    """Move an experiment on: send every unit of work that is due. Returns its status."""
+    with db.transaction(factory) as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        if exp is None or exp.status in TERMINAL:
+            return None if exp is None else exp.status
+        if exp.status == db.QUEUED:
+            db.update_experiment(session=s, experiment_id=experiment_id, status=db.RUNNING,
+                                 started_at=exp.started_at or db.utcnow())
+    due, stage, finished = _due(factory, settings, exp)
+    with db.transaction(factory) as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        if exp.status in TERMINAL:
+            return exp.status
+        if finished:
+            db.update_experiment(session=s, experiment_id=experiment_id, status=db.SUCCEEDED, stage="done",
+                                 finished_at=db.utcnow())
+            return db.SUCCEEDED
+        db.update_experiment(session=s, experiment_id=experiment_id, stage=stage)
+    for d in due:
+        _ensure(factory, settings, experiment_id, d, send)
+    return db.RUNNING
+
+
+def sweep(factory: sessionmaker[Session], settings: Settings, send: Send) -> list[int]:
+    """Advance every queued or running experiment: whatever the broker lost is sent again."""
+    with factory() as s:
+        ids = db.active_experiment_ids(session=s)
+    for experiment_id in ids:
+        advance(factory, settings, experiment_id, send)
+    return ids
+
+
+# ---------------------------------------------------------------- running one unit of work
+
+
+def _fail(factory: sessionmaker[Session], experiment_id: int, item_id: int, reason: str) -> None:
+    with db.transaction(factory) as s:
+        item = s.get(db.WorkItem, item_id)
+        item.state, item.error, item.finished_at = db.FAILED, reason, db.utcnow()
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        if exp.status not in TERMINAL:
+            db.update_experiment(session=s, experiment_id=experiment_id, status=db.FAILED, error=reason,
+                                 finished_at=db.utcnow())
+    log.error("experiment %d: FAILED: %s", experiment_id, reason)
+
+
+def check_live(factory: sessionmaker[Session], experiment_id: int) -> None:
+    """Raise Cancelled when the experiment has stopped (cancelled or failed elsewhere)."""
+    with factory() as s:
+        status = db.get_experiment(session=s, experiment_id=experiment_id).status
+    if status in TERMINAL:
+        raise Cancelled(status)
+
+
+def run_item(factory: sessionmaker[Session], settings: Settings, item_id: int,
+             body: Callable[[db.WorkItem], None], *, worker: str | None = None,
+             transient: tuple[type[BaseException], ...] = ()) -> int | None:
+    """Claim and run one unit of work; returns its experiment id (for the next advance) or None."""
+    worker = worker or socket.gethostname()
+    with db.transaction(factory) as s:
+        item = s.get(db.WorkItem, item_id, with_for_update=True)
+        if item is None:
+            return None
+        experiment_id = item.experiment_id
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        if item.state in (db.DONE, db.FAILED) or exp.status in TERMINAL:
+            return None  # a repeated delivery, or the experiment stopped: nothing to do
+        item.attempts += 1
+        attempts = item.attempts
+        item.state, item.started_at, item.worker = db.RUNNING, db.utcnow(), worker
+        db.update_experiment(session=s, experiment_id=experiment_id, attempts=max(exp.attempts, attempts))
+    if attempts > settings.max_attempts:
+        _fail(factory, experiment_id, item_id,
+              f"{item.key}: gave up after {settings.max_attempts} attempts (the worker was lost each time; "
+              f"last error: {item.error or 'none recorded'})")
+        return None
+    log.info("experiment %d: %s (attempt %d) on %s", experiment_id, item.key, attempts, worker)
+    try:
+        body(item)
+    except Cancelled:
+        log.info("experiment %d: stopped: %s", experiment_id, item.key)
+        return None
+    except transient as exc:
+        try:  # best effort: the database may be what is down
+            with db.transaction(factory) as s:
+                it = s.get(db.WorkItem, item_id)
+                it.state, it.error = db.QUEUED, f"retrying after {type(exc).__name__}: {exc}"[:2000]
+        except Exception:  # noqa: BLE001 - the retry below is what matters
+            pass
+        raise
+    except Exception as exc:  # a real failure: the experiment fails with the reason, no retry loop
+        _fail(factory, experiment_id, item_id, f"{item.kind}: {type(exc).__name__}: {exc}")
+        return None
+    with db.transaction(factory) as s:
+        it = s.get(db.WorkItem, item_id)
+        it.state, it.finished_at, it.error = db.DONE, db.utcnow(), None
+    return experiment_id
+
+
+# ---------------------------------------------------------------- the bodies
+
+
+def runtime(factory: sessionmaker[Session], settings: Settings, experiment_id: int) -> Runtime:
+    def stop_if_cancelled(name: str, ck) -> None:  # noqa: ANN001 - called after every epoch
+        check_live(factory, experiment_id)
+
+    return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
+                   device=settings.device, memory_budget=settings.memory_budget,
+                   on_epoch_end=stop_if_cancelled)
+
+
+def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Dataset:
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        ds = s.get(db.DatasetRow, exp.dataset_id)
+        labels = np.frombuffer(ds.labels, np.uint8)
+        images = np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1).copy()  # writable, for torch
+        return Dataset(ds.name, images, labels)
+
+
+def do_data(factory, settings, item: db.WorkItem) -> None:
+    check_live(factory, item.experiment_id)
+    stage_data(runtime(factory, settings, item.experiment_id), item.experiment_id)
+
+
+def do_train(factory, settings, item: db.WorkItem) -> None:
+    check_live(factory, item.experiment_id)
+    with factory() as s:
+        names = list(db.get_experiment(session=s, experiment_id=item.experiment_id).config["models"])
+    stage_train(runtime(factory, settings, item.experiment_id), item.experiment_id,
+                stored_dataset(factory, item.experiment_id), names)
+
+
+_space_cache: dict[int, tuple] = {}
+
+
+def do_chunk(factory, settings, item: db.WorkItem) -> None:
+    """One chunk of a neighbour table; its rows and done-mark commit together (item.worker computed it)."""
+    from common.neighbors import prepare
+    from common.training import resolve_device
+
+    check_live(factory, item.experiment_id)
+    cached = _space_cache.get(item.table_id)
+    with factory() as s:
+        table = db.get_table(session=s, table_id=item.table_id)
+        if cached is None:
+            points, labels = table_points(s, table)
+    if cached is None:
+        _space_cache.clear()  # one table's points per worker process at a time
+        cached = (prepare(points, table.distance, resolve_device(settings.device)), labels)
+        _space_cache[item.table_id] = cached
+    space, labels = cached
+    build_chunk(factory, table, space, labels, item.start, worker=item.worker)
+
+
+def do_metrics(factory, settings, item: db.WorkItem) -> None:
+    check_live(factory, item.experiment_id)
+    stage_metrics(runtime(factory, settings, item.experiment_id), item.experiment_id)
