@@ -1,4 +1,5 @@
-# make run: the seed study on all 60,000 MNIST images, stored in aeknn.db, tables printed.
+# make run: the seed study on all 60,000 MNIST images, stored in aeknn.db, tables printed, then the API
+# served at http://127.0.0.1:8000.
 # make test: the test suite (needs the machine's PostgreSQL for the storage tests on PostgreSQL).
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +23,7 @@ install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(VENV)/bin/aeknn run
+	$(VENV)/bin/aeknn serve
 
 test: install-dev
 	$(VENV)/bin/ruff check .

@@ -250,6 +250,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The REST API under uvicorn, over the same database as `aeknn run`."""
+    import os
+
+    import uvicorn
+
+    settings = _settings(args)
+    _factory(settings)  # create the tables if the database is new
+    os.environ["AEKNN_DATABASE_URL"] = settings.database_url  # for uvicorn's worker processes
+    os.environ["AEKNN_BROKER_URL"] = settings.broker_url
+    get_settings.cache_clear()
+    base = f"http://{args.host}:{args.port}"
+    print(f"aeknn API: {base}   docs: {base}/docs   tables: {base}/metrics/score_at_k   "
+          f"neighbours: {base}/samples/0/neighbors?space=encoded&k=20", flush=True)
+    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level="warning")
+    return 0
+
+
 def _experiment_id(factory, given: int | None, cmd: str) -> int | None:
     with factory() as s:
         if given is None:
@@ -371,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--loglevel", default="info")
     common_opts(wk, compute=True, broker=True)
     wk.set_defaults(func=cmd_worker)
+
+    sv = sub.add_parser("serve", help="serve the REST API (uvicorn) over the database")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    common_opts(sv, compute=False, broker=True)
+    sv.set_defaults(func=cmd_serve)
 
     sw = sub.add_parser("sweep", help="send again whatever the broker lost, for every unfinished experiment")
     common_opts(sw, compute=False, broker=True)

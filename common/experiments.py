@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common import jobs
@@ -13,10 +14,22 @@ from common.config import StudyConfig
 from common.settings import Settings
 
 
-def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConfig, app=None) -> int:
-    """Record a queued experiment and send its first task. Raises BrokerUnavailable, keeping nothing."""
-    with db.transaction(factory) as s:
-        experiment_id = db.create_experiment(session=s, config=config.as_json())
+def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConfig, app=None,
+           idempotency_key: str | None = None) -> int:
+    """Record a queued experiment and send its first task; returns its id. Raises BrokerUnavailable,
+    keeping nothing. With an ``idempotency_key`` already used, returns that experiment, sending nothing."""
+    if idempotency_key is not None:
+        with factory() as s:
+            found = db.experiment_by_key(session=s, idempotency_key=idempotency_key)
+        if found is not None:
+            return found
+    try:
+        with db.transaction(factory) as s:
+            experiment_id = db.create_experiment(session=s, config=config.as_json(),
+                                                 idempotency_key=idempotency_key)
+    except IntegrityError:  # the same key submitted at the same moment: that one wins
+        with factory() as s:
+            return db.experiment_by_key(session=s, idempotency_key=idempotency_key)
     try:
         jobs.send(app or jobs.broker_client(settings), jobs.ADVANCE, experiment_id)
     except jobs.BrokerUnavailable:

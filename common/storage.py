@@ -64,6 +64,7 @@ class Experiment(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     config: Mapped[dict] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     stage: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
@@ -228,8 +229,8 @@ def dataset_labels(*, session: Session, dataset_id: int) -> np.ndarray:
 # ---------------------------------------------------------------- experiments
 
 
-def create_experiment(*, session: Session, config: dict[str, Any]) -> int:
-    exp = Experiment(config=config, status=QUEUED, timings={})
+def create_experiment(*, session: Session, config: dict[str, Any], idempotency_key: str | None = None) -> int:
+    exp = Experiment(config=config, status=QUEUED, timings={}, idempotency_key=idempotency_key)
     session.add(exp)
     session.flush()
     return exp.id
@@ -237,6 +238,19 @@ def create_experiment(*, session: Session, config: dict[str, Any]) -> int:
 
 def get_experiment(*, session: Session, experiment_id: int) -> Experiment | None:
     return session.get(Experiment, experiment_id)
+
+
+def experiment_by_key(*, session: Session, idempotency_key: str) -> int | None:
+    return session.scalar(select(Experiment.id).where(Experiment.idempotency_key == idempotency_key))
+
+
+def list_experiments(*, session: Session, offset: int, limit: int) -> tuple[list[Experiment], int]:
+    """A page of experiments, newest first, and how many there are."""
+    from sqlalchemy import func
+
+    total = session.scalar(select(func.count()).select_from(Experiment))
+    rows = session.scalars(select(Experiment).order_by(Experiment.id.desc()).offset(offset).limit(limit))
+    return list(rows), int(total)
 
 
 def latest_experiment_id(*, session: Session, status: str | None = SUCCEEDED) -> int | None:
@@ -424,6 +438,22 @@ def save_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[
     if values:
         session.execute(insert(MetricValue), [{"experiment_id": experiment_id, "label": -1, **v}
                                               for v in values])
+
+
+def add_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[str, Any]]) -> None:
+    """Add metric values that are not stored yet (a concurrent request may have added them first)."""
+    have = {(v.metric, v.space, v.distance, v.k, v.label) for v in load_metrics(session=session,
+                                                                               experiment_id=experiment_id)}
+    new = [{"experiment_id": experiment_id, "label": -1, **v} for v in values]
+    new = [v for v in new if (v["metric"], v["space"], v["distance"], v["k"], v["label"]) not in have]
+    if new:
+        session.execute(insert(MetricValue), new)
+
+
+def stored_ks(*, session: Session, experiment_id: int) -> set[int]:
+    """The k at which score@k is stored for the experiment."""
+    return set(session.scalars(select(MetricValue.k).where(MetricValue.experiment_id == experiment_id,
+                                                            MetricValue.metric == "score_at_k").distinct()))
 
 
 def load_metrics(*, session: Session, experiment_id: int, metric: str | None = None) -> list[MetricValue]:

@@ -19,11 +19,11 @@ import torch
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import metrics as M
 from common import storage as db
 from common.config import StudyConfig
 from common.data import Dataset, load_dataset, reconstruction_ids
 from common.neighbors import Space, knn_rows, plan_chunk, prepare
+from common.scoring import store_metrics
 from common.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
 
 log = logging.getLogger(__name__)
@@ -244,57 +244,10 @@ def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, di
     _timed(rt, experiment_id, f"table {name} {distance}", t0)
 
 
-def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.ndarray],
-                    enc: dict[tuple[str, str], np.ndarray]) -> list[dict]:
-    """Every metric of STUDY.md from the id tables: orig[distance], enc[(model, distance)]."""
-    n = labels.shape[0]
-    out: list[dict] = []
-
-    def put(metric: str, space: str, distance: str, k: int, value: float, label: int = -1) -> None:
-        out.append({"metric": metric, "space": space, "distance": distance, "k": k, "label": label,
-                    "value": float(value)})
-
-    by_label_k = min(M.BY_LABEL_K, cfg.k)
-    for d, o in orig.items():
-        for k in cfg.ks:
-            put("same_label_rate", db.ORIGINAL, d, k, M.same_label_rate(o, labels, k).mean())
-            put("knn_accuracy", db.ORIGINAL, d, k, M.knn_accuracy(o, labels, k))
-    for (m, d), e in enc.items():
-        o = orig[d]
-        for k in cfg.ks:
-            q = M.score_at_k(o, e, k)
-            put("score_at_k", m, d, k, q)
-            put("r_nx", m, d, k, M.r_nx(q, n, k))
-            la = M.label_agreement(o, e, labels, k)
-            put("same_label_rate", m, d, k, la["encoded_rate"])
-            put("label_agreement_change", m, d, k, la["change"])
-            put("label_agreement_distance", m, d, k, la["abs_change"])
-            put("knn_accuracy", m, d, k, M.knn_accuracy(e, labels, k))
-        for label, v in M.score_at_k_by_label(o, e, labels, by_label_k).items():
-            put("score_at_k_by_label", m, d, by_label_k, v, label)
-    return out
-
-
 def stage_metrics(rt: Runtime, experiment_id: int) -> None:
     """All metric tables, from the stored neighbour tables (the database is the source of truth)."""
-    cfg = load_config(rt.factory, experiment_id)
     t0 = time.perf_counter()
-    with rt.factory() as s:
-        exp = db.get_experiment(session=s, experiment_id=experiment_id)
-        labels = db.dataset_labels(session=s, dataset_id=exp.dataset_id)
-
-        def ids(space: str, d: str) -> np.ndarray:
-            t = db.find_table(session=s, experiment_id=experiment_id, space=space, distance=d)
-            if t is None:
-                raise RuntimeError(f"experiment {experiment_id}: the {space}/{d} table is not complete")
-            return db.load_table_ids(session=s, table_id=t.id, n=t.n, k=t.k)
-
-        distances = [d.value for d in cfg.distances]
-        orig = {d: ids(db.ORIGINAL, d) for d in distances}
-        enc = {(m.value, d): ids(m.value, d) for m in cfg.models for d in distances}
-    values = compute_metrics(cfg, labels, orig, enc)
-    with db.transaction(rt.factory) as s:
-        db.save_metrics(session=s, experiment_id=experiment_id, values=values)
+    store_metrics(rt.factory, experiment_id)
     _timed(rt, experiment_id, "metrics", t0)
 
 

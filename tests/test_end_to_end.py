@@ -84,7 +84,7 @@ def test_stored_neighbors_equal_brute_force(study, mnist):
 
 
 def test_stored_metrics_equal_metrics_recomputed_from_stored_tables(study):
-    from common.study import compute_metrics
+    from common.scoring import compute_metrics
 
     with study["factory"]() as s:
         exp = db.get_experiment(session=s, experiment_id=study["id"])

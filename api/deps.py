@@ -1,0 +1,77 @@
+"""Dependencies as types: the settings, a database session, an experiment that must exist."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import conflict, not_found
+from common import storage as db
+from common.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+@lru_cache(maxsize=8)
+def _factory(url: str) -> sessionmaker[Session]:
+    engine = db.make_engine(url)
+    db.init_db(engine)
+    return db.session_factory(engine)
+
+
+def get_factory(settings: SettingsDep) -> sessionmaker[Session]:
+    return _factory(settings.database_url)
+
+
+FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
+
+
+def get_db(factory: FactoryDep) -> Iterator[Session]:
+    with factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: anything larger cannot exist
+
+
+def _get(session: Session, experiment_id: int) -> db.Experiment | None:
+    if not 1 <= experiment_id <= MAX_ID:
+        return None
+    return db.get_experiment(session=session, experiment_id=experiment_id)
+
+
+def experiment_or_404(experiment_id: int, session: SessionDep) -> db.Experiment:
+    exp = _get(session, experiment_id)
+    if exp is None:
+        raise not_found(f"no experiment {experiment_id}")
+    return exp
+
+
+ExperimentDep = Annotated[db.Experiment, Depends(experiment_or_404)]
+
+
+def finished_experiment(session: Session, experiment: int | None) -> db.Experiment:
+    """The experiment asked for (it must have succeeded), or the latest that succeeded."""
+    if experiment is None:
+        found = db.latest_experiment_id(session=session)
+        if found is None:
+            raise not_found("no experiment has succeeded yet")
+        experiment = found
+    exp = _get(session, experiment)
+    if exp is None:
+        raise not_found(f"no experiment {experiment}")
+    if exp.status != db.SUCCEEDED:
+        raise conflict(f"experiment {experiment} is {exp.status}: its tables are not complete yet")
+    return exp

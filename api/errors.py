@@ -1,0 +1,110 @@
+"""One error shape for every failure: {"code": "...", "message": "..."} with the right status."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+STATUS = {"not_found": 404, "conflict": 409, "invalid": 422, "too_large": 413, "unavailable": 503}
+
+
+class ErrorOut(BaseModel):
+    code: str  # machine-readable: not_found, conflict, invalid, too_large, unavailable, ...
+    message: str  # names the field or the id
+
+
+# Every route documents the error shape it may answer with (the 422 replaces FastAPI's default one).
+ERROR_RESPONSES = {code: {"model": ErrorOut, "description": what} for code, what in (
+    (404, "unknown experiment or sample id"), (409, "not computed yet, or in the wrong state"),
+    (413, "request body too large"), (422, "invalid input: the message names the field"),
+    (503, "a service the request needs is unreachable"))}
+
+
+class AppError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def not_found(message: str) -> AppError:
+    return AppError("not_found", message)
+
+
+def conflict(message: str) -> AppError:
+    return AppError("conflict", message)
+
+
+def invalid(message: str) -> AppError:
+    return AppError("invalid", message)
+
+
+def _json(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"code": code, "message": message})
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        return _json(STATUS.get(exc.code, 400), exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+            parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}")
+        return _json(422, "invalid", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _json(exc.status_code, f"http_{exc.status_code}", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # never a bare 500 page
+        log.exception("unexpected error")
+        return _json(500, "internal", f"{type(exc).__name__}: internal error")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413, declared or streamed."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._reject(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send) -> None:
+        resp = _json(413, "too_large", f"request body over {self.limit} bytes")
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+
+class _TooLarge(Exception):
+    pass

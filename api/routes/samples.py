@@ -1,0 +1,74 @@
+"""Any sample: its label, its codes, its image, and its nearest neighbours in any table."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from api import data
+from api.deps import SessionDep, finished_experiment
+from api.errors import ERROR_RESPONSES, conflict, invalid
+from api.schemas import Neighbor, NeighborsOut, SampleOut, SampleRef
+from common import storage as db
+from common.config import Distance, ModelName, Space
+
+router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES)
+ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest succeeded experiment")]
+
+
+@router.get("/{sample_id}/neighbors", response_model=NeighborsOut)
+def neighbors(sample_id: int, session: SessionDep, space: Space = Space.encoded,
+              model: ModelName = ModelName.relu_mse, distance: Distance = Distance.l2,
+              k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
+              experiment: ExperimentQ = None) -> NeighborsOut:
+    """The sample's k nearest neighbours in pixel space (original) or in a model's code space."""
+    exp = finished_experiment(session, experiment)
+    data.check_sample(session, exp, sample_id)
+    name = db.ORIGINAL if space == Space.original else model.value
+    if space == Space.encoded:
+        data.model_row(session, exp, model.value)
+    if distance.value not in exp.config["distances"]:
+        raise invalid(f"distance: experiment {exp.id} has no {distance.value} tables "
+                      f"(it has {exp.config['distances']})")
+    table = db.find_table(session=session, experiment_id=exp.id, space=name, distance=distance.value)
+    if table is None:
+        raise conflict(f"experiment {exp.id} has no complete {name}/{distance.value} table")
+    if k > table.k:
+        raise invalid(f"k: must be at most the table's K={table.k}, got {k}")
+    ids, labels, dists = db.sample_neighbors(session=session, table_id=table.id, sample_id=sample_id)
+    own = int(data.labels(session, exp.dataset_id)[sample_id])
+    return NeighborsOut(
+        experiment=exp.id, sample=SampleRef(id=sample_id, label=own), space=space.value,
+        model=None if space == Space.original else model.value, distance=distance.value, k=k,
+        neighbors=[Neighbor(rank=r + 1, id=int(ids[r]), label=int(labels[r]), distance=float(dists[r]))
+                   for r in range(k)])
+
+
+@router.get("/{sample_id}", response_model=SampleOut)
+def sample(sample_id: int, session: SessionDep, experiment: ExperimentQ = None) -> SampleOut:
+    """The sample's label and its 2-D code under each model."""
+    exp = finished_experiment(session, experiment)
+    data.check_sample(session, exp, sample_id)
+    codes = {m.name: [float(v) for v in db.model_codes(m)[sample_id]]
+             for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None}
+    return SampleOut(experiment=exp.id, id=sample_id, label=int(data.labels(session, exp.dataset_id)[sample_id]),
+                     codes=codes)
+
+
+@router.get("/{sample_id}/image.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def image(sample_id: int, session: SessionDep, experiment: ExperimentQ = None,
+          scale: Annotated[int, Query(ge=1, le=8)] = 2) -> Response:
+    """The 28 x 28 digit as a PNG (scaled up ``scale`` times)."""
+    from PIL import Image
+
+    exp = finished_experiment(session, experiment)
+    data.check_sample(session, exp, sample_id)
+    pixels = data.images(session, exp.dataset_id)[sample_id].reshape(28, 28)
+    img = Image.fromarray(pixels, mode="L").resize((28 * scale, 28 * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return Response(buf.getvalue(), media_type="image/png",
+                    headers={"Cache-Control": "public, max-age=86400"})

@@ -1,0 +1,174 @@
+"""Response shapes (one family per resource). Request bodies reuse common.config.StudyConfig."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel
+
+from common.config import StudyConfig
+
+# The database stores UTC without an offset; RFC 3339 (OpenAPI's date-time) wants one.
+UTCDatetime = Annotated[dt.datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=dt.UTC))]
+
+
+class ExperimentCreate(StudyConfig):
+    """Every field optional: the seed study is the default. Unknown fields are refused."""
+
+
+class ModelProgress(BaseModel):
+    name: str
+    epochs_done: int
+    epochs: int
+    loss: float | None
+    trained: bool
+
+
+class TableProgress(BaseModel):
+    space: str
+    distance: str
+    complete: bool
+    chunks_done: int
+    chunks_total: int
+
+
+class TaskCounts(BaseModel):
+    total: int
+    done: int
+    retried: int
+
+
+class ExperimentPublic(BaseModel):
+    id: int
+    status: str
+    stage: str | None
+    error: str | None
+    config: dict[str, Any]
+    created_at: UTCDatetime
+    started_at: UTCDatetime | None
+    finished_at: UTCDatetime | None
+    timings: dict[str, float]
+    attempts: int
+    tasks: TaskCounts
+    models: list[ModelProgress]
+    tables: list[TableProgress]
+    chunks_done: int
+    chunks_total: int
+    links: dict[str, str]
+
+
+class ExperimentSummary(BaseModel):
+    id: int
+    status: str
+    stage: str | None
+    created_at: UTCDatetime
+    config: dict[str, Any]
+    links: dict[str, str]
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentSummary]
+    total: int
+    page: int
+    per_page: int
+
+
+class SampleRef(BaseModel):
+    id: int
+    label: int
+
+
+class Neighbor(BaseModel):
+    rank: int
+    id: int
+    label: int
+    distance: float
+
+
+class NeighborsOut(BaseModel):
+    experiment: int
+    sample: SampleRef
+    space: str
+    model: str | None
+    distance: str
+    k: int
+    neighbors: list[Neighbor]
+
+
+class SampleOut(BaseModel):
+    experiment: int
+    id: int
+    label: int
+    codes: dict[str, list[float]]  # model -> [x, y]
+
+
+class ValuesRow(BaseModel):
+    model: str
+    distance: str
+    values: dict[str, float | None]  # k -> value
+
+
+class ScoreTable(BaseModel):
+    experiment: int
+    k: list[int]
+    rows: list[ValuesRow]
+
+
+class ByLabelRow(BaseModel):
+    model: str
+    distance: str
+    k: int
+    by_label: dict[str, float]
+
+
+class ByLabelTable(BaseModel):
+    experiment: int
+    k: int
+    rows: list[ByLabelRow]
+
+
+class AgreementRow(BaseModel):
+    model: str
+    distance: str
+    k: int
+    original_rate: float | None
+    encoded_rate: float | None
+    change: float | None
+    abs_change: float | None
+
+
+class AgreementTable(BaseModel):
+    experiment: int
+    k: list[int]
+    rows: list[AgreementRow]
+
+
+class SpaceRow(BaseModel):
+    space: str
+    distance: str
+    values: dict[str, float | None]
+
+
+class AccuracyTable(BaseModel):
+    experiment: int
+    k: list[int]
+    rows: list[SpaceRow]
+
+
+class CodesOut(BaseModel):
+    experiment: int
+    model: str
+    ids: list[int]
+    labels: list[int]
+    codes: list[list[float]]
+
+
+class LossOut(BaseModel):
+    experiment: int
+    losses: dict[str, list[float]]  # model -> mean loss of each epoch
+
+
+class HealthOut(BaseModel):
+    database: str
+    broker: str

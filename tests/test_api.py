@@ -1,0 +1,261 @@
+"""The REST API over an experiment really computed by the pipeline, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from scipy.spatial.distance import cdist
+
+from common import storage as db
+from common.config import StudyConfig
+from common.neighbors import PIXEL_UNIT
+from common.settings import Settings
+from tests.services import fresh_database
+
+CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20])
+REDIS_URL = "redis://127.0.0.1:6379/15"
+DOWN = "redis://127.0.0.1:1/0"  # nothing listens there
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def study(request, tmp_path_factory, data_dir):
+    from common.study import Runtime, run_experiment, submit
+
+    url = (f"sqlite:///{tmp_path_factory.mktemp('api') / 'api.db'}" if request.param == "sqlite"
+           else fresh_database("aeknn_api"))
+    engine = db.make_engine(url)
+    db.init_db(engine)
+    f = db.session_factory(engine)
+    eid = submit(f, CFG)
+    run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("c"), device="cpu"), eid)
+    yield {"url": url, "factory": f, "id": eid}
+    engine.dispose()
+
+
+def client(study, broker: str = REDIS_URL) -> TestClient:
+    from api.main import create_app
+
+    return TestClient(create_app(Settings(database_url=study["url"], broker_url=broker)))
+
+
+@pytest.fixture
+def api(study):
+    return client(study)
+
+
+@pytest.fixture
+def queue():
+    r = redis.Redis.from_url(REDIS_URL)
+    r.flushdb()
+    return r
+
+
+def brute(points: np.ndarray, i: int, k: int, distance: str) -> np.ndarray:
+    d = cdist(points[i : i + 1].astype(np.float64), points.astype(np.float64),
+              "cityblock" if distance == "l1" else "euclidean")[0]
+    d[i] = np.inf
+    return np.lexsort((np.arange(len(points)), d))[:k]
+
+
+def test_neighbors_over_http_equal_brute_force(api, study, mnist):
+    images, labels = mnist.images[:800], mnist.labels[:800]
+    with study["factory"]() as s:
+        codes = {m.name: db.model_codes(m) for m in db.list_models(session=s, experiment_id=study["id"])}
+    for i in (0, 7, 123, 799):
+        for distance in ("l1", "l2"):
+            r = api.get(f"/samples/{i}/neighbors", params={"space": "original", "distance": distance, "k": 50})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            want = brute(images, i, 50, distance)
+            assert [n["id"] for n in body["neighbors"]] == list(want)
+            assert [n["label"] for n in body["neighbors"]] == list(labels[want])
+            assert [n["rank"] for n in body["neighbors"]] == list(range(1, 51))
+            assert body["sample"] == {"id": i, "label": int(labels[i])} and body["model"] is None
+            d = cdist(images[i : i + 1].astype(float), images[want].astype(float),
+                      "cityblock" if distance == "l1" else "euclidean")[0] * PIXEL_UNIT
+            np.testing.assert_allclose([n["distance"] for n in body["neighbors"]], d, rtol=1e-5)
+            for model, c in codes.items():
+                r = api.get(f"/samples/{i}/neighbors", params={"model": model, "distance": distance, "k": 20})
+                assert [n["id"] for n in r.json()["neighbors"]] == list(brute(c, i, 20, distance))
+                assert r.json()["model"] == model and r.json()["space"] == "encoded"
+
+
+def test_default_neighbors_call_of_the_design_card(api, study):
+    body = api.get("/samples/3/neighbors?space=encoded&k=20").json()
+    assert body["experiment"] == study["id"] and body["model"] == "relu_mse" and body["distance"] == "l2"
+    assert len(body["neighbors"]) == 20
+
+
+def test_experiments_list_detail_and_loss(api, study):
+    page = api.get("/experiments").json()
+    assert page["total"] >= 1 and page["items"][0]["id"] == study["id"] and page["page"] == 1
+    detail = api.get(f"/experiments/{study['id']}").json()
+    assert detail["status"] == "succeeded" and detail["config"]["limit"] == 800
+    assert {m["name"]: m["epochs_done"] for m in detail["models"]} == dict.fromkeys(CFG.models, 2)
+    assert detail["chunks_done"] == detail["chunks_total"] > 0 and "metrics" in detail["timings"]
+    loss = api.get(f"/experiments/{study['id']}/loss").json()["losses"]
+    assert set(loss) == set(CFG.models) and all(len(v) == 2 for v in loss.values())
+
+
+def test_metric_tables_are_the_stored_values(api, study):
+    with study["factory"]() as s:
+        stored = {(v.metric, v.space, v.distance, v.k, v.label): v.value
+                  for v in db.load_metrics(session=s, experiment_id=study["id"])}
+    t1 = api.get("/metrics/score_at_k", params={"k": "5,10,20"}).json()
+    assert t1["k"] == [5, 10, 20] and len(t1["rows"]) == 8
+    for row in t1["rows"]:
+        for k, v in row["values"].items():
+            assert v == stored[("score_at_k", row["model"], row["distance"], int(k), -1)]
+    t2 = api.get("/metrics/score_at_k/by_label").json()
+    assert t2["k"] == 20 and t2["rows"][0]["by_label"]["3"] == stored[
+        ("score_at_k_by_label", t2["rows"][0]["model"], t2["rows"][0]["distance"], 20, 3)]
+    t3 = api.get("/metrics/label_agreement", params={"k": 10}).json()
+    row = t3["rows"][0]
+    assert row["change"] == stored[("label_agreement_change", row["model"], row["distance"], 10, -1)]
+    assert row["original_rate"] == stored[("same_label_rate", "original", row["distance"], 10, -1)]
+    acc = api.get("/metrics/knn_accuracy", params={"k": 5}).json()
+    assert acc["rows"][0]["space"] == "original" and len(acc["rows"]) == 10
+    rnx = api.get("/metrics/r_nx", params={"k": 5}).json()
+    assert rnx["rows"][0]["values"]["5"] == stored[("r_nx", rnx["rows"][0]["model"], rnx["rows"][0]["distance"], 5, -1)]
+
+
+def test_a_k_not_stored_is_computed_once_from_the_stored_tables(api, study):
+    from common import metrics as M
+
+    body = api.get("/metrics/score_at_k", params={"k": "7"}).json()
+    with study["factory"]() as s:
+        o = db.find_table(session=s, experiment_id=study["id"], space="original", distance="l2")
+        e = db.find_table(session=s, experiment_id=study["id"], space="relu_mse", distance="l2")
+        want = M.score_at_k(db.load_table_ids(session=s, table_id=o.id, n=800, k=50),
+                            db.load_table_ids(session=s, table_id=e.id, n=800, k=50), 7)
+        assert 7 in db.stored_ks(session=s, experiment_id=study["id"])
+    row = next(r for r in body["rows"] if r["model"] == "relu_mse" and r["distance"] == "l2")
+    assert row["values"]["7"] == want
+
+
+def test_csv_by_accept_header_or_format(api):
+    r = api.get("/metrics/score_at_k", headers={"Accept": "text/csv"})
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.text.splitlines()[0] == "model,distance,k=5,k=10,k=20,k=50"
+    assert api.get("/metrics/label_agreement?format=csv&k=5").text.startswith("model,distance,k,original_rate")
+
+
+def test_sample_codes_image_and_plots(api, study, mnist):
+    s = api.get("/samples/11").json()
+    assert s["label"] == int(mnist.labels[11]) and set(s["codes"]) == set(CFG.models)
+    codes = api.get(f"/experiments/{study['id']}/codes", params={"model": "relu_l1"}).json()
+    assert len(codes["ids"]) == len(codes["labels"]) == len(codes["codes"]) == 800
+    assert codes["codes"][11] == pytest.approx(s["codes"]["relu_l1"], abs=1e-5)
+    for path in ("/samples/11/image.png", f"/experiments/{study['id']}/plots/loss.png",
+                 f"/experiments/{study['id']}/plots/latent.png?model=relu_mse",
+                 f"/experiments/{study['id']}/plots/reconstructions.png"):
+        r = api.get(path)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
+    import io
+
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(api.get("/samples/11/image.png?scale=1").content)))
+    np.testing.assert_array_equal(img, mnist.images[11].reshape(28, 28))
+
+
+@pytest.mark.parametrize("path, status, words", [
+    ("/experiments/999", 404, "no experiment 999"),
+    ("/samples/800/neighbors", 404, "sample 800 is not in experiment"),
+    ("/samples/-1/neighbors", 404, "sample -1"),
+    ("/samples/3/neighbors?model=vae", 422, "model"),
+    ("/samples/3/neighbors?space=latent", 422, "space"),
+    ("/samples/3/neighbors?distance=cosine", 422, "distance"),
+    ("/samples/3/neighbors?k=0", 422, "k"),
+    ("/samples/3/neighbors?k=51", 422, "at most the table's K=50"),
+    ("/samples/3/neighbors?experiment=999", 404, "no experiment 999"),
+    ("/metrics/score_at_k?k=0", 422, "k"),
+    ("/metrics/score_at_k?k=abc", 422, "k"),
+    ("/metrics/score_at_k?k=51", 422, "must each be in 1..50"),
+    ("/metrics/score_at_k/by_label?k=5", 422, "stored at k in [20]"),
+    ("/experiments/1/plots/latent.png?model=vae", 422, "model"),
+    ("/nowhere", 404, "Not Found"),
+])
+def test_bad_reads_get_the_error_shape(api, path, status, words):
+    r = api.get(path)
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"code", "message"} and words in r.json()["message"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"models": ["vae"]}, "models.0"),
+    ({"distances": ["cosine"]}, "distances.0"),
+    ({"k": 0}, "k"),
+    ({"limit": 100}, "K=200 must be below"),
+    ({"lr": -0.001}, "lr"),
+    ({"epochs": 100000}, "epochs"),
+    ({"colour": "red"}, "colour: Extra inputs are not permitted"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_submissions_are_422_and_enqueue_nothing(api, study, queue, body, words):
+    before = api.get("/experiments").json()["total"]
+    r = api.post("/experiments", json=body)
+    assert r.status_code == 422 and r.json()["code"] == "invalid" and words in r.json()["message"], r.text
+    assert queue.llen("control") == 0 and api.get("/experiments").json()["total"] == before
+
+
+def test_nan_non_json_and_oversized_bodies(api, queue):
+    r = api.post("/experiments", content=b'{"lr": NaN}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "lr" in r.json()["message"]
+    r = api.post("/experiments", content=b"epochs=3", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "JSON" in r.json()["message"]
+    r = api.post("/experiments", content=b"{" + b" " * (10 << 20) + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
+    assert queue.llen("control") == 0
+
+
+def test_submit_enqueues_once_per_idempotency_key(api, study, queue):
+    first = api.post("/experiments", json={"limit": 1000, "epochs": 1}, headers={"Idempotency-Key": "abc-1"})
+    assert first.status_code == 202, first.text
+    body = first.json()
+    assert body["status"] == "queued" and body["links"]["self"] == f"/experiments/{body['id']}"
+    again = api.post("/experiments", json={"limit": 1000, "epochs": 1}, headers={"Idempotency-Key": "abc-1"})
+    assert again.status_code == 202 and again.json()["id"] == body["id"]
+    assert queue.llen("control") == 1  # one job enqueued
+    other = api.post("/experiments", json={"limit": 1000, "epochs": 1})
+    assert other.json()["id"] != body["id"] and queue.llen("control") == 2
+    # a queued experiment has no tables yet: 409; it can be cancelled once
+    assert api.get(f"/samples/1/neighbors?experiment={body['id']}").status_code == 409
+    assert api.get(f"/metrics/score_at_k?experiment={body['id']}").status_code == 409
+    cancelled = api.post(f"/experiments/{body['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert api.post(f"/experiments/{body['id']}/cancel").json()["status"] == "cancelled"  # idempotent
+    done = api.get("/experiments").json()["items"][-1]["id"]  # the succeeded study
+    assert api.post(f"/experiments/{done}/cancel").status_code == 409
+    assert api.post("/experiments/999/cancel").status_code == 404
+
+
+def test_broker_down_at_submit_is_503_and_keeps_nothing(study):
+    down = client(study, broker=DOWN)
+    before = down.get("/experiments").json()["total"]
+    r = down.post("/experiments", json={"limit": 1000})
+    assert r.status_code == 503 and r.json()["code"] == "unavailable" and "unreachable" in r.json()["message"]
+    assert down.get("/experiments").json()["total"] == before
+    health = down.get("/health")
+    assert health.status_code == 503 and health.json()["database"] == "ok" and "unreachable" in health.json()["broker"]
+
+
+def test_health(api):
+    assert api.get("/health").json() == {"database": "ok", "broker": "ok"}
+
+
+def test_web_process_never_imports_torch(study):
+    code = ("import sys\nfrom fastapi.testclient import TestClient\nfrom api.main import create_app\n"
+            "from common.settings import Settings\n"
+            f"c = TestClient(create_app(Settings(database_url={study['url']!r})))\n"
+            "assert c.get('/metrics/score_at_k').status_code == 200\n"
+            "assert c.get('/samples/3/neighbors').status_code == 200\n"
+            "assert c.get('/experiments/1/plots/latent.png').status_code == 200\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
