@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import conflict, invalid, not_found
@@ -32,15 +33,24 @@ def images(session: Session, dataset_id: int) -> np.ndarray:
     return _dataset(str(session.get_bind().url.render_as_string(hide_password=False)), dataset_id)[1]
 
 
+def dataset_size(session: Session, dataset_id: int) -> int:
+    """N, without loading the data set's blobs (this runs on every neighbours request)."""
+    return int(session.scalar(select(db.DatasetRow.n).where(db.DatasetRow.id == dataset_id)))
+
+
 def check_sample(session: Session, exp: db.Experiment, sample_id: int) -> None:
-    n = int(session.get(db.DatasetRow, exp.dataset_id).n)
+    n = dataset_size(session, exp.dataset_id)
     if not 0 <= sample_id < n:
         raise not_found(f"sample {sample_id} is not in experiment {exp.id} (ids 0..{n - 1})")
 
 
-def model_row(session: Session, exp: db.Experiment, model: str) -> db.ModelRow:
+def check_model(exp: db.Experiment, model: str) -> None:
     if model not in exp.config["models"]:
         raise invalid(f"model: experiment {exp.id} has no model {model!r} (it has {exp.config['models']})")
+
+
+def model_row(session: Session, exp: db.Experiment, model: str) -> db.ModelRow:
+    check_model(exp, model)
     row = next((m for m in db.list_models(session=session, experiment_id=exp.id) if m.name == model), None)
     if row is None or row.codes is None:
         raise conflict(f"experiment {exp.id}: model {model} is not trained yet")

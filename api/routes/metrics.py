@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
+from api import data
 from api.deps import FactoryDep, SessionDep, finished_experiment
 from api.errors import ERROR_RESPONSES, invalid
 from api.schemas import (
@@ -72,7 +73,7 @@ def _respond(request: Request, fmt: Format | None, model: BaseModel, header: lis
 
 def _prepare(session, factory, experiment: int | None, k: str) -> tuple[db.Experiment, list[int]]:
     exp = finished_experiment(session, experiment)
-    ks = _ks(k, exp, int(session.get(db.DatasetRow, exp.dataset_id).n))
+    ks = _ks(k, exp, data.dataset_size(session, exp.dataset_id))
     ensure_ks(factory, exp.id, ks)
     return exp, ks
 

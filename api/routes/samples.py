@@ -28,7 +28,7 @@ def neighbors(sample_id: int, session: SessionDep, space: Space = Space.encoded,
     data.check_sample(session, exp, sample_id)
     name = db.ORIGINAL if space == Space.original else model.value
     if space == Space.encoded:
-        data.model_row(session, exp, model.value)
+        data.check_model(exp, model.value)
     if distance.value not in exp.config["distances"]:
         raise invalid(f"distance: experiment {exp.id} has no {distance.value} tables "
                       f"(it has {exp.config['distances']})")
