@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import conflict, not_found
+from api.errors import not_found
 from common import storage as db
 from common.settings import Settings
 
@@ -64,14 +64,6 @@ ExperimentDep = Annotated[db.Experiment, Depends(experiment_or_404)]
 
 def finished_experiment(session: Session, experiment: int | None) -> db.Experiment:
     """The experiment asked for (it must have succeeded), or the latest that succeeded."""
-    if experiment is None:
-        found = db.latest_experiment_id(session=session)
-        if found is None:
-            raise not_found("no experiment has succeeded yet")
-        experiment = found
-    exp = _get(session, experiment)
-    if exp is None:
-        raise not_found(f"no experiment {experiment}")
-    if exp.status != db.SUCCEEDED:
-        raise conflict(f"experiment {experiment} is {exp.status}: its tables are not complete yet")
-    return exp
+    from api.lookup import finished
+
+    return _get(session, finished(session, experiment).id)

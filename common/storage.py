@@ -407,11 +407,11 @@ def experiment_tables(*, session: Session, experiment_id: int) -> list[TableRow]
 def sample_neighbors(*, session: Session, table_id: int, sample_id: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """One sample's (ids, labels, distances), nearest first: one indexed read."""
-    row = session.get(NeighborRow, (table_id, sample_id))
+    row = session.execute(select(NeighborRow.ids, NeighborRow.labels, NeighborRow.distances).where(
+        NeighborRow.table_id == table_id, NeighborRow.sample_id == sample_id)).first()
     if row is None:
         return None
-    return (np.frombuffer(row.ids, "<i4"), np.frombuffer(row.labels, np.uint8),
-            np.frombuffer(row.distances, "<f4"))
+    return (np.frombuffer(row[0], "<i4"), np.frombuffer(row[1], np.uint8), np.frombuffer(row[2], "<f4"))
 
 
 def load_table_ids(*, session: Session, table_id: int, n: int, k: int) -> np.ndarray:

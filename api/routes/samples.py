@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api import data
+from api import data, lookup
 from api.deps import SessionDep, finished_experiment
-from api.errors import ERROR_RESPONSES, conflict, invalid
-from api.schemas import Neighbor, NeighborsOut, SampleOut, SampleRef
+from api.errors import ERROR_RESPONSES, conflict, invalid, not_found
+from api.schemas import NeighborsOut, SampleOut
 from common import storage as db
 from common.config import Distance, ModelName, Space
 
@@ -22,28 +23,33 @@ ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest
 def neighbors(sample_id: int, session: SessionDep, space: Space = Space.encoded,
               model: ModelName = ModelName.relu_mse, distance: Distance = Distance.l2,
               k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
-              experiment: ExperimentQ = None) -> NeighborsOut:
-    """The sample's k nearest neighbours in pixel space (original) or in a model's code space."""
-    exp = finished_experiment(session, experiment)
-    data.check_sample(session, exp, sample_id)
+              experiment: ExperimentQ = None) -> Response:
+    """The sample's k nearest neighbours in pixel space (original) or in a model's code space.
+
+    The hot path: the experiment and its tables are looked up once per process, the row is one
+    primary-key read, and the JSON is written directly (same shape as NeighborsOut)."""
+    exp = lookup.finished(session, experiment)
+    if not 0 <= sample_id < exp.n:
+        raise not_found(f"sample {sample_id} is not in experiment {exp.id} (ids 0..{exp.n - 1})")
     name = db.ORIGINAL if space == Space.original else model.value
-    if space == Space.encoded:
-        data.check_model(exp, model.value)
+    if space == Space.encoded and model.value not in exp.config["models"]:
+        raise invalid(f"model: experiment {exp.id} has no model {model.value!r} (it has {exp.config['models']})")
     if distance.value not in exp.config["distances"]:
         raise invalid(f"distance: experiment {exp.id} has no {distance.value} tables "
                       f"(it has {exp.config['distances']})")
-    table = db.find_table(session=session, experiment_id=exp.id, space=name, distance=distance.value)
-    if table is None:
+    found = lookup.table(session, exp, name, distance.value)
+    if found is None:
         raise conflict(f"experiment {exp.id} has no complete {name}/{distance.value} table")
-    if k > table.k:
-        raise invalid(f"k: must be at most the table's K={table.k}, got {k}")
-    ids, labels, dists = db.sample_neighbors(session=session, table_id=table.id, sample_id=sample_id)
+    table_id, big_k = found
+    if k > big_k:
+        raise invalid(f"k: must be at most the table's K={big_k}, got {k}")
+    ids, labels, dists = db.sample_neighbors(session=session, table_id=table_id, sample_id=sample_id)
     own = int(data.labels(session, exp.dataset_id)[sample_id])
-    return NeighborsOut(
-        experiment=exp.id, sample=SampleRef(id=sample_id, label=own), space=space.value,
-        model=None if space == Space.original else model.value, distance=distance.value, k=k,
-        neighbors=[Neighbor(rank=r + 1, id=int(ids[r]), label=int(labels[r]), distance=float(dists[r]))
-                   for r in range(k)])
+    body = {"experiment": exp.id, "sample": {"id": sample_id, "label": own}, "space": space.value,
+            "model": None if space == Space.original else model.value, "distance": distance.value, "k": k,
+            "neighbors": [{"rank": r + 1, "id": i, "label": lab, "distance": d} for r, (i, lab, d) in
+                          enumerate(zip(ids[:k].tolist(), labels[:k].tolist(), dists[:k].tolist(), strict=True))]}
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/{sample_id}", response_model=SampleOut)
