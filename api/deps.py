@@ -14,7 +14,7 @@ from common import storage as db
 from common.settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:  # async: no thread hop for a lookup
     return request.app.state.settings
 
 
@@ -23,16 +23,29 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 @lru_cache(maxsize=8)
 def _factory(url: str) -> sessionmaker[Session]:
-    engine = db.make_engine(url)
+    engine = db.make_engine(url, pre_ping=False)
     db.init_db(engine)
     return db.session_factory(engine)
 
 
-def get_factory(settings: SettingsDep) -> sessionmaker[Session]:
+async def get_factory(settings: SettingsDep) -> sessionmaker[Session]:
     return _factory(settings.database_url)
 
 
 FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
+
+
+@lru_cache(maxsize=8)
+def _read_factory(url: str) -> sessionmaker[Session]:
+    """Sessions for single-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
+    return db.session_factory(_factory(url).kw["bind"].execution_options(isolation_level="AUTOCOMMIT"))
+
+
+async def get_read_factory(settings: SettingsDep) -> sessionmaker[Session]:
+    return _read_factory(settings.database_url)
+
+
+ReadFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_factory)]
 
 
 def get_db(factory: FactoryDep) -> Iterator[Session]:

@@ -173,8 +173,12 @@ class MetricValue(Base):
 # ---------------------------------------------------------------- engine and sessions
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with SQLite set up for one writer and many readers (WAL, busy timeout)."""
+def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
+    """An engine with SQLite set up for one writer and many readers (WAL, busy timeout).
+
+    ``pre_ping`` tests each pooled PostgreSQL connection before use (one round trip): the workers
+    want it; the API, whose reads are one round trip themselves, turns it off and answers 503 once
+    if a connection went stale."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60})
 
@@ -188,7 +192,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=pre_ping)
 
 
 def init_db(engine: Engine) -> None:

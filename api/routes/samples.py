@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api import data, lookup
-from api.deps import SessionDep, finished_experiment
+from api.deps import ReadFactoryDep, SessionDep, finished_experiment
 from api.errors import ERROR_RESPONSES, conflict, invalid, not_found
 from api.schemas import NeighborsOut, SampleOut
 from common import storage as db
@@ -20,14 +20,21 @@ ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest
 
 
 @router.get("/{sample_id}/neighbors", response_model=NeighborsOut)
-def neighbors(sample_id: int, session: SessionDep, space: Space = Space.encoded,
+async def neighbors(sample_id: int, factory: ReadFactoryDep, space: Space = Space.encoded,
               model: ModelName = ModelName.relu_mse, distance: Distance = Distance.l2,
               k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
               experiment: ExperimentQ = None) -> Response:
     """The sample's k nearest neighbours in pixel space (original) or in a model's code space.
 
     The hot path: the experiment and its tables are looked up once per process, the row is one
-    primary-key read, and the JSON is written directly (same shape as NeighborsOut)."""
+    primary-key read (sub-millisecond, so it runs on the event loop instead of hopping to a thread),
+    and the JSON is written directly (same shape as NeighborsOut)."""
+    with factory() as session:
+        return _neighbors(session, sample_id, space, model, distance, k, experiment)
+
+
+def _neighbors(session, sample_id: int, space: Space, model: ModelName, distance: Distance, k: int,
+               experiment: int | None) -> Response:
     exp = lookup.finished(session, experiment)
     if not 0 <= sample_id < exp.n:
         raise not_found(f"sample {sample_id} is not in experiment {exp.id} (ids 0..{exp.n - 1})")
