@@ -107,10 +107,12 @@ def _find(data_dir: Path, dataset: str, name: str) -> Path | None:
 
 
 def stage_files(dataset: str, data_dir: Path, cache_dir: Path) -> Path:
-    """Link the data set's files found under data_dir into a torchvision root inside cache_dir.
+    """Put the data set's files found under data_dir into a torchvision root inside cache_dir.
 
-    Returns the torchvision root. Files found are validated (DataError names a bad one); files not
-    found are left for torchvision to download.
+    Returns the torchvision root. Each file found is validated (DataError names a bad one) and
+    staged uncompressed, so torchvision uses it as it is: its MD5 list knows only the original
+    archives, and a recompressed but identical file (Debian's Fashion-MNIST) would send it to the
+    network. Files not found are left for torchvision to download.
     """
     if dataset not in DATASETS:
         raise DataError(f"unknown data set {dataset!r}; expected one of {sorted(DATASETS)}")
@@ -121,15 +123,19 @@ def stage_files(dataset: str, data_dir: Path, cache_dir: Path) -> Path:
         if src is None:
             continue
         check_idx_file(src, spec)
-        dst = raw / src.name
-        if dst.resolve() != src.resolve():
-            if dst.is_symlink() or dst.exists():
-                dst.unlink()
-            os.symlink(src.resolve(), dst)
-            # a stale extracted copy from another source would shadow the new file
-            extracted = raw / spec.name
-            if src.suffix == ".gz" and extracted.exists():
-                extracted.unlink()
+        dst = raw / spec.name
+        if src.suffix != ".gz":
+            if dst.resolve() != src.resolve():
+                dst.unlink(missing_ok=True)
+                os.symlink(src.resolve(), dst)
+            continue
+        if dst.is_file() and not dst.is_symlink() and dst.stat().st_mtime >= src.stat().st_mtime:
+            continue  # extracted before from this file
+        tmp = dst.with_suffix(".tmp")
+        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1 << 22):
+                fout.write(chunk)
+        os.replace(tmp, dst)  # atomic: a half-written file is never taken for the data
     return cache_dir
 
 
@@ -149,11 +155,6 @@ def load_dataset(dataset: str, data_dir: Path, cache_dir: Path, limit: int | Non
             f"downloaded ({exc}). Put the four IDX .gz files in {data_dir / dataset} or set "
             "AEKNN_DATA_DIR / --data-dir to the folder that holds them."
         ) from exc
-    # a staged file may have been extracted earlier; check what torchvision actually read
-    for spec in idx_specs(dataset):
-        extracted = root / DATASETS[dataset][0] / "raw" / spec.name
-        if extracted.exists() and not extracted.is_symlink() and spec.name.startswith("train"):
-            check_idx_file(extracted, spec)
     images = ds.data.reshape(len(ds.data), DIM).numpy().astype(np.uint8, copy=False)
     labels = ds.targets.numpy().astype(np.uint8, copy=False)
     if limit is not None:

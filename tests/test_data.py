@@ -2,6 +2,7 @@
 
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,13 @@ def test_files_in_a_flat_folder_are_found(data_dir, tmp_path):
     d = _copy(data_dir, tmp_path)  # flat: <dir>/train-images-idx3-ubyte.gz
     ds = load_dataset("mnist", d, tmp_path / "cache", limit=5)
     assert list(ds.labels) == [5, 0, 4, 1, 9]
+
+
+FASHION = Path("/usr/share/datasets")  # Debian's dataset-fashion-mnist (.ci/run installs it)
+
+
+@pytest.mark.skipif(not (FASHION / "fashion-mnist").is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_from_the_debian_package(tmp_path):
+    ds = load_dataset("fashion-mnist", FASHION, tmp_path)
+    assert ds.images.shape == (60_000, 784) and ds.name == "fashion-mnist"
+    assert list(np.bincount(ds.labels)) == [6000] * 10  # Fashion-MNIST's training split is balanced
