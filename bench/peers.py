@@ -1,0 +1,196 @@
+"""Exact top-K neighbour tables: ours against faiss-cpu, scikit-learn and scipy, same data, same run.
+
+    .venv/bin/pip install -e '.[bench]'
+    .venv/bin/python bench/peers.py [--limit 60000] [--k 200] [--rows 5000] [--repeat 3] [--skip-slow]
+
+Each measurement runs in its own process (peak RSS is that process's, minus its baseline after the
+data is loaded). The slow peers (float L1) run on the first --rows query rows only and are scaled to
+all rows (marked "x N/rows"). Agreement: the share of query rows whose neighbour *sets* equal ours,
+ties aside (rows whose K-th and (K+1)-th distances tie are not counted against anyone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _points(space: str, limit: int) -> np.ndarray:
+    from common.data import load_dataset
+    from common.settings import get_settings
+
+    s = get_settings()
+    ds = load_dataset("mnist", s.data_dir, s.cache_dir, limit)
+    if space == "pixels":
+        return ds.images
+    rng = np.random.default_rng(0)  # a 2-D space like the codes: a smooth projection of the pixels
+    w = rng.normal(size=(784, 2)).astype(np.float32)
+    return (ds.scaled().numpy() @ w).astype(np.float32)
+
+
+def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int, budget: int, out: str) -> dict:
+    """One measurement, in this process."""
+    from common.training import configure_numerics
+
+    configure_numerics()
+    x = _points(space, limit)
+    base = _rss_mb()
+    n = len(x)
+    slow = tool != "ours" and space == "pixels" and distance == "l1"  # float L1 over 784 dims: minutes
+    q = min(rows, n) if slow else n
+    t0 = time.perf_counter()
+    if tool == "ours":
+        from common.neighbors import exact_knn
+
+        ids = exact_knn(x, k=k, distance=distance, memory_budget=budget).ids
+    elif tool == "faiss":
+        import faiss
+
+        xf = np.ascontiguousarray(x, dtype=np.float32)
+        index = faiss.IndexFlat(xf.shape[1], faiss.METRIC_L2 if distance == "l2" else faiss.METRIC_L1)
+        index.add(xf)
+        _, found = index.search(xf[:q], k + 1)
+        ids = _drop_self(found, q, k)
+    elif tool == "sklearn":
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="manhattan" if distance == "l1" else
+                              "euclidean", n_jobs=-1).fit(x.astype(np.float32))
+        _, found = nn.kneighbors(x[:q].astype(np.float32))
+        ids = _drop_self(found, q, k)
+    elif tool == "scipy":
+        from scipy.spatial import cKDTree
+
+        _, found = cKDTree(x.astype(np.float64), balanced_tree=False).query(x[:q], k=k + 1, p=1 if distance == "l1"
+                                                                            else 2, workers=-1)
+        ids = _drop_self(found, q, k)
+    else:
+        raise SystemExit(f"unknown tool {tool}")
+    seconds = time.perf_counter() - t0
+    np.save(out, ids[:q].astype(np.int32))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"tool": tool, "space": space, "distance": distance, "seconds": seconds * n / q, "scaled": q < n,
+            "rows": q, "peak_mb": peak, "extra_mb": peak - base}
+
+
+def _drop_self(found: np.ndarray, q: int, k: int) -> np.ndarray:
+    out = np.empty((q, k), np.int64)
+    for i in range(q):
+        row = found[i][found[i] != i]
+        out[i] = row[:k]
+    return out
+
+
+def agreement(ours: np.ndarray, theirs: np.ndarray, x: np.ndarray, distance: str, k: int) -> float:
+    """Share of rows with the same neighbour set, counting a row as agreeing when the sets differ only
+    among points tied at the K-th distance."""
+    from scipy.spatial.distance import cdist
+
+    q = len(theirs)
+    same = 0
+    metric = "cityblock" if distance == "l1" else "sqeuclidean"
+    xf = x.astype(np.float64)
+    for i in range(q):
+        a, b = set(ours[i].tolist()), set(theirs[i].tolist())
+        if a == b:
+            same += 1
+            continue
+        d = cdist(xf[i : i + 1], xf[list(a ^ b)], metric)[0]
+        kth = cdist(xf[i : i + 1], xf[ours[i][-1:]], metric)[0][0]
+        same += bool(np.all(np.isclose(d, kth, rtol=1e-9, atol=1e-9)))
+    return same / q
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--limit", type=int, default=60_000)
+    p.add_argument("--k", type=int, default=200)
+    p.add_argument("--rows", type=int, default=5000, help="query rows for the slow peers (scaled up)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--skip-slow", action="store_true", help="leave out the float-L1 peers on pixels")
+    p.add_argument("--budgets", default="256M,1G,4G", help="memory budgets to check ours against")
+    p.add_argument("--one", nargs=7, metavar=("TOOL", "SPACE", "DIST", "LIMIT", "K", "ROWS", "BUDGET"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        tool, space, dist, limit, k, rows, budget = a.one
+        print(json.dumps(run_one(tool, space, dist, int(limit), int(k), int(rows), int(budget), a.out)))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="aeknn-bench-"))
+
+    def measure(tool: str, space: str, dist: str, budget: int = 1 << 30) -> dict:
+        runs = []
+        for r in range(a.repeat):
+            out = tmp / f"{tool}-{space}-{dist}-{budget}-{r}.npy"
+            proc = subprocess.run([sys.executable, __file__, "--one", tool, space, dist, str(a.limit), str(a.k),
+                                   str(a.rows), str(budget), "--out", str(out)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(proc.stderr[-2000:])
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        best = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]  # the median run
+        best["ids"] = str(tmp / f"{tool}-{space}-{dist}-{budget}-0.npy")
+        return best
+
+    plan = [("pixels", "l2", ["ours", "faiss", "sklearn"]), ("pixels", "l1", ["ours", "faiss", "sklearn"]),
+            ("codes", "l2", ["ours", "faiss", "scipy"]), ("codes", "l1", ["ours", "faiss", "scipy"])]
+    print(f"# aeknn exact top-{a.k}, N={a.limit}, median of {a.repeat}; {time.strftime('%Y-%m-%d')}; "
+          f"{_cpu()}")
+    print("| table | tool | seconds | peak RSS MB | ratio ours/tool | same sets |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for space, dist, tools in plan:
+        x = _points(space, a.limit)
+        ours = None
+        for tool in tools:
+            if a.skip_slow and space == "pixels" and dist == "l1" and tool == "sklearn":
+                continue
+            m = measure(tool, space, dist)
+            if tool == "ours":
+                ours = m
+                ours_ids = np.load(m["ids"])
+            ids = np.load(m["ids"])
+            agree = 1.0 if tool == "ours" else agreement(ours_ids[: len(ids)], ids, x, dist, a.k)
+            ratio = ours["seconds"] / m["seconds"]
+            scaled = f" (x {a.limit}/{m['rows']})" if m["scaled"] else ""
+            print(f"| {space} {dist} | {tool} | {m['seconds']:.1f}{scaled} | {m['peak_mb']:.0f} | {ratio:.2f} | "
+                  f"{agree:.4f} |", flush=True)
+    print("\n| ours, pixels l2, memory budget | seconds | peak RSS - baseline MB | budget MB |")
+    print("| --- | --- | --- | --- |")
+    for b in a.budgets.split(","):
+        budget = int(float(b[:-1]) * {"M": 1 << 20, "G": 1 << 30}[b[-1]])
+        m = measure("ours", "pixels", "l2", budget)
+        print(f"| {b} | {m['seconds']:.1f} | {m['extra_mb']:.0f} | {budget / (1 << 20):.0f} |", flush=True)
+
+
+def _cpu() -> str:
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "?"
+    import os
+
+    return f"{os.cpu_count()} cores, {model}"
+
+
+if __name__ == "__main__":
+    main()
