@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import conflict, invalid, not_found
+from api.lookup import Finished
 from common import storage as db
 
 
@@ -38,13 +39,16 @@ def dataset_size(session: Session, dataset_id: int) -> int:
     return int(session.scalar(select(db.DatasetRow.n).where(db.DatasetRow.id == dataset_id)))
 
 
-def check_sample(session: Session, exp: db.Experiment, sample_id: int) -> None:
-    n = dataset_size(session, exp.dataset_id)
+def check_sample_id(experiment_id: int, n: int, sample_id: int) -> None:
     if not 0 <= sample_id < n:
-        raise not_found(f"sample {sample_id} is not in experiment {exp.id} (ids 0..{n - 1})")
+        raise not_found(f"sample {sample_id} is not in experiment {experiment_id} (ids 0..{n - 1})")
 
 
-def check_model(exp: db.Experiment, model: str) -> None:
+def check_sample(session: Session, exp: db.Experiment, sample_id: int) -> None:
+    check_sample_id(exp.id, dataset_size(session, exp.dataset_id), sample_id)
+
+
+def check_model(exp: db.Experiment | Finished, model: str) -> None:
     if model not in exp.config["models"]:
         raise invalid(f"model: experiment {exp.id} has no model {model!r} (it has {exp.config['models']})")
 

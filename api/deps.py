@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from api import lookup
 from api.errors import not_found
 from common import storage as db
 from common.settings import Settings
@@ -56,17 +57,8 @@ def get_db(factory: FactoryDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: anything larger cannot exist
-
-
-def _get(session: Session, experiment_id: int) -> db.Experiment | None:
-    if not 1 <= experiment_id <= MAX_ID:
-        return None
-    return db.get_experiment(session=session, experiment_id=experiment_id)
-
-
 def experiment_or_404(experiment_id: int, session: SessionDep) -> db.Experiment:
-    exp = _get(session, experiment_id)
+    exp = lookup.get_experiment(session, experiment_id)
     if exp is None:
         raise not_found(f"no experiment {experiment_id}")
     return exp
@@ -77,6 +69,4 @@ ExperimentDep = Annotated[db.Experiment, Depends(experiment_or_404)]
 
 def finished_experiment(session: Session, experiment: int | None) -> db.Experiment:
     """The experiment asked for (it must have succeeded), or the latest that succeeded."""
-    from api.lookup import finished
-
-    return _get(session, finished(session, experiment).id)
+    return lookup.get_experiment(session, lookup.finished(session, experiment).id)

@@ -214,15 +214,13 @@ def test_worker_killed_among_the_chunks_loses_and_repeats_nothing(stack, tmp_pat
 def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
     """Two deliveries of one chunk racing on PostgreSQL: one commits, the other skips; same via Celery."""
     from common.neighbors import prepare
-    from common.study import Runtime, build_chunk, stage_data, stage_pixel_table  # noqa: F401
+    from common.study import build_chunk, table_points
 
     stack.worker("w1")
     eid = stack.submit(**SMALL)
     stack.wait(eid)
     with stack.factory() as s:
         table = db.find_table(session=s, experiment_id=eid, space="original", distance="l2")
-        from common.study import table_points
-
         points, labels = table_points(s, table)
         first_rows = s.scalar(select(db.NeighborRow.ids).where(db.NeighborRow.table_id == table.id,
                                                                     db.NeighborRow.sample_id == 0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query
 
 from api.deps import ExperimentDep, FactoryDep, SessionDep, SettingsDep
 from api.errors import ERROR_RESPONSES, AppError, conflict, not_found
@@ -60,7 +60,7 @@ def get_experiment(exp: ExperimentDep, session: SessionDep) -> ExperimentPublic:
 
 
 @router.post("/{experiment_id}/cancel", response_model=ExperimentPublic)
-def cancel_experiment(exp: ExperimentDep, factory: FactoryDep, response: Response) -> ExperimentPublic:
+def cancel_experiment(exp: ExperimentDep, factory: FactoryDep) -> ExperimentPublic:
     """Stop a queued or running experiment within one task."""
     status = experiments.cancel(factory, exp.id)
     if status != db.CANCELLED:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 
 from api import data, lookup
 from api.deps import ReadFactoryDep, SessionDep, finished_experiment
-from api.errors import ERROR_RESPONSES, conflict, invalid, not_found
+from api.errors import ERROR_RESPONSES, conflict, invalid
 from api.schemas import NeighborsOut, SampleOut
 from common import storage as db
 from common.config import Distance, ModelName, Space
@@ -36,11 +36,10 @@ async def neighbors(sample_id: int, factory: ReadFactoryDep, space: Space = Spac
 def _neighbors(session, sample_id: int, space: Space, model: ModelName, distance: Distance, k: int,
                experiment: int | None) -> Response:
     exp = lookup.finished(session, experiment)
-    if not 0 <= sample_id < exp.n:
-        raise not_found(f"sample {sample_id} is not in experiment {exp.id} (ids 0..{exp.n - 1})")
+    data.check_sample_id(exp.id, exp.n, sample_id)
     name = db.ORIGINAL if space == Space.original else model.value
-    if space == Space.encoded and model.value not in exp.config["models"]:
-        raise invalid(f"model: experiment {exp.id} has no model {model.value!r} (it has {exp.config['models']})")
+    if space == Space.encoded:
+        data.check_model(exp, model.value)
     if distance.value not in exp.config["distances"]:
         raise invalid(f"distance: experiment {exp.id} has no {distance.value} tables "
                       f"(it has {exp.config['distances']})")
