@@ -137,3 +137,42 @@ class TcpProxy:
         self.closed = True
         self.server.close()
         self.cut(0)
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+class ApiServer:
+    """The API under uvicorn as a real process (the command ``aeknn serve`` and the compose file run)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, cmd: list[str] | None = None) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"api-{self.port}.log"
+        cmd = cmd or [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app"]
+        self.proc = subprocess.Popen([*cmd, "--host", "127.0.0.1", "--port", str(self.port)], cwd=ROOT,
+                                     env={**os.environ, **env}, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the API died:\n{self.log.read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/openapi.json", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 60, "the API to start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)

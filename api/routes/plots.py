@@ -63,6 +63,18 @@ def codes(exp: ExperimentDep, session: SessionDep, model: ModelName = ModelName.
                     codes=np.round(c.astype(np.float64), 6).tolist())
 
 
+@router.get("/codes.bin", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+def codes_bin(exp: ExperimentDep, session: SessionDep, model: ModelName = ModelName.relu_mse) -> Response:
+    """The same as /codes, packed for the web page's map: N x 2 float32 codes (little-endian, row-major),
+    then N uint8 labels. Sample i is row i. N is in the X-Count header."""
+    row = data.model_row(session, exp, model.value)
+    c = np.ascontiguousarray(db.model_codes(row), dtype="<f4")
+    labels = data.labels(session, exp.dataset_id)
+    return Response(c.tobytes() + labels.astype(np.uint8).tobytes(), media_type="application/octet-stream",
+                    headers={"X-Count": str(len(c)), "Cache-Control": "private, max-age=3600"})
+
+
 @router.get("/plots/loss.png", response_class=Response, responses=PNG)
 def loss_png(exp: ExperimentDep, session: SessionDep) -> Response:
     plt = _pyplot()

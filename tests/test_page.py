@@ -1,0 +1,189 @@
+"""The web page in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright's Python
+package; no browser is downloaded), against the API under uvicorn, over an experiment computed on real MNIST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import pytest
+
+from common import storage as db
+from common.config import StudyConfig
+from tests.services import ApiServer
+
+CHROMIUM = "/usr/bin/chromium"
+CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20])
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--no-first-run", "--disable-extensions"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data_dir):
+    from common.study import Runtime, run_experiment, submit
+
+    folder = tmp_path_factory.mktemp("page")
+    url = f"sqlite:///{folder / 'page.db'}"
+    engine = db.make_engine(url)
+    db.init_db(engine)
+    f = db.session_factory(engine)
+    eid = submit(f, CFG)
+    run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=folder / "cache", device="cpu"), eid)
+    engine.dispose()
+    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
+    yield {"url": api.url, "id": eid}
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    ctx.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    page.wait_for_selector("#map[data-ready='1']", timeout=30_000)
+    page.wait_for_selector("#tables[data-ready='1']", timeout=30_000)
+
+
+def shown(page, column: str) -> list[tuple[int, int]]:
+    return [(int(t.get_attribute("data-id")), int(t.get_attribute("data-label")))
+            for t in page.query_selector_all(f"#nbrs-{column} .thumb")]
+
+
+def wanted(server, sample: int, space: str, distance: str, k: int, model: str = "relu_mse") -> list[tuple[int, int]]:
+    r = httpx.get(f"{server['url']}/samples/{sample}/neighbors",
+                  params={"space": space, "model": model, "distance": distance, "k": k})
+    assert r.status_code == 200, r.text
+    return [(n["id"], n["label"]) for n in r.json()["neighbors"]]
+
+
+def wait_sample(page, sample: int) -> None:
+    page.wait_for_selector(f"#nbrs-encoded[data-sample='{sample}']", timeout=10_000)
+
+
+def test_tables_show_the_apis_values(page, server):
+    open_page(page, server["url"] + "/")
+    cells = page.eval_on_selector_all(
+        "#tables td[data-metric]", "tds => tds.map(td => ({...td.dataset, text: td.textContent}))")
+    assert cells
+    api = {}
+    base = server["url"] + "/metrics"
+    for metric, path in (("score_at_k", "/score_at_k"), ("r_nx", "/r_nx"), ("knn_accuracy", "/knn_accuracy")):
+        for row in httpx.get(base + path, params={"k": "5,10,20"}).json()["rows"]:
+            for k, v in row["values"].items():
+                api[(metric, row.get("model") or row.get("space"), row["distance"], k)] = v
+    for row in httpx.get(base + "/label_agreement", params={"k": "5,10,20"}).json()["rows"]:
+        api[("label_agreement_change", row["model"], row["distance"], str(row["k"]))] = row["change"]
+        api[("label_agreement_distance", row["model"], row["distance"], str(row["k"]))] = row["abs_change"]
+        api[("same_label_rate", row["model"], row["distance"], str(row["k"]))] = row["encoded_rate"]
+        api[("same_label_rate", "original", row["distance"], str(row["k"]))] = row["original_rate"]
+    by_label = httpx.get(base + "/score_at_k/by_label").json()
+    for row in by_label["rows"]:
+        for label, v in row["by_label"].items():
+            api[("score_at_k_by_label", row["model"], row["distance"], label)] = v
+    seen = set()
+    for c in cells:
+        key = (c["metric"], c["space"], c["distance"], c["label"] if "label" in c else c["k"])
+        assert float(c["value"]) == api[key], key
+        assert abs(float(c["text"]) - api[key]) <= 0.5e-4 + 1e-12, (key, c["text"])
+        seen.add(key)
+    assert seen == set(api)  # every value of the API is on the page, nothing else
+    # the best model per column is marked: score@k at k=20, L2
+    best = page.eval_on_selector_all("#t-score_at_k td.best[data-k='20']", "tds => tds.map(t => t.dataset.value)")
+    top = max(v for (m, s, d, k), v in api.items() if m == "score_at_k" and k == "20")
+    assert best and all(float(b) == top for b in best)
+
+
+def test_clicking_a_point_shows_its_neighbours(page, server, tmp_path):
+    open_page(page, server["url"] + "/?k=12")
+    page.query_selector("#map").scroll_into_view_if_needed()
+    box = page.query_selector("#map").bounding_box()
+    x, y = page.evaluate("aeknn.screenOf(123)")
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.wait_for_selector("#tip:not([hidden])")
+    hovered = int(page.evaluate("aeknn.hover"))
+    assert f"#{hovered} · label" in page.inner_text("#tip")
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    picked = int(page.evaluate("aeknn.state.sample"))
+    assert picked == hovered
+    hx, hy = page.evaluate(f"aeknn.screenOf({picked})")
+    assert abs(hx - x) <= 2 and abs(hy - y) <= 2  # the nearest drawn point to the click (123 or one on top of it)
+    wait_sample(page, picked)
+    assert shown(page, "original") == wanted(server, picked, "original", "l2", 12)
+    assert shown(page, "encoded") == wanted(server, picked, "encoded", "l2", 12)
+    both = {i for i, _ in shown(page, "original")} & {i for i, _ in shown(page, "encoded")}
+    marked = {int(t.get_attribute("data-id")) for t in page.query_selector_all("#nbrs-encoded .thumb.shared")}
+    assert marked == both
+    assert float(page.get_attribute("#overlap", "data-value")) == pytest.approx(len(both) / 12)
+    q = parse_qs(urlparse(page.url).query)
+    assert q["sample"] == [str(picked)] and q["k"] == ["12"]
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_typed_id_and_a_deep_link_restore_the_same_view(page, browser, server, tmp_path):
+    open_page(page, server["url"] + "/")
+    page.select_option("#model", "relu_l1")
+    page.select_option("#distance", "l1")
+    page.fill("#k", "7")
+    page.dispatch_event("#k", "change")
+    page.fill("#sample-id", "42")
+    page.press("#sample-id", "Enter")
+    wait_sample(page, 42)
+    want_orig = wanted(server, 42, "original", "l1", 7)
+    want_enc = wanted(server, 42, "encoded", "l1", 7, model="relu_l1")
+    assert shown(page, "original") == want_orig and shown(page, "encoded") == want_enc
+    assert "relu_l1" in page.inner_text("#title-encoded")
+    link = page.url
+    q = parse_qs(urlparse(link).query)
+    assert q == {"experiment": [str(server["id"])], "model": ["relu_l1"], "sample": ["42"], "distance": ["l1"],
+                 "k": ["7"]}
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    open_page(other, link)
+    wait_sample(other, 42)
+    assert shown(other, "original") == want_orig and shown(other, "encoded") == want_enc
+    assert other.input_value("#model") == "relu_l1" and other.input_value("#distance") == "l1"
+    assert other.input_value("#k") == "7" and other.input_value("#sample-id") == "42"
+    other.screenshot(path=str(tmp_path / "deep-link.png"), full_page=True)
+    other.context.close()
+
+
+def test_bad_input_on_the_page_names_the_problem(page, server):
+    open_page(page, server["url"] + "/")
+    page.fill("#sample-id", "800")
+    page.press("#sample-id", "Enter")
+    assert "between 0 and 799" in page.inner_text("#message")
+    page.fill("#ks", "0")
+    page.click("#ks-apply")
+    page.wait_for_function("document.getElementById('message').textContent.includes('k:')")
+    assert page.query_selector_all("#tables td[data-metric]")  # the last good tables stay
+
+
+def test_page_is_served_offline_from_the_package(server):
+    html = httpx.get(server["url"] + "/").text
+    assert "<canvas id=\"map\"" in html and "http" not in html.replace("http-equiv", "")  # no CDN
+    for asset in ("/static/app.js", "/static/app.css"):
+        r = httpx.get(server["url"] + asset)
+        assert r.status_code == 200 and "http://" not in r.text and "https://" not in r.text
+
