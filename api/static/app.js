@@ -191,6 +191,7 @@ async function loadCodes() {
   fitView();
   draw();
   $("map").dataset.ready = "1";
+  performance.mark("aeknn:map-ready");
   $("legend").replaceChildren(...COLOURS.map((c, i) => el("span", { style: `--c:${c}`, text: String(i) })));
 }
 
