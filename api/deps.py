@@ -29,6 +29,10 @@ def _factory(url: str) -> sessionmaker[Session]:
     return db.session_factory(engine)
 
 
+def get_factory_for(settings: Settings) -> sessionmaker[Session]:
+    return _factory(settings.database_url)
+
+
 async def get_factory(settings: SettingsDep) -> sessionmaker[Session]:
     return _factory(settings.database_url)
 

@@ -51,6 +51,8 @@ def _json(status: int, code: str, message: str) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    from common.migrate import SchemaError
+
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
         return _json(STATUS.get(exc.code, 400), exc.code, exc.message)
@@ -72,6 +74,10 @@ def install(app: FastAPI) -> None:
         # a dropped connection is invalidated by the pool: the next request gets a fresh one
         log.warning("database error: %s", exc)
         return _json(503, "unavailable", f"the database is unreachable or busy: {type(exc.orig).__name__}")
+
+    @app.exception_handler(SchemaError)
+    async def _schema(_: Request, exc: SchemaError) -> JSONResponse:
+        return _json(503, "unavailable", str(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # never a bare 500 page

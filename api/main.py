@@ -5,19 +5,38 @@ Run: ``aeknn serve`` or ``uvicorn --factory api.main:create_app``.
 
 from __future__ import annotations
 
+import logging
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
-from api import errors
+from api import deps, errors
 from api.routes import experiments, health, metrics, page, plots, samples
 from common.settings import Settings, get_settings
 
 MAX_BODY = 1 << 20  # 1 MiB: a study config is a few hundred bytes
+log = logging.getLogger("aeknn.api")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Refuse to start on a database at a schema revision this aeknn cannot use (the message says what
+    to run); an empty database gets the schema."""
+    from common.migrate import SchemaError
+
+    try:
+        deps.get_factory_for(app.state.settings)
+    except SchemaError as exc:
+        log.error("%s", exc)
+        raise
+    yield
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="aeknn", version="0.1.0",
                   description="When an autoencoder compresses MNIST to 2-D, which neighbourhoods survive? "
-                              "Exact neighbour tables and metric tables, stored and served.")
+                              "Exact neighbour tables and metric tables, stored and served.",
+                  lifespan=lifespan)
     app.state.settings = settings or get_settings()
     errors.install(app)
     for r in (experiments.router, samples.router, metrics.router, plots.router, health.router, page.router):

@@ -213,6 +213,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from common.jobs import QUEUES
 
     settings = _settings(args)
+    _factory(settings).kw["bind"].dispose()  # refuse a database at another schema revision, before starting
     env = dict(os.environ, AEKNN_DATABASE_URL=settings.database_url, AEKNN_BROKER_URL=settings.broker_url,
                AEKNN_DEVICE=settings.device, AEKNN_MEMORY_BUDGET=str(settings.memory_budget))
     if args.data_dir:
@@ -261,11 +262,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["AEKNN_DATABASE_URL"] = settings.database_url  # for uvicorn's worker processes
     os.environ["AEKNN_BROKER_URL"] = settings.broker_url
     get_settings.cache_clear()
-    base = f"http://{args.host}:{args.port}"
+    host, port = args.host or settings.host, args.port or settings.port
+    base = f"http://{host}:{port}"
     print(f"aeknn API: {base}   docs: {base}/docs   tables: {base}/metrics/score_at_k   "
           f"neighbours: {base}/samples/0/neighbors?space=encoded&k=20", flush=True)
-    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=args.workers,
                 log_level="warning")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """Schema migrations: upgrade, current, stamp."""
+    from common import migrate
+
+    settings = _settings(args)
+    engine = db.make_engine(settings.database_url)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        if args.action == "upgrade":
+            before = migrate.current(engine)
+            after = migrate.upgrade(engine, args.revision)
+            print(f"{where}: {'already at' if before == after else f'upgraded from {before} to'} {after}")
+        elif args.action == "current":
+            status, rev = migrate.state(engine)
+            print(f"{where}: {rev or '-'} ({status}; this aeknn's newest revision is {migrate.head()})")
+            return 0 if status == "head" else 1
+        else:
+            migrate.stamp(engine, args.revision)
+            print(f"{where}: stamped {migrate.current(engine)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Apply the migrations, then submit the init study once (what the compose file's init service
+    runs): the same study is never submitted twice, however often this runs."""
+    import hashlib
+
+    from common import experiments, jobs, migrate
+    from common.config import StudyConfig
+
+    settings = _settings(args)
+    engine = db.make_engine(settings.database_url)
+    rev = migrate.upgrade(engine)
+    try:
+        cfg = StudyConfig(**settings.init_study)
+    except ValidationError as exc:
+        print(f"aeknn init: invalid AEKNN_INIT_STUDY: {exc}", file=sys.stderr)
+        return 2
+    key = "init:" + hashlib.sha256(json.dumps(cfg.as_json(), sort_keys=True).encode()).hexdigest()[:24]
+    factory = db.session_factory(engine)
+    with factory() as s:
+        known = db.experiment_by_key(session=s, idempotency_key=key)
+    try:
+        experiment_id = experiments.submit(factory, settings, cfg, idempotency_key=key)
+    except jobs.BrokerUnavailable as exc:
+        print(f"aeknn init: not submitted: {exc}", file=sys.stderr)
+        return 3
+    what = "already submitted" if known is not None else "submitted"
+    print(f"schema at {rev}; init study {what}: experiment {experiment_id}", flush=True)
     return 0
 
 
@@ -392,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     wk.set_defaults(func=cmd_worker)
 
     sv = sub.add_parser("serve", help="serve the REST API (uvicorn) over the database")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", help="default: AEKNN_HOST or 127.0.0.1")
+    sv.add_argument("--port", type=int, help="default: AEKNN_PORT or 8000")
     sv.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     common_opts(sv, compute=False, broker=True)
     sv.set_defaults(func=cmd_serve)
@@ -401,6 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="send again whatever the broker lost, for every unfinished experiment")
     common_opts(sw, compute=False, broker=True)
     sw.set_defaults(func=cmd_sweep)
+
+    dbp = sub.add_parser("db", help="schema migrations (Alembic): upgrade, current, stamp")
+    dbp.add_argument("action", choices=["upgrade", "current", "stamp"])
+    dbp.add_argument("revision", nargs="?", default="head", help="default: head (the newest)")
+    common_opts(dbp, compute=False)
+    dbp.set_defaults(func=cmd_db)
+
+    ini = sub.add_parser("init", help="apply the migrations and submit the init study once (compose's init)")
+    common_opts(ini, compute=False, broker=True)
+    ini.set_defaults(func=cmd_init)
 
     res = sub.add_parser("resume", help="continue a stopped experiment where it stopped")
     res.add_argument("experiment", type=int)
@@ -429,12 +495,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step otherwise
     from common.errors import DataError
+    from common.migrate import SchemaError
 
     try:
         return args.func(args)
     except DataError as exc:
         print(f"aeknn: data error: {exc}", file=sys.stderr)
+        return 1
+    except SchemaError as exc:
+        print(f"aeknn: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("aeknn: interrupted; continue with `aeknn resume ID`", file=sys.stderr)

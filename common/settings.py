@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AEKNN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="AEKNN_", extra="ignore", env_ignore_empty=True)
 
     # Where results live; a SQLite file needs no server. PostgreSQL: postgresql+psycopg://...
     database_url: str = "sqlite:///aeknn.db"
@@ -41,6 +42,12 @@ class Settings(BaseSettings):
     sweep_every: float = Field(default=60.0, gt=0)
     # A worker child is replaced after its resident memory passes this many KiB.
     worker_max_memory_kib: int = Field(default=6 * 1024 * 1024, gt=0)
+    # --- serving (`aeknn serve`): the address uvicorn listens on (0.0.0.0 inside a container)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # The study `aeknn init` submits once (JSON of the POST /experiments body; {} = the seed study)
+    init_study: dict[str, Any] = Field(default_factory=dict)
+
     # torch threads in each worker pool process (0 = torch's default, all cores; `aeknn worker -c N`
     # sets cores / N).
     worker_threads: int = Field(default=0, ge=0)

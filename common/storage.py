@@ -196,7 +196,11 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    """Make the database ready: an empty one gets the schema (Alembic's migrations); one at another
+    revision is refused with a message that says what to run (common.migrate.SchemaError)."""
+    from common.migrate import prepare
+
+    prepare(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

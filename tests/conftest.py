@@ -47,6 +47,8 @@ def _fresh_postgres():
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc}")
     db.Base.metadata.drop_all(engine)
+    with engine.begin() as c:
+        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
     db.init_db(engine)
     return engine
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 COMPUTE = ["common.data", "common.models", "common.training", "common.neighbors", "common.metrics"]
-NO_TORCH = ["common.config", "common.report", "common.storage", "common.settings", "common.names"]
+NO_TORCH = ["common.config", "common.report", "common.storage", "common.settings", "common.names", "common.migrate"]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -13,7 +13,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 
 def test_compute_core_imports_without_web_stack():
     # a GPU box may have only torch, numpy and scipy: make the others unimportable
-    blocked = ["sqlalchemy", "fastapi", "celery", "pydantic", "pydantic_settings", "redis", "uvicorn"]
+    blocked = ["sqlalchemy", "fastapi", "celery", "pydantic", "pydantic_settings", "redis", "uvicorn", "alembic"]
     code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
             + "".join(f"import {m}\n" for m in COMPUTE))
     proc = _run(code)

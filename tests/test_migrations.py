@@ -1,0 +1,98 @@
+"""Alembic migrations on SQLite and PostgreSQL: the schema they build is the models' schema, and a
+database at a revision this aeknn cannot use is refused, with a message that says what to run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from common import migrate
+from common import storage as db
+from tests.services import ROOT, ApiServer, fresh_database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else fresh_database("aeknn_migrations")
+    engine = db.make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def test_upgrade_builds_exactly_the_models_schema(empty):
+    assert migrate.state(empty) == ("empty", None)
+    assert migrate.upgrade(empty) == migrate.head() == "0001"
+    with empty.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), db.Base.metadata)
+    assert diff == []
+    assert set(inspect(empty).get_table_names()) == set(db.Base.metadata.tables) | {"alembic_version"}
+    assert migrate.upgrade(empty) == "0001"  # again: nothing to do
+    migrate.prepare(empty)  # at head: accepted
+
+
+def test_first_use_of_an_empty_database_applies_the_migrations(empty):
+    db.init_db(empty)
+    assert migrate.current(empty) == migrate.head()
+
+
+def test_an_unknown_revision_is_refused_and_nothing_is_touched(empty):
+    db.init_db(empty)
+    with empty.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    for call in (migrate.prepare, migrate.upgrade):
+        with pytest.raises(migrate.SchemaError, match="revision f00d, which this aeknn does not know"):
+            call(empty)
+    assert migrate.current(empty) == "f00d"
+
+
+def test_tables_without_a_revision_are_refused(empty):
+    db.Base.metadata.create_all(empty)  # what an aeknn before migrations made
+    with pytest.raises(migrate.SchemaError, match="no schema revision.*aeknn db stamp head"):
+        migrate.prepare(empty)
+    migrate.stamp(empty, "head")
+    migrate.prepare(empty)
+
+
+@pytest.mark.postgres
+def test_concurrent_upgrades_on_postgres_are_serialised():
+    url = fresh_database("aeknn_migrations")
+    engines = [db.make_engine(url) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(migrate.upgrade, engines)) == ["0001"] * 4
+    for e in engines:
+        e.dispose()
+
+
+def run(*args: str, url: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common.cli", *args, "--db", url], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_db_commands_and_the_refusals_of_every_process(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    p = run("db", "current", url=url)
+    assert p.returncode == 1 and "- (empty; this aeknn's newest revision is 0001)" in p.stdout
+    p = run("db", "upgrade", url=url)
+    assert p.returncode == 0 and "upgraded from None to 0001" in p.stdout, p.stderr
+    assert "already at 0001" in run("db", "upgrade", url=url).stdout
+    assert run("db", "current", url=url).returncode == 0
+    engine = db.make_engine(url)
+    with engine.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    engine.dispose()
+    for args in (("status", "1"), ("metrics",), ("db", "upgrade")):
+        p = run(*args, url=url)
+        assert p.returncode == 1 and "schema revision f00d" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    # the API refuses to start on it, and says why
+    api = None
+    with pytest.raises(AssertionError, match="the API died"):
+        api = ApiServer({"AEKNN_DATABASE_URL": url}, tmp_path)
+    assert api is None
+    log = next(tmp_path.glob("api-*.log")).read_text()
+    assert "schema revision f00d, which this aeknn does not know" in log
