@@ -1,7 +1,7 @@
-"""The data sets: MNIST and Fashion-MNIST training splits, loaded through torchvision.
+"""The data sets: MNIST and Fashion-MNIST training splits.
 
-Files are looked for in the data directory first (offline); torchvision downloads them only when
-they are nowhere to be found. Every file is checked against the IDX format (magic number, shape,
+Files are looked for in the data directory first (offline) and read directly; torchvision downloads
+them only when they are nowhere to be found. Every file is checked against the IDX format (magic number, shape,
 length) before use, so a truncated or corrupt file is reported by name instead of failing deep
 inside torchvision. Imports only numpy / torch / torchvision.
 """
@@ -140,13 +140,36 @@ def stage_files(dataset: str, data_dir: Path, cache_dir: Path) -> Path:
 
 
 def load_dataset(dataset: str, data_dir: Path, cache_dir: Path, limit: int | None = None) -> Dataset:
-    """The training split of ``dataset`` (first ``limit`` samples), through torchvision."""
-    from torchvision import datasets as tv  # heavy import, only when data is needed
+    """The training split of ``dataset`` (first ``limit`` samples).
 
+    Files found under data_dir are validated, staged and read directly (no torchvision import: it
+    costs a process about 170 MB); torchvision downloads whatever is missing."""
     root = stage_files(dataset, data_dir, cache_dir)
+    raw = root / DATASETS[dataset][0] / "raw"
+    train = idx_specs(dataset)[:2]  # images, labels
+    if not all((raw / spec.name).is_file() for spec in train):
+        _download(dataset, data_dir, root)
+        for spec in train:
+            check_idx_file(raw / spec.name, spec)
+    images = _read_idx(raw / train[0].name, train[0]).reshape(-1, DIM)
+    labels = _read_idx(raw / train[1].name, train[1])
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return Dataset(dataset, np.ascontiguousarray(images), np.ascontiguousarray(labels))
+
+
+def _read_idx(path: Path, spec: IdxSpec) -> np.ndarray:
+    """The data of a validated, uncompressed IDX file (big-endian header, then bytes)."""
+    return np.fromfile(path, dtype=np.uint8, offset=4 + 4 * len(spec.shape)).reshape(spec.shape)
+
+
+def _download(dataset: str, data_dir: Path, root: Path) -> None:
+    """torchvision's download of the files not found (it skips those already staged)."""
+    from torchvision import datasets as tv  # heavy import, only when something is missing
+
     cls = getattr(tv, DATASETS[dataset][0])
     try:
-        ds = cls(str(root), train=True, download=True)
+        cls(str(root), train=True, download=True)
     except Exception as exc:  # torchvision raises bare RuntimeError / URLError when offline
         missing = [s.name + ".gz" for s in idx_specs(dataset) if _find(data_dir, dataset, s.name) is None]
         raise DataError(
@@ -155,11 +178,6 @@ def load_dataset(dataset: str, data_dir: Path, cache_dir: Path, limit: int | Non
             f"downloaded ({exc}). Put the four IDX .gz files in {data_dir / dataset} or set "
             "AEKNN_DATA_DIR / --data-dir to the folder that holds them."
         ) from exc
-    images = ds.data.reshape(len(ds.data), DIM).numpy().astype(np.uint8, copy=False)
-    labels = ds.targets.numpy().astype(np.uint8, copy=False)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return Dataset(dataset, np.ascontiguousarray(images), np.ascontiguousarray(labels))
 
 
 def reconstruction_ids(labels: np.ndarray) -> list[int]:

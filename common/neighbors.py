@@ -3,19 +3,25 @@
 Promise: for each query row i, the K samples j != i with the smallest distance, nearest first, ties
 broken by the lower id. The N x N matrix never exists: rows go in chunks sized from a memory budget.
 
-How "exact" is kept while the bulk work runs in fast float32:
-- Pixel spaces (uint8): pixels are shifted to -128..127, so every dot product is an integer below
-  2^24 and a float32 GEMM computes it exactly; L1 sums of byte differences are exact in float32 too.
-  Only the final combination (|a|^2 - 2 a.b, up to 5e7) can round, by at most 2.
+How "exact" is kept while the bulk work runs fast:
+- Pixel spaces (uint8) on the CPU are integer arithmetic from end to end. L2: pixels shifted to
+  -128..127 are int8, an int8 GEMM (torch._int_mm, VNNI where the CPU has it) gives the exact int32
+  dot products, and a C kernel (common/_select.c) fuses the score |b|^2 - 2 a.b with an exact top-K
+  by (score, id). L1: the SAD kernel (common/_l1.c) gives exact integer sums, the same selection
+  follows. No rounding anywhere, so no proof and no fallback is needed.
+- Elsewhere (a GPU, or a CPU where the int8 GEMM or the kernels are missing) pixels go through float32
+  GEMMs, where every dot product is an integer below 2^24 and so exact; only the final combination
+  (|a|^2 - 2 a.b, up to 5e7) can round, by at most 2.
 - Code spaces (float): distances are computed in float64, one formula for every pair.
-Each chunk first takes K + PAD candidates from the fast scores, re-ranks them by the exact value
-and the id, and proves the cut: the K-th exact value must lie strictly below what any
+On the float paths each chunk first takes K + PAD candidates from the fast scores, re-ranks them by
+the exact value and the id, and proves the cut: the K-th exact value must lie strictly below what any
 non-candidate can reach (its score minus the rounding bound). Rows where ties or rounding straddle
 the cut are recomputed exactly over the whole row. Imports only numpy and torch.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,9 +36,73 @@ try:  # the compiled SAD kernel; without it the portable path gives the same int
     from common import _l1
 except ImportError:  # pragma: no cover - only where the extension could not be built
     _l1 = None
+try:  # the compiled exact top-K over integer scores; without it the float paths give the same table
+    from common import _select
+except ImportError:  # pragma: no cover
+    _select = None
 
 PIXEL_UNIT = 2.0 / 255.0  # pixel-space distances are reported on the [-1, 1] inputs the models see
 PAD = 32  # extra candidates per row; ties wider than this fall back to an exact full row
+INT_BLOCK = 256  # query rows per integer block: its (rows, N) int32 scores stay near the caches
+
+
+@functools.lru_cache(maxsize=8)
+def int8_gemm_exact(dim: int) -> bool:
+    """Whether torch._int_mm runs here and gives exact int32 dot products of int8 rows of ``dim``
+    (checked once on the worst cases: all -128, all 127, and random rows; a CPU without VNNI might
+    saturate 16-bit intermediates)."""
+    if not hasattr(torch, "_int_mm"):
+        return False
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (24, dim), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (40, dim), generator=g, dtype=torch.int8)
+    a[:4], a[4:8], b[:4], b[4:8] = -128, 127, -128, 127
+    try:
+        got = torch._int_mm(a, b.T)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.equal(got.double(), a.double() @ b.double().T))
+
+
+def _buffer(owner, rows: int, n: int) -> np.ndarray:
+    """A (rows, n) int32 scratch array kept on ``owner`` and reused while it is big enough."""
+    buf = getattr(owner, "_scratch", None)
+    if buf is None or buf.shape[0] < rows:
+        buf = owner._scratch = np.empty((rows, n), np.int32)
+    return buf[:rows]
+
+
+def _row_norms(s8: np.ndarray) -> np.ndarray:
+    """|x|^2 of each int8 row as int32, a few thousand rows at a time (no full int32 copy)."""
+    out = np.empty(len(s8), np.int32)
+    for i in range(0, len(s8), 8192):
+        p = s8[i:i + 8192].astype(np.int32)
+        out[i:i + 8192] = np.einsum("ij,ij->i", p, p)
+    return out
+
+
+def _smallest(block: np.ndarray, base: np.ndarray, a: int, rows: np.ndarray, k: int,
+              vals: np.ndarray, ids: np.ndarray) -> None:
+    """The k smallest base[j] + a * block[i, j] of each row, by (score, id), the row's own id skipped:
+    common/_select.c, one slice of rows per thread (it releases the GIL)."""
+    n = block.shape[1]
+    parts = np.array_split(np.arange(len(rows)), max(1, min(torch.get_num_threads(), len(rows))))
+    list(_threads().map(lambda p: _select.smallest(block[p[0]:p[-1] + 1], base, a, rows[p[0]:p[-1] + 1], n, k,
+                                                   vals[p[0]:p[-1] + 1], ids[p[0]:p[-1] + 1]),
+                        [p for p in parts if len(p)]))
+
+
+def integer_knn(block: Callable[[np.ndarray], np.ndarray], base: np.ndarray, a: int, rows: Tensor,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by (score, id) where score = base[j] + a * block(rows)[i, j] in int32; query rows go
+    INT_BLOCK at a time. Returns (ids, scores), both (c, k) int32, nearest first."""
+    r = rows.numpy().astype(np.int64)
+    ids = np.empty((len(r), k), np.int32)
+    vals = np.empty((len(r), k), np.int32)
+    for b0 in range(0, len(r), INT_BLOCK):
+        part = r[b0:b0 + INT_BLOCK]
+        _smallest(block(part), base, a, part, k, vals[b0:b0 + INT_BLOCK], ids[b0:b0 + INT_BLOCK])
+    return ids, vals
 
 
 @dataclass(frozen=True)
@@ -88,11 +158,26 @@ class PixelL2(Space):
     eps = 4.0  # two roundings of a value below 2^26 in float32 (each <= 2), doubled for safety
     bytes_per_pair = 12  # G and the scores (float32), plus topk scratch
 
-    def __init__(self, x: np.ndarray, device: torch.device) -> None:
+    def __init__(self, x: np.ndarray, device: torch.device, integer: bool = True) -> None:
         super().__init__(x.shape[0])
+        self.integer = (integer and device.type == "cpu" and _select is not None
+                        and int8_gemm_exact(x.shape[1]))
+        self.g: Tensor | None = None
+        if self.integer:
+            s8 = np.ascontiguousarray(x ^ np.uint8(0x80)).view(np.int8)  # v ^ 0x80 read as int8 is v - 128
+            self.s8 = torch.from_numpy(s8)  # (N, D): a quarter of a float32 copy
+            self.sq_np = _row_norms(s8)  # (N,) exact integers < 2^24
+            return
         self.s = torch.from_numpy(x).to(device).float().sub_(128.0)  # (N, D) in -128..127
         self.sq = (self.s * self.s).sum(1)  # (N,) exact integers < 2^24
-        self.g: Tensor | None = None
+
+    def knn(self, rows: Tensor, k: int) -> NeighborTable:
+        if not self.integer:
+            return super().knn(rows, k)
+        _check_k(k, self.n)
+        ids, scores = integer_knn(self._dots, self.sq_np, -2, rows, k)
+        d2 = scores.astype(np.float64) + self.sq_np[rows.numpy()][:, None]  # exact squared distances
+        return NeighborTable(ids, (np.sqrt(d2) * PIXEL_UNIT).astype(np.float32))
 
     def scores(self, rows):
         self.g = self.s[rows] @ self.s.T  # (c, N) exact integer dot products
@@ -103,6 +188,13 @@ class PixelL2(Space):
 
     def exact_row(self, rows, r):
         return self.sq.double() - 2.0 * self.g[r].double()
+
+    def _dots(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), N) exact int32 dot products, into one reused buffer (a fresh 100 MB array per
+        block costs its page faults every time: a third of the GEMM's time)."""
+        out = _buffer(self, len(rows), self.n)
+        torch._int_mm(self.s8[torch.from_numpy(rows)], self.s8.T, out=torch.from_numpy(out))
+        return out
 
     def finalize(self, rows, values):
         d2 = values + self.sq[rows].double()[:, None]  # exact integer squared distance
@@ -145,19 +237,30 @@ class PixelL1(_Dense):
         else:
             self.x = torch.from_numpy(x).to(device).float()
 
+    def knn(self, rows: Tensor, k: int) -> NeighborTable:
+        if self.kernel is None or _select is None:
+            return super().knn(rows, k)
+        _check_k(k, self.n)
+        ids, sums = integer_knn(self._sad, np.zeros(self.n, np.int32), 1, rows, k)
+        return NeighborTable(ids, (sums.astype(np.float64) * PIXEL_UNIT).astype(np.float32))
+
     def scores(self, rows):
         if self.kernel is None:
             self.d = torch.cdist(self.x[rows], self.x, p=1.0)
             return self.d
-        q = self.padded[rows.numpy()]
-        out = np.empty((q.shape[0], self.n), np.int32)
+        self.d = torch.from_numpy(self._sad(rows.numpy()))
+        return self.d
+
+    def _sad(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), N) exact int32 L1 sums from the SAD kernel."""
+        q = self.padded[rows]
+        out = _buffer(self, q.shape[0], self.n)
         # the kernel releases the GIL: one slice of query rows per thread
         parts = np.array_split(np.arange(q.shape[0]), max(1, min(torch.get_num_threads(), q.shape[0])))
         width = self.padded.shape[1]
         list(_threads().map(lambda p: self.kernel.l1_block(q[p[0]:p[-1] + 1], self.padded,
                                                            out[p[0]:p[-1] + 1], width), parts))
-        self.d = torch.from_numpy(out)
-        return self.d
+        return out
 
     def finalize(self, rows, values):
         return (values * PIXEL_UNIT).float()
@@ -248,16 +351,17 @@ def _threads() -> ThreadPoolExecutor:
 
 
 def prepare(points: np.ndarray, distance: str, device: str | torch.device = "cpu", *,
-            l1_kernel: bool = True) -> Space:
+            l1_kernel: bool = True, integer: bool = True) -> Space:
     """Pixel spaces are uint8 (exact integer arithmetic); anything else is a float code space.
 
-    ``l1_kernel=False`` takes the portable pixel-L1 path even where the SAD kernel is built.
+    ``l1_kernel=False`` takes the portable pixel-L1 path even where the SAD kernel is built;
+    ``integer=False`` takes the float32 pixel-L2 path (a GPU's) even where the int8 GEMM runs.
     """
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; expected one of {list(DISTANCES)}")
     dev = torch.device(device)
     if points.dtype == np.uint8:
-        return PixelL2(points, dev) if distance == "l2" else PixelL1(points, dev, l1_kernel)
+        return PixelL2(points, dev, integer) if distance == "l2" else PixelL1(points, dev, l1_kernel)
     return CodeSpace(points, distance, dev)
 
 

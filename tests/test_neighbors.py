@@ -148,3 +148,52 @@ def test_kernel_and_portable_l1_tables_are_identical(mnist):
     slow = knn_rows(prepare(x, "l1", l1_kernel=False), 0, 3000, 100)
     np.testing.assert_array_equal(fast.ids, slow.ids)
     np.testing.assert_array_equal(fast.distances, slow.distances)
+
+
+def test_select_kernel_keeps_the_k_smallest_by_score_then_id():
+    from common import neighbors
+
+    if neighbors._select is None:
+        pytest.skip("no compiled selection kernel on this platform; the float paths are tested above")
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        b, n = int(rng.integers(1, 6)), int(rng.integers(2, 700))
+        k = int(rng.integers(1, n))
+        g = rng.integers(-4, 4, (b, n)).astype(np.int32)  # few values: ties everywhere
+        base = rng.integers(-3, 3, n).astype(np.int32)
+        a = int(rng.choice([-2, 1]))
+        rows = rng.integers(-1, n, b).astype(np.int64)  # -1: no row to skip
+        k = min(k, n - 1)
+        vals, ids = np.empty((b, k), np.int32), np.empty((b, k), np.int32)
+        neighbors._select.smallest(g, base, a, rows, n, k, vals, ids)
+        for i in range(b):
+            j = np.arange(n)[np.arange(n) != rows[i]]
+            score = (base + a * g[i])[j]
+            order = np.lexsort((j, score))[:k]
+            np.testing.assert_array_equal(ids[i], j[order])
+            np.testing.assert_array_equal(vals[i], score[order])
+    with pytest.raises(ValueError, match="buffer sizes"):
+        neighbors._select.smallest(g, base, a, rows, n + 1, k, vals, ids)
+
+
+def test_int8_gemm_self_check_and_integer_l2_equal_the_float_path(mnist):
+    from common.neighbors import int8_gemm_exact, knn_rows, prepare
+
+    assert int8_gemm_exact(784), "torch._int_mm is missing or inexact here: pixel L2 takes the float path"
+    x = mnist.images[:3000]
+    fast, slow = prepare(x, "l2"), prepare(x, "l2", integer=False)
+    assert fast.integer and not slow.integer
+    a, b = knn_rows(fast, 0, 3000, 100), knn_rows(slow, 0, 3000, 100)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.distances, b.distances)
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_float_pixel_paths_match_brute_force(distance):
+    from common.neighbors import knn_rows, prepare
+
+    x = tied_pixels(333, 2)
+    ids, _ = brute_force(x, 40, distance)
+    space = prepare(x, distance, l1_kernel=False, integer=False)
+    got = np.concatenate([knn_rows(space, s, min(333, s + 50), 40).ids for s in range(0, 333, 50)])
+    np.testing.assert_array_equal(got, ids)
