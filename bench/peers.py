@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,10 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _rss_mb() -> float:
+def _rss_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory (VmRSS) or its peak (VmHWM), MiB. Not ru_maxrss: Linux carries a
+    parent's peak across fork and exec into the child's ru_maxrss, so every child would report at least
+    the peak of this script's own process."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -87,7 +89,7 @@ def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int,
         raise SystemExit(f"unknown tool {tool}")
     seconds = time.perf_counter() - t0
     np.save(out, ids[:q].astype(np.int32))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _rss_mb("VmHWM")
     return {"tool": tool, "space": space, "distance": distance, "seconds": seconds * n / q, "scaled": q < n,
             "rows": q, "peak_mb": peak, "extra_mb": peak - base}
 
@@ -127,7 +129,8 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=5000, help="query rows for the slow peers (scaled up)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--skip-slow", action="store_true", help="leave out the float-L1 peers on pixels")
-    p.add_argument("--budgets", default="256M,1G,4G", help="memory budgets to check ours against")
+    p.add_argument("--budgets", default="256M,1G,4G", help="memory budgets to check ours against ('' for none)")
+    p.add_argument("--tables", default="pixels-l2,pixels-l1,codes-l2,codes-l1", help="which tables to compare")
     p.add_argument("--one", nargs=7, metavar=("TOOL", "SPACE", "DIST", "LIMIT", "K", "ROWS", "BUDGET"),
                    help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -156,9 +159,9 @@ def main() -> None:
             ("codes", "l2", ["ours", "faiss", "scipy"]), ("codes", "l1", ["ours", "faiss", "scipy"])]
     print(f"# aeknn exact top-{a.k}, N={a.limit}, median of {a.repeat}; {time.strftime('%Y-%m-%d')}; "
           f"{_cpu()}")
-    print("| table | tool | seconds | peak RSS MB | ratio ours/tool | same sets |")
+    print("| table | tool | seconds | peak RSS MiB | ratio ours/tool | same sets |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for space, dist, tools in plan:
+    for space, dist, tools in [p for p in plan if f"{p[0]}-{p[1]}" in a.tables.split(",")]:
         x = _points(space, a.limit)
         ours = None
         for tool in tools:
@@ -174,9 +177,9 @@ def main() -> None:
             scaled = f" (x {a.limit}/{m['rows']})" if m["scaled"] else ""
             print(f"| {space} {dist} | {tool} | {m['seconds']:.1f}{scaled} | {m['peak_mb']:.0f} | {ratio:.2f} | "
                   f"{agree:.4f} |", flush=True)
-    print("\n| ours, pixels l2, memory budget | seconds | peak RSS - baseline MB | budget MB |")
+    print("\n| ours, pixels l2, memory budget | seconds | peak RSS - baseline MiB | budget MiB |")
     print("| --- | --- | --- | --- |")
-    for b in a.budgets.split(","):
+    for b in [b for b in a.budgets.split(",") if b]:
         budget = int(float(b[:-1]) * {"M": 1 << 20, "G": 1 << 30}[b[-1]])
         m = measure("ours", "pixels", "l2", budget)
         print(f"| {b} | {m['seconds']:.1f} | {m['extra_mb']:.0f} | {budget / (1 << 20):.0f} |", flush=True)

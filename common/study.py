@@ -117,22 +117,27 @@ def table_points(session: Session, table: db.TableRow) -> tuple[np.ndarray, np.n
 
 
 def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
-                start: int, worker: str | None = None) -> bool:
+                start: int, worker: str | None = None, store_seconds: list[float] | None = None) -> bool:
     """Compute one chunk and store its rows with its done-mark in one transaction.
 
     Returns False when the chunk was already stored (a repeated delivery): nothing is written twice.
+    ``store_seconds`` collects the time spent storing (the benchmark reports it apart).
     """
     with factory() as s:
         if start in db.done_chunks(session=s, table_id=table.id):
             return False
     stop = min(table.n, start + table.chunk_size)
     part = knn_rows(space, start, stop, table.k)
+    t0 = time.perf_counter()
     try:
         with db.transaction(factory) as s:
             return db.save_chunk(session=s, table_id=table.id, start=start, ids=part.ids,
                                  labels=labels[part.ids], distances=part.distances, worker=worker)
     except IntegrityError:  # the same chunk committed by another delivery in the meantime
         return False
+    finally:
+        if store_seconds is not None:
+            store_seconds.append(time.perf_counter() - t0)
 
 
 def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float | None = None) -> bool:
@@ -147,20 +152,24 @@ def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float |
         return True
 
 
-def _build_table(rt: Runtime, *, table: db.TableRow, points: np.ndarray, labels: np.ndarray,
-                 title: str) -> None:
-    """Every chunk not yet stored, in this process; a table left half-written continues where it was."""
+def _build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points: np.ndarray,
+                 labels: np.ndarray, title: str) -> None:
+    """Every chunk not yet stored, in this process; a table left half-written continues where it was.
+    Records the seconds spent storing its rows as the timing "store <title>"."""
     t0 = time.perf_counter()
+    stored: list[float] = []
     space = prepare(points, table.distance, resolve_device(rt.device))
     with rt.factory() as s:
         done = db.done_chunks(session=s, table_id=table.id)
     rt.progress.begin(title, table.n, "rows")
     for start, stop in db.table_chunks(table):
         if start not in done:
-            build_chunk(rt.factory, table, space, labels, start)
+            build_chunk(rt.factory, table, space, labels, start, store_seconds=stored)
         rt.progress.advance(stop - start)
     rt.progress.end()
     finish_table(rt.factory, table.id, seconds=time.perf_counter() - t0)
+    with db.transaction(rt.factory) as s:
+        db.record_timing(session=s, experiment_id=experiment_id, stage=f"store {title}", seconds=sum(stored))
 
 
 def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: str) -> None:
@@ -174,7 +183,8 @@ def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: st
     if table.complete:
         log.info("experiment %d: reusing the stored original/%s table", experiment_id, distance)
         return
-    _build_table(rt, table=table, points=ds.images, labels=ds.labels, title=f"original {distance}")
+    _build_table(rt, experiment_id=experiment_id, table=table, points=ds.images, labels=ds.labels,
+                 title=f"original {distance}")
     _timed(rt, experiment_id, f"table original {distance}", t0)
 
 
@@ -240,7 +250,8 @@ def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, di
                        k=cfg.k, n=ds.n, dim=codes.shape[1], memory_budget=rt.memory_budget, device=rt.device)
     if table.complete:
         return
-    _build_table(rt, table=table, points=codes, labels=ds.labels, title=f"{name} {distance}")
+    _build_table(rt, experiment_id=experiment_id, table=table, points=codes, labels=ds.labels,
+                 title=f"{name} {distance}")
     _timed(rt, experiment_id, f"table {name} {distance}", t0)
 
 

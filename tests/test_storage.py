@@ -77,3 +77,14 @@ def test_experiment_model_and_metric_records(engine):
         assert [(v.metric, v.value) for v in vals] == [("score_at_k", 0.3)]
         assert db.latest_experiment_id(session=s) is None  # nothing succeeded yet
         assert db.latest_experiment_id(session=s, status=None) == e
+
+
+def test_a_new_sqlite_file_uses_32k_pages(tmp_path):
+    from sqlalchemy import text
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    db.init_db(engine)
+    with engine.connect() as c:
+        assert c.execute(text("PRAGMA page_size")).scalar() == 32768
+        assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    engine.dispose()
