@@ -22,6 +22,7 @@ the cut are recomputed exactly over the whole row. Imports only numpy and torch.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,11 +65,17 @@ def int8_gemm_exact(dim: int) -> bool:
     return bool(torch.equal(got.double(), a.double() @ b.double().T))
 
 
+_scratch = threading.local()
+
+
 def _buffer(owner, rows: int, n: int) -> np.ndarray:
-    """A (rows, n) int32 scratch array kept on ``owner`` and reused while it is big enough."""
-    buf = getattr(owner, "_scratch", None)
-    if buf is None or buf.shape[0] < rows:
-        buf = owner._scratch = np.empty((rows, n), np.int32)
+    """A (rows, n) int32 scratch array for ``owner``, reused while it is big enough. One per thread
+    (two deliveries of a chunk may share a space at once) and per space; the last space's is kept."""
+    buf = getattr(_scratch, "buf", None)
+    if getattr(_scratch, "owner", None) is not owner or buf is None or buf.shape[0] < rows or buf.shape[1] != n:
+        _scratch.buf = buf = None  # drop the old one before allocating the new
+        _scratch.buf = buf = np.empty((rows, n), np.int32)
+        _scratch.owner = owner
     return buf[:rows]
 
 

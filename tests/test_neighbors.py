@@ -197,3 +197,27 @@ def test_float_pixel_paths_match_brute_force(distance):
     space = prepare(x, distance, l1_kernel=False, integer=False)
     got = np.concatenate([knn_rows(space, s, min(333, s + 50), 40).ids for s in range(0, 333, 50)])
     np.testing.assert_array_equal(got, ids)
+
+
+def test_one_space_shared_by_two_threads_gives_each_its_own_rows(mnist):
+    import threading
+
+    from common.neighbors import knn_rows, prepare
+
+    x = mnist.images[:2000]
+    for distance in ("l1", "l2"):
+        space = prepare(x, distance)
+        want = [knn_rows(space, s, s + 500, 50).ids for s in (0, 500)]
+        got: dict[int, np.ndarray] = {}
+        barrier = threading.Barrier(2)
+
+        def run(s, space=space, got=got, barrier=barrier):
+            barrier.wait()
+            for _ in range(3):
+                got[s] = knn_rows(space, s, s + 500, 50).ids
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in (0, 500)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[500], want[1])
