@@ -68,15 +68,19 @@ def int8_gemm_exact(dim: int) -> bool:
 _scratch = threading.local()
 
 
-def _buffer(owner, rows: int, n: int) -> np.ndarray:
-    """A (rows, n) int32 scratch array for ``owner``, reused while it is big enough. One per thread
-    (two deliveries of a chunk may share a space at once) and per space; the last space's is kept."""
+def _buffer(rows: int, n: int) -> np.ndarray:
+    """A (rows, n) int32 scratch array, reused while it is big enough: one per thread, since two
+    deliveries of a chunk may share a space at once."""
     buf = getattr(_scratch, "buf", None)
-    if getattr(_scratch, "owner", None) is not owner or buf is None or buf.shape[0] < rows or buf.shape[1] != n:
+    if buf is None or buf.shape[0] < rows or buf.shape[1] != n:
         _scratch.buf = buf = None  # drop the old one before allocating the new
         _scratch.buf = buf = np.empty((rows, n), np.int32)
-        _scratch.owner = owner
     return buf[:rows]
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch array (after a table)."""
+    _scratch.buf = None
 
 
 def _row_norms(s8: np.ndarray) -> np.ndarray:
@@ -199,7 +203,7 @@ class PixelL2(Space):
     def _dots(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), N) exact int32 dot products, into one reused buffer (a fresh 100 MB array per
         block costs its page faults every time: a third of the GEMM's time)."""
-        out = _buffer(self, len(rows), self.n)
+        out = _buffer(len(rows), self.n)
         torch._int_mm(self.s8[torch.from_numpy(rows)], self.s8.T, out=torch.from_numpy(out))
         return out
 
@@ -261,7 +265,7 @@ class PixelL1(_Dense):
     def _sad(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), N) exact int32 L1 sums from the SAD kernel."""
         q = self.padded[rows]
-        out = _buffer(self, q.shape[0], self.n)
+        out = _buffer(q.shape[0], self.n)
         # the kernel releases the GIL: one slice of query rows per thread
         parts = np.array_split(np.arange(q.shape[0]), max(1, min(torch.get_num_threads(), q.shape[0])))
         width = self.padded.shape[1]
@@ -320,10 +324,15 @@ class CodeSpace(_Dense):
             return super().chunk(k, memory_budget)
         return tree_chunk_rows(self.n, k, memory_budget)
 
+    TREE_BLOCK = 8192  # query rows per KD-tree pass: its ~100 bytes per candidate stay near 200 MB
+
     def knn(self, rows: Tensor, k: int) -> NeighborTable:
         if self.tree is None:
             return super().knn(rows, k)
         _check_k(k, self.n)
+        if len(rows) > self.TREE_BLOCK:  # the same rows, in blocks: less memory, the same answer
+            parts = [self.knn(rows[i:i + self.TREE_BLOCK], k) for i in range(0, len(rows), self.TREE_BLOCK)]
+            return NeighborTable(np.concatenate([p.ids for p in parts]), np.concatenate([p.distances for p in parts]))
         r = rows.numpy()
         m = min(k + 1 + PAD, self.n)
         td, ti = self.tree.query(self.x.numpy()[r], k=m, p=1 if self.l1 else 2, workers=-1)
@@ -456,4 +465,5 @@ def exact_knn(
         ids[start:stop], dist[start:stop] = part.ids, part.distances
         if on_chunk is not None:
             on_chunk(start, stop)
+    release_scratch()
     return NeighborTable(ids, dist)

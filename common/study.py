@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common import storage as db
 from common.config import StudyConfig
 from common.data import Dataset, load_dataset, reconstruction_ids
-from common.neighbors import Space, knn_rows, plan_chunk, prepare
+from common.neighbors import Space, knn_rows, plan_chunk, prepare, release_scratch
 from common.scoring import store_metrics
 from common.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
 
@@ -167,6 +167,7 @@ def _build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points:
             build_chunk(rt.factory, table, space, labels, start, store_seconds=stored)
         rt.progress.advance(stop - start)
     rt.progress.end()
+    release_scratch()
     finish_table(rt.factory, table.id, seconds=time.perf_counter() - t0)
     with db.transaction(rt.factory) as s:
         db.record_timing(session=s, experiment_id=experiment_id, stage=f"store {title}", seconds=sum(stored))

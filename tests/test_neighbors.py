@@ -221,3 +221,13 @@ def test_one_space_shared_by_two_threads_gives_each_its_own_rows(mnist):
         [t.join() for t in threads]
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[500], want[1])
+
+
+def test_tree_path_in_blocks_gives_the_same_rows():
+    from common.neighbors import knn_rows, prepare
+
+    x = tied_codes(250, 4)
+    ids, _ = brute_force(x, 30, "l2")
+    space = prepare(x, "l2")
+    space.TREE_BLOCK = 17  # 250 query rows in 15 blocks
+    np.testing.assert_array_equal(knn_rows(space, 0, 250, 30).ids, ids)
