@@ -62,6 +62,18 @@ static int64_t max_of(const int64_t *keys, Py_ssize_t cnt) {
     return m;
 }
 
+/* Add a key below the threshold; when the buffer is full, keep its k smallest and tighten the threshold. */
+static inline void keep(int64_t key, int64_t *buf, Py_ssize_t *cnt, Py_ssize_t cap, Py_ssize_t k, int64_t *thr,
+                        int32_t *thr_score) {
+    buf[(*cnt)++] = key;
+    if (*cnt == cap) {
+        quickselect(buf, *cnt, k);
+        *cnt = k;
+        *thr = max_of(buf, k);
+        *thr_score = (int32_t)((*thr - (*thr & 0xffffffffLL)) / 4294967296LL);
+    }
+}
+
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 /* one build for every x86 CPU: the loader picks the widest clone the CPU runs */
 __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -88,27 +100,12 @@ static void select_rows(const int32_t *G, const int32_t *base, int32_t a, const 
                 if (s[t] > thr_score) continue;
                 Py_ssize_t j = j0 + t;
                 int64_t key = pack(s[t], j);
-                if (key >= thr || j == self) continue;
-                buf[cnt++] = key;
-                if (cnt == cap) {
-                    quickselect(buf, cnt, k);
-                    cnt = k;
-                    thr = max_of(buf, k);
-                    thr_score = (int32_t)((thr - (thr & 0xffffffffLL)) / 4294967296LL);
-                }
+                if (key < thr && j != self) keep(key, buf, &cnt, cap, k, &thr, &thr_score);
             }
         }
         for (; j0 < n; j0++) { /* the tail */
-            int32_t s = base[j0] + a * g[j0];
-            int64_t key = pack(s, j0);
-            if (key >= thr || j0 == self) continue;
-            buf[cnt++] = key;
-            if (cnt == cap) {
-                quickselect(buf, cnt, k);
-                cnt = k;
-                thr = max_of(buf, k);
-                thr_score = (int32_t)((thr - (thr & 0xffffffffLL)) / 4294967296LL);
-            }
+            int64_t key = pack(base[j0] + a * g[j0], j0);
+            if (key < thr && j0 != self) keep(key, buf, &cnt, cap, k, &thr, &thr_score);
         }
         if (cnt > k) quickselect(buf, cnt, k);
         Py_ssize_t kept = cnt < k ? cnt : k;
