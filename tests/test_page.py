@@ -32,7 +32,7 @@ def server(tmp_path_factory, data_dir):
     run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=folder / "cache", device="cpu"), eid)
     engine.dispose()
     api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
-    yield {"url": api.url, "id": eid}
+    yield {"url": api.url, "id": eid, "db": url}
     api.stop()
 
 
@@ -187,3 +187,30 @@ def test_page_is_served_offline_from_the_package(server):
         r = httpx.get(server["url"] + asset)
         assert r.status_code == 200 and "http://" not in r.text and "https://" not in r.text
 
+
+
+def test_a_running_experiment_shows_live_progress(page, server):
+    """Progress comes from the database while a study runs: the page follows it without a reload."""
+    engine = db.make_engine(server["db"])
+    f = db.session_factory(engine)
+    cfg = StudyConfig(limit=800, epochs=5, models=["linear_mse", "relu_mse"]).as_json()
+    with db.transaction(f) as s:
+        eid = db.create_experiment(session=s, config=cfg)
+        db.update_experiment(session=s, experiment_id=eid, status=db.RUNNING, stage="train")
+        models = [db.get_or_create_model(session=s, experiment_id=eid, name=n).id for n in cfg["models"]]
+        for m in models:
+            db.save_checkpoint(session=s, model_id=m, epoch=1, losses=[0.5], checkpoint=b"")
+    page.goto(f"{server['url']}/?experiment={eid}")
+    page.wait_for_selector("body[data-ready='1']")
+    assert "running · train" in page.inner_text("#status")
+    page.wait_for_function("document.getElementById('progress-models').innerText.includes('1 / 5')")
+    assert page.is_hidden("#explore")  # no tables or map before it succeeds
+    with db.transaction(f) as s:
+        for m in models:
+            db.save_checkpoint(session=s, model_id=m, epoch=2, losses=[0.5, 0.25], checkpoint=b"")
+    page.wait_for_function("document.getElementById('progress-models').innerText.includes('2 / 5')",
+                           timeout=10_000)  # the page polls every 2 s
+    assert "0.25000" in page.inner_text("#progress-models")
+    with db.transaction(f) as s:
+        db.update_experiment(session=s, experiment_id=eid, status=db.CANCELLED, error="test over")
+    engine.dispose()
