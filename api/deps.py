@@ -34,7 +34,7 @@ def get_factory_for(settings: Settings) -> sessionmaker[Session]:
 
 
 async def get_factory(settings: SettingsDep) -> sessionmaker[Session]:
-    return _factory(settings.database_url)
+    return get_factory_for(settings)
 
 
 FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]

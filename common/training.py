@@ -123,7 +123,8 @@ class ModelStack(nn.Module):
             nn.Parameter(torch.stack([st[k[layer] + ".bias"][None, :] for st, k in zip(states, keys, strict=True)]))
             for layer in range(8))  # (G, 1, out)
         self.register_buffer("l1", torch.tensor([loss_name(n) == "l1" for n in names]))
-        self.loss = {loss_name(n) for n in names}.pop() if len({loss_name(n) for n in names}) == 1 else None
+        losses = {loss_name(n) for n in names}
+        self.loss = next(iter(losses)) if len(losses) == 1 else None  # one loss for the whole stack
         self._keys = keys
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (G, B, 784)
