@@ -3,7 +3,7 @@ computes (once, then stores) for a k that was not asked for at first. Imports on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,11 +14,12 @@ from common.config import StudyConfig
 
 
 def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.ndarray],
-                    enc: dict[tuple[str, str], np.ndarray], ks: Sequence[int] | None = None,
-                    by_label: bool = True) -> list[dict]:
+                    enc: Mapping[tuple[str, str], np.ndarray] | Iterable[tuple[tuple[str, str], np.ndarray]],
+                    ks: Sequence[int] | None = None, by_label: bool = True) -> list[dict]:
     """Every metric of STUDY.md from the id tables: orig[distance], enc[(model, distance)].
 
-    ``ks`` defaults to the config's; ``by_label`` adds score@k by label at k = 20 (or K, if smaller).
+    ``enc`` may also be an iterable of ((model, distance), table) pairs, read one at a time. ``ks``
+    defaults to the config's; ``by_label`` adds score@k by label at k = 20 (or K, if smaller).
     """
     ks = list(cfg.ks if ks is None else ks)
     n = labels.shape[0]
@@ -33,7 +34,7 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
         for k in ks:
             put("same_label_rate", db.ORIGINAL, d, k, M.same_label_rate(o, labels, k).mean())
             put("knn_accuracy", db.ORIGINAL, d, k, M.knn_accuracy(o, labels, k))
-    for (m, d), e in enc.items():
+    for (m, d), e in enc.items() if isinstance(enc, Mapping) else enc:
         o = orig[d]
         for k in ks:
             q = M.score_at_k(o, e, k)
@@ -50,7 +51,9 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
     return out
 
 
-def _tables(session: Session, experiment_id: int, cfg: StudyConfig):
+def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int):
+    """Labels, the pixel-space id tables, and the code-space ones as a generator that reads each
+    table when it is reached; only the first ``width`` columns of each (the largest k asked for)."""
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     labels = db.dataset_labels(session=session, dataset_id=exp.dataset_id)
 
@@ -58,20 +61,21 @@ def _tables(session: Session, experiment_id: int, cfg: StudyConfig):
         t = db.find_table(session=session, experiment_id=experiment_id, space=space, distance=d)
         if t is None:
             raise LookupError(f"experiment {experiment_id}: the {space}/{d} table is not complete")
-        return db.load_table_ids(session=session, table_id=t.id, n=t.n, k=t.k)
+        return db.load_table_ids(session=session, table_id=t.id, n=t.n, k=t.k, cols=min(width, t.k))
 
     distances = [d.value for d in cfg.distances]
     orig = {d: ids(db.ORIGINAL, d) for d in distances}
-    enc = {(m.value, d): ids(m.value, d) for m in cfg.models for d in distances}
+    enc = (((m.value, d), ids(m.value, d)) for m in cfg.models for d in distances)
     return labels, orig, enc
 
 
 def store_metrics(factory: sessionmaker[Session], experiment_id: int) -> None:
     """Compute and store every metric of an experiment (replacing what was stored)."""
-    with factory() as s:
+    with factory() as s:  # one table in memory at a time, beside the pixel-space ones
         cfg = StudyConfig.model_validate(db.get_experiment(session=s, experiment_id=experiment_id).config)
-        labels, orig, enc = _tables(s, experiment_id, cfg)
-    values = compute_metrics(cfg, labels, orig, enc)
+        width = max([*cfg.ks, min(M.BY_LABEL_K, cfg.k)])
+        labels, orig, enc = _tables(s, experiment_id, cfg, width)
+        values = compute_metrics(cfg, labels, orig, enc)
     with db.transaction(factory) as s:
         db.save_metrics(session=s, experiment_id=experiment_id, values=values)
 
@@ -84,7 +88,7 @@ def ensure_ks(factory: sessionmaker[Session], experiment_id: int, ks: Sequence[i
         missing = sorted(set(ks) - have)
         if not missing:
             return
-        labels, orig, enc = _tables(s, experiment_id, cfg)
-    values = compute_metrics(cfg, labels, orig, enc, ks=missing, by_label=False)
+        labels, orig, enc = _tables(s, experiment_id, cfg, max(missing))
+        values = compute_metrics(cfg, labels, orig, enc, ks=missing, by_label=False)
     with db.transaction(factory) as s:
         db.add_metrics(session=s, experiment_id=experiment_id, values=values)

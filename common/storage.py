@@ -425,15 +425,18 @@ def sample_neighbors(*, session: Session, table_id: int, sample_id: int
     return (np.frombuffer(row[0], "<i4"), np.frombuffer(row[1], np.uint8), np.frombuffer(row[2], "<f4"))
 
 
-def load_table_ids(*, session: Session, table_id: int, n: int, k: int) -> np.ndarray:
-    """The whole (n, k) id table, for metrics."""
-    out = np.empty((n, k), np.int32)
+def load_table_ids(*, session: Session, table_id: int, n: int, k: int, cols: int | None = None) -> np.ndarray:
+    """The (n, k) id table, for metrics; only its first ``cols`` columns (the nearest) when given."""
+    cols = k if cols is None else cols
+    if not 0 < cols <= k:
+        raise ValueError(f"cols must be in 1..{k} (the table's K), got {cols}")
+    out = np.empty((n, cols), np.int32)
     seen = 0
     res = session.execute(select(NeighborRow.sample_id, NeighborRow.ids)
                           .where(NeighborRow.table_id == table_id)
                           .execution_options(yield_per=5000))
     for sample_id, blob in res:
-        out[sample_id] = np.frombuffer(blob, "<i4")
+        out[sample_id] = np.frombuffer(blob, "<i4", count=cols)
         seen += 1
     if seen != n:
         raise RuntimeError(f"neighbour table {table_id} holds {seen} rows, expected {n}")

@@ -34,6 +34,9 @@ def test_neighbor_rows_round_trip_and_one_row_per_sample(engine):
         np.testing.assert_array_equal(got[1], labels[ids[33]])
         np.testing.assert_array_equal(got[2], dist[33])
         np.testing.assert_array_equal(db.load_table_ids(session=s, table_id=t.id, n=50, k=7), ids)
+        np.testing.assert_array_equal(db.load_table_ids(session=s, table_id=t.id, n=50, k=7, cols=3), ids[:, :3])
+        with pytest.raises(ValueError, match="cols must be in 1..7"):
+            db.load_table_ids(session=s, table_id=t.id, n=50, k=7, cols=8)
         assert db.sample_neighbors(session=s, table_id=t.id, sample_id=50) is None
         np.testing.assert_array_equal(db.dataset_labels(session=s, dataset_id=ds), labels)
     # the same rows twice are refused by the primary key, and the failed transaction leaves nothing half-done
