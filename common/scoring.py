@@ -29,7 +29,7 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
         out.append({"metric": metric, "space": space, "distance": distance, "k": k, "label": label,
                     "value": float(value)})
 
-    by_label_k = min(M.BY_LABEL_K, cfg.k)
+    by_label_k = _by_label_k(cfg)
     for d, o in orig.items():
         for k in ks:
             put("same_label_rate", db.ORIGINAL, d, k, M.same_label_rate(o, labels, k).mean())
@@ -49,6 +49,10 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
             for label, v in M.score_at_k_by_label(o, e, labels, by_label_k).items():
                 put("score_at_k_by_label", m, d, by_label_k, v, label)
     return out
+
+
+def _by_label_k(cfg: StudyConfig) -> int:
+    return min(M.BY_LABEL_K, cfg.k)
 
 
 def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int):
@@ -73,7 +77,7 @@ def store_metrics(factory: sessionmaker[Session], experiment_id: int) -> None:
     """Compute and store every metric of an experiment (replacing what was stored)."""
     with factory() as s:  # one table in memory at a time, beside the pixel-space ones
         cfg = StudyConfig.model_validate(db.get_experiment(session=s, experiment_id=experiment_id).config)
-        width = max([*cfg.ks, min(M.BY_LABEL_K, cfg.k)])
+        width = max([*cfg.ks, _by_label_k(cfg)])
         labels, orig, enc = _tables(s, experiment_id, cfg, width)
         values = compute_metrics(cfg, labels, orig, enc)
     with db.transaction(factory) as s:

@@ -156,8 +156,8 @@ class ModelStack(nn.Module):
 
         Backpropagation written out with the very kernels autograd calls (``tanh_backward``,
         ``threshold_backward``, the same ``bmm`` operands), so the gradients are autograd's bit for bit
-        (tested) in 0.90x the time (bench/train_step.py): no graph, no clones for the in-place activations, and fewer
-        Python calls holding the GIL while the other stack's thread runs.
+        (tested) in 0.90x the time (bench/train_step.py): no graph, no clones for the in-place
+        activations, and fewer Python calls holding the GIL while the other stack's thread runs.
         """
         nl, act = self.n_linear, self.n_linear < len(self.names)
         hs = self._activations(x)
@@ -260,7 +260,7 @@ class _Group:
             batch = x.index_select(0, order[b0 : b0 + batch_size])  # (B, 784), gathered by this stack's thread
             loss = self.stack.losses_and_grads(batch)  # (G,); each model's gradient is that of its own loss
             self.optim.step()
-            total += loss.detach()
+            total += loss  # computed under no_grad
             batches += 1
         self.means = (total / batches).tolist()
 
