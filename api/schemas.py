@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 
 from common.config import StudyConfig
 
@@ -31,6 +31,13 @@ class TableProgress(BaseModel):
     complete: bool
     chunks_done: int
     chunks_total: int
+    seconds: float | None = Field(description="wall time of the whole table, storing included")
+    compute_seconds: float | None = Field(description="computing its rows only (summed over its chunks)")
+    path: str | None = Field(description="how it was computed: int8, f32, f32-numpy, sad-avx512, sad-avx2, "
+                                         "sad-portable, torch, kdtree ('a+b' when workers differed)")
+    rows_per_s: float | None
+    gflops: float | None = Field(description="GFLOP/s of the pixel L2 GEMM")
+    gsads_per_s: float | None = Field(description="billions of pixel L1 pair sums per second")
 
 
 class TaskCounts(BaseModel):

@@ -6,9 +6,10 @@
  * multiple of 64 bytes (zeros add nothing). The GIL is released, so Python threads can share the
  * rows of A between cores.
  *
- *   l1_block(a, b, out, d)   a: (m, d) uint8, b: (n, d) uint8, out: (m, n) int32, all C-contiguous
- *   isa() -> "avx512" | "avx2" | "portable"      the instructions in use
- *   use(name) -> isa()     choose "portable", "avx2" or "best" (for tests and benchmarks)
+ *   l1_block(a, b, out, d, isa="best")   a: (m, d) uint8, b: (n, d) uint8, out: (m, n) int32, all C-contiguous;
+ *                                        isa: "best", "avx512", "avx2" or "portable" (one the CPU runs)
+ *   isa() -> "avx512" | "avx2" | "portable"      the widest this CPU runs
+ *   supported() -> tuple of the names this CPU runs, widest first
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -157,30 +158,38 @@ __attribute__((target("avx512f,avx512bw"))) static void l1_avx512(const uint8_t 
 }
 #endif
 
-static kernel_fn chosen = NULL;
-static const char *chosen_name = "portable";
-
-/* The best the CPU offers, no better than `cap`: 0 portable, 1 avx2, 2 avx512. */
-static void choose(int cap) {
-    chosen = l1_portable;
-    chosen_name = "portable";
+/* The kernel for an instruction-set name, or NULL when the name is unknown or this CPU lacks it. */
+static kernel_fn kernel_named(const char *name, const char **chosen) {
+    int best = !strcmp(name, "best");
 #ifdef AEKNN_X86
     __builtin_cpu_init();
-    if (cap >= 2 && __builtin_cpu_supports("avx512bw")) {
-        chosen = l1_avx512;
-        chosen_name = "avx512";
-    } else if (cap >= 1 && __builtin_cpu_supports("avx2")) {
-        chosen = l1_avx2;
-        chosen_name = "avx2";
+    if ((best || !strcmp(name, "avx512")) && __builtin_cpu_supports("avx512bw")) {
+        *chosen = "avx512";
+        return l1_avx512;
+    }
+    if ((best || !strcmp(name, "avx2")) && __builtin_cpu_supports("avx2")) {
+        *chosen = "avx2";
+        return l1_avx2;
     }
 #endif
+    if (best || !strcmp(name, "portable")) {
+        *chosen = "portable";
+        return l1_portable;
+    }
+    return NULL;
 }
 
 static PyObject *py_l1_block(PyObject *self, PyObject *args) {
     Py_buffer a, b, out;
     Py_ssize_t d;
-    if (!PyArg_ParseTuple(args, "y*y*w*n", &a, &b, &out, &d)) return NULL;
+    const char *isa = "best", *chosen = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*n|s", &a, &b, &out, &d, &isa)) return NULL;
     PyObject *result = NULL;
+    kernel_fn kernel = kernel_named(isa, &chosen);
+    if (kernel == NULL) {
+        PyErr_Format(PyExc_ValueError, "instruction set %s is unknown or not supported by this CPU", isa);
+        goto done;
+    }
     if (d <= 0 || d % 64 != 0 || a.len % d != 0 || b.len % d != 0) {
         PyErr_SetString(PyExc_ValueError, "row length d must be a positive multiple of 64 dividing both inputs");
         goto done;
@@ -191,7 +200,7 @@ static PyObject *py_l1_block(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    chosen((const uint8_t *)a.buf, (const uint8_t *)b.buf, (int32_t *)out.buf, m, n, d);
+    kernel((const uint8_t *)a.buf, (const uint8_t *)b.buf, (int32_t *)out.buf, m, n, d);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -202,30 +211,31 @@ done:
     return result;
 }
 
-static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(chosen_name); }
+static PyObject *py_isa(PyObject *self, PyObject *unused) {
+    const char *chosen = "portable";
+    kernel_named("best", &chosen);
+    return PyUnicode_FromString(chosen);
+}
 
-static PyObject *py_use(PyObject *self, PyObject *args) {
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    if (!strcmp(name, "portable")) choose(0);
-    else if (!strcmp(name, "avx2")) choose(1);
-    else if (!strcmp(name, "best")) choose(2);
-    else {
-        PyErr_Format(PyExc_ValueError, "unknown instruction set %s (portable, avx2 or best)", name);
-        return NULL;
-    }
-    return PyUnicode_FromString(chosen_name);
+static PyObject *py_supported(PyObject *self, PyObject *unused) {
+    const char *names[] = {"avx512", "avx2", "portable"}, *chosen;
+    PyObject *out = PyList_New(0);
+    for (int i = 0; out != NULL && i < 3; i++)
+        if (kernel_named(names[i], &chosen) != NULL && PyList_Append(out, PyUnicode_FromString(names[i])) < 0)
+            Py_CLEAR(out);
+    if (out == NULL) return NULL;
+    PyObject *t = PyList_AsTuple(out);
+    Py_DECREF(out);
+    return t;
 }
 
 static PyMethodDef methods[] = {
-    {"l1_block", py_l1_block, METH_VARARGS, "l1_block(a, b, out, d): out[i, j] = sum |a[i] - b[j]| (exact int32)"},
-    {"isa", py_isa, METH_NOARGS, "the instruction set in use"},
-    {"use", py_use, METH_VARARGS, "use(name): portable | avx2 | best; returns the one in use"},
+    {"l1_block", py_l1_block, METH_VARARGS,
+     "l1_block(a, b, out, d, isa='best'): out[i, j] = sum |a[i] - b[j]| (exact int32)"},
+    {"isa", py_isa, METH_NOARGS, "the widest instruction set this CPU runs"},
+    {"supported", py_supported, METH_NOARGS, "the instruction sets this CPU runs, widest first"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_l1", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__l1(void) {
-    choose(2);
-    return PyModule_Create(&module);
-}
+PyMODINIT_FUNC PyInit__l1(void) { return PyModule_Create(&module); }

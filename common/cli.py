@@ -60,6 +60,11 @@ class TqdmProgress:
             self.bar.close()
             self.bar = None
 
+    def note(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = get_settings()
@@ -72,6 +77,14 @@ def _settings(args: argparse.Namespace) -> Settings:
         updates["device"] = args.device
     if getattr(args, "memory_budget", None):
         updates["memory_budget"] = args.memory_budget
+    if getattr(args, "kernel", None):
+        from common.kernels import parse_spec
+
+        try:
+            parse_spec(args.kernel)
+        except ValueError as exc:
+            raise SystemExit(f"aeknn: invalid --kernel: {exc}") from None
+        updates["kernel"] = args.kernel
     if getattr(args, "broker", None):
         updates["broker_url"] = args.broker
     return s.model_copy(update=updates)
@@ -90,7 +103,8 @@ def _runtime(settings: Settings, factory):
     from common.study import Runtime
 
     return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
-                   device=settings.device, memory_budget=settings.memory_budget, progress=TqdmProgress())
+                   device=settings.device, memory_budget=settings.memory_budget, kernel=settings.kernel,
+                   progress=TqdmProgress())
 
 
 def _print_tables(factory, experiment_id: int, fmt: str) -> None:
@@ -402,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--data-dir", help="folder with the IDX files (default: AEKNN_DATA_DIR or ./data)")
             sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (CUDA if present)")
             sp.add_argument("--memory-budget", type=_size, help="working memory per chunk, e.g. 256M, 1G")
+            sp.add_argument("--kernel", help="pixel-table path: auto (default: the fastest measured here) or "
+                                             "names to force, e.g. f32 or f32,sad-avx2 (AEKNN_KERNEL)")
 
     def study_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist")
@@ -502,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
+    except ValidationError as exc:  # a setting from the environment (AEKNN_*) that does not validate
+        for e in exc.errors():
+            print(f"aeknn: invalid setting AEKNN_{str(e['loc'][0]).upper()}: {e['msg']}", file=sys.stderr)
+        return 2
     except DataError as exc:
         print(f"aeknn: data error: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import jobs
+from common import jobs, kernels
 from common import storage as db
 from common.config import StudyConfig
 from common.settings import Settings
@@ -64,7 +64,9 @@ def describe(session: Session, experiment_id: int) -> dict[str, Any] | None:
     for t in db.experiment_tables(session=session, experiment_id=experiment_id):
         tables.append({"space": t.space, "distance": t.distance, "complete": t.complete,
                        "chunks_done": len(db.done_chunks(session=session, table_id=t.id)),
-                       "chunks_total": len(db.table_chunks(t))})
+                       "chunks_total": len(db.table_chunks(t)), "seconds": t.seconds,
+                       "compute_seconds": t.compute_seconds,
+                       **kernels.throughput(t.path, t.distance, t.n, t.compute_seconds, t.work)})
     items = db.items_of(session=session, experiment_id=experiment_id)
     return {
         "id": exp.id, "status": exp.status, "stage": exp.stage, "error": exp.error,

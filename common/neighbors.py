@@ -1,17 +1,22 @@
 """The neighbour engine: every sample's exact K nearest other samples, L1 or L2, in row chunks.
 
 Promise: for each query row i, the K samples j != i with the smallest distance, nearest first, ties
-broken by the lower id. The N x N matrix never exists: rows go in chunks sized from a memory budget.
+broken by the lower id. The N x N matrix never exists: rows go in blocks sized from a memory budget.
 
 How "exact" is kept while the bulk work runs fast:
-- Pixel spaces (uint8) on the CPU are integer arithmetic from end to end. L2: pixels shifted to
-  -128..127 are int8, an int8 GEMM (torch._int_mm, VNNI where the CPU has it) gives the exact int32
-  dot products, and a C kernel (common/_select.c) fuses the score |b|^2 - 2 a.b with an exact top-K
-  by (score, id). L1: the SAD kernel (common/_l1.c) gives exact integer sums, the same selection
-  follows. No rounding anywhere, so no proof and no fallback is needed.
-- Elsewhere (a GPU, or a CPU where the int8 GEMM or the kernels are missing) pixels go through float32
-  GEMMs, where every dot product is an integer below 2^24 and so exact; only the final combination
-  (|a|^2 - 2 a.b, up to 5e7) can round, by at most 2.
+- Pixel spaces (uint8) on the CPU are integer arithmetic from end to end, then one exact selection
+  (common/_select.c) by the packed key (score, id): no rounding anywhere, so no proof and no fallback.
+  The scores come from one of several paths, all exact, chosen by measured speed (common/kernels.py):
+  L2 pixels shifted to -128..127 go through an int8 GEMM (``int8``, torch._int_mm: fast with VNNI,
+  very slow without) or a float32 GEMM (``f32``: every dot product is an integer below 2^24, so
+  float32 holds it exactly); L1 sums come from the SAD kernel (common/_l1.c) at the widest
+  instruction set that is fastest (``sad-avx512``, ``sad-avx2``, ``sad-portable``). Columns that are
+  the same in every sample (MNIST's empty border) add nothing to any distance and are dropped.
+- A whole table (:meth:`FusedPixels.sweep`) reads each block of the distance matrix once for two row
+  sets: rows i0..i1 against columns i0..N also give columns i1..N their candidates from rows i0..i1.
+  Half the arithmetic; the rows finish in order, so a half-written table continues where it stopped.
+- Elsewhere (a GPU, or a CPU where the C kernels are missing) pixels go through float32 GEMMs or
+  cdist (``torch``), exact for the dot products; only |a|^2 - 2 a.b (up to 5e7) can round, by at most 2.
 - Code spaces (float): distances are computed in float64, one formula for every pair.
 On the float paths each chunk first takes K + PAD candidates from the fast scores, re-ranks them by
 the exact value and the id, and proves the cut: the K-th exact value must lie strictly below what any
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common import kernels
 from common.names import DISTANCES
 
 try:  # the compiled SAD kernel; without it the portable path gives the same integers
@@ -44,38 +50,52 @@ except ImportError:  # pragma: no cover
 
 PIXEL_UNIT = 2.0 / 255.0  # pixel-space distances are reported on the [-1, 1] inputs the models see
 PAD = 32  # extra candidates per row; ties wider than this fall back to an exact full row
-INT_BLOCK = 256  # query rows per integer block: its (rows, N) int32 scores stay near the caches
+BLOCK = 256  # query rows per block of a chunk on the fused paths: its (rows, N) scores stay near the caches
+PANEL = 1024  # query rows per block of a whole-table sweep: a wider GEMM runs nearer the CPU's peak
+F32_EXACT_DIM = 1024  # shifted pixels: |a.b| <= 128 * 128 * D < 2^24 for D <= 1024, so float32 is exact
 
 
-@functools.lru_cache(maxsize=8)
-def int8_gemm_exact(dim: int) -> bool:
-    """Whether torch._int_mm runs here and gives exact int32 dot products of int8 rows of ``dim``
-    (checked once on the worst cases: all -128, all 127, and random rows; a CPU without VNNI might
-    saturate 16-bit intermediates)."""
-    if not hasattr(torch, "_int_mm"):
-        return False
+def _gemm_exact(dim: int, dtype: torch.dtype) -> bool:
+    """Whether a GEMM of ``dtype`` rows of ``dim`` values in -128..127 gives exact integer dot products
+    here (checked once on the worst cases: all -128, all 127, and random rows)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randint(-128, 128, (24, dim), generator=g, dtype=torch.int8)
     b = torch.randint(-128, 128, (40, dim), generator=g, dtype=torch.int8)
     a[:4], a[4:8], b[:4], b[4:8] = -128, 127, -128, 127
     try:
-        got = torch._int_mm(a, b.T)
+        got = torch._int_mm(a, b.T) if dtype == torch.int8 else a.float() @ b.float().T
     except (RuntimeError, NotImplementedError):
         return False
     return bool(torch.equal(got.double(), a.double() @ b.double().T))
 
 
+@functools.lru_cache(maxsize=8)
+def int8_gemm_exact(dim: int) -> bool:
+    """Whether torch._int_mm runs here and is exact for rows of ``dim`` (a CPU without VNNI might
+    saturate 16-bit intermediates)."""
+    return hasattr(torch, "_int_mm") and _gemm_exact(dim, torch.int8)
+
+
+@functools.lru_cache(maxsize=8)
+def f32_gemm_exact(dim: int) -> bool:
+    """Whether a float32 GEMM is exact for shifted pixel rows of ``dim``: provably so up to 1024 values
+    (every partial sum is an integer below 2^24), and checked once in case the BLAS rounds lower."""
+    return dim <= F32_EXACT_DIM and _gemm_exact(dim, torch.float32)
+
+
 _scratch = threading.local()
 
 
-def _buffer(rows: int, n: int) -> np.ndarray:
-    """A (rows, n) int32 scratch array, reused while it is big enough: one per thread, since two
-    deliveries of a chunk may share a space at once."""
+def _buffer(shape: tuple[int, int], dtype: type) -> np.ndarray:
+    """A C-contiguous scratch array, carved from one per-thread block reused while it is big enough
+    (a fresh 100 MB array per block costs its page faults every time: a third of a GEMM's time). One
+    per thread, since two deliveries of a chunk may share a space at once."""
+    need = shape[0] * shape[1] * np.dtype(dtype).itemsize
     buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.shape[0] < rows or buf.shape[1] != n:
+    if buf is None or buf.nbytes < need:
         _scratch.buf = buf = None  # drop the old one before allocating the new
-        _scratch.buf = buf = np.empty((rows, n), np.int32)
-    return buf[:rows]
+        _scratch.buf = buf = np.empty(need, np.uint8)
+    return buf[:need].view(dtype).reshape(shape)
 
 
 def release_scratch() -> None:
@@ -83,37 +103,20 @@ def release_scratch() -> None:
     _scratch.buf = None
 
 
-def _row_norms(s8: np.ndarray) -> np.ndarray:
-    """|x|^2 of each int8 row as int32, a few thousand rows at a time (no full int32 copy)."""
-    out = np.empty(len(s8), np.int32)
-    for i in range(0, len(s8), 8192):
-        p = s8[i:i + 8192].astype(np.int32)
-        out[i:i + 8192] = np.einsum("ij,ij->i", p, p)
-    return out
+def _ranges(count: int, parts: int) -> list[tuple[int, int]]:
+    """``count`` items in at most ``parts`` contiguous (lo, hi) ranges, none empty."""
+    parts = max(1, min(parts, count))
+    bounds = [count * p // parts for p in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
 
 
-def _smallest(block: np.ndarray, base: np.ndarray, a: int, rows: np.ndarray, k: int,
-              vals: np.ndarray, ids: np.ndarray) -> None:
-    """The k smallest base[j] + a * block[i, j] of each row, by (score, id), the row's own id skipped:
-    common/_select.c, one slice of rows per thread (it releases the GIL)."""
-    n = block.shape[1]
-    parts = np.array_split(np.arange(len(rows)), max(1, min(torch.get_num_threads(), len(rows))))
-    list(_threads().map(lambda p: _select.smallest(block[p[0]:p[-1] + 1], base, a, rows[p[0]:p[-1] + 1], n, k,
-                                                   vals[p[0]:p[-1] + 1], ids[p[0]:p[-1] + 1]),
-                        [p for p in parts if len(p)]))
-
-
-def integer_knn(block: Callable[[np.ndarray], np.ndarray], base: np.ndarray, a: int, rows: Tensor,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by (score, id) where score = base[j] + a * block(rows)[i, j] in int32; query rows go
-    INT_BLOCK at a time. Returns (ids, scores), both (c, k) int32, nearest first."""
-    r = rows.numpy().astype(np.int64)
-    ids = np.empty((len(r), k), np.int32)
-    vals = np.empty((len(r), k), np.int32)
-    for b0 in range(0, len(r), INT_BLOCK):
-        part = r[b0:b0 + INT_BLOCK]
-        _smallest(block(part), base, a, part, k, vals[b0:b0 + INT_BLOCK], ids[b0:b0 + INT_BLOCK])
-    return ids, vals
+def _parallel(fn: Callable[[int, int], None], count: int) -> None:
+    """fn(lo, hi) over ``count`` items, one range per torch thread (the C kernels release the GIL)."""
+    ranges = _ranges(count, torch.get_num_threads())
+    if len(ranges) == 1:
+        fn(*ranges[0])
+        return
+    list(_threads().map(lambda r: fn(*r), ranges))
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Space:
 
     eps: float = 0.0  # |fast score - exact value| never exceeds this
     bytes_per_pair: int = 16  # working memory per (query, point) pair in one chunk
+    path: str = "torch"  # how the scores are computed (common/kernels.py names them)
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -152,6 +156,13 @@ class Space:
     def release(self) -> None:
         """Drop the chunk's state."""
 
+    pair_work: float | None = None  # units of work per (query, point) pair: GEMM flops, or 1 sum of bytes
+
+    def work_of(self, rows: int, cols: int) -> float | None:
+        """Billions of the path's units of work for ``rows`` queries against ``cols`` points (None: not
+        counted, as on the KD-tree)."""
+        return None if self.pair_work is None else rows * cols * self.pair_work / 1e9
+
     def chunk(self, k: int, memory_budget: int) -> int:
         """Query rows per chunk so that a chunk's working set fits the budget."""
         return chunk_rows(self.n, self.bytes_per_pair, memory_budget)
@@ -164,31 +175,197 @@ class Space:
         """Exact top-k of the query ``rows`` (int64 indices)."""
         return knn_of(self, rows, k)
 
+    def sweep_panel(self, k: int, memory_budget: int, start: int = 0) -> int | None:
+        """Rows per block of :meth:`sweep` within the budget, or None where this space has no sweep."""
+        return None
+
+    def sweep(self, k: int, memory_budget: int, start: int = 0) -> Iterator[tuple[int, NeighborTable]]:
+        """Rows start..N of the whole table, in order, as (first row, rows) blocks."""
+        raise NotImplementedError
+
+
+class _TopK:
+    """The running state of many rows' exact top-k in common/_select.c: kept keys, count, threshold."""
+
+    def __init__(self, rows: int, k: int) -> None:
+        self.k = k
+        self.buf = np.empty((rows, self.cap(k)), np.int64)
+        self.cnt = np.zeros(rows, np.int64)
+        self.thr = np.full(rows, np.iinfo(np.int64).max, np.int64)
+        self.lim = np.full(rows, np.iinfo(np.int32).max, np.int32)
+
+    @staticmethod
+    def cap(k: int) -> int:
+        return k + max(64, k // 2)  # a full buffer is shrunk to k: every shrink drops at least 64 keys
+
+    @classmethod
+    def nbytes(cls, rows: int, k: int) -> int:
+        return rows * (cls.cap(k) * 8 + 20)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.buf, self.cnt, self.thr, self.lim
+
+    def finish(self, srow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores) of the state rows ``srow``, (len, k) int32, nearest first."""
+        ids = np.empty((len(srow), self.k), np.int32)
+        vals = np.empty((len(srow), self.k), np.int32)
+        _select.finish(np.ascontiguousarray(srow, np.int64), self.k, *self.arrays(), vals, ids)
+        return ids, vals
+
+
+class FusedPixels(Space):
+    """Pixel tables on the CPU: exact integer scores from one path (int8 or float32 GEMM for L2, the
+    SAD kernel for L1), each block selected at once by common/_select.c. No rounding, no proof."""
+
+    bytes_per_pair = 12  # as the torch paths: a chunk plan does not depend on the path
+
+    def __init__(self, x: np.ndarray, distance: str, path: str) -> None:
+        super().__init__(x.shape[0])
+        self.path, self.l2 = path, distance == "l2"
+        keep = (x != x[:1]).any(axis=0)  # columns that differ somewhere: the others add 0 to every distance
+        xs = np.ascontiguousarray(x[:, keep] if keep.any() else x[:, :1])
+        self.dim = xs.shape[1]
+        self.pair_work = 2.0 * self.dim if self.l2 else 1.0  # a dot product's flops, or one sum of bytes
+        if self.l2:
+            s8 = (xs ^ np.uint8(0x80)).view(np.int8)  # v ^ 0x80 read as int8 is v - 128
+            self.base = _row_norms(s8)  # (N,) |x|^2, exact integers < 2^24
+            self.a = -2  # score = |b|^2 - 2 a.b: |a|^2 is the same along a row
+            if path == "int8":
+                self.s8 = torch.from_numpy(np.ascontiguousarray(s8))  # (N, D): a quarter of a float32 copy
+            elif path in ("f32", "f32-numpy"):
+                self.sf = torch.from_numpy(s8).float()  # (N, D) exact small integers
+            else:
+                raise ValueError(f"path {path!r} is not an L2 pixel path")
+        else:
+            if not path.startswith("sad-"):
+                raise ValueError(f"path {path!r} is not an L1 pixel path")
+            self.isa = path[len("sad-"):]
+            self.width = -(-self.dim // 64) * 64  # rows padded with zero bytes to whole 64-byte vectors
+            self.padded = np.zeros((self.n, self.width), np.uint8)
+            self.padded[:, : self.dim] = xs
+            self.base = np.zeros(self.n, np.int32)
+            self.a = 1
+
+    # ------------------------------------------------------------ blocks of exact scores
+
+    def _block(self, q: np.ndarray | slice, c0: int, c1: int) -> np.ndarray:
+        """Exact values of query rows ``q`` against points c0..c1: int32 dot products / SAD sums, or
+        float32 dot products (exact integers); one reused buffer."""
+        if self.l2:
+            a = self.s8 if self.path == "int8" else self.sf
+            lhs = a[torch.from_numpy(q)] if isinstance(q, np.ndarray) else a[q]
+            out = _buffer((lhs.shape[0], c1 - c0), np.int32 if self.path == "int8" else np.float32)
+            if self.path == "int8":
+                torch._int_mm(lhs, a[c0:c1].T, out=torch.from_numpy(out))
+            elif self.path == "f32":
+                torch.mm(lhs, a[c0:c1].T, out=torch.from_numpy(out))  # torch's BLAS (MKL on x86)
+            else:
+                np.matmul(lhs.numpy(), a[c0:c1].numpy().T, out=out)  # numpy's BLAS (OpenBLAS in its wheels)
+            return out
+        lhs = self.padded[q]
+        out = _buffer((lhs.shape[0], c1 - c0), np.int32)
+        rhs = self.padded[c0:c1]
+
+        def part(lo: int, hi: int) -> None:  # the kernel releases the GIL: one slice of query rows per thread
+            _l1.l1_block(lhs[lo:hi], rhs, out[lo:hi], self.width, self.isa)
+
+        _parallel(part, lhs.shape[0])
+        return out
+
+    def _update_rows(self, g: np.ndarray, c0: int, rows: np.ndarray, srow: np.ndarray, st: _TopK) -> None:
+        """Block ``g`` (len(rows), m) scored against columns c0..c0+m, into the rows' own states."""
+        m, f32 = g.shape[1], g.dtype == np.float32
+
+        def part(lo: int, hi: int) -> None:
+            _select.update_rows(g, lo * m, m, f32, hi - lo, m, c0, self.base, self.a, rows[lo:hi], srow[lo:hi],
+                                st.k, *st.arrays())
+
+        _parallel(part, len(rows))
+
+    def probe(self, rows: int = 256, cols: int = 8192) -> None:
+        """One small block of scores, as the path computes them (common/kernels.py times it)."""
+        self._block(slice(0, min(rows, self.n)), 0, min(cols, self.n))
+
+    def distances(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.l2:
+            d2 = scores.astype(np.float64) + self.base[rows][:, None]  # exact squared distances
+            return (np.sqrt(d2) * PIXEL_UNIT).astype(np.float32)
+        return (scores.astype(np.float64) * PIXEL_UNIT).astype(np.float32)
+
+    # ------------------------------------------------------------ query rows against every point
+
+    def knn(self, rows: Tensor, k: int) -> NeighborTable:
+        _check_k(k, self.n)
+        r = rows.numpy().astype(np.int64)
+        ids = np.empty((len(r), k), np.int32)
+        vals = np.empty((len(r), k), np.int32)
+        for b0 in range(0, len(r), BLOCK):
+            part = r[b0:b0 + BLOCK]
+            st = _TopK(len(part), k)
+            srow = np.arange(len(part), dtype=np.int64)
+            self._update_rows(self._block(part, 0, self.n), 0, part, srow, st)
+            ids[b0:b0 + BLOCK], vals[b0:b0 + BLOCK] = st.finish(srow)
+        return NeighborTable(ids, self.distances(r, vals))
+
+    # ------------------------------------------------------------ the whole table, each block read twice
+
+    def sweep_panel(self, k: int, memory_budget: int, start: int = 0) -> int | None:
+        """Rows per panel: the state of every unfinished row plus one (panel, N) block within the budget;
+        None when the state alone leaves no room for 64 rows (then the table goes chunk by chunk)."""
+        free = memory_budget - _TopK.nbytes(self.n - start, k)
+        panel = min(PANEL, free // (self.n * 4)) if free > 0 else 0
+        return int(panel) if panel >= 64 or panel >= self.n - start else None
+
+    def sweep(self, k: int, memory_budget: int, start: int = 0) -> Iterator[tuple[int, NeighborTable]]:
+        """Rows start..N in order. Panel rows i0..i1 are scored against columns i0..N once: those scores
+        are the rows' own candidates and, read down the columns, columns i1..N's candidates from rows
+        i0..i1. Every row thus sees every column exactly once, and a row is final once its own panel
+        is done. Columns before ``start`` (rows stored earlier) are scored directly."""
+        _check_k(k, self.n)
+        panel = self.sweep_panel(k, memory_budget, start) or 64
+        n = self.n
+        st = _TopK(n - start, k)
+        for i0 in range(start, n, panel):
+            i1 = min(n, i0 + panel)
+            rows = np.arange(i0, i1, dtype=np.int64)
+            srow = rows - start
+            if start:
+                self._update_rows(self._block(slice(i0, i1), 0, start), 0, rows, srow, st)
+            g = self._block(slice(i0, i1), i0, n)  # (b, n - i0)
+            self._update_rows(g, i0, rows, srow, st)
+            if i1 < n:
+                m, f32 = n - i0, g.dtype == np.float32
+
+                def cols(lo: int, hi: int, g=g, m=m, f32=f32, i0=i0, i1=i1, rows=rows) -> None:
+                    _select.update_cols(g, i1 - i0, m, f32, i1 - i0, n - i1, i1, self.base, self.a, rows, start,
+                                        lo, hi, k, *st.arrays())
+
+                _parallel(cols, n - i1)
+            ids, vals = st.finish(srow)
+            yield i0, NeighborTable(ids, self.distances(rows, vals))
+
+
+def _row_norms(s8: np.ndarray) -> np.ndarray:
+    """|x|^2 of each int8 row as int32, a few thousand rows at a time (no full int32 copy)."""
+    out = np.empty(len(s8), np.int32)
+    for i in range(0, len(s8), 8192):
+        p = s8[i:i + 8192].astype(np.int32)
+        out[i:i + 8192] = np.einsum("ij,ij->i", p, p)
+    return out
+
 
 class PixelL2(Space):
+    """Pixel L2 through float32 GEMMs (the ``torch`` path: a GPU's, or a CPU's without the C kernels)."""
+
     eps = 4.0  # two roundings of a value below 2^26 in float32 (each <= 2), doubled for safety
     bytes_per_pair = 12  # G and the scores (float32), plus topk scratch
 
-    def __init__(self, x: np.ndarray, device: torch.device, integer: bool = True) -> None:
+    def __init__(self, x: np.ndarray, device: torch.device) -> None:
         super().__init__(x.shape[0])
-        self.integer = (integer and device.type == "cpu" and _select is not None
-                        and int8_gemm_exact(x.shape[1]))
         self.g: Tensor | None = None
-        if self.integer:
-            s8 = np.ascontiguousarray(x ^ np.uint8(0x80)).view(np.int8)  # v ^ 0x80 read as int8 is v - 128
-            self.s8 = torch.from_numpy(s8)  # (N, D): a quarter of a float32 copy
-            self.sq_np = _row_norms(s8)  # (N,) exact integers < 2^24
-            return
         self.s = torch.from_numpy(x).to(device).float().sub_(128.0)  # (N, D) in -128..127
         self.sq = (self.s * self.s).sum(1)  # (N,) exact integers < 2^24
-
-    def knn(self, rows: Tensor, k: int) -> NeighborTable:
-        if not self.integer:
-            return super().knn(rows, k)
-        _check_k(k, self.n)
-        ids, scores = integer_knn(self._dots, self.sq_np, -2, rows, k)
-        d2 = scores.astype(np.float64) + self.sq_np[rows.numpy()][:, None]  # exact squared distances
-        return NeighborTable(ids, (np.sqrt(d2) * PIXEL_UNIT).astype(np.float32))
+        self.pair_work = 2.0 * x.shape[1]
 
     def scores(self, rows):
         self.g = self.s[rows] @ self.s.T  # (c, N) exact integer dot products
@@ -199,13 +376,6 @@ class PixelL2(Space):
 
     def exact_row(self, rows, r):
         return self.sq.double() - 2.0 * self.g[r].double()
-
-    def _dots(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), N) exact int32 dot products, into one reused buffer (a fresh 100 MB array per
-        block costs its page faults every time: a third of the GEMM's time)."""
-        out = _buffer(len(rows), self.n)
-        torch._int_mm(self.s8[torch.from_numpy(rows)], self.s8.T, out=torch.from_numpy(out))
-        return out
 
     def finalize(self, rows, values):
         d2 = values + self.sq[rows].double()[:, None]  # exact integer squared distance
@@ -233,45 +403,19 @@ class _Dense(Space):
 
 
 class PixelL1(_Dense):
-    """Sums of |a - b| over bytes: exact integers, from the SAD kernel (common/_l1.c) on the CPU, or
-    from torch.cdist in float32 elsewhere (integers below 2^24 are exact there too)."""
+    """Pixel L1 through torch.cdist in float32 (the ``torch`` path): sums of |a - b| over bytes are
+    integers below 2^24, exact there too."""
 
     bytes_per_pair = 12
+    pair_work = 1.0
 
-    def __init__(self, x: np.ndarray, device: torch.device, use_kernel: bool = True) -> None:
+    def __init__(self, x: np.ndarray, device: torch.device) -> None:
         super().__init__(x.shape[0])
-        self.kernel = _l1 if device.type == "cpu" and use_kernel else None
-        if self.kernel is not None:
-            width = -(-x.shape[1] // 64) * 64  # rows padded with zero bytes to whole 64-byte vectors
-            self.padded = np.zeros((x.shape[0], width), np.uint8)
-            self.padded[:, : x.shape[1]] = x
-        else:
-            self.x = torch.from_numpy(x).to(device).float()
-
-    def knn(self, rows: Tensor, k: int) -> NeighborTable:
-        if self.kernel is None or _select is None:
-            return super().knn(rows, k)
-        _check_k(k, self.n)
-        ids, sums = integer_knn(self._sad, np.zeros(self.n, np.int32), 1, rows, k)
-        return NeighborTable(ids, (sums.astype(np.float64) * PIXEL_UNIT).astype(np.float32))
+        self.x = torch.from_numpy(x).to(device).float()
 
     def scores(self, rows):
-        if self.kernel is None:
-            self.d = torch.cdist(self.x[rows], self.x, p=1.0)
-            return self.d
-        self.d = torch.from_numpy(self._sad(rows.numpy()))
+        self.d = torch.cdist(self.x[rows], self.x, p=1.0)
         return self.d
-
-    def _sad(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), N) exact int32 L1 sums from the SAD kernel."""
-        q = self.padded[rows]
-        out = _buffer(q.shape[0], self.n)
-        # the kernel releases the GIL: one slice of query rows per thread
-        parts = np.array_split(np.arange(q.shape[0]), max(1, min(torch.get_num_threads(), q.shape[0])))
-        width = self.padded.shape[1]
-        list(_threads().map(lambda p: self.kernel.l1_block(q[p[0]:p[-1] + 1], self.padded,
-                                                           out[p[0]:p[-1] + 1], width), parts))
-        return out
 
     def finalize(self, rows, values):
         return (values * PIXEL_UNIT).float()
@@ -286,6 +430,7 @@ class CodeSpace(_Dense):
     """
 
     bytes_per_pair = 32
+    path = "torch"  # or "kdtree", on the CPU
     TREE_MARGIN = 1e-9  # relative: far above any rounding difference between scipy's sums and ours
 
     def __init__(self, x: np.ndarray, distance: str, device: torch.device) -> None:
@@ -302,6 +447,7 @@ class CodeSpace(_Dense):
             # balanced_tree=False: scipy 1.17's default (median) build segfaults on duplicate points
             # when subnormals are flushed to zero, which training sets for the whole process
             self.tree = cKDTree(xd, balanced_tree=False)
+            self.path = "kdtree"
 
     def _exact(self, q: Tensor, x: Tensor) -> Tensor:
         """sum over coordinates of |q - x| or (q - x)^2, broadcasting; one coordinate at a time."""
@@ -362,23 +508,68 @@ _pool: ThreadPoolExecutor | None = None
 def _threads() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="aeknn-l1")
+        _pool = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="aeknn-knn")
     return _pool
 
 
-def prepare(points: np.ndarray, distance: str, device: str | torch.device = "cpu", *,
-            l1_kernel: bool = True, integer: bool = True) -> Space:
+def pixel_paths(distance: str, dim: int, device: str | torch.device = "cpu") -> list[str]:
+    """The exact paths that run here for pixel rows of ``dim`` values, the C-selection ones first;
+    ``torch`` is always last (and the only one on a GPU)."""
+    if torch.device(device).type != "cpu" or _select is None:
+        return ["torch"]
+    if distance == "l2":
+        fused = ["int8"] if int8_gemm_exact(dim) else []
+        fused += ["f32", "f32-numpy"] if f32_gemm_exact(dim) else []  # the same float32 GEMM, two BLAS
+    else:
+        fused = [f"sad-{isa}" for isa in (_l1.supported() if _l1 is not None else ())]
+    return [*fused, "torch"]
+
+
+def choose_pixel_path(x: np.ndarray, distance: str, device: str | torch.device = "cpu", *, kernel: str | None = None,
+                      cache_dir: str | None = None) -> str:
+    """The path for a pixel table: the one ``kernel`` forces, else the fastest C-selection path here
+    (timed on a small block of ``x`` by common/kernels.py), else ``torch``."""
+    dim = max(1, int((x != x[:1]).any(axis=0).sum()))
+    here = pixel_paths(distance, dim, device)
+    forced = kernels.forced_path(kernel, distance)
+    if forced is not None:
+        if forced not in here:
+            raise ValueError(f"kernel {forced!r} does not run here (device {torch.device(device).type}); "
+                             f"the exact {distance} paths that do: {', '.join(here)}")
+        return forced
+    fused = [p for p in here if p != "torch"]
+    if not fused:
+        return "torch"
+    probe_points = np.ascontiguousarray(x[: min(len(x), 8192)])
+    spaces: dict[str, FusedPixels] = {}
+
+    def probe(path: str) -> None:
+        if path not in spaces:
+            spaces[path] = FusedPixels(probe_points, distance, path)
+        spaces[path].probe()
+
+    try:
+        return kernels.choose(distance, dim, fused, probe, cache_dir=cache_dir)
+    finally:
+        release_scratch()
+
+
+def prepare(points: np.ndarray, distance: str, device: str | torch.device = "cpu", *, kernel: str | None = None,
+            cache_dir: str | None = None) -> Space:
     """Pixel spaces are uint8 (exact integer arithmetic); anything else is a float code space.
 
-    ``l1_kernel=False`` takes the portable pixel-L1 path even where the SAD kernel is built;
-    ``integer=False`` takes the float32 pixel-L2 path (a GPU's) even where the int8 GEMM runs.
+    ``kernel``: ``auto`` / None chooses the pixel path by measured speed (timings cached in
+    ``cache_dir``); a path name (or a comma-separated list, as ``AEKNN_KERNEL``) forces one.
     """
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; expected one of {list(DISTANCES)}")
     dev = torch.device(device)
-    if points.dtype == np.uint8:
-        return PixelL2(points, dev, integer) if distance == "l2" else PixelL1(points, dev, l1_kernel)
-    return CodeSpace(points, distance, dev)
+    if points.dtype != np.uint8:
+        return CodeSpace(points, distance, dev)
+    path = choose_pixel_path(points, distance, dev, kernel=kernel, cache_dir=cache_dir)
+    if path != "torch":
+        return FusedPixels(points, distance, path)
+    return PixelL2(points, dev) if distance == "l2" else PixelL1(points, dev)
 
 
 def chunk_rows(n: int, bytes_per_pair: int, memory_budget: int) -> int:
@@ -396,8 +587,7 @@ def plan_chunk(n: int, dim: int, k: int, distance: str, *, pixels: bool, memory_
     """The rows per chunk that ``prepare(points, distance, device).chunk(k, budget)`` would choose,
     without the points: a table's chunks are fixed when it is planned, before any worker loads data."""
     if pixels:
-        cls = PixelL2 if distance == "l2" else PixelL1
-        return chunk_rows(n, cls.bytes_per_pair, memory_budget)
+        return chunk_rows(n, PixelL2.bytes_per_pair, memory_budget)  # PixelL1's is the same
     if CodeSpace.uses_tree(torch.device(device), dim):
         return tree_chunk_rows(n, k, memory_budget)
     return chunk_rows(n, CodeSpace.bytes_per_pair, memory_budget)
@@ -451,19 +641,24 @@ def exact_knn(
     memory_budget: int = 1 << 30,
     device: str | torch.device = "cpu",
     chunk: int | None = None,
-    on_chunk: Callable[[int, int], None] | None = None,
+    kernel: str | None = None,
+    cache_dir: str | None = None,
 ) -> NeighborTable:
-    """The full table for ``points`` ((N, D), uint8 pixels or float codes): (N, k) ids and distances."""
-    space = prepare(points, distance, device)
+    """The full table for ``points`` ((N, D), uint8 pixels or float codes): (N, k) ids and distances.
+
+    A whole sweep where the space has one and its state fits the budget; otherwise (or with ``chunk``
+    given) chunk by chunk."""
+    space = prepare(points, distance, device, kernel=kernel, cache_dir=cache_dir)
     n = space.n
-    step = chunk or space.chunk(k, memory_budget)
+    _check_k(k, n)
     ids = np.empty((n, k), np.int32)
     dist = np.empty((n, k), np.float32)
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        part = knn_rows(space, start, stop, k)
-        ids[start:stop], dist[start:stop] = part.ids, part.distances
-        if on_chunk is not None:
-            on_chunk(start, stop)
+    if chunk is None and space.sweep_panel(k, memory_budget) is not None:
+        parts = space.sweep(k, memory_budget)
+    else:
+        step = chunk or space.chunk(k, memory_budget)
+        parts = ((s, knn_rows(space, s, min(n, s + step), k)) for s in range(0, n, step))
+    for start, part in parts:
+        ids[start:start + len(part.ids)], dist[start:start + len(part.ids)] = part.ids, part.distances
     release_scratch()
     return NeighborTable(ids, dist)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     memory_budget: int = Field(default=1 << 30, gt=0)
     # auto = CUDA when present, else the CPU.
     device: str = "auto"
+    # How pixel tables are computed: auto = the fastest exact path here, measured once per machine and
+    # cached in cache_dir; or path names, comma-separated, to force them (int8, f32, f32-numpy, torch for
+    # L2; sad-avx512, sad-avx2, sad-portable, torch for L1). A forced path this machine lacks is an error.
+    kernel: str = "auto"
 
     # --- the Celery path (aeknn submit / worker); `aeknn run` needs none of this
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -51,6 +55,14 @@ class Settings(BaseSettings):
     # torch threads in each worker pool process (0 = torch's default, all cores; `aeknn worker -c N`
     # sets cores / N).
     worker_threads: int = Field(default=0, ge=0)
+
+    @field_validator("kernel")
+    @classmethod
+    def _known_kernels(cls, v: str) -> str:
+        from common.kernels import parse_spec
+
+        parse_spec(v)  # raises ValueError naming an unknown path
+        return v.strip() or "auto"
 
 
 @lru_cache

@@ -108,7 +108,11 @@ class TableRow(Base):
     n: Mapped[int] = mapped_column(Integer)
     chunk_size: Mapped[int] = mapped_column(Integer)  # query rows per chunk, fixed when the table is planned
     complete: Mapped[bool] = mapped_column(default=False)
-    seconds: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float | None] = mapped_column(Float)  # wall time of the whole table, storing included
+    # how its chunks were computed, summed from them when it completes (common/kernels.py names the paths)
+    path: Mapped[str | None] = mapped_column(String(64))  # "f32"; "int8+f32" when workers differed
+    compute_seconds: Mapped[float | None] = mapped_column(Float)  # computing only, storing excluded
+    work: Mapped[float | None] = mapped_column(Float)  # billions of the path's units (GFLOP or pair-SADs)
 
 
 class ChunkRow(Base):
@@ -122,6 +126,9 @@ class ChunkRow(Base):
     stop: Mapped[int] = mapped_column(Integer)
     done_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     worker: Mapped[str | None] = mapped_column(String(200))  # who computed it
+    path: Mapped[str | None] = mapped_column(String(32))  # how (common/kernels.py)
+    seconds: Mapped[float | None] = mapped_column(Float)  # computing its rows, storing excluded
+    work: Mapped[float | None] = mapped_column(Float)  # billions of the path's units of work
 
 
 class NeighborRow(Base):
@@ -354,7 +361,8 @@ def done_chunks(*, session: Session, table_id: int) -> set[int]:
 
 
 def save_chunk(*, session: Session, table_id: int, start: int, ids: np.ndarray, labels: np.ndarray,
-               distances: np.ndarray, worker: str | None = None) -> bool:
+               distances: np.ndarray, worker: str | None = None, path: str | None = None,
+               seconds: float | None = None, work: float | None = None) -> bool:
     """A chunk's rows and its done-mark, in the caller's transaction. False when it was already done.
 
     Two deliveries of the same chunk racing each other: the second one's commit fails on the primary
@@ -362,13 +370,23 @@ def save_chunk(*, session: Session, table_id: int, start: int, ids: np.ndarray, 
     """
     if session.get(ChunkRow, (table_id, start)) is not None:
         return False
-    session.add(ChunkRow(table_id=table_id, start=start, stop=start + int(ids.shape[0]), worker=worker))
+    session.add(ChunkRow(table_id=table_id, start=start, stop=start + int(ids.shape[0]), worker=worker, path=path,
+                         seconds=seconds, work=work))
     save_neighbors(session=session, table_id=table_id, start=start, ids=ids, labels=labels, distances=distances)
     return True
 
 
 def mark_table_complete(*, session: Session, table_id: int, seconds: float | None) -> None:
-    session.execute(update(TableRow).where(TableRow.id == table_id).values(complete=True, seconds=seconds))
+    """Complete, with how its chunks were computed: their paths, compute seconds and work, summed."""
+    chunks = session.execute(select(ChunkRow.path, ChunkRow.seconds, ChunkRow.work)
+                             .where(ChunkRow.table_id == table_id)).all()
+    paths = sorted({c.path for c in chunks if c.path})
+    secs = [c.seconds for c in chunks if c.seconds is not None]
+    work = [c.work for c in chunks if c.work is not None]
+    session.execute(update(TableRow).where(TableRow.id == table_id).values(
+        complete=True, seconds=seconds, path="+".join(paths) or None,
+        compute_seconds=sum(secs) if len(secs) == len(chunks) else None,
+        work=sum(work) if work and len(work) == len(chunks) else None))
 
 
 def save_neighbors(*, session: Session, table_id: int, start: int, ids: np.ndarray,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from common import storage as db
 from common.config import StudyConfig
 from common.data import Dataset, load_dataset, reconstruction_ids
-from common.neighbors import Space, knn_rows, plan_chunk, prepare, release_scratch
+from common.kernels import describe_rate, throughput
+from common.neighbors import NeighborTable, Space, knn_rows, plan_chunk, prepare, release_scratch
 from common.scoring import store_metrics
 from common.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
 
@@ -35,6 +37,7 @@ class Progress(Protocol):
     def begin(self, stage: str, total: int, unit: str) -> None: ...
     def advance(self, n: int = 1, info: str | None = None) -> None: ...
     def end(self) -> None: ...
+    def note(self, text: str) -> None: ...  # a line worth keeping (how a table was computed)
 
 
 class LogProgress:
@@ -48,6 +51,9 @@ class LogProgress:
     def end(self) -> None:
         pass
 
+    def note(self, text: str) -> None:
+        log.info(text)
+
 
 @dataclass
 class Runtime:
@@ -58,6 +64,7 @@ class Runtime:
     cache_dir: Path
     device: str = "auto"
     memory_budget: int = 1 << 30
+    kernel: str = "auto"  # the pixel tables' path: auto (fastest measured) or forced (common/kernels.py)
     progress: Progress = field(default_factory=LogProgress)
     on_epoch_end: object = None  # optional callable(model_name, Checkpoint), e.g. to stop a run
 
@@ -116,28 +123,70 @@ def table_points(session: Session, table: db.TableRow) -> tuple[np.ndarray, np.n
     return db.model_codes(session.get(db.ModelRow, table.model_id)).copy(), labels
 
 
-def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
-                start: int, worker: str | None = None, store_seconds: list[float] | None = None) -> bool:
-    """Compute one chunk and store its rows with its done-mark in one transaction.
+def prepare_space(points: np.ndarray, distance: str, *, device: str, kernel: str, cache_dir: Path | str) -> Space:
+    """The points ready for one distance, on the path ``kernel`` asks for (auto: the fastest measured)."""
+    return prepare(points, distance, resolve_device(device), kernel=kernel, cache_dir=str(cache_dir))
+
+
+def store_chunk(factory: sessionmaker[Session], table: db.TableRow, labels: np.ndarray, start: int,
+                part: NeighborTable, *, worker: str | None = None, path: str | None = None,
+                seconds: float | None = None, work: float | None = None,
+                store_seconds: list[float] | None = None) -> bool:
+    """Store one chunk's rows with its done-mark (and how it was computed) in one transaction.
 
     Returns False when the chunk was already stored (a repeated delivery): nothing is written twice.
     ``store_seconds`` collects the time spent storing (the benchmark reports it apart).
     """
-    with factory() as s:
-        if start in db.done_chunks(session=s, table_id=table.id):
-            return False
-    stop = min(table.n, start + table.chunk_size)
-    part = knn_rows(space, start, stop, table.k)
     t0 = time.perf_counter()
     try:
         with db.transaction(factory) as s:
             return db.save_chunk(session=s, table_id=table.id, start=start, ids=part.ids,
-                                 labels=labels[part.ids], distances=part.distances, worker=worker)
+                                 labels=labels[part.ids], distances=part.distances, worker=worker, path=path,
+                                 seconds=seconds, work=work)
     except IntegrityError:  # the same chunk committed by another delivery in the meantime
         return False
     finally:
         if store_seconds is not None:
             store_seconds.append(time.perf_counter() - t0)
+
+
+def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
+                start: int, worker: str | None = None, store_seconds: list[float] | None = None) -> bool:
+    """Compute one chunk (its rows against every point) and store it; False when already stored."""
+    with factory() as s:
+        if start in db.done_chunks(session=s, table_id=table.id):
+            return False
+    stop = min(table.n, start + table.chunk_size)
+    t0 = time.perf_counter()
+    part = knn_rows(space, start, stop, table.k)
+    return store_chunk(factory, table, labels, start, part, worker=worker, path=space.path,
+                       seconds=time.perf_counter() - t0, work=space.work_of(stop - start, table.n),
+                       store_seconds=store_seconds)
+
+
+def swept_chunks(space: Space, table: db.TableRow, start: int, memory_budget: int
+                 ) -> Iterator[tuple[int, NeighborTable, float, float | None]]:
+    """The table's chunks from ``start`` on, computed by the space's whole-table sweep (each block of
+    the distance matrix read once for two row sets): (start, rows, compute seconds, work) per chunk."""
+    n, k = table.n, table.k
+    ids, dist = np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+    secs, work = np.empty(0), np.empty(0)  # per pending row: its share of its block's time and work
+    sweep = space.sweep(k, memory_budget, start)
+    for c0, c1 in db.table_chunks(table):
+        if c0 < start:
+            continue
+        while len(ids) < c1 - c0:
+            t0 = time.perf_counter()
+            i0, part = next(sweep)
+            b = len(part.ids)
+            w = space.work_of(b, n - i0 + start)  # the sweep scores these rows against i0..N and 0..start
+            secs = np.concatenate([secs, np.full(b, (time.perf_counter() - t0) / b)])
+            work = np.concatenate([work, np.full(b, np.nan if w is None else w / b)])
+            ids, dist = np.concatenate([ids, part.ids]), np.concatenate([dist, part.distances])
+        r = c1 - c0
+        w = float(work[:r].sum())
+        yield c0, NeighborTable(ids[:r], dist[:r]), float(secs[:r].sum()), None if np.isnan(w) else w
+        ids, dist, secs, work = ids[r:], dist[r:], secs[r:], work[r:]
 
 
 def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float | None = None) -> bool:
@@ -155,22 +204,36 @@ def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float |
 def _build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points: np.ndarray,
                  labels: np.ndarray, title: str) -> None:
     """Every chunk not yet stored, in this process; a table left half-written continues where it was.
-    Records the seconds spent storing its rows as the timing "store <title>"."""
+    Pixel tables go in one sweep from the first missing chunk on where the budget holds its state.
+    Records the seconds spent storing its rows as the timing "store <title>", and says how it was computed."""
     t0 = time.perf_counter()
     stored: list[float] = []
-    space = prepare(points, table.distance, resolve_device(rt.device))
+    space = prepare_space(points, table.distance, device=rt.device, kernel=rt.kernel, cache_dir=rt.cache_dir)
     with rt.factory() as s:
         done = db.done_chunks(session=s, table_id=table.id)
+    chunks = db.table_chunks(table)
+    todo = [(a, b) for a, b in chunks if a not in done]
     rt.progress.begin(title, table.n, "rows")
-    for start, stop in db.table_chunks(table):
-        if start not in done:
+    rt.progress.advance(table.n - sum(b - a for a, b in todo))
+    if todo and space.sweep_panel(table.k, rt.memory_budget, todo[0][0]) is not None:
+        for start, part, seconds, work in swept_chunks(space, table, todo[0][0], rt.memory_budget):
+            if start not in done:
+                store_chunk(rt.factory, table, labels, start, part, path=space.path, seconds=seconds, work=work,
+                            store_seconds=stored)
+            rt.progress.advance(len(part.ids))
+    else:
+        for start, stop in todo:
             build_chunk(rt.factory, table, space, labels, start, store_seconds=stored)
-        rt.progress.advance(stop - start)
+            rt.progress.advance(stop - start)
     rt.progress.end()
     release_scratch()
     finish_table(rt.factory, table.id, seconds=time.perf_counter() - t0)
     with db.transaction(rt.factory) as s:
         db.record_timing(session=s, experiment_id=experiment_id, stage=f"store {title}", seconds=sum(stored))
+        done_table = db.get_table(session=s, table_id=table.id)
+        rate = throughput(done_table.path, table.distance, table.n, done_table.compute_seconds, done_table.work)
+    rt.progress.note(f"table {title}: {describe_rate(rate)} (computing {done_table.compute_seconds or 0:.1f} s, "
+                     f"storing {sum(stored):.1f} s)")
 
 
 def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: str) -> None:

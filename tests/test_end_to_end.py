@@ -36,7 +36,7 @@ def study(tmp_path_factory, data_dir):
     factory = db.session_factory(engine)
     with factory() as s:
         experiment_id = db.latest_experiment_id(session=s)
-    yield {"url": url, "factory": factory, "id": experiment_id, "stdout": proc.stdout}
+    yield {"url": url, "factory": factory, "id": experiment_id, "stdout": proc.stdout, "stderr": proc.stderr}
     engine.dispose()
 
 
@@ -61,6 +61,18 @@ def test_run_prints_the_tables_and_succeeds(study):
         assert [m.name for m in models] == ["linear_l1", "linear_mse", "relu_l1", "relu_mse"]
         assert all(m.epochs_done == EPOCHS and len(m.losses) == EPOCHS and m.recon_epoch == EPOCHS
                    for m in models)
+    # every table says how it was computed, in the output and in the database
+    info = json.loads(aeknn("status", str(study["id"]), "--format", "json", env_db=study["url"]).stdout)
+    for t in info["tables"]:
+        line = next(x for x in study["stderr"].splitlines() if x.startswith(f"table {t['space']} {t['distance']}:"))
+        assert line.startswith(f"table {t['space']} {t['distance']}: {t['path']}, ") and "rows/s" in line
+        assert t["rows_per_s"] > 0
+        if t["space"] == "original":
+            assert t["path"] in ("int8", "f32", "f32-numpy", "sad-avx512", "sad-avx2", "sad-portable")
+            assert (t["gflops"] if t["distance"] == "l2" else t["gsads_per_s"]) > 0
+            assert ("GFLOP/s" if t["distance"] == "l2" else "G pair-SADs/s") in line
+        else:
+            assert t["path"] == "kdtree" and t["gflops"] is None
 
 
 def test_stored_neighbors_equal_brute_force(study, mnist):

@@ -16,6 +16,8 @@ from common import migrate
 from common import storage as db
 from tests.services import ROOT, ApiServer, fresh_database
 
+HEAD = "0002"  # this aeknn's newest revision: a new migration must change it here on purpose
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def empty(request, tmp_path):
@@ -27,13 +29,29 @@ def empty(request, tmp_path):
 
 def test_upgrade_builds_exactly_the_models_schema(empty):
     assert migrate.state(empty) == ("empty", None)
-    assert migrate.upgrade(empty) == migrate.head() == "0001"
+    assert migrate.upgrade(empty) == migrate.head() == HEAD
     with empty.connect() as c:
         diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), db.Base.metadata)
     assert diff == []
     assert set(inspect(empty).get_table_names()) == set(db.Base.metadata.tables) | {"alembic_version"}
-    assert migrate.upgrade(empty) == "0001"  # again: nothing to do
+    assert migrate.upgrade(empty) == HEAD  # again: nothing to do
     migrate.prepare(empty)  # at head: accepted
+
+
+def test_a_database_one_revision_behind_is_refused_then_upgraded_with_its_data(empty):
+    migrate.upgrade(empty, "0001")
+    with empty.begin() as c:  # a table as 0001 stored it
+        c.execute(text("INSERT INTO datasets (id, name, n, labels, images) VALUES (1, 'mnist', 1, :b, :b)"),
+                  {"b": b"\x00"})
+        c.execute(text("INSERT INTO neighbor_tables (id, key, dataset_id, space, distance, k, n, chunk_size, "
+                       "complete) VALUES (1, 'original:dataset=1:l2:K=5', 1, 'original', 'l2', 5, 1, 1, true)"))
+    with pytest.raises(migrate.SchemaError, match="run `aeknn db upgrade`"):
+        migrate.prepare(empty)
+    assert migrate.upgrade(empty) == HEAD
+    migrate.prepare(empty)
+    with empty.connect() as c:
+        row = c.execute(text("SELECT key, complete, path, compute_seconds FROM neighbor_tables")).one()
+    assert tuple(row) == ("original:dataset=1:l2:K=5", True, None, None)
 
 
 def test_first_use_of_an_empty_database_applies_the_migrations(empty):
@@ -64,7 +82,7 @@ def test_concurrent_upgrades_on_postgres_are_serialised():
     url = fresh_database("aeknn_migrations")
     engines = [db.make_engine(url) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:
-        assert list(pool.map(migrate.upgrade, engines)) == ["0001"] * 4
+        assert list(pool.map(migrate.upgrade, engines)) == [HEAD] * 4
     for e in engines:
         e.dispose()
 
@@ -77,10 +95,10 @@ def run(*args: str, url: str) -> subprocess.CompletedProcess:
 def test_cli_db_commands_and_the_refusals_of_every_process(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     p = run("db", "current", url=url)
-    assert p.returncode == 1 and "- (empty; this aeknn's newest revision is 0001)" in p.stdout
+    assert p.returncode == 1 and f"- (empty; this aeknn's newest revision is {HEAD})" in p.stdout
     p = run("db", "upgrade", url=url)
-    assert p.returncode == 0 and "upgraded from None to 0001" in p.stdout, p.stderr
-    assert "already at 0001" in run("db", "upgrade", url=url).stdout
+    assert p.returncode == 0 and f"upgraded from None to {HEAD}" in p.stdout, p.stderr
+    assert f"already at {HEAD}" in run("db", "upgrade", url=url).stdout
     assert run("db", "current", url=url).returncode == 0
     engine = db.make_engine(url)
     with engine.begin() as c:

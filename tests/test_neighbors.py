@@ -117,37 +117,146 @@ def test_l1_kernel_is_built_on_x86_64():
     if platform.machine() in ("x86_64", "AMD64"):
         assert neighbors._l1 is not None, "common/_l1.c was not compiled: `pip install -e .` needs gcc"
         assert neighbors._l1.isa() in ("avx512", "avx2")
+        assert neighbors._l1.supported()[0] == neighbors._l1.isa() and "portable" in neighbors._l1.supported()
 
 
-@pytest.mark.parametrize("isa", ["best", "avx2", "portable"])
+def _isas():
+    from common import neighbors
+
+    return list(neighbors._l1.supported()) if neighbors._l1 is not None else []
+
+
+@pytest.mark.parametrize("isa", ["best", *_isas()])
 def test_l1_kernel_every_instruction_set_gives_the_exact_integers(isa):
     from common import neighbors
 
-    if neighbors._l1 is None:
-        pytest.skip("no compiled kernel on this platform; the torch path is tested above")
     rng = np.random.default_rng(5)
     a = rng.integers(0, 256, (37, 784)).astype(np.uint8)  # odd sizes: the 4x4 / 4x2 tiles' remainders
     b = rng.integers(0, 256, (103, 784)).astype(np.uint8)
     pad = lambda x: np.pad(x, ((0, 0), (0, 832 - 784)))  # noqa: E731
     out = np.empty((37, 103), np.int32)
-    try:
-        neighbors._l1.use(isa)
-        neighbors._l1.l1_block(pad(a), pad(b), out, 832)
-    finally:
-        neighbors._l1.use("best")
+    neighbors._l1.l1_block(pad(a), pad(b), out, 832, isa)
     np.testing.assert_array_equal(out, cdist(a.astype(np.float64), b.astype(np.float64), "cityblock"))
     with pytest.raises(ValueError, match="multiple of 64"):
-        neighbors._l1.l1_block(a, b, out, 784)
+        neighbors._l1.l1_block(a, b, out, 784, isa)
 
 
-def test_kernel_and_portable_l1_tables_are_identical(mnist):
+def test_l1_kernel_refuses_an_instruction_set_it_does_not_know():
+    from common import neighbors
+
+    if neighbors._l1 is None:
+        pytest.skip("no compiled kernel on this platform")
+    out = np.empty((1, 1), np.int32)
+    with pytest.raises(ValueError, match="instruction set sse9 is unknown"):
+        neighbors._l1.l1_block(np.zeros(64, np.uint8), np.zeros(64, np.uint8), out, 64, "sse9")
+
+
+def _paths(distance: str) -> list[str]:
+    from common.neighbors import pixel_paths
+
+    return pixel_paths(distance, 784)
+
+
+@pytest.mark.parametrize("path", [*(("l1", p) for p in _paths("l1")), *(("l2", p) for p in _paths("l2"))],
+                         ids=lambda p: f"{p[0]}-{p[1]}")
+def test_every_pixel_path_that_runs_here_matches_brute_force(path, mnist):
+    """Each exact path this machine runs, forced, on tied toy data and on real MNIST rows, chunk by chunk
+    and as a whole-table sweep (also resumed from a later row): the same ids and distances."""
     from common.neighbors import knn_rows, prepare
 
-    x = mnist.images[:3000]
-    fast = knn_rows(prepare(x, "l1"), 0, 3000, 100)
-    slow = knn_rows(prepare(x, "l1", l1_kernel=False), 0, 3000, 100)
-    np.testing.assert_array_equal(fast.ids, slow.ids)
-    np.testing.assert_array_equal(fast.distances, slow.distances)
+    distance, name = path
+    for x, k in ((tied_pixels(333, 6), 40), (mnist.images[:1200], 100)):
+        ids, dist = brute_force(x, k, distance)
+        space = prepare(x, distance, kernel=name)
+        assert space.path == name
+        got = np.concatenate([knn_rows(space, s, min(len(x), s + 97), k).ids for s in range(0, len(x), 97)])
+        np.testing.assert_array_equal(got, ids)
+        t = exact_knn(x, k=k, distance=distance, kernel=name)
+        np.testing.assert_array_equal(t.ids, ids)
+        np.testing.assert_allclose(t.distances, dist * PIXEL_UNIT, rtol=1e-6)
+        if space.sweep_panel(k, 1 << 30) is not None:
+            for start in (0, 1, 250):
+                parts = list(space.sweep(k, 1 << 30, start))
+                assert parts[0][0] == start and sum(len(p.ids) for _, p in parts) == len(x) - start
+                np.testing.assert_array_equal(np.concatenate([p.ids for _, p in parts]), ids[start:])
+
+
+def test_the_sweep_fits_the_budget_or_steps_aside():
+    from common.neighbors import PANEL, prepare
+
+    x = tied_pixels(2000, 7)
+    space = prepare(x, "l2", kernel="f32")
+    assert space.sweep_panel(50, 1 << 30) == PANEL
+    state = 2000 * ((50 + 64) * 8 + 20)
+    assert space.sweep_panel(50, state + 64 * 2000 * 4) == 64
+    assert space.sweep_panel(50, state + 63 * 2000 * 4) is None  # the chunk path then
+    t = exact_knn(x, k=50, distance="l2", kernel="f32", memory_budget=state + 63 * 2000 * 4)
+    np.testing.assert_array_equal(t.ids, brute_force(x, 50, "l2")[0])
+
+
+def test_constant_columns_are_dropped_without_changing_a_distance():
+    from common.neighbors import prepare
+
+    x = tied_pixels(200, 8)
+    wide = np.zeros((200, 100), np.uint8)
+    wide[:, 10:34] = x
+    wide[:, 50] = 255  # the same in every sample
+    for distance, path in (("l2", "f32"), ("l1", "sad-portable")):
+        space = prepare(wide, distance, kernel=path)
+        assert space.dim == 24
+        t, want = exact_knn(wide, k=30, distance=distance, kernel=path), brute_force(wide, 30, distance)
+        np.testing.assert_array_equal(t.ids, want[0])
+        np.testing.assert_allclose(t.distances, want[1] * PIXEL_UNIT, rtol=1e-6)
+
+
+def test_a_forced_path_this_machine_lacks_is_refused_by_name():
+    from common import kernels
+    from common.neighbors import prepare
+
+    x = tied_pixels(50, 9)
+    with pytest.raises(ValueError, match="kernel 'f32' does not run here.*exact l2 paths that do: torch"):
+        prepare(x, "l2", "meta", kernel="f32")
+    with pytest.raises(ValueError, match="unknown kernel 'fast'"):
+        kernels.parse_spec("f32,fast")
+    assert kernels.forced_path("f32,sad-avx2", "l1") == "sad-avx2"
+    assert kernels.forced_path("f32,sad-avx2", "l2") == "f32"
+    assert kernels.forced_path("auto", "l2") is None
+
+
+def test_the_fastest_path_is_chosen_by_its_timing_and_cached(tmp_path):
+    from common import kernels
+
+    probed = []
+
+    def fake(timings):
+        def timer(candidates, probe):
+            probed.append(list(candidates))
+            return {c: timings[c] for c in candidates}
+        return timer
+
+    # a CPU without VNNI: the int8 GEMM runs (and is exact) but is 30x slower than float32
+    slow_int8 = fake({"int8": 0.9, "f32": 0.03, "f32-numpy": 0.04})
+    assert kernels.choose("l2", 717, ["int8", "f32", "f32-numpy"], None, cache_dir=tmp_path, timer=slow_int8) == "f32"
+    assert probed == [["int8", "f32", "f32-numpy"]]
+    # the next process reads the cache and probes nothing, even with other (fake) timings
+    other = fake({"int8": 0.001, "f32": 1.0, "f32-numpy": 1.0})
+    assert kernels.choose("l2", 717, ["int8", "f32", "f32-numpy"], None, cache_dir=tmp_path, timer=other) == "f32"
+    assert len(probed) == 1
+    # another width is another entry; one candidate needs no probe at all
+    assert kernels.choose("l2", 100, ["int8", "f32"], None, cache_dir=tmp_path, timer=other) == "int8"
+    assert kernels.choose("l1", 717, ["sad-portable"], None, cache_dir=tmp_path, timer=None) == "sad-portable"
+    assert len(probed) == 2
+    assert len(__import__("json").loads((tmp_path / "kernels.json").read_text())) == 2
+
+
+def test_the_probe_times_real_blocks_and_the_choice_is_one_that_runs(tmp_path, mnist):
+    from common.neighbors import choose_pixel_path, pixel_paths
+
+    for distance in ("l1", "l2"):
+        path = choose_pixel_path(mnist.images[:3000], distance, cache_dir=str(tmp_path))
+        assert path in pixel_paths(distance, 784) and path != "torch"
+    cached = __import__("json").loads((tmp_path / "kernels.json").read_text())
+    assert all(v > 0 for entry in cached.values() for v in entry.values())
 
 
 def test_select_kernel_keeps_the_k_smallest_by_score_then_id():
@@ -176,13 +285,51 @@ def test_select_kernel_keeps_the_k_smallest_by_score_then_id():
         neighbors._select.smallest(g, base, a, rows, n + 1, k, vals, ids)
 
 
+@pytest.mark.parametrize("f32", [False, True])
+def test_select_state_read_down_columns_equals_the_rows_read_across(f32):
+    """update_cols hands each column one candidate per block row; with update_rows over the rest, every
+    row ends with the exact top-k of its whole (symmetric) score row, on int32 and float32 blocks."""
+    from common import neighbors
+    from common.neighbors import _TopK
+
+    if neighbors._select is None:
+        pytest.skip("no compiled selection kernel on this platform")
+    sel = neighbors._select
+    rng = np.random.default_rng(12)
+    for _ in range(40):
+        n, k = int(rng.integers(3, 300)), 0
+        k = int(rng.integers(1, n))
+        v = rng.integers(-3, 3, (n, 4)).astype(np.int32)
+        full = (v @ v.T).astype(np.float32 if f32 else np.int32)  # symmetric, ties everywhere
+        base = (v * v).sum(1).astype(np.int32)
+        st = _TopK(n, k)
+        panel = int(rng.integers(1, n + 1))
+        for i0 in range(0, n, panel):
+            i1 = min(n, i0 + panel)
+            rows = np.arange(i0, i1, dtype=np.int64)
+            g = np.ascontiguousarray(full[i0:i1, i0:])
+            sel.update_rows(g, 0, n - i0, f32, i1 - i0, n - i0, i0, base, -2, rows, rows, k, *st.arrays())
+            if i1 < n:
+                sel.update_cols(g, i1 - i0, n - i0, f32, i1 - i0, n - i1, i0 + (i1 - i0), base, -2, rows, 0,
+                                0, n - i1, k, *st.arrays())
+        ids, vals = st.finish(np.arange(n, dtype=np.int64))
+        for i in range(n):
+            j = np.arange(n)[np.arange(n) != i]
+            score = (base[j] - 2 * full[i, j].astype(np.int64))
+            order = np.lexsort((j, score))[:k]
+            np.testing.assert_array_equal(ids[i], j[order])
+            np.testing.assert_array_equal(vals[i], score[order])
+    with pytest.raises(ValueError, match="update_cols: rows needs"):
+        sel.update_cols(g, 0, n - i0, f32, i1 - i0, n - i0, i0, base, -2, rows, 0, 0, n, k, *st.arrays())
+
+
 def test_int8_gemm_self_check_and_integer_l2_equal_the_float_path(mnist):
     from common.neighbors import int8_gemm_exact, knn_rows, prepare
 
-    assert int8_gemm_exact(784), "torch._int_mm is missing or inexact here: pixel L2 takes the float path"
+    if not int8_gemm_exact(784):
+        pytest.skip("torch._int_mm is missing or inexact here: pixel L2 takes a float32 path")
     x = mnist.images[:3000]
-    fast, slow = prepare(x, "l2"), prepare(x, "l2", integer=False)
-    assert fast.integer and not slow.integer
+    fast, slow = prepare(x, "l2", kernel="int8"), prepare(x, "l2", kernel="torch")
     a, b = knn_rows(fast, 0, 3000, 100), knn_rows(slow, 0, 3000, 100)
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.distances, b.distances)
@@ -194,7 +341,7 @@ def test_float_pixel_paths_match_brute_force(distance):
 
     x = tied_pixels(333, 2)
     ids, _ = brute_force(x, 40, distance)
-    space = prepare(x, distance, l1_kernel=False, integer=False)
+    space = prepare(x, distance, kernel="torch")
     got = np.concatenate([knn_rows(space, s, min(333, s + 50), 40).ids for s in range(0, 333, 50)])
     np.testing.assert_array_equal(got, ids)
 

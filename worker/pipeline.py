@@ -229,7 +229,7 @@ def runtime(factory: sessionmaker[Session], settings: Settings, experiment_id: i
         check_live(factory, experiment_id)
 
     return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
-                   device=settings.device, memory_budget=settings.memory_budget,
+                   device=settings.device, memory_budget=settings.memory_budget, kernel=settings.kernel,
                    on_epoch_end=stop_if_cancelled)
 
 
@@ -260,8 +260,7 @@ _space_cache: dict[int, tuple] = {}
 
 def do_chunk(factory, settings, item: db.WorkItem) -> None:
     """One chunk of a neighbour table; its rows and done-mark commit together (item.worker computed it)."""
-    from common.neighbors import prepare
-    from common.training import resolve_device
+    from common.study import prepare_space
 
     check_live(factory, item.experiment_id)
     cached = _space_cache.get(item.table_id)
@@ -271,7 +270,8 @@ def do_chunk(factory, settings, item: db.WorkItem) -> None:
             points, labels = table_points(s, table)
     if cached is None:
         _space_cache.clear()  # one table's points per worker process at a time
-        cached = (prepare(points, table.distance, resolve_device(settings.device)), labels)
+        cached = (prepare_space(points, table.distance, device=settings.device, kernel=settings.kernel,
+                                cache_dir=settings.cache_dir), labels)
         _space_cache[item.table_id] = cached
     space, labels = cached
     build_chunk(factory, table, space, labels, item.start, worker=item.worker)
