@@ -593,9 +593,17 @@ def plan_chunk(n: int, dim: int, k: int, distance: str, *, pixels: bool, memory_
     return chunk_rows(n, CodeSpace.bytes_per_pair, memory_budget)
 
 
-def knn_rows(space: Space, start: int, stop: int, k: int) -> NeighborTable:
-    """Exact top-k of query rows start..stop (see the module docstring for the proof of the cut)."""
-    return space.knn(torch.arange(start, stop), k)
+def knn_rows(space: Space, start: int, stop: int, k: int, memory_budget: int | None = None) -> NeighborTable:
+    """Exact top-k of query rows start..stop (see the module docstring for the proof of the cut).
+
+    With ``memory_budget``, rows go in blocks that this space, on its own device, sizes to the budget:
+    a chunk planned elsewhere (say, for a CPU's KD-tree: 48,003 rows of a code table) keeps its working
+    set within the budget on a GPU's dense path too. The rows are the same either way."""
+    step = stop - start if memory_budget is None else max(1, space.chunk(k, memory_budget))
+    if stop - start <= step:
+        return space.knn(torch.arange(start, stop), k)
+    parts = [space.knn(torch.arange(s, min(stop, s + step)), k) for s in range(start, stop, step)]
+    return NeighborTable(np.concatenate([p.ids for p in parts]), np.concatenate([p.distances for p in parts]))
 
 
 def _check_k(k: int, n: int) -> None:

@@ -151,14 +151,16 @@ def store_chunk(factory: sessionmaker[Session], table: db.TableRow, labels: np.n
 
 
 def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
-                start: int, worker: str | None = None, store_seconds: list[float] | None = None) -> bool:
-    """Compute one chunk (its rows against every point) and store it; False when already stored."""
+                start: int, worker: str | None = None, store_seconds: list[float] | None = None,
+                memory_budget: int | None = None) -> bool:
+    """Compute one chunk (its rows against every point) and store it; False when already stored.
+    ``memory_budget``: the computing process's own, which sizes the blocks its device computes at once."""
     with factory() as s:
         if start in db.done_chunks(session=s, table_id=table.id):
             return False
     stop = min(table.n, start + table.chunk_size)
     t0 = time.perf_counter()
-    part = knn_rows(space, start, stop, table.k)
+    part = knn_rows(space, start, stop, table.k, memory_budget)
     return store_chunk(factory, table, labels, start, part, worker=worker, path=space.path,
                        seconds=time.perf_counter() - t0, work=space.work_of(stop - start, table.n),
                        store_seconds=store_seconds)
@@ -223,7 +225,7 @@ def _build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points:
             rt.progress.advance(len(part.ids))
     else:
         for start, stop in todo:
-            build_chunk(rt.factory, table, space, labels, start, store_seconds=stored)
+            build_chunk(rt.factory, table, space, labels, start, store_seconds=stored, memory_budget=rt.memory_budget)
             rt.progress.advance(stop - start)
     rt.progress.end()
     release_scratch()

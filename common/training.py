@@ -8,6 +8,7 @@ checkpoint continues exactly as if it had never stopped: each epoch's shuffle is
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -265,6 +266,76 @@ class _Group:
         self.means = (total / batches).tolist()
 
 
+class _GraphGroup(_Group):
+    """All models in one stack, each step one CUDA graph replay (on a CPU, the same steps run eagerly:
+    that is how the step is tested without a GPU).
+
+    The step (gather the batch from a device-side permutation, forward, the hand-written backward, a
+    fused Adam, add the losses to a device-side sum) is captured once and replayed for every full batch:
+    a step is a few dozen kernels with no Python between them, where eager PyTorch spends most of a
+    step waiting on Python. The first WARMUP steps run eagerly (they are real training steps: they set
+    up cuBLAS and the optimizer's state); the rest replay the graph. Losses are read once per epoch. A
+    last partial batch (N not a multiple of the batch size) runs eagerly.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, names: list[str], states: list[dict[str, Tensor]], cfg: TrainConfig, dev: torch.device,
+                 resume: dict[str, Checkpoint] | None, n: int) -> None:
+        self.names = names
+        self.cuda = dev.type == "cuda"
+        self.stack = ModelStack(names, states).to(dev)
+        params = [*self.stack.W, *self.stack.b]
+        self.optim = (torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, capturable=True)
+                      if self.cuda else _make_adam(self.stack, cfg))
+        if resume is not None:
+            _adam_load(self.optim, self.stack, [resume[nm].optim_state for nm in names])
+        self.means: list[float] = []
+        self.batch = cfg.batch_size
+        self.perm = torch.zeros(n, dtype=torch.long, device=dev)  # this epoch's order, copied in each epoch
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)  # the next batch's offset in perm
+        self.offsets = torch.arange(self.batch, device=dev)
+        self.total = torch.zeros(len(names), dtype=torch.float64, device=dev)  # sum of batch losses
+        self.graph = None  # torch.cuda.CUDAGraph once captured
+        self.eager_steps = 0
+
+    def _step(self, x: Tensor) -> None:
+        ids = self.perm.index_select(0, self.pos + self.offsets)  # (B,) sample ids of this batch
+        loss = self.stack.losses_and_grads(x.index_select(0, ids))  # (G,)
+        self.optim.step()
+        self.total.add_(loss)
+        self.pos.add_(self.batch)
+
+    def epoch(self, x: Tensor, order: Tensor, batch_size: int) -> None:
+        n, b = order.shape[0], self.batch
+        self.perm.copy_(order)
+        self.pos.zero_()
+        self.total.zero_()
+        full, done = n // b, 0
+        if self.graph is None:
+            side = torch.cuda.Stream(x.device) if self.cuda else None
+            if side is not None:
+                side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                while done < full and (not self.cuda or self.eager_steps < self.WARMUP):
+                    self._step(x)
+                    done += 1
+                    self.eager_steps += 1
+            if side is not None:
+                torch.cuda.current_stream(x.device).wait_stream(side)
+            if done < full:
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):  # recorded, not run
+                    self._step(x)
+        for _ in range(full - done):
+            self.graph.replay()
+        if n % b:  # the last, partial batch, eagerly
+            loss = self.stack.losses_and_grads(x.index_select(0, order[full * b:]))
+            self.optim.step()
+            self.total.add_(loss)
+        self.means = (self.total / (full + (1 if n % b else 0))).tolist()  # one read per epoch
+
+
 def train_group(
     names: list[str],
     x: Tensor,
@@ -277,9 +348,11 @@ def train_group(
 ) -> dict[str, Checkpoint]:
     """Train the models ``names`` side by side on ``x`` ((N, 784) in [-1, 1]) for ``cfg.epochs`` epochs.
 
-    The models train in stacks (:func:`training_groups`), each stack on one thread and the stacks at
-    the same time: on 2 cores two stacks of two run 1.3x faster than one stack of four on both cores,
-    and a result never depends on the thread count. ``resume`` holds each model's last checkpoint (all
+    On the CPU the models train in stacks (:func:`training_groups`), each stack on one thread and the
+    stacks at the same time: on 2 cores two stacks of two run 1.3x faster than one stack of four on both
+    cores, and a result never depends on the thread count. On CUDA they train as one stack whose every
+    step is one CUDA graph replay (:class:`_GraphGroup`); a GPU rounds differently, so its numbers are
+    its own (deterministic run to run on one GPU). ``resume`` holds each model's last checkpoint (all
     at the same epoch). ``on_epoch_end`` gets every model's checkpoint after each epoch. Returns the
     final checkpoints, by name.
     """
@@ -289,7 +362,11 @@ def train_group(
     if start is not None and len({c.epoch for c in start.values()}) != 1:
         raise ValueError(f"checkpoints at different epochs: { {n: c.epoch for n, c in start.items()} }")
     states = {n: start[n].model_state if start else initial_state(n, cfg.seed) for n in names}
-    groups = [_Group(g, [states[n] for n in g], cfg, dev, start) for g in training_groups(names)]
+    if dev.type == "cuda":  # one stack of all the models, one stream, one CUDA graph per step
+        stack = sorted(names, key=lambda nm: (nm.startswith("relu"), MODEL_NAMES.index(nm)))
+        groups: list[_Group] = [_GraphGroup(stack, [states[nm] for nm in stack], cfg, dev, start, x.shape[0])]
+    else:
+        groups = [_Group(g, [states[n] for n in g], cfg, dev, start) for g in training_groups(names)]
     ckpts = start or {n: Checkpoint(epoch=0, model_state=states[n], optim_state={"step": 0}) for n in names}
     xd = x.to(dev)
     n = xd.shape[0]

@@ -378,3 +378,28 @@ def test_tree_path_in_blocks_gives_the_same_rows():
     space = prepare(x, "l2")
     space.TREE_BLOCK = 17  # 250 query rows in 15 blocks
     np.testing.assert_array_equal(knn_rows(space, 0, 250, 30).ids, ids)
+
+
+def test_a_chunk_planned_for_a_cpu_stays_within_a_gpu_workers_budget():
+    """Chunks are planned once (by whoever advances the job, on a CPU: KD-tree sized); a worker whose
+    device takes the dense path computes such a chunk in blocks sized by its own budget."""
+    from common.neighbors import CodeSpace, knn_rows, plan_chunk, prepare, tree_chunk_rows
+
+    n, k, budget = 60_000, 200, 1 << 30
+    cpu = plan_chunk(n, 2, k, "l2", pixels=False, memory_budget=budget, device="cpu")
+    gpu = plan_chunk(n, 2, k, "l2", pixels=False, memory_budget=budget, device="cuda")
+    assert cpu == tree_chunk_rows(n, k, budget) == 48_003
+    assert gpu == budget // (n * CodeSpace.bytes_per_pair) == 559
+    # the same on a small table: a CPU-sized chunk, run on the dense path under a small budget
+    x = tied_codes(900, 5)
+    small = 900 * CodeSpace.bytes_per_pair * 40  # room for 40 rows at once on the dense path
+    space = prepare(x, "l2")
+    planned = plan_chunk(900, 2, 30, "l2", pixels=False, memory_budget=small, device="cpu")
+    space.tree = None  # what a GPU worker has: the brute-force path
+    seen: list[int] = []
+    knn = space.knn
+    space.knn = lambda rows, kk: (seen.append(len(rows)), knn(rows, kk))[1]
+    got = knn_rows(space, 0, planned, 30, memory_budget=small)
+    assert planned == 190 and max(seen) == 40 and sum(seen) == planned
+    assert max(seen) * 900 * CodeSpace.bytes_per_pair <= small  # the working set the budget allows
+    np.testing.assert_array_equal(got.ids, brute_force(x, 30, "l2")[0][:planned])

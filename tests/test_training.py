@@ -130,3 +130,39 @@ def test_group_training_resumes_exactly(x):
         assert again[n].losses == full[n].losses and len(full[n].losses) == 3
         assert all(torch.equal(again[n].model_state[k], full[n].model_state[k]) for k in full[n].model_state)
         assert full[n].losses[-1] < full[n].losses[0]
+
+
+def test_the_one_stack_step_of_the_gpu_path_equals_a_plain_loop_on_the_cpu(x):
+    """The CUDA path's step (batch ids gathered on the device from the epoch's order and a device-side
+    offset, losses summed on the device, a last partial batch eagerly) runs eagerly on a CPU: it must
+    give exactly what a plain loop over the same four-model stack gives."""
+    from common.training import _GraphGroup, _make_adam, epoch_order
+
+    names = ["linear_l1", "linear_mse", "relu_l1", "relu_mse"]
+    cfg = TrainConfig(epochs=2, batch_size=64, seed=3)  # 500 samples: 7 full batches and one of 52
+    states = [initial_state(n, cfg.seed) for n in names]
+    group = _GraphGroup(names, states, cfg, torch.device("cpu"), None, x.shape[0])
+    plain = ModelStack(names, states)
+    optim = _make_adam(plain, cfg)
+    for epoch in (1, 2):
+        order = epoch_order(x.shape[0], cfg.seed, epoch)
+        group.epoch(x, order, cfg.batch_size)
+        total, batches = torch.zeros(4, dtype=torch.float64), 0
+        for b0 in range(0, x.shape[0], cfg.batch_size):
+            total += plain.losses_and_grads(x.index_select(0, order[b0:b0 + cfg.batch_size]))
+            optim.step()
+            batches += 1
+        assert group.means == (total / batches).tolist()
+        for p, q in zip([*group.stack.W, *group.stack.b], [*plain.W, *plain.b], strict=True):
+            assert torch.equal(p, q)
+    assert group.eager_steps == 14 and group.graph is None  # every full batch ran eagerly on the CPU
+
+
+def test_training_on_cuda_is_one_graph_and_deterministic(x):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here: bench/device_study.py runs this on a GPU")
+    a = train_group(list(MODEL_NAMES), x, CFG, recon_ids=[0], device="cuda")
+    b = train_group(list(MODEL_NAMES), x, CFG, recon_ids=[0], device="cuda")
+    for n in MODEL_NAMES:
+        assert a[n].losses == b[n].losses
+        assert all(torch.equal(a[n].model_state[k], b[n].model_state[k]) for k in a[n].model_state)

@@ -274,7 +274,7 @@ def do_chunk(factory, settings, item: db.WorkItem) -> None:
                                 cache_dir=settings.cache_dir), labels)
         _space_cache[item.table_id] = cached
     space, labels = cached
-    build_chunk(factory, table, space, labels, item.start, worker=item.worker)
+    build_chunk(factory, table, space, labels, item.start, worker=item.worker, memory_budget=settings.memory_budget)
 
 
 def do_metrics(factory, settings, item: db.WorkItem) -> None:
