@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from functools import lru_cache
 from typing import Annotated
@@ -10,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import lookup
-from api.errors import not_found
+from api.errors import not_found, unauthorized
 from common import storage as db
 from common.settings import Settings
 
@@ -20,6 +21,31 @@ async def get_settings_dep(request: Request) -> Settings:  # async: no thread ho
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def _carries(request: Request, keys: list[str]) -> bool:
+    """Whether the request carries one of ``keys`` (compared in constant time): ``Authorization: Bearer
+    <key>``, or for reads from the web page, its ``aeknn_key`` cookie (an <img> sends no header)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else request.cookies.get("aeknn_key", "")
+    if not given:
+        return False
+    return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys if k)
+
+
+async def require_write(request: Request, settings: SettingsDep) -> None:
+    """Writes need AEKNN_API_KEY when one is set, in the Authorization header (never a cookie: a page on
+    another site could make a browser send that)."""
+    if settings.api_key and "authorization" not in request.headers:
+        raise unauthorized("this write needs the API key: send Authorization: Bearer <AEKNN_API_KEY>")
+    if settings.api_key and not _carries(request, [settings.api_key]):
+        raise unauthorized("this write needs the API key: send Authorization: Bearer <AEKNN_API_KEY>")
+
+
+async def require_read(request: Request, settings: SettingsDep) -> None:
+    """Reads are open unless AEKNN_READ_KEY is set; then they need it (or the API key)."""
+    if settings.read_key and not _carries(request, [settings.read_key, settings.api_key]):
+        raise unauthorized("reads need a key here: send Authorization: Bearer <AEKNN_READ_KEY>")
 
 
 @lru_cache(maxsize=8)

@@ -13,25 +13,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
-STATUS = {"not_found": 404, "conflict": 409, "invalid": 422, "too_large": 413, "unavailable": 503}
+STATUS = {"unauthorized": 401, "not_found": 404, "conflict": 409, "too_large": 413, "invalid": 422,
+          "too_many": 429, "unavailable": 503}
 
 
 class ErrorOut(BaseModel):
-    code: str  # machine-readable: not_found, conflict, invalid, too_large, unavailable, ...
+    code: str  # machine-readable: unauthorized, not_found, conflict, invalid, too_many, unavailable, ...
     message: str  # names the field or the id
 
 
 # Every route documents the error shape it may answer with (the 422 replaces FastAPI's default one).
 ERROR_RESPONSES = {code: {"model": ErrorOut, "description": what} for code, what in (
+    (401, "a key is set and the request did not carry it (Authorization: Bearer <key>)"),
     (404, "unknown experiment or sample id"), (409, "not computed yet, or in the wrong state"),
     (413, "request body too large"), (422, "invalid input: the message names the field"),
+    (429, "too many experiments pending: try again after Retry-After seconds"),
     (503, "a service the request needs is unreachable"))}
 
 
 class AppError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.headers = code, message, headers
 
 
 def not_found(message: str) -> AppError:
@@ -46,8 +49,14 @@ def invalid(message: str) -> AppError:
     return AppError("invalid", message)
 
 
-def _json(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"code": code, "message": message})
+def unauthorized(message: str) -> AppError:
+    return AppError("unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="aeknn"'})
+
+
+def _json(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    from common.secrets import scrub
+
+    return JSONResponse(status_code=status, content={"code": code, "message": scrub(message)}, headers=headers)
 
 
 def install(app: FastAPI) -> None:
@@ -55,7 +64,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        return _json(STATUS.get(exc.code, 400), exc.code, exc.message)
+        return _json(STATUS.get(exc.code, 400), exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,7 +95,9 @@ def install(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets 413, declared or streamed."""
+    """ASGI middleware: a request body over ``limit`` bytes gets 413, declared or streamed (chunked). A
+    streamed body is read here first, up to the limit, so that the answer is 413 whatever the route's
+    body parsing would have made of a body cut short."""
 
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -95,23 +106,26 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._reject(send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
+        if length is not None and length.isdigit():
+            if int(length) > self.limit:
+                return await self._reject(send)
+            return await self.app(scope, receive, send)  # declared and within the limit: as it comes
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
+            if message["type"] != "http.request":  # the client went away
+                return await self.app(scope, _replay([message]), send)
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await self._reject(send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}],
+                                             receive), send)
 
     async def _reject(self, send) -> None:
         resp = _json(413, "too_large", f"request body over {self.limit} bytes")
@@ -119,5 +133,15 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": resp.body})
 
 
-class _TooLarge(Exception):
-    pass
+def _replay(messages: list[dict], then=None):
+    """An ASGI receive that gives ``messages`` first, then whatever ``then`` gives (a disconnect)."""
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from api import deps, errors
 from api.routes import experiments, health, metrics, page, plots, samples
+from common import secrets
 from common.settings import Settings, get_settings
 
 MAX_BODY = 1 << 20  # 1 MiB: a study config is a few hundred bytes
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Exact neighbour tables and metric tables, stored and served.",
                   lifespan=lifespan)
     app.state.settings = settings or get_settings()
+    secrets.install(app.state.settings)  # no password or key in any answer or log line
     errors.install(app)
     for r in (experiments.router, samples.router, metrics.router, plots.router, health.router, page.router):
         app.include_router(r)

@@ -87,7 +87,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         updates["kernel"] = args.kernel
     if getattr(args, "broker", None):
         updates["broker_url"] = args.broker
-    return s.model_copy(update=updates)
+    settings = s.model_copy(update=updates)
+    from common import secrets
+
+    secrets.install(settings)  # no password of theirs in any message or log line of this process
+    return settings
 
 
 def _factory(settings: Settings):
@@ -109,9 +113,14 @@ def _runtime(settings: Settings, factory):
 
 def _print_tables(factory, experiment_id: int, fmt: str) -> None:
     from common import report
+    from common.config import StudyConfig
+    from common.names import BY_LABEL_K
 
     with factory() as s:
-        tables = report.study_tables(db.load_metrics(session=s, experiment_id=experiment_id))
+        cfg = StudyConfig.model_validate(db.get_experiment(session=s, experiment_id=experiment_id).config)
+        by_label = min(BY_LABEL_K, cfg.k)
+        values = db.load_metrics(session=s, experiment_id=experiment_id, ks=sorted({*cfg.ks, by_label}))
+        tables = report.study_tables(values, ks=list(cfg.ks), by_label_k=by_label)
     if fmt == "json":
         print(json.dumps({"experiment": experiment_id, "tables": report.as_dicts(tables)}, indent=1))
     elif fmt == "csv":
@@ -360,6 +369,12 @@ def _experiment_id(factory, given: int | None, cmd: str) -> int | None:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     factory = _factory(_settings(args))
+    if args.backfill:
+        from common.scoring import backfill
+
+        done = backfill(factory, args.experiment)
+        print(f"every k stored for experiment(s) {', '.join(map(str, done)) or 'none (nothing to fill)'}")
+        return 0
     experiment_id = _experiment_id(factory, args.experiment, "metrics")
     if experiment_id is None:
         return 1
@@ -492,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     met = sub.add_parser("metrics", help="print the metric tables of a stored experiment")
     met.add_argument("--experiment", type=int, help="default: the latest succeeded experiment")
     met.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    met.add_argument("--backfill", action="store_true",
+                     help="store every k of experiments made before every k was (all, or --experiment)")
     common_opts(met, compute=False)
     met.set_defaults(func=cmd_metrics)
 

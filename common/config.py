@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,23 +25,32 @@ class Space(StrEnum):
 
 
 MAX_EPOCHS = 10_000
+MAX_K = 1000  # neighbours per sample: ten 60,000 x 1,000 tables are 5.4 GB already
+MAX_KS = 32  # k columns of the metric tables (every k up to K is stored anyway)
+MAX_LR = 10.0  # Adam's step size: far above anything that trains
+MAX_WEIGHT_DECAY = 1.0  # at 1 every step halves the weights' pull: nothing is left to learn
+
+# Numbers are numbers: strict, so JSON true/false or "5" is refused, not read as 1/0 or 5.
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
 
 
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: DatasetName = DatasetName.mnist
-    limit: int | None = Field(default=None, gt=0, description="use the first N training samples")
+    limit: Int | None = Field(default=None, gt=0, description="use the first N training samples")
     models: list[ModelName] = Field(default_factory=lambda: list(ModelName), min_length=1)
-    epochs: int = Field(default=100, gt=0, le=MAX_EPOCHS)
-    batch_size: int = Field(default=100, gt=0, le=60_000)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-3, ge=0)
-    k: int = Field(default=DEFAULT_K, gt=0, description="K: neighbours kept per sample")
+    epochs: Int = Field(default=100, gt=0, le=MAX_EPOCHS)
+    batch_size: Int = Field(default=100, gt=0, le=60_000)
+    lr: Float = Field(default=1e-3, gt=0, le=MAX_LR, description="Adam learning rate, in (0, 10]")
+    weight_decay: Float = Field(default=1e-3, ge=0, le=MAX_WEIGHT_DECAY, description="Adam weight decay, in [0, 1]")
+    k: Int = Field(default=DEFAULT_K, gt=0, le=MAX_K, description="K: neighbours kept per sample (at most 1000)")
     distances: list[Distance] = Field(default_factory=lambda: list(Distance), min_length=1)
-    seed: int = Field(default=0, ge=0, lt=2**31)
-    ks: list[int] = Field(default_factory=lambda: list(DEFAULT_KS), min_length=1,
-                          description="the k of the metric tables, each <= K")
+    seed: Int = Field(default=0, ge=0, lt=2**31)
+    ks: list[Int] = Field(default_factory=lambda: list(DEFAULT_KS), min_length=1, max_length=MAX_KS,
+                          description="the k columns of the metric tables shown by default, each <= K "
+                                      "(every k up to K is stored)")
 
     @field_validator("lr", "weight_decay")
     @classmethod

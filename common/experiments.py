@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common import jobs, kernels
@@ -14,29 +14,87 @@ from common.config import StudyConfig
 from common.settings import Settings
 
 
+class TooManyPending(RuntimeError):
+    """The cap on pending experiments (AEKNN_MAX_PENDING) is reached; nothing was stored."""
+
+    def __init__(self, pending: int, limit: int, retry_after: int = 30) -> None:
+        super().__init__(f"{pending} experiments are queued or running, the most this server takes at once "
+                         f"(AEKNN_MAX_PENDING={limit}); try again once one has finished")
+        self.retry_after = retry_after
+
+
+class KeyReused(ValueError):
+    """An Idempotency-Key already used for another study; nothing was stored."""
+
+
+WAIT_FOR_SUBMITTER = 15.0  # seconds a request waits for a concurrent submission of the same study
+
+
 def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConfig, app=None,
            idempotency_key: str | None = None) -> int:
-    """Record a queued experiment and send its first task; returns its id. Raises BrokerUnavailable,
-    keeping nothing. With an ``idempotency_key`` already used, returns that experiment, sending nothing."""
-    if idempotency_key is not None:
-        with factory() as s:
-            found = db.experiment_by_key(session=s, idempotency_key=idempotency_key)
-        if found is not None:
-            return found
-    try:
-        with db.transaction(factory) as s:
-            experiment_id = db.create_experiment(session=s, config=config.as_json(),
-                                                 idempotency_key=idempotency_key)
-    except IntegrityError:  # the same key submitted at the same moment: that one wins
-        with factory() as s:
-            return db.experiment_by_key(session=s, idempotency_key=idempotency_key)
+    """Record an experiment and send its first task, all or nothing; returns its id.
+
+    - An ``idempotency_key`` used before returns that experiment (KeyReused if its study differs), and
+      so does an identical study already pending: nothing is queued twice.
+    - At most ``settings.max_pending`` experiments may be pending: TooManyPending past it.
+    - The experiment is "submitting" until its first task is sent, then "queued". If the broker cannot
+      be reached it is removed and BrokerUnavailable raised: no one is ever told about an experiment
+      that is then removed. A request that finds another one's submission in flight waits for its outcome.
+    Reads and writes of one submission are serialised in the database, so the cap holds across processes.
+    """
+    body = config.as_json()
+    with db.transaction(factory) as s:
+        db.serialize(session=s, name="submit")
+        found = _existing(s, body, idempotency_key)
+        if found is None:
+            pending = db.pending_experiments(session=s)
+            if len(pending) >= settings.max_pending:
+                raise TooManyPending(len(pending), settings.max_pending)
+            experiment_id = db.create_experiment(session=s, config=body, idempotency_key=idempotency_key,
+                                                 status=db.SUBMITTING)
+    if found is not None:
+        return _wait_until_sent(factory, found)
     try:
         jobs.send(app or jobs.broker_client(settings), jobs.ADVANCE, experiment_id)
     except jobs.BrokerUnavailable:
         with db.transaction(factory) as s:  # not accepted: leave no job waiting forever
-            s.execute(delete(db.Experiment).where(db.Experiment.id == experiment_id))
+            s.execute(delete(db.Experiment).where(db.Experiment.id == experiment_id,
+                                                  db.Experiment.status == db.SUBMITTING))
         raise
+    with db.transaction(factory) as s:  # (its first task may have moved it on already)
+        s.execute(update(db.Experiment).where(db.Experiment.id == experiment_id,
+                                              db.Experiment.status == db.SUBMITTING).values(status=db.QUEUED))
     return experiment_id
+
+
+def _existing(s: Session, body: dict[str, Any], key: str | None) -> int | None:
+    """The experiment this submission is a repeat of: the same key, or the same study still pending."""
+    if key is not None:
+        found = db.experiment_by_key(session=s, idempotency_key=key)
+        if found is not None:
+            if db.get_experiment(session=s, experiment_id=found).config != body:
+                raise KeyReused(f"Idempotency-Key {key!r} was used for another study (experiment {found}); "
+                                "use a new key for a new study")
+            return found
+    return next((e.id for e in db.pending_experiments(session=s) if e.config == body), None)
+
+
+def _wait_until_sent(factory: sessionmaker[Session], experiment_id: int) -> int:
+    """Return the experiment once its submission has been sent; BrokerUnavailable if it was removed."""
+    deadline = time.monotonic() + WAIT_FOR_SUBMITTER
+    while True:
+        with factory() as s:
+            exp = db.get_experiment(session=s, experiment_id=experiment_id)
+            status = None if exp is None else exp.status
+        if status is None:
+            raise jobs.BrokerUnavailable("not submitted: the same study was being submitted at the same moment "
+                                         "and its first task could not be sent (the broker is unreachable)")
+        if status != db.SUBMITTING:
+            return experiment_id
+        if time.monotonic() > deadline:
+            raise jobs.BrokerUnavailable(f"not submitted: experiment {experiment_id} is still being submitted "
+                                         "by another request; try again")
+        time.sleep(0.05)
 
 
 def cancel(factory: sessionmaker[Session], experiment_id: int) -> str | None:
@@ -45,7 +103,7 @@ def cancel(factory: sessionmaker[Session], experiment_id: int) -> str | None:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         if exp is None:
             return None
-        if exp.status in (db.QUEUED, db.RUNNING):
+        if exp.status in db.PENDING:
             db.update_experiment(session=s, experiment_id=experiment_id, status=db.CANCELLED,
                                  error="cancelled by request", finished_at=db.utcnow())
             return db.CANCELLED

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.secrets import redact, scrub
 from common.settings import Settings
 
 # task names
@@ -16,11 +17,12 @@ TRAIN = "aeknn.train"
 CHUNK = "aeknn.neighbor_chunk"
 METRICS = "aeknn.metrics"
 SWEEP = "aeknn.sweep"
+BACKFILL = "aeknn.backfill_metrics"  # store every k of an experiment stored before every k was
 
 # queues: training and neighbour work apart, so that each can get its own workers
 CONTROL, TRAIN_QUEUE, NEIGHBORS = "control", "train", "neighbors"
 QUEUES = (CONTROL, TRAIN_QUEUE, NEIGHBORS)
-ROUTES = {ADVANCE: CONTROL, PREPARE: CONTROL, METRICS: CONTROL, SWEEP: CONTROL,
+ROUTES = {ADVANCE: CONTROL, PREPARE: CONTROL, METRICS: CONTROL, SWEEP: CONTROL, BACKFILL: CONTROL,
           TRAIN: TRAIN_QUEUE, CHUNK: NEIGHBORS}
 
 
@@ -66,4 +68,5 @@ def send(app, name: str, *args: Any) -> None:
         app.send_task(name, args=list(args), retry=True,
                       retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
     except Exception as exc:  # kombu/redis raise several kinds; all mean "not enqueued"
-        raise BrokerUnavailable(f"the broker at {app.conf.broker_url} is unreachable: {exc}") from exc
+        raise BrokerUnavailable(f"the broker at {redact(app.conf.broker_url)} is unreachable: "
+                                f"{scrub(str(exc))}") from exc

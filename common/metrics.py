@@ -76,3 +76,76 @@ def r_nx(q: float, n: int, k: int) -> float:
     if not 0 < k < n - 1:
         raise ValueError(f"R_NX needs 0 < k < N-1, got k={k}, N={n}")
     return ((n - 1) * q - k) / (n - 1 - k)
+
+
+# ---------------------------------------------------------------- every k at once (k = 1..K)
+# One pass over the tables gives each metric at every k, so that every k is stored and a read is a
+# lookup. Each equals its one-k function above (tested on tables full of ties).
+
+ROWS = 8192  # rows per block: the (rows, K) temporaries stay in the tens of MB
+
+
+def overlap_sums(orig: np.ndarray, enc: np.ndarray, groups: np.ndarray | None = None,
+                 n_groups: int = 1) -> np.ndarray:
+    """S[g, k-1] = sum over the rows i of group g of |nbr_k^orig(i) ∩ nbr_k^enc(i)|, for k = 1..K.
+
+    A neighbour at rank p in one table and q in the other is shared by every k > max(p, q): the sums
+    are a cumulative count of max(p, q) over the shared neighbours. Rows sorted by id meet in one
+    searchsorted over row-offset keys (ids < N, so row * N + id orders row by row)."""
+    n, k = orig.shape
+    _check_k(enc, k)
+    groups = np.zeros(n, np.int64) if groups is None else groups.astype(np.int64)
+    hist = np.zeros(n_groups * k, np.int64)
+    width = max(int(orig.max(initial=0)), int(enc.max(initial=0))) + 1
+    for r0 in range(0, n, ROWS):
+        o, e = orig[r0:r0 + ROWS].astype(np.int64), enc[r0:r0 + ROWS].astype(np.int64)
+        po, pe = np.argsort(o, axis=1, kind="stable"), np.argsort(e, axis=1, kind="stable")
+        off = np.arange(len(o), dtype=np.int64)[:, None] * width
+        ko = (np.take_along_axis(o, po, 1) + off).ravel()
+        ke = (np.take_along_axis(e, pe, 1) + off).ravel()
+        j = np.minimum(np.searchsorted(ko, ke), len(ko) - 1)
+        hit = np.flatnonzero(ko[j] == ke)
+        rank = np.maximum(po.ravel()[j[hit]], pe.ravel()[hit])
+        g = groups[r0:r0 + ROWS][hit // k]
+        hist += np.bincount(g * k + rank, minlength=n_groups * k)
+    return np.cumsum(hist.reshape(n_groups, k), axis=1)
+
+
+def same_label_curves(orig: np.ndarray, enc: np.ndarray | None, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """For k = 1..K: the mean same-label rate of ``orig`` (and of ``enc``), and with ``enc`` the mean change
+    (encoded - original) and the mean |change|, each (K,) float."""
+    n, k = orig.shape
+    ks = np.arange(1, k + 1)
+    sums = {"original_rate": np.zeros(k), "encoded_rate": np.zeros(k), "change": np.zeros(k),
+            "abs_change": np.zeros(k)}
+    for r0 in range(0, n, ROWS):
+        lab = labels[r0:r0 + ROWS, None]
+        so = np.cumsum(labels[orig[r0:r0 + ROWS]] == lab, axis=1, dtype=np.int32)  # same-label count in the first k
+        sums["original_rate"] += so.sum(axis=0)
+        if enc is not None:
+            se = np.cumsum(labels[enc[r0:r0 + ROWS]] == lab, axis=1, dtype=np.int32)
+            sums["encoded_rate"] += se.sum(axis=0)
+            sums["change"] += (se - so).sum(axis=0)
+            sums["abs_change"] += np.abs(se - so).sum(axis=0)
+    out = {key: v / (n * ks) for key, v in sums.items()}
+    return out if enc is not None else {"original_rate": out["original_rate"]}
+
+
+def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """kNN accuracy@k for k = 1..K, (K,) float: the vote of :func:`knn_predict` grown one rank at a time."""
+    n, k = table.shape
+    n_classes = int(labels.max()) + 1
+    right = np.zeros(k, np.int64)
+    for r0 in range(0, n, ROWS):
+        nl = labels[table[r0:r0 + ROWS]].astype(np.int64)  # (rows, K)
+        m = len(nl)
+        rows = np.arange(m)
+        counts = np.zeros((m, n_classes), np.int64)
+        first = np.full((m, n_classes), k, np.int64)
+        truth = labels[r0:r0 + ROWS]
+        for r in range(k):
+            c = nl[:, r]
+            counts[rows, c] += 1
+            first[rows, c] = np.minimum(first[rows, c], r)
+            right[r] += int(((counts * (k + 1) - first).argmax(axis=1) == truth).sum())
+    return right / n

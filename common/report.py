@@ -32,7 +32,9 @@ def _order(space: str) -> tuple[int, str]:
     return (MODEL_NAMES.index(space) + 1 if space in MODEL_NAMES else 0, space)
 
 
-def study_tables(values: Iterable[Value]) -> list[Table]:
+def study_tables(values: Iterable[Value], ks: list[int] | None = None, by_label_k: int | None = None) -> list[Table]:
+    """The study's tables from stored values: the k columns ``ks`` (default: every k stored) and score@k
+    by label at ``by_label_k`` (default: every k it is stored at)."""
     v = {(x.metric, x.space, x.distance, x.k, x.label): x.value for x in values}
     keys = list(v)
 
@@ -41,13 +43,13 @@ def study_tables(values: Iterable[Value]) -> list[Table]:
         return sorted(found, key=_order) if pos == 1 else sorted(found)
 
     tables: list[Table] = []
-    ks = axis("score_at_k", 3)
+    ks = axis("score_at_k", 3) if ks is None else sorted(ks)
     pairs = [(m, d) for m in axis("score_at_k", 1) for d in axis("score_at_k", 2)]
     tables.append(Table(
         "score_at_k", "score@k: share of each pixel-space k-neighbourhood kept in the code space",
         ["model", "distance", *[f"k={k}" for k in ks]],
         [[m, d, *[v.get(("score_at_k", m, d, k, -1)) for k in ks]] for m, d in pairs]))
-    bl = [k for k in axis("score_at_k_by_label", 3)]
+    bl = axis("score_at_k_by_label", 3) if by_label_k is None else [by_label_k]
     labels = sorted({key[4] for key in keys if key[0] == "score_at_k_by_label"})
     for k in bl:
         tables.append(Table(

@@ -1,9 +1,10 @@
-"""Metric values from the stored neighbour tables: what the metrics stage stores, and what the API
-computes (once, then stores) for a k that was not asked for at first. Imports only numpy and SQL."""
+"""Metric values from the stored neighbour tables: what the metrics stage stores. Every metric is stored
+at every k from 1 to K (one pass over each table: common/metrics.py's curves), so a read of any k is a
+lookup and no request ever computes. Imports only numpy and SQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,51 +14,51 @@ from common import storage as db
 from common.config import StudyConfig
 
 
-def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.ndarray],
-                    enc: Mapping[tuple[str, str], np.ndarray] | Iterable[tuple[tuple[str, str], np.ndarray]],
-                    ks: Sequence[int] | None = None, by_label: bool = True) -> list[dict]:
-    """Every metric of STUDY.md from the id tables: orig[distance], enc[(model, distance)].
+def top_k(cfg: StudyConfig, n: int) -> int:
+    """The largest k stored: K, or N - 2 where that is smaller (R_NX needs k < N - 1)."""
+    return min(cfg.k, n - 2)
 
-    ``enc`` may also be an iterable of ((model, distance), table) pairs, read one at a time. ``ks``
-    defaults to the config's; ``by_label`` adds score@k by label at k = 20 (or K, if smaller).
-    """
-    ks = list(cfg.ks if ks is None else ks)
+
+def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.ndarray],
+                    enc: Mapping[tuple[str, str], np.ndarray] | Iterable[tuple[tuple[str, str], np.ndarray]]
+                    ) -> list[dict]:
+    """Every metric of STUDY.md at every k = 1..top_k from the id tables: orig[distance], enc[(model,
+    distance)], score@k by label too. ``enc`` may be an iterable of ((model, distance), table) pairs, read
+    one at a time. Values are sums of integers divided once (score@k = total overlap / (N k))."""
     n = labels.shape[0]
+    top = top_k(cfg, n)
+    ks = np.arange(1, top + 1)
+    classes = int(labels.max()) + 1
+    per_label = np.bincount(labels, minlength=classes)
     out: list[dict] = []
 
-    def put(metric: str, space: str, distance: str, k: int, value: float, label: int = -1) -> None:
-        out.append({"metric": metric, "space": space, "distance": distance, "k": k, "label": label,
-                    "value": float(value)})
+    def put(metric: str, space: str, distance: str, values: np.ndarray, label: int = -1) -> None:
+        out.extend({"metric": metric, "space": space, "distance": distance, "k": int(k), "label": label,
+                    "value": float(v)} for k, v in zip(ks, values, strict=True))
 
-    by_label_k = _by_label_k(cfg)
     for d, o in orig.items():
-        for k in ks:
-            put("same_label_rate", db.ORIGINAL, d, k, M.same_label_rate(o, labels, k).mean())
-            put("knn_accuracy", db.ORIGINAL, d, k, M.knn_accuracy(o, labels, k))
+        o = o[:, :top]
+        put("same_label_rate", db.ORIGINAL, d, M.same_label_curves(o, None, labels)["original_rate"])
+        put("knn_accuracy", db.ORIGINAL, d, M.knn_accuracy_curve(o, labels))
     for (m, d), e in enc.items() if isinstance(enc, Mapping) else enc:
-        o = orig[d]
-        for k in ks:
-            q = M.score_at_k(o, e, k)
-            put("score_at_k", m, d, k, q)
-            put("r_nx", m, d, k, M.r_nx(q, n, k))
-            la = M.label_agreement(o, e, labels, k)
-            put("same_label_rate", m, d, k, la["encoded_rate"])
-            put("label_agreement_change", m, d, k, la["change"])
-            put("label_agreement_distance", m, d, k, la["abs_change"])
-            put("knn_accuracy", m, d, k, M.knn_accuracy(e, labels, k))
-        if by_label:
-            for label, v in M.score_at_k_by_label(o, e, labels, by_label_k).items():
-                put("score_at_k_by_label", m, d, by_label_k, v, label)
+        o, e = orig[d][:, :top], e[:, :top]
+        shared = M.overlap_sums(o, e, labels, classes)  # (labels, top): summed overlaps of each label's rows
+        q = shared.sum(axis=0) / n / ks
+        put("score_at_k", m, d, q)
+        put("r_nx", m, d, ((n - 1) * q - ks) / (n - 1 - ks))
+        la = M.same_label_curves(o, e, labels)
+        put("same_label_rate", m, d, la["encoded_rate"])
+        put("label_agreement_change", m, d, la["change"])
+        put("label_agreement_distance", m, d, la["abs_change"])
+        put("knn_accuracy", m, d, M.knn_accuracy_curve(e, labels))
+        for label in np.flatnonzero(per_label):
+            put("score_at_k_by_label", m, d, shared[label] / per_label[label] / ks, int(label))
     return out
-
-
-def _by_label_k(cfg: StudyConfig) -> int:
-    return min(M.BY_LABEL_K, cfg.k)
 
 
 def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int):
     """Labels, the pixel-space id tables, and the code-space ones as a generator that reads each
-    table when it is reached; only the first ``width`` columns of each (the largest k asked for)."""
+    table when it is reached; only the first ``width`` columns of each."""
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     labels = db.dataset_labels(session=session, dataset_id=exp.dataset_id)
 
@@ -74,25 +75,23 @@ def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int):
 
 
 def store_metrics(factory: sessionmaker[Session], experiment_id: int) -> None:
-    """Compute and store every metric of an experiment (replacing what was stored)."""
+    """Compute and store every metric of an experiment at every k (replacing what was stored)."""
     with factory() as s:  # one table in memory at a time, beside the pixel-space ones
-        cfg = StudyConfig.model_validate(db.get_experiment(session=s, experiment_id=experiment_id).config)
-        width = max([*cfg.ks, _by_label_k(cfg)])
-        labels, orig, enc = _tables(s, experiment_id, cfg, width)
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        cfg = StudyConfig.model_validate(exp.config)
+        n = s.get(db.DatasetRow, exp.dataset_id).n
+        labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n))
         values = compute_metrics(cfg, labels, orig, enc)
     with db.transaction(factory) as s:
         db.save_metrics(session=s, experiment_id=experiment_id, values=values)
+        db.update_experiment(session=s, experiment_id=experiment_id, metrics_all_k=True)
 
 
-def ensure_ks(factory: sessionmaker[Session], experiment_id: int, ks: Sequence[int]) -> None:
-    """Make sure the metric values at each k of ``ks`` are stored, computing the missing ones once."""
+def backfill(factory: sessionmaker[Session], experiment_id: int | None = None) -> list[int]:
+    """Store every k of the succeeded experiments that hold only their config's ks (stored before every k
+    was): the one experiment asked for, or all of them. Returns the ids filled."""
     with factory() as s:
-        cfg = StudyConfig.model_validate(db.get_experiment(session=s, experiment_id=experiment_id).config)
-        have = db.stored_ks(session=s, experiment_id=experiment_id)
-        missing = sorted(set(ks) - have)
-        if not missing:
-            return
-        labels, orig, enc = _tables(s, experiment_id, cfg, max(missing))
-        values = compute_metrics(cfg, labels, orig, enc, ks=missing, by_label=False)
-    with db.transaction(factory) as s:
-        db.add_metrics(session=s, experiment_id=experiment_id, values=values)
+        ids = db.experiments_missing_k(session=s) if experiment_id is None else [experiment_id]
+    for i in ids:
+        store_metrics(factory, i)
+    return ids

@@ -46,9 +46,24 @@ class Settings(BaseSettings):
     sweep_every: float = Field(default=60.0, gt=0)
     # A worker child is replaced after its resident memory passes this many KiB.
     worker_max_memory_kib: int = Field(default=6 * 1024 * 1024, gt=0)
+    # Transient database or broker errors are retried with backoff for this many seconds before the
+    # experiment fails; they do not use up max_attempts (which counts deliveries that died or failed).
+    retry_budget: float = Field(default=600.0, gt=0)
+    # A running task whose worker sent no heartbeat for this many seconds is lost (its machine died): the
+    # sweeper sends it again (the broker alone would wait for the visibility timeout).
+    lost_after: float = Field(default=120.0, gt=0)
+    # How often a running task's worker writes its heartbeat, in seconds.
+    heartbeat_every: float = Field(default=20.0, gt=0)
+
     # --- serving (`aeknn serve`): the address uvicorn listens on (0.0.0.0 inside a container)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # When set, every write (POST /experiments, cancel) needs `Authorization: Bearer <api_key>` (401
+    # without); reads stay open unless read_key is set too (then they need either key).
+    api_key: str = Field(default="", repr=False)
+    read_key: str = Field(default="", repr=False)
+    # At most this many experiments queued or running at once; a submit past it gets 429 + Retry-After.
+    max_pending: int = Field(default=8, gt=0)
     # The study `aeknn init` submits once (JSON of the POST /experiments body; {} = the seed study)
     init_study: dict[str, Any] = Field(default_factory=dict)
 

@@ -27,15 +27,18 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     insert,
     select,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-# job states
+# job states; "submitting": recorded, its first task being sent (a 202 is answered only once it is sent)
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+SUBMITTING = "submitting"
+JOB_STATES = (SUBMITTING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+PENDING = (SUBMITTING, QUEUED, RUNNING)  # what counts against the cap on pending experiments
 ORIGINAL = "original"  # the pixel space; code spaces are named by their model
 
 
@@ -73,6 +76,9 @@ class Experiment(Base):
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"))
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    # every metric is stored at every k from 1 to K (older experiments have their config's ks only,
+    # until a worker fills the rest: see common/scoring.py)
+    metrics_all_k: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class ModelRow(Base):
@@ -160,6 +166,18 @@ class WorkItem(Base):
     finished_at: Mapped[dt.datetime | None]
     worker: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
+    # written every few seconds while it runs: a running item whose heartbeat stops was lost with its worker
+    heartbeat_at: Mapped[dt.datetime | None]
+
+
+class PlotRow(Base):
+    """A rendered plot of a finished experiment: drawn once, then served as stored."""
+
+    __tablename__ = "plots"
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # loss | latent | reconstructions
+    model: Mapped[str] = mapped_column(String(32), primary_key=True)  # "" = every model
+    png: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class MetricValue(Base):
@@ -247,8 +265,9 @@ def dataset_labels(*, session: Session, dataset_id: int) -> np.ndarray:
 # ---------------------------------------------------------------- experiments
 
 
-def create_experiment(*, session: Session, config: dict[str, Any], idempotency_key: str | None = None) -> int:
-    exp = Experiment(config=config, status=QUEUED, timings={}, idempotency_key=idempotency_key)
+def create_experiment(*, session: Session, config: dict[str, Any], idempotency_key: str | None = None,
+                      status: str = QUEUED) -> int:
+    exp = Experiment(config=config, status=status, timings={}, idempotency_key=idempotency_key)
     session.add(exp)
     session.flush()
     return exp.id
@@ -260,6 +279,24 @@ def get_experiment(*, session: Session, experiment_id: int) -> Experiment | None
 
 def experiment_by_key(*, session: Session, idempotency_key: str) -> int | None:
     return session.scalar(select(Experiment.id).where(Experiment.idempotency_key == idempotency_key))
+
+
+def pending_experiments(*, session: Session) -> list[Experiment]:
+    """Experiments submitting, queued or running, oldest first."""
+    return list(session.scalars(select(Experiment).where(Experiment.status.in_(PENDING)).order_by(Experiment.id)))
+
+
+def serialize(*, session: Session, name: str) -> None:
+    """Hold the database's lock named ``name`` until the caller's transaction ends, so that what it
+    reads and then writes is not interleaved with another process doing the same (PostgreSQL: an
+    advisory lock; SQLite: the write lock, taken by a write that changes nothing)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big") & 0x7FFFFFFFFFFFFFFF
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    else:
+        session.execute(update(Experiment).where(Experiment.id == -1).values(stage=None))
 
 
 def list_experiments(*, session: Session, offset: int, limit: int) -> tuple[list[Experiment], int]:
@@ -472,14 +509,22 @@ def save_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[
                                               for v in values])
 
 
-def add_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[str, Any]]) -> None:
-    """Add metric values that are not stored yet (a concurrent request may have added them first)."""
-    have = {(v.metric, v.space, v.distance, v.k, v.label) for v in load_metrics(session=session,
-                                                                               experiment_id=experiment_id)}
-    new = [{"experiment_id": experiment_id, "label": -1, **v} for v in values]
-    new = [v for v in new if (v["metric"], v["space"], v["distance"], v["k"], v["label"]) not in have]
-    if new:
-        session.execute(insert(MetricValue), new)
+def experiments_missing_k(*, session: Session) -> list[int]:
+    """Succeeded experiments whose metrics are stored at their config's ks only (made before every k was)."""
+    return list(session.scalars(select(Experiment.id).where(Experiment.status == SUCCEEDED,
+                                                            Experiment.metrics_all_k.is_(False))
+                                .order_by(Experiment.id)))
+
+
+def get_plot(*, session: Session, experiment_id: int, name: str, model: str) -> bytes | None:
+    return session.scalar(select(PlotRow.png).where(PlotRow.experiment_id == experiment_id, PlotRow.name == name,
+                                                    PlotRow.model == model))
+
+
+def save_plot(*, session: Session, experiment_id: int, name: str, model: str, png: bytes) -> None:
+    """Store a rendered plot unless another process stored it first."""
+    if get_plot(session=session, experiment_id=experiment_id, name=name, model=model) is None:
+        session.add(PlotRow(experiment_id=experiment_id, name=name, model=model, png=png))
 
 
 def stored_ks(*, session: Session, experiment_id: int) -> set[int]:
@@ -488,10 +533,13 @@ def stored_ks(*, session: Session, experiment_id: int) -> set[int]:
                                                             MetricValue.metric == "score_at_k").distinct()))
 
 
-def load_metrics(*, session: Session, experiment_id: int, metric: str | None = None) -> list[MetricValue]:
+def load_metrics(*, session: Session, experiment_id: int, metric: str | None = None,
+                 ks: Sequence[int] | None = None) -> list[MetricValue]:
     q = select(MetricValue).where(MetricValue.experiment_id == experiment_id)
     if metric is not None:
         q = q.where(MetricValue.metric == metric)
+    if ks is not None:
+        q = q.where(MetricValue.k.in_(list(ks)))
     return list(session.scalars(q.order_by(MetricValue.id)))
 
 
@@ -525,6 +573,12 @@ def items_of(*, session: Session, experiment_id: int) -> list[WorkItem]:
                                 .order_by(WorkItem.id)))
 
 
-def active_experiment_ids(*, session: Session) -> list[int]:
-    return list(session.scalars(select(Experiment.id).where(Experiment.status.in_([QUEUED, RUNNING]))
-                                .order_by(Experiment.id)))
+def active_experiment_ids(*, session: Session, submitting_before: dt.datetime | None = None) -> list[int]:
+    """Queued or running experiments, and those still "submitting" since before ``submitting_before``
+    (their submitter died between recording them and sending their first task)."""
+    from sqlalchemy import and_, or_
+
+    cond = Experiment.status.in_([QUEUED, RUNNING])
+    if submitting_before is not None:
+        cond = or_(cond, and_(Experiment.status == SUBMITTING, Experiment.created_at < submitting_before))
+    return list(session.scalars(select(Experiment.id).where(cond).order_by(Experiment.id)))

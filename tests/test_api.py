@@ -124,18 +124,81 @@ def test_metric_tables_are_the_stored_values(api, study):
     assert rnx["rows"][0]["values"]["5"] == stored[("r_nx", rnx["rows"][0]["model"], rnx["rows"][0]["distance"], 5, -1)]
 
 
-def test_a_k_not_stored_is_computed_once_from_the_stored_tables(api, study):
+def test_every_k_is_stored_so_a_read_is_a_lookup(api, study):
+    """Any k up to K is answered from stored values (equal to the one-k function on the stored tables),
+    and reading it writes nothing."""
     from common import metrics as M
 
-    body = api.get("/metrics/score_at_k", params={"k": "7"}).json()
     with study["factory"]() as s:
+        before = s.query(db.MetricValue).count()
+        assert db.stored_ks(session=s, experiment_id=study["id"]) == set(range(1, 51))
         o = db.find_table(session=s, experiment_id=study["id"], space="original", distance="l2")
         e = db.find_table(session=s, experiment_id=study["id"], space="relu_mse", distance="l2")
-        want = M.score_at_k(db.load_table_ids(session=s, table_id=o.id, n=800, k=50),
-                            db.load_table_ids(session=s, table_id=e.id, n=800, k=50), 7)
-        assert 7 in db.stored_ks(session=s, experiment_id=study["id"])
+        orig, enc = (db.load_table_ids(session=s, table_id=t.id, n=800, k=50) for t in (o, e))
+    body = api.get("/metrics/score_at_k", params={"k": "7,33"}).json()
     row = next(r for r in body["rows"] if r["model"] == "relu_mse" and r["distance"] == "l2")
-    assert row["values"]["7"] == want
+    assert row["values"]["7"] == pytest.approx(M.score_at_k(orig, enc, 7), abs=1e-15)
+    assert row["values"]["33"] == pytest.approx(M.score_at_k(orig, enc, 33), abs=1e-15)
+    by = api.get("/metrics/score_at_k/by_label", params={"k": 9}).json()
+    assert by["k"] == 9 and len(by["rows"][0]["by_label"]) == 10
+    with study["factory"]() as s:
+        assert s.query(db.MetricValue).count() == before
+
+
+def test_concurrent_first_reads_of_many_k_all_answer_from_stored_values(api, study):
+    """Sixteen clients at once, each asking for k values nobody asked for before: every one answers
+    200 at once, and neighbour reads meanwhile stay fast."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def metrics(i: int):
+        t0 = time.perf_counter()
+        r = api.get("/metrics/label_agreement", params={"k": f"{i + 1},{i + 17},{i + 30}"})
+        return r.status_code, time.perf_counter() - t0
+
+    def neighbours(i: int):
+        t0 = time.perf_counter()
+        r = api.get(f"/samples/{i}/neighbors", params={"k": 20})
+        return r.status_code, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(16) as pool:
+        m = list(pool.map(metrics, range(16)))
+        n = list(pool.map(neighbours, range(64)))
+    assert all(code == 200 for code, _ in m + n)
+    assert max(t for _, t in m) < 5 and sorted(t for _, t in n)[-2] < 2
+
+
+def test_an_experiment_stored_before_every_k_is_filled_by_a_worker_not_by_a_read(study, tmp_path):
+    """Only its config's ks stored (as before): a read of another k is 409, not computed; the sweeper
+    hands it to a worker, and the backfill stores every k (the same values as a fresh metrics stage)."""
+    from worker import pipeline
+
+    with study["factory"]() as s:
+        full = {(v.metric, v.space, v.distance, v.k, v.label): v.value
+                for v in db.load_metrics(session=s, experiment_id=study["id"])}
+        old = [{"metric": m, "space": sp, "distance": d, "k": k, "label": lab, "value": v}
+               for (m, sp, d, k, lab), v in full.items() if k in CFG.ks]
+    with db.transaction(study["factory"]) as s:
+        db.save_metrics(session=s, experiment_id=study["id"], values=old)
+        db.update_experiment(session=s, experiment_id=study["id"], metrics_all_k=False)
+    try:
+        api = client(study)
+        assert api.get("/metrics/score_at_k", params={"k": "5,10"}).status_code == 200
+        r = api.get("/metrics/score_at_k", params={"k": "7"})
+        assert r.status_code == 409 and "aeknn metrics --backfill" in r.json()["message"]
+        sent = []
+        pipeline.sweep(study["factory"], Settings(database_url=study["url"]), lambda *a: sent.append(a))
+        assert ("aeknn.backfill_metrics", study["id"]) in sent
+        pipeline.backfill(study["factory"], study["id"])  # what that task runs
+        assert api.get("/metrics/score_at_k", params={"k": "7"}).status_code == 200
+    finally:
+        from common.scoring import store_metrics
+
+        store_metrics(study["factory"], study["id"])
+    with study["factory"]() as s:
+        again = {(v.metric, v.space, v.distance, v.k, v.label): v.value
+                 for v in db.load_metrics(session=s, experiment_id=study["id"])}
+        assert again == full and db.get_experiment(session=s, experiment_id=study["id"]).metrics_all_k
 
 
 def test_csv_by_accept_header_or_format(api):
@@ -177,7 +240,7 @@ def test_sample_codes_image_and_plots(api, study, mnist):
     ("/metrics/score_at_k?k=0", 422, "k"),
     ("/metrics/score_at_k?k=abc", 422, "k"),
     ("/metrics/score_at_k?k=51", 422, "must each be in 1..50"),
-    ("/metrics/score_at_k/by_label?k=5", 422, "stored at k in [20]"),
+    ("/metrics/score_at_k/by_label?k=51", 422, "stores score@k by label at k in 1..50"),
     ("/experiments/1/plots/latent.png?model=vae", 422, "model"),
     ("/nowhere", 404, "Not Found"),
 ])
@@ -222,8 +285,11 @@ def test_submit_enqueues_once_per_idempotency_key(api, study, queue):
     again = api.post("/experiments", json={"limit": 1000, "epochs": 1}, headers={"Idempotency-Key": "abc-1"})
     assert again.status_code == 202 and again.json()["id"] == body["id"]
     assert queue.llen("control") == 1  # one job enqueued
-    other = api.post("/experiments", json={"limit": 1000, "epochs": 1})
+    same = api.post("/experiments", json={"limit": 1000, "epochs": 1})  # the same study, still pending
+    assert same.status_code == 202 and same.json()["id"] == body["id"] and queue.llen("control") == 1
+    other = api.post("/experiments", json={"limit": 1000, "epochs": 2})
     assert other.json()["id"] != body["id"] and queue.llen("control") == 2
+    api.post(f"/experiments/{other.json()['id']}/cancel")
     # a queued experiment has no tables yet: 409; it can be cancelled once
     assert api.get(f"/samples/1/neighbors?experiment={body['id']}").status_code == 409
     assert api.get(f"/metrics/score_at_k?experiment={body['id']}").status_code == 409
@@ -259,3 +325,182 @@ def test_web_process_never_imports_torch(study):
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- hardening (RELIABILITY.md 15-22)
+
+
+def test_a_password_in_the_broker_url_reaches_no_answer_and_no_log_line(study, caplog):
+    import logging
+
+    secret = "s3cret-Broker-PW"
+    caplog.set_level(logging.DEBUG)
+    c = TestClient(create_app_with(study, broker_url=f"redis://:{secret}@127.0.0.1:1/0"))
+    r = c.post("/experiments", json={"limit": 1000, "seed": 77})
+    assert r.status_code == 503 and "redis://:***@127.0.0.1:1/0 is unreachable" in r.json()["message"]
+    health = c.get("/health")
+    texts = [r.text, health.text, caplog.text, *(rec.getMessage() for rec in caplog.records)]
+    assert caplog.records and not [t for t in texts if secret in t]
+
+
+def create_app_with(study, **settings):
+    from api.main import create_app
+
+    return create_app(Settings(database_url=study["url"], broker_url=settings.pop("broker_url", REDIS_URL),
+                               **settings))
+
+
+def test_writes_need_the_api_key_and_reads_stay_open(study, queue):
+    c = TestClient(create_app_with(study, api_key="k-writes-123"))
+    r = c.post("/experiments", json={"limit": 1000, "seed": 5})
+    assert r.status_code == 401 and r.json()["code"] == "unauthorized" and r.headers["www-authenticate"]
+    assert c.post("/experiments", json={"limit": 1000, "seed": 5},
+                  headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.post(f"/experiments/{study['id']}/cancel").status_code == 401
+    assert queue.llen("control") == 0
+    ok = c.post("/experiments", json={"limit": 1000, "seed": 5}, headers={"Authorization": "Bearer k-writes-123"})
+    assert ok.status_code == 202
+    assert c.post(f"/experiments/{ok.json()['id']}/cancel",
+                  headers={"Authorization": "Bearer k-writes-123"}).json()["status"] == "cancelled"
+    assert c.get("/metrics/score_at_k").status_code == 200 and c.get("/samples/3/neighbors").status_code == 200
+
+
+def test_a_read_key_closes_reads_too(study):
+    c = TestClient(create_app_with(study, api_key="k-writes-123", read_key="k-reads-456"))
+    for path in ("/metrics/score_at_k", "/samples/3/neighbors", "/experiments", f"/experiments/{study['id']}/codes"):
+        assert c.get(path).status_code == 401, path
+        assert c.get(path, headers={"Authorization": "Bearer k-reads-456"}).status_code == 200, path
+        assert c.get(path, headers={"Authorization": "Bearer k-writes-123"}).status_code == 200, path
+    assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # the page itself loads
+    r = c.get("/samples/3/neighbors", headers={"Authorization": "Bearer k-reads-456"})
+    assert r.headers["cache-control"].startswith("private")
+
+
+def test_a_flood_of_submits_is_capped_and_the_rest_get_429(study, queue):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = TestClient(create_app_with(study, max_pending=3))
+    with study["factory"]() as s:
+        before = s.query(db.Experiment).count()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: c.post("/experiments", json={"limit": 1000, "seed": 100 + i}), range(30)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(202) == 3 and codes.count(429) == 27, codes
+    assert all(a.headers["retry-after"] == "30" and a.json()["code"] == "too_many" for a in answers
+               if a.status_code == 429)
+    with study["factory"]() as s:
+        pending = db.pending_experiments(session=s)
+        assert len(pending) == 3 and s.query(db.Experiment).count() == before + 3
+    assert queue.llen("control") == 3
+    for e in pending:
+        c.post(f"/experiments/{e.id}/cancel")
+
+
+def test_broker_down_with_one_key_many_clients_all_get_the_truth(study):
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = TestClient(create_app_with(study, broker_url=DOWN))
+    with study["factory"]() as s:
+        before = s.query(db.Experiment).count()
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: c.post("/experiments", json={"limit": 1000, "seed": 9},
+                                                 headers={"Idempotency-Key": "one-key"}), range(24)))
+    assert {a.status_code for a in answers} == {503}, [a.text for a in answers if a.status_code != 503]
+    with study["factory"]() as s:
+        assert s.query(db.Experiment).count() == before
+
+
+def test_a_key_reused_for_another_study_is_422(api, queue):
+    first = api.post("/experiments", json={"limit": 1000, "seed": 31}, headers={"Idempotency-Key": "k-31"})
+    assert first.status_code == 202
+    r = api.post("/experiments", json={"limit": 1000, "seed": 32}, headers={"Idempotency-Key": "k-31"})
+    assert r.status_code == 422 and "Idempotency-Key" in r.json()["message"] and "another study" in r.json()["message"]
+    assert queue.llen("control") == 1
+    api.post(f"/experiments/{first.json()['id']}/cancel")
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"k": 59999}, "k: Input should be less than or equal to 1000"),
+    ({"ks": list(range(1, 40))}, "ks: List should have at most 32 items"),
+    ({"lr": 1e308}, "lr: Input should be less than or equal to 10"),
+    ({"weight_decay": 5}, "weight_decay: Input should be less than or equal to 1"),
+    ({"epochs": True}, "epochs: Input should be a valid integer"),
+    ({"lr": True}, "lr: Input should be a valid number"),
+    ({"k": "20"}, "k: Input should be a valid integer"),
+])
+def test_absurd_sizes_are_refused_naming_the_field(api, queue, body, words):
+    r = api.post("/experiments", json=body)
+    assert r.status_code == 422 and words in r.json()["message"], r.text
+    assert queue.llen("control") == 0
+
+
+def test_a_chunked_body_over_the_limit_is_413(api, queue):
+    def chunks():
+        for _ in range(64):
+            yield b" " * 32768
+
+    r = api.post("/experiments", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "too_large"
+    small = api.post("/experiments", content=iter([b'{"limit": 1000, ', b'"seed": 44}']),
+                     headers={"content-type": "application/json"})
+    assert small.status_code == 202, small.text  # a chunked body within the limit goes through
+    api.post(f"/experiments/{small.json()['id']}/cancel")
+
+
+def test_codes_are_every_float32_exactly_in_its_shortest_form(api, study):
+    import json
+
+    with study["factory"]() as s:
+        stored = {m.name: db.model_codes(m) for m in db.list_models(session=s, experiment_id=study["id"])}
+    for model, want in stored.items():
+        r = api.get(f"/experiments/{study['id']}/codes", params={"model": model})
+        got = np.array(r.json()["codes"], dtype=np.float32)
+        np.testing.assert_array_equal(got, want)  # bit for bit, collapsed models too
+        text = json.loads(r.text, parse_float=str)["codes"]
+        assert all(len(t) <= len(str(np.float32(v))) for row, wrow in zip(text[:50], want[:50], strict=True)
+                   for t, v in zip(row, wrow, strict=True))
+
+
+def test_finished_answers_carry_an_etag_and_revalidate_to_304(api, study):
+    eid = study["id"]
+    for path in (f"/samples/3/neighbors?experiment={eid}", f"/metrics/score_at_k?experiment={eid}",
+                 f"/experiments/{eid}/codes.bin?model=relu_l1", f"/experiments/{eid}/plots/loss.png"):
+        r = api.get(path)
+        assert r.status_code == 200 and r.headers["etag"] and "immutable" in r.headers["cache-control"], path
+        again = api.get(path, headers={"If-None-Match": r.headers["etag"]})
+        assert again.status_code == 304 and again.content == b"", path
+    latest = api.get("/samples/3/neighbors")  # "the latest experiment" may change: revalidate each time
+    assert latest.headers["cache-control"].endswith("no-cache") and latest.headers["etag"]
+    csv_r = api.get(f"/metrics/score_at_k?experiment={eid}&format=csv")
+    assert csv_r.headers["etag"] != api.get(f"/metrics/score_at_k?experiment={eid}").headers["etag"]
+
+
+def test_a_plot_is_drawn_once_then_served_as_stored(api, study):
+    eid = study["id"]
+    first = api.get(f"/experiments/{eid}/plots/latent.png?model=relu_mse")
+    with study["factory"]() as s:
+        stored = db.get_plot(session=s, experiment_id=eid, name="latent", model="relu_mse")
+    assert stored == first.content and first.content[:4] == b"\x89PNG"
+    assert api.get(f"/experiments/{eid}/plots/latent.png?model=relu_mse").content == stored
+
+
+def test_a_failed_experiments_error_shows_no_sql():
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from worker.pipeline import describe_error
+
+    engine = create_engine("sqlite://")
+    with pytest.raises(OperationalError) as info, engine.connect() as c:
+        c.execute(text("SELECT secret_column FROM no_such_table WHERE id = :id"), {"id": 12345})
+    words = describe_error(info.value)
+    assert words == "OperationalError (OperationalError): no such table: no_such_table"
+    assert "SELECT" not in words and "12345" not in words
+
+
+def test_the_page_cookie_opens_reads_but_never_writes(study):
+    c = TestClient(create_app_with(study, api_key="k-writes-123", read_key="k-reads-456"))
+    c.cookies.set("aeknn_key", "k-reads-456")
+    assert c.get("/samples/3/image.png").status_code == 200  # an <img> sends the cookie, not a header
+    c.cookies.set("aeknn_key", "k-writes-123")
+    assert c.post("/experiments", json={"limit": 1000, "seed": 3}).status_code == 401  # writes: the header only

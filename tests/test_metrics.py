@@ -76,3 +76,46 @@ def test_r_nx_by_hand():
 def test_k_out_of_range_is_refused(k):
     with pytest.raises(ValueError, match="k must be in 1..3"):
         M.score_at_k(ORIG, ENC, k)
+
+
+def test_every_k_at_once_by_hand():
+    # ORIG/ENC above: shared neighbours per row at (p, q): row 0: 1@(0,1) 2@(1,0) 3@(2,2) -> max 1, 1, 2
+    # row 1: 0@(0,1) 2@(1,0) 3@(2,2); row 2: 3@(0,1) 0@(1,0) 1@(2,2); row 3: 2@(0,2) 1@(1,1) 0@(2,0)
+    # -> max ranks: rows 0-2: 1,1,2; row 3: 2,1,2. Sums at k=1: 0; k=2: 2+2+2+1 = 7; k=3: 12
+    assert M.overlap_sums(ORIG, ENC).tolist() == [[0, 7, 12]]
+    by = M.overlap_sums(ORIG, ENC, LABELS, 2)  # label 0: rows 0,1; label 1: rows 2,3
+    assert by.tolist() == [[0, 4, 6], [0, 3, 6]]
+    c = M.same_label_curves(ORIG, ENC, LABELS)
+    assert c["original_rate"].tolist() == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert c["encoded_rate"].tolist() == [0.0, 0.375, pytest.approx(1 / 3)]
+    assert c["change"].tolist() == [-1.0, -0.125, 0.0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_k_at_once_equals_each_k_alone(seed):
+    """On random tables with few labels (ties in every vote), blocks smaller than N: the curves are the
+    one-k functions at every k."""
+    rng = np.random.default_rng(seed)
+    n, k = 300, 40
+    orig = np.stack([rng.permutation(np.delete(np.arange(n), i))[:k] for i in range(n)])
+    # the encoded table shares part of each row, reordered
+    enc = np.stack([np.concatenate([rng.permutation(o[:k // 2]), rng.permutation(np.setdiff1d(
+        np.delete(np.arange(n), i), o))[:k - k // 2]]) for i, o in enumerate(orig)])
+    labels = rng.integers(0, 3, n).astype(np.uint8)
+    old = M.ROWS
+    M.ROWS = 37
+    try:
+        sums = M.overlap_sums(orig, enc)[0]
+        by = M.overlap_sums(orig, enc, labels, 3)
+        curves = M.same_label_curves(orig, enc, labels)
+        acc = M.knn_accuracy_curve(enc, labels)
+    finally:
+        M.ROWS = old
+    for kk in range(1, k + 1):
+        assert sums[kk - 1] / (n * kk) == pytest.approx(M.score_at_k(orig, enc, kk), abs=1e-15)
+        for lab, v in M.score_at_k_by_label(orig, enc, labels, kk).items():
+            assert by[lab, kk - 1] / (kk * (labels == lab).sum()) == pytest.approx(v, abs=1e-15)
+        la = M.label_agreement(orig, enc, labels, kk)
+        for key in ("original_rate", "encoded_rate", "change", "abs_change"):
+            assert curves[key][kk - 1] == pytest.approx(la[key], abs=1e-12)
+        assert acc[kk - 1] == M.knn_accuracy(enc, labels, kk)

@@ -16,7 +16,7 @@ from common import migrate
 from common import storage as db
 from tests.services import ROOT, ApiServer, fresh_database
 
-HEAD = "0002"  # this aeknn's newest revision: a new migration must change it here on purpose
+HEAD = "0003"  # this aeknn's newest revision: a new migration must change it here on purpose
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -38,20 +38,50 @@ def test_upgrade_builds_exactly_the_models_schema(empty):
     migrate.prepare(empty)  # at head: accepted
 
 
-def test_a_database_one_revision_behind_is_refused_then_upgraded_with_its_data(empty):
+def test_a_database_made_at_the_first_revision_is_upgraded_with_every_row_kept(empty):
+    """Rows in every table, as revision 0001 stored them (models, tables and metrics pointing at an
+    experiment): refused until upgraded, then every row is still there (a table copied by a migration
+    must not cascade deletes)."""
     migrate.upgrade(empty, "0001")
-    with empty.begin() as c:  # a table as 0001 stored it
-        c.execute(text("INSERT INTO datasets (id, name, n, labels, images) VALUES (1, 'mnist', 1, :b, :b)"),
-                  {"b": b"\x00"})
-        c.execute(text("INSERT INTO neighbor_tables (id, key, dataset_id, space, distance, k, n, chunk_size, "
-                       "complete) VALUES (1, 'original:dataset=1:l2:K=5', 1, 'original', 'l2', 5, 1, 1, true)"))
+    b = {"b": b"\x00"}
+    rows = [
+        ("INSERT INTO datasets (id, name, n, labels, images) VALUES (1, 'mnist', 1, :b, :b)", b),
+        ("INSERT INTO experiments (id, created_at, config, status, timings, attempts, dataset_id) "
+         "VALUES (1, '2026-11-27 10:00:00', '{}', 'succeeded', '{}', 1, 1)", {}),
+        ("INSERT INTO models (id, experiment_id, name, epochs_done, losses, codes) "
+         "VALUES (1, 1, 'relu_mse', 2, '[0.5, 0.4]', :b)", b),
+        ("INSERT INTO neighbor_tables (id, key, dataset_id, space, distance, k, n, chunk_size, complete) "
+         "VALUES (1, 'original:dataset=1:l2:K=5', 1, 'original', 'l2', 5, 1, 1, true)", {}),
+        ("INSERT INTO neighbor_tables (id, key, dataset_id, model_id, space, distance, k, n, chunk_size, complete) "
+         "VALUES (2, 'relu_mse:model=1:l2:K=5', 1, 1, 'relu_mse', 'l2', 5, 1, 1, true)", {}),
+        ("INSERT INTO neighbor_chunks (table_id, start, stop, done_at) VALUES (2, 0, 1, '2026-11-27 10:00:00')", {}),
+        ("INSERT INTO neighbor_rows (table_id, sample_id, ids, labels, distances) VALUES (2, 0, :b, :b, :b)", b),
+        ("INSERT INTO work_items (id, experiment_id, key, kind, state, attempts, enqueued_at) "
+         "VALUES (1, 1, '1:data::', 'data', 'done', 1, '2026-11-27 10:00:00')", {}),
+        ("INSERT INTO metric_values (id, experiment_id, metric, space, distance, k, label, value) "
+         "VALUES (1, 1, 'score_at_k', 'relu_mse', 'l2', 5, -1, 0.25)", {}),
+    ]
+    with empty.begin() as c:
+        for sql, params in rows:
+            c.execute(text(sql), params)
+    tables = ["datasets", "experiments", "models", "neighbor_tables", "neighbor_chunks", "neighbor_rows",
+              "work_items", "metric_values"]
+
+    def counts():
+        with empty.connect() as c:
+            return {t: c.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+
+    before = counts()
+    assert set(before.values()) == {1, 2} and before["neighbor_tables"] == 2
     with pytest.raises(migrate.SchemaError, match="run `aeknn db upgrade`"):
         migrate.prepare(empty)
     assert migrate.upgrade(empty) == HEAD
     migrate.prepare(empty)
+    assert counts() == before
     with empty.connect() as c:
-        row = c.execute(text("SELECT key, complete, path, compute_seconds FROM neighbor_tables")).one()
-    assert tuple(row) == ("original:dataset=1:l2:K=5", True, None, None)
+        row = c.execute(text("SELECT key, complete, path, compute_seconds FROM neighbor_tables WHERE id = 1")).one()
+        assert tuple(row) == ("original:dataset=1:l2:K=5", True, None, None)
+        assert c.execute(text("SELECT metrics_all_k FROM experiments")).scalar() in (False, 0)
 
 
 def test_first_use_of_an_empty_database_applies_the_migrations(empty):

@@ -428,3 +428,68 @@ def Checkpoint_epoch(m) -> int:  # noqa: N802
     from common.training import Checkpoint
 
     return Checkpoint.from_bytes(m.checkpoint).epoch
+
+
+def test_postgres_cut_again_and_again_delays_the_study_but_uses_no_attempts(stack, tmp_path_factory, data_dir):
+    """The workers' database connections dropped every 2 s for about 14 s, through training and the
+    chunks: the study finishes, equal to the in-process run, and no task spent an attempt on it."""
+    proxy = TcpProxy()
+    try:
+        stack.env.update({"AEKNN_DATABASE_URL": proxy.url("aeknn_workers"), "AEKNN_MEMORY_BUDGET": "1000000",
+                          "AEKNN_MAX_ATTEMPTS": "2"})
+        cfg = {"limit": 2000, "epochs": 8, "models": ["linear_mse", "relu_mse"], "distances": ["l2"]}
+        stack.worker("w1")
+        eid = stack.submit(**cfg)
+
+        def training():
+            with stack.factory() as s:
+                return any(m.epochs_done >= 1 for m in db.list_models(session=s, experiment_id=eid))
+
+        wait_for(training, 120, "training to start")
+        for _ in range(7):
+            proxy.cut(1.0)
+            time.sleep(2)
+        exp = stack.wait(eid, timeout=300)
+        assert exp.attempts == 1 and all(i.attempts == 1 for i in stack.items(eid)), \
+            [(i.key, i.attempts) for i in stack.items(eid)]
+        assert "Retry in" in stack.workers[0].text()
+        assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **cfg))
+    finally:
+        proxy.close()
+
+
+def test_a_whole_worker_lost_mid_training_and_mid_chunk_is_replaced_within_minutes(stack, tmp_path_factory,
+                                                                                     data_dir):
+    """A worker's main process, pool and beat all SIGKILLed (a lost machine), twice: once in training,
+    once among the chunks. Its messages stay unacknowledged in Redis (for the 4-hour visibility
+    timeout), but its items' heartbeats stop: the next worker's sweeper sends them again, and the study
+    ends equal to an uninterrupted run."""
+    cfg = {"limit": 3000, "epochs": 12, "models": ["linear_mse", "relu_mse"], "distances": ["l2"]}
+    stack.env.update({"AEKNN_LOST_AFTER": "6", "AEKNN_HEARTBEAT_EVERY": "1", "AEKNN_SWEEP_EVERY": "2",
+                      "AEKNN_MEMORY_BUDGET": "1000000"})
+    first = stack.worker("a", beat=True)
+    eid = stack.submit(**cfg)
+
+    def epochs() -> int:
+        with stack.factory() as s:
+            return min([m.epochs_done for m in db.list_models(session=s, experiment_id=eid)] or [0])
+
+    wait_for(lambda: 2 <= epochs() < 10, 120, "training to pass epoch 2")
+    first.stop()  # SIGKILL to the whole process group
+    t_lost = time.monotonic()
+    second = stack.worker("b", beat=True)
+
+    def code_chunks() -> bool:
+        with stack.factory() as s:
+            return s.scalar(select(func.count()).select_from(db.ChunkRow).join(
+                db.TableRow, db.TableRow.id == db.ChunkRow.table_id).where(db.TableRow.model_id.isnot(None))) >= 1
+
+    wait_for(code_chunks, 240, "the code tables to start")
+    resumed = time.monotonic() - t_lost
+    second.stop()
+    stack.worker("c", beat=True)
+    exp = stack.wait(eid, timeout=300)
+    (train,) = stack.items(eid, "train")
+    assert train.attempts == 2 and "looks lost" in second.text()
+    assert resumed < 240 and exp.attempts >= 2
+    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **cfg))

@@ -11,9 +11,11 @@ import logging
 
 from celery import Celery, signals
 
+from common import secrets
 from common.jobs import celery_config
 from common.settings import get_settings
 
+secrets.install(get_settings())  # no password in any log line of a worker
 app = Celery("aeknn", include=["worker.tasks"])
 app.conf.update(celery_config(get_settings()))
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +26,7 @@ from common import jobs
 from common import storage as db
 from common.config import StudyConfig
 from common.data import Dataset
+from common.secrets import scrub
 from common.settings import Settings
 from common.study import (
     Runtime,
@@ -107,10 +110,11 @@ def _ensure(factory: sessionmaker[Session], settings: Settings, experiment_id: i
                 return
             item_id = item.id
         else:
+            beat = item.heartbeat_at or item.started_at
             lost = (item.state == db.QUEUED
                     and now - item.enqueued_at > dt.timedelta(seconds=settings.stale_after)) or (
-                item.state == db.RUNNING and item.started_at is not None
-                and now - item.started_at > dt.timedelta(seconds=settings.visibility_timeout))
+                item.state == db.RUNNING and beat is not None
+                and now - beat > dt.timedelta(seconds=settings.lost_after))  # its worker died
             if item.state == db.DONE or not lost:
                 return
             log.warning("experiment %d: %s looks lost (%s since %s); sending it again",
@@ -127,7 +131,7 @@ def advance(factory: sessionmaker[Session], settings: Settings, experiment_id: i
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         if exp is None or exp.status in TERMINAL:
             return None if exp is None else exp.status
-        if exp.status == db.QUEUED:
+        if exp.status in (db.QUEUED, db.SUBMITTING):  # submitting: its first task was sent just now
             db.update_experiment(session=s, experiment_id=experiment_id, status=db.RUNNING,
                                  started_at=exp.started_at or db.utcnow())
     due, stage, finished = _due(factory, settings, exp)
@@ -146,12 +150,29 @@ def advance(factory: sessionmaker[Session], settings: Settings, experiment_id: i
 
 
 def sweep(factory: sessionmaker[Session], settings: Settings, send: Send) -> list[int]:
-    """Advance every queued or running experiment: whatever the broker lost is sent again."""
+    """Advance every queued or running experiment: whatever the broker lost is sent again. Experiments
+    stored before every k of their metrics was get a worker to fill them in."""
     with factory() as s:
-        ids = db.active_experiment_ids(session=s)
+        ids = db.active_experiment_ids(
+            session=s, submitting_before=db.utcnow() - dt.timedelta(seconds=settings.stale_after))
+        old = db.experiments_missing_k(session=s)
     for experiment_id in ids:
         advance(factory, settings, experiment_id, send)
+    for experiment_id in old:
+        send(jobs.BACKFILL, experiment_id)
     return ids
+
+
+def backfill(factory: sessionmaker[Session], experiment_id: int) -> None:
+    """Every k of one experiment's metrics, unless a repeated delivery already stored them."""
+    from common.scoring import store_metrics
+
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        if exp is None or exp.metrics_all_k or exp.status != db.SUCCEEDED:
+            return
+    log.info("experiment %d: storing its metrics at every k", experiment_id)
+    store_metrics(factory, experiment_id)
 
 
 # ---------------------------------------------------------------- running one unit of work
@@ -176,10 +197,57 @@ def check_live(factory: sessionmaker[Session], experiment_id: int) -> None:
         raise Cancelled(status)
 
 
+def describe_error(exc: BaseException) -> str:
+    """What failed, in words for a user: the driver's own error for a database failure, without the SQL
+    statement or its parameters (those go to the log), and without any secret."""
+    from sqlalchemy.exc import StatementError
+
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        orig = exc.orig
+        first = (str(orig).strip().splitlines() or [""])[0]
+        text = f"{type(exc).__name__} ({type(orig).__name__}): {first}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return scrub(text)[:500]
+
+
+class _Heartbeat:
+    """Writes the item's heartbeat every few seconds while its body runs (a daemon thread), so that the
+    sweeper can tell a lost worker (no heartbeat) from a long task."""
+
+    def __init__(self, factory: sessionmaker[Session], item_id: int, every: float) -> None:
+        self.factory, self.item_id, self.every = factory, item_id, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{item_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                with db.transaction(self.factory) as s:
+                    s.execute(update(db.WorkItem).where(db.WorkItem.id == self.item_id,
+                                                        db.WorkItem.state == db.RUNNING)
+                              .values(heartbeat_at=db.utcnow()))
+            except Exception as exc:  # noqa: BLE001 - the database may be down for a moment: try again later
+                log.debug("heartbeat of item %d not written: %s", self.item_id, exc)
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 def run_item(factory: sessionmaker[Session], settings: Settings, item_id: int,
              body: Callable[[db.WorkItem], None], *, worker: str | None = None,
-             transient: tuple[type[BaseException], ...] = ()) -> int | None:
-    """Claim and run one unit of work; returns its experiment id (for the next advance) or None."""
+             transient: tuple[type[BaseException], ...] = (), retrying: bool = False) -> int | None:
+    """Claim and run one unit of work; returns its experiment id (for the next advance) or None.
+
+    ``max_attempts`` bounds the deliveries that died (a lost worker) or failed by themselves; a
+    delivery that retries after a transient error (``retrying``: the database or the broker went away
+    for a moment) is not one of them. Transient errors propagate to the task, which retries them with
+    backoff within ``retry_budget`` (worker/tasks.py)."""
     worker = worker or socket.gethostname()
     with db.transaction(factory) as s:
         item = s.get(db.WorkItem, item_id, with_for_update=True)
@@ -189,18 +257,22 @@ def run_item(factory: sessionmaker[Session], settings: Settings, item_id: int,
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         if item.state in (db.DONE, db.FAILED) or exp.status in TERMINAL:
             return None  # a repeated delivery, or the experiment stopped: nothing to do
-        item.attempts += 1
+        if not retrying or item.attempts == 0:
+            item.attempts += 1
         attempts = item.attempts
-        item.state, item.started_at, item.worker = db.RUNNING, db.utcnow(), worker
+        now = db.utcnow()
+        item.state, item.started_at, item.heartbeat_at, item.worker = db.RUNNING, now, now, worker
         db.update_experiment(session=s, experiment_id=experiment_id, attempts=max(exp.attempts, attempts))
     if attempts > settings.max_attempts:
         _fail(factory, experiment_id, item_id,
               f"{item.key}: gave up after {settings.max_attempts} attempts (the worker was lost each time; "
               f"last error: {item.error or 'none recorded'})")
         return None
-    log.info("experiment %d: %s (attempt %d) on %s", experiment_id, item.key, attempts, worker)
+    log.info("experiment %d: %s (attempt %d%s) on %s", experiment_id, item.key, attempts,
+             ", retrying after a transient error" if retrying else "", worker)
     try:
-        body(item)
+        with _Heartbeat(factory, item_id, settings.heartbeat_every):
+            body(item)
     except Cancelled:
         log.info("experiment %d: stopped: %s", experiment_id, item.key)
         return None
@@ -208,17 +280,33 @@ def run_item(factory: sessionmaker[Session], settings: Settings, item_id: int,
         try:  # best effort: the database may be what is down
             with db.transaction(factory) as s:
                 it = s.get(db.WorkItem, item_id)
-                it.state, it.error = db.QUEUED, f"retrying after {type(exc).__name__}: {exc}"[:2000]
+                it.state, it.error = db.QUEUED, f"retrying after {describe_error(exc)}"
         except Exception:  # noqa: BLE001 - the retry below is what matters
             pass
         raise
     except Exception as exc:  # a real failure: the experiment fails with the reason, no retry loop
-        _fail(factory, experiment_id, item_id, f"{item.kind}: {type(exc).__name__}: {exc}")
+        log.exception("experiment %d: %s failed", experiment_id, item.key)
+        _fail(factory, experiment_id, item_id, f"{item.kind}: {describe_error(exc)}")
         return None
     with db.transaction(factory) as s:
         it = s.get(db.WorkItem, item_id)
         it.state, it.finished_at, it.error = db.DONE, db.utcnow(), None
     return experiment_id
+
+
+def give_up(factory: sessionmaker[Session], item_id: int, exc: BaseException, seconds: float) -> None:
+    """A transient error outlasted the retry budget: the experiment fails, naming the cause (best effort:
+    with the database still down, the sweeper sends the item again once it is back)."""
+    reason = (f"gave up after {seconds:.0f} s of transient errors (AEKNN_RETRY_BUDGET): "
+              f"{describe_error(exc)}")
+    try:
+        with factory() as s:
+            item = s.get(db.WorkItem, item_id)
+            experiment_id = None if item is None else item.experiment_id
+        if experiment_id is not None:
+            _fail(factory, experiment_id, item_id, f"{item.kind}: {reason}")
+    except Exception as again:  # noqa: BLE001
+        log.error("item %d: %s (not recorded: %s)", item_id, reason, describe_error(again))
 
 
 # ---------------------------------------------------------------- the bodies

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 
-from api.deps import ExperimentDep, FactoryDep, SessionDep, SettingsDep
-from api.errors import ERROR_RESPONSES, AppError, conflict, not_found
+from api.deps import ExperimentDep, FactoryDep, SessionDep, SettingsDep, require_read, require_write
+from api.errors import ERROR_RESPONSES, AppError, conflict, invalid, not_found
 from api.schemas import ExperimentCreate, ExperimentPage, ExperimentPublic, ExperimentSummary
 from common import experiments, jobs
 from common import storage as db
 
-router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES,
+                   dependencies=[Depends(require_read)])
 ERRORS = {404: {"model": None}, 409: {"model": None}, 422: {"model": None}}
 
 
@@ -30,15 +31,20 @@ def public(session, experiment_id: int) -> ExperimentPublic:
     return ExperimentPublic(**info, links=links(experiment_id))
 
 
-@router.post("", status_code=202, response_model=ExperimentPublic,
-             responses={})
+@router.post("", status_code=202, response_model=ExperimentPublic, dependencies=[Depends(require_write)])
 def create_experiment(body: ExperimentCreate, factory: FactoryDep, settings: SettingsDep,
                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> ExperimentPublic:
-    """Queue a study; it runs on the workers. Repeating an Idempotency-Key returns the same experiment."""
+    """Queue a study; it runs on the workers. 202 means it exists and its work is queued. Repeating an
+    Idempotency-Key (or a study already pending) returns the same experiment; past AEKNN_MAX_PENDING
+    pending experiments, 429 with Retry-After."""
     try:
         experiment_id = experiments.submit(factory, settings, body, idempotency_key=idempotency_key)
     except jobs.BrokerUnavailable as exc:
         raise AppError("unavailable", f"not submitted: {exc}") from None
+    except experiments.TooManyPending as exc:
+        raise AppError("too_many", str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except experiments.KeyReused as exc:
+        raise invalid(f"Idempotency-Key: {exc}") from None
     with factory() as s:
         return public(s, experiment_id)
 
@@ -59,7 +65,7 @@ def get_experiment(exp: ExperimentDep, session: SessionDep) -> ExperimentPublic:
     return public(session, exp.id)
 
 
-@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic)
+@router.post("/{experiment_id}/cancel", response_model=ExperimentPublic, dependencies=[Depends(require_write)])
 def cancel_experiment(exp: ExperimentDep, factory: FactoryDep) -> ExperimentPublic:
     """Stop a queued or running experiment within one task."""
     status = experiments.cancel(factory, exp.id)

@@ -1,40 +1,25 @@
-"""The study's plots as PNG (matplotlib) and the data behind them as JSON."""
+"""The study's plots as PNG and the data behind them as JSON. A finished experiment's plots are drawn
+once and stored; its answers carry an ETag and Cache-Control (api/cache.py)."""
 
 from __future__ import annotations
 
-import io
+import json
 
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from api import data
-from api.deps import ExperimentDep, SessionDep
+from api import cache, data
+from api.deps import ExperimentDep, FactoryDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES, conflict
 from api.schemas import CodesOut, LossOut
+from common import plots
 from common import storage as db
 from common.config import ModelName
 from common.names import MODEL_NAMES
 
-router = APIRouter(prefix="/experiments/{experiment_id}", tags=["plots"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/experiments/{experiment_id}", tags=["plots"], responses=ERROR_RESPONSES,
+                   dependencies=[Depends(require_read)])
 PNG = {200: {"content": {"image/png": {}}}}
-
-
-def _png(fig) -> Response:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return Response(buf.getvalue(), media_type="image/png")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _models(session, exp: db.Experiment, model: ModelName | None) -> list[db.ModelRow]:
@@ -46,6 +31,31 @@ def _models(session, exp: db.Experiment, model: ModelName | None) -> list[db.Mod
     return sorted(rows, key=lambda m: MODEL_NAMES.index(m.name))
 
 
+def _finished(request: Request, exp: db.Experiment, make) -> Response:
+    """A finished experiment's answer is immutable (ETag, Cache-Control); a running one's is not kept."""
+    if exp.status != db.SUCCEEDED:
+        response = make()
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    return cache.immutable(request, exp.id, True, make)
+
+
+def _plot(request: Request, exp: db.Experiment, factory, name: str, model: str, draw) -> Response:
+    """The stored PNG of a finished experiment (drawn and stored on first use); a running one's, drawn."""
+    def make() -> Response:
+        if exp.status != db.SUCCEEDED:
+            return Response(draw(), media_type="image/png")
+        with factory() as s:
+            png = db.get_plot(session=s, experiment_id=exp.id, name=name, model=model)
+        if png is None:
+            png = draw()
+            with db.transaction(factory) as s:
+                db.save_plot(session=s, experiment_id=exp.id, name=name, model=model, png=png)
+        return Response(png, media_type="image/png")
+
+    return _finished(request, exp, make)
+
+
 @router.get("/loss", response_model=LossOut)
 def loss(exp: ExperimentDep, session: SessionDep) -> LossOut:
     """The mean loss of every finished epoch, per model (grows while training runs)."""
@@ -53,75 +63,77 @@ def loss(exp: ExperimentDep, session: SessionDep) -> LossOut:
                                               for m in db.list_models(session=session, experiment_id=exp.id)})
 
 
+def _shortest(codes: np.ndarray) -> list[list[float]]:
+    """Each float32 as the shortest decimal that reads back as the same float32 (exact, and short)."""
+    return [[float(str(a)), float(str(b))] for a, b in codes.astype(np.float32)]
+
+
 @router.get("/codes", response_model=CodesOut)
-def codes(exp: ExperimentDep, session: SessionDep, model: ModelName = ModelName.relu_mse) -> CodesOut:
-    """Every sample's id, label and 2-D code under one model (for a scatter)."""
+def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelName = ModelName.relu_mse):
+    """Every sample's id, label and 2-D code under one model, each code exactly its float32."""
     row = data.model_row(session, exp, model.value)
-    c = db.model_codes(row)
-    labels = data.labels(session, exp.dataset_id)
-    return CodesOut(experiment=exp.id, model=model.value, ids=list(range(len(c))), labels=labels.tolist(),
-                    codes=np.round(c.astype(np.float64), 6).tolist())
+
+    def make() -> Response:
+        c = db.model_codes(row)
+        body = {"experiment": exp.id, "model": model.value, "ids": list(range(len(c))),
+                "labels": data.labels(session, exp.dataset_id).tolist(), "codes": _shortest(c)}
+        return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+
+    return _finished(request, exp, make)
 
 
 @router.get("/codes.bin", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def codes_bin(exp: ExperimentDep, session: SessionDep, model: ModelName = ModelName.relu_mse) -> Response:
+def codes_bin(request: Request, exp: ExperimentDep, session: SessionDep,
+              model: ModelName = ModelName.relu_mse) -> Response:
     """The same as /codes, packed for the web page's map: N x 2 float32 codes (little-endian, row-major),
     then N uint8 labels. Sample i is row i. N is in the X-Count header."""
     row = data.model_row(session, exp, model.value)
-    c = np.ascontiguousarray(db.model_codes(row), dtype="<f4")
-    labels = data.labels(session, exp.dataset_id)
-    return Response(c.tobytes() + labels.astype(np.uint8).tobytes(), media_type="application/octet-stream",
-                    headers={"X-Count": str(len(c)), "Cache-Control": "private, max-age=3600"})
+
+    def make() -> Response:
+        c = np.ascontiguousarray(db.model_codes(row), dtype="<f4")
+        labels = data.labels(session, exp.dataset_id)
+        return Response(c.tobytes() + labels.astype(np.uint8).tobytes(), media_type="application/octet-stream",
+                        headers={"X-Count": str(len(c))})
+
+    return _finished(request, exp, make)
 
 
 @router.get("/plots/loss.png", response_class=Response, responses=PNG)
-def loss_png(exp: ExperimentDep, session: SessionDep) -> Response:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: MODEL_NAMES.index(m.name)):
-        ax.plot(range(1, len(m.losses or []) + 1), m.losses or [], label=m.name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean training loss")
-    ax.set_title(f"experiment {exp.id}: training loss")
-    ax.legend()
-    return _png(fig)
+def loss_png(request: Request, exp: ExperimentDep, session: SessionDep, factory: FactoryDep) -> Response:
+    """The training loss per epoch: one panel per loss (L1, MSE), one curve per model."""
+    def draw() -> bytes:
+        rows = sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: MODEL_NAMES.index(m.name))
+        return plots.loss(exp.id, {m.name: list(m.losses or []) for m in rows})
+
+    return _plot(request, exp, factory, "loss", "", draw)
 
 
 @router.get("/plots/latent.png", response_class=Response, responses=PNG)
-def latent_png(exp: ExperimentDep, session: SessionDep, model: ModelName | None = None) -> Response:
+def latent_png(request: Request, exp: ExperimentDep, session: SessionDep, factory: FactoryDep,
+               model: ModelName | None = None) -> Response:
     """The 2-D codes of all samples coloured by label (one panel per model, or the one asked for)."""
-    plt = _pyplot()
     rows = _models(session, exp, model)
-    labels = data.labels(session, exp.dataset_id)
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4.5), squeeze=False)
-    for ax, m in zip(axes[0], rows, strict=True):
-        c = db.model_codes(m)
-        sc = ax.scatter(c[:, 0], c[:, 1], c=labels, cmap="tab10", s=0.5, vmin=-0.5, vmax=9.5, rasterized=True)
-        ax.set_title(m.name)
-    fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(10), label="label")
-    return _png(fig)
+
+    def draw() -> bytes:
+        return plots.latent([(m.name, db.model_codes(m)) for m in rows], data.labels(session, exp.dataset_id))
+
+    return _plot(request, exp, factory, "latent", model.value if model else "", draw)
 
 
 @router.get("/plots/reconstructions.png", response_class=Response, responses=PNG)
-def reconstructions_png(exp: ExperimentDep, session: SessionDep, model: ModelName | None = None) -> Response:
+def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDep, factory: FactoryDep,
+                        model: ModelName | None = None) -> Response:
     """Originals (top row) and each model's reconstructions at epoch 90 (or the last)."""
-    plt = _pyplot()
     rows = [m for m in _models(session, exp, model) if m.reconstructions is not None]
     if not rows:
         raise conflict(f"experiment {exp.id} has no reconstructions yet")
-    ids = rows[0].recon_ids
-    originals = data.images(session, exp.dataset_id)[ids].astype(np.float32) / 255 * 2 - 1
-    fig, axes = plt.subplots(len(rows) + 1, len(ids), figsize=(len(ids) * 0.9, (len(rows) + 1) * 1.0),
-                             squeeze=False)
-    grids = [("original", originals)] + [
-        (f"{m.name} (epoch {m.recon_epoch})", np.frombuffer(m.reconstructions, "<f4").reshape(len(ids), -1))
-        for m in rows]
-    for r, (title, imgs) in enumerate(grids):
-        for c in range(len(ids)):
-            ax = axes[r][c]
-            ax.imshow(imgs[c].reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r][0].set_ylabel(title, rotation=0, ha="right", fontsize=7)
-    return _png(fig)
+
+    def draw() -> bytes:
+        ids = rows[0].recon_ids
+        originals = data.images(session, exp.dataset_id)[ids].astype(np.float32) / 255 * 2 - 1
+        return plots.reconstructions([("original", originals)] + [
+            (f"{m.name} (epoch {m.recon_epoch})", np.frombuffer(m.reconstructions, "<f4").reshape(len(ids), -1))
+            for m in rows])
+
+    return _plot(request, exp, factory, "reconstructions", model.value if model else "", draw)

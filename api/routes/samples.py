@@ -6,21 +6,22 @@ import io
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api import data, lookup
-from api.deps import ReadFactoryDep, SessionDep, finished_experiment
+from api import cache, data, lookup
+from api.deps import ReadFactoryDep, SessionDep, finished_experiment, require_read
 from api.errors import ERROR_RESPONSES, conflict, invalid
 from api.schemas import NeighborsOut, SampleOut
 from common import storage as db
 from common.config import Distance, ModelName, Space
 
-router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES,
+                   dependencies=[Depends(require_read)])
 ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest succeeded experiment")]
 
 
 @router.get("/{sample_id}/neighbors", response_model=NeighborsOut)
-async def neighbors(sample_id: int, factory: ReadFactoryDep, space: Space = Space.encoded,
+async def neighbors(request: Request, sample_id: int, factory: ReadFactoryDep, space: Space = Space.encoded,
               model: ModelName = ModelName.relu_mse, distance: Distance = Distance.l2,
               k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
               experiment: ExperimentQ = None) -> Response:
@@ -30,12 +31,13 @@ async def neighbors(sample_id: int, factory: ReadFactoryDep, space: Space = Spac
     primary-key read (sub-millisecond, so it runs on the event loop instead of hopping to a thread),
     and the JSON is written directly (same shape as NeighborsOut)."""
     with factory() as session:
-        return _neighbors(session, sample_id, space, model, distance, k, experiment)
+        exp = lookup.finished(session, experiment)
+        return cache.immutable(request, exp.id, experiment is not None,
+                               lambda: _neighbors(session, exp, sample_id, space, model, distance, k))
 
 
-def _neighbors(session, sample_id: int, space: Space, model: ModelName, distance: Distance, k: int,
-               experiment: int | None) -> Response:
-    exp = lookup.finished(session, experiment)
+def _neighbors(session, exp: lookup.Finished, sample_id: int, space: Space, model: ModelName, distance: Distance,
+               k: int) -> Response:
     data.check_sample_id(exp.id, exp.n, sample_id)
     name = db.ORIGINAL if space == Space.original else model.value
     if space == Space.encoded:

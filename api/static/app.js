@@ -17,7 +17,8 @@ window.aeknn = app;
 // ------------------------------------------------------------------ helpers
 
 async function api(path, kind = "json") {
-  const r = await fetch(path);
+  let r = await fetch(path);
+  if (r.status === 401 && askForKey()) r = await fetch(path);  // a server with AEKNN_READ_KEY set
   if (!r.ok) {
     let msg = `${r.status} ${r.statusText}`;
     try { msg = (await r.json()).message || msg; } catch (e) { /* not JSON */ }
@@ -26,6 +27,15 @@ async function api(path, kind = "json") {
     throw err;
   }
   return kind === "json" ? r.json() : r.arrayBuffer();
+}
+
+// A key, asked for once when the server answers 401, kept in a same-site cookie for this tab's session
+// (a cookie, so that the digits' <img> requests carry it too).
+function askForKey() {
+  const key = window.prompt("This aeknn server needs a key (AEKNN_READ_KEY or AEKNN_API_KEY):");
+  if (!key) return false;
+  document.cookie = `aeknn_key=${encodeURIComponent(key.trim())}; path=/; SameSite=Strict`;
+  return true;
 }
 
 function say(text) {

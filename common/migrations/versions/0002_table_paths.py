@@ -16,15 +16,13 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    with op.batch_alter_table('neighbor_tables') as batch:
-        batch.add_column(sa.Column('path', sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column('compute_seconds', sa.Float(), nullable=True))
-        batch.add_column(sa.Column('work', sa.Float(), nullable=True))
-    with op.batch_alter_table('neighbor_chunks') as batch:
-        batch.add_column(sa.Column('path', sa.String(length=32), nullable=True))
-        batch.add_column(sa.Column('seconds', sa.Float(), nullable=True))
-        batch.add_column(sa.Column('work', sa.Float(), nullable=True))
+def upgrade() -> None:  # plain ADD COLUMN: SQLite does it in place, no table is copied
+    op.add_column('neighbor_tables', sa.Column('path', sa.String(length=64), nullable=True))
+    op.add_column('neighbor_tables', sa.Column('compute_seconds', sa.Float(), nullable=True))
+    op.add_column('neighbor_tables', sa.Column('work', sa.Float(), nullable=True))
+    op.add_column('neighbor_chunks', sa.Column('path', sa.String(length=32), nullable=True))
+    op.add_column('neighbor_chunks', sa.Column('seconds', sa.Float(), nullable=True))
+    op.add_column('neighbor_chunks', sa.Column('work', sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
