@@ -90,24 +90,25 @@ def overlap_sums(orig: np.ndarray, enc: np.ndarray, groups: np.ndarray | None = 
     """S[g, k-1] = sum over the rows i of group g of |nbr_k^orig(i) ∩ nbr_k^enc(i)|, for k = 1..K.
 
     A neighbour at rank p in one table and q in the other is shared by every k > max(p, q): the sums
-    are a cumulative count of max(p, q) over the shared neighbours. Rows sorted by id meet in one
-    searchsorted over row-offset keys (ids < N, so row * N + id orders row by row)."""
+    are a cumulative count of max(p, q) over the shared neighbours. Each row's two lists go into one
+    sorted row of keys (id, table, rank), so a shared id is two neighbouring keys; small keys (int32)
+    make that sort fast."""
     n, k = orig.shape
     _check_k(enc, k)
     groups = np.zeros(n, np.int64) if groups is None else groups.astype(np.int64)
+    bits = max(1, int(k - 1).bit_length())  # the rank's bits; one more tells the tables apart
+    top = max(int(orig.max(initial=0)), int(enc.max(initial=0))) + 1
+    dtype = np.int32 if top < 2 ** (30 - bits) else np.int64
+    rank = np.arange(k, dtype=dtype)
+    mask = (1 << bits) - 1
     hist = np.zeros(n_groups * k, np.int64)
-    width = max(int(orig.max(initial=0)), int(enc.max(initial=0))) + 1
     for r0 in range(0, n, ROWS):
-        o, e = orig[r0:r0 + ROWS].astype(np.int64), enc[r0:r0 + ROWS].astype(np.int64)
-        po, pe = np.argsort(o, axis=1, kind="stable"), np.argsort(e, axis=1, kind="stable")
-        off = np.arange(len(o), dtype=np.int64)[:, None] * width
-        ko = (np.take_along_axis(o, po, 1) + off).ravel()
-        ke = (np.take_along_axis(e, pe, 1) + off).ravel()
-        j = np.minimum(np.searchsorted(ko, ke), len(ko) - 1)
-        hit = np.flatnonzero(ko[j] == ke)
-        rank = np.maximum(po.ravel()[j[hit]], pe.ravel()[hit])
-        g = groups[r0:r0 + ROWS][hit // k]
-        hist += np.bincount(g * k + rank, minlength=n_groups * k)
+        o, e = orig[r0:r0 + ROWS].astype(dtype), enc[r0:r0 + ROWS].astype(dtype)
+        both = np.concatenate([(o << (bits + 1)) | rank, (e << (bits + 1)) | (1 << bits) | rank], axis=1)
+        both.sort(axis=1)
+        rows, cols = np.nonzero((both[:, 1:] >> (bits + 1)) == (both[:, :-1] >> (bits + 1)))
+        shared = np.maximum(both[rows, cols] & mask, both[rows, cols + 1] & mask).astype(np.int64)
+        hist += np.bincount(groups[r0:r0 + ROWS][rows] * k + shared, minlength=n_groups * k)
     return np.cumsum(hist.reshape(n_groups, k), axis=1)
 
 
@@ -132,20 +133,21 @@ def same_label_curves(orig: np.ndarray, enc: np.ndarray | None, labels: np.ndarr
 
 
 def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """kNN accuracy@k for k = 1..K, (K,) float: the vote of :func:`knn_predict` grown one rank at a time."""
+    """kNN accuracy@k for k = 1..K, (K,) float: the vote of :func:`knn_predict` grown one rank at a time.
+
+    The score of a label is its votes * (K + 1) minus the rank it was first met at, so the highest
+    score is the majority with ties to the nearest; one rank adds one vote (and a first rank) per row."""
     n, k = table.shape
     n_classes = int(labels.max()) + 1
     right = np.zeros(k, np.int64)
     for r0 in range(0, n, ROWS):
         nl = labels[table[r0:r0 + ROWS]].astype(np.int64)  # (rows, K)
-        m = len(nl)
-        rows = np.arange(m)
-        counts = np.zeros((m, n_classes), np.int64)
-        first = np.full((m, n_classes), k, np.int64)
+        rows = np.arange(len(nl))
+        score = np.full((len(nl), n_classes), -k, np.int64)  # no vote yet, met "at rank K"
         truth = labels[r0:r0 + ROWS]
         for r in range(k):
             c = nl[:, r]
-            counts[rows, c] += 1
-            first[rows, c] = np.minimum(first[rows, c], r)
-            right[r] += int(((counts * (k + 1) - first).argmax(axis=1) == truth).sum())
+            new = score[rows, c] < 0
+            score[rows, c] += (k + 1) + np.where(new, k - r, 0)  # a first vote also sets the first rank to r
+            right[r] += int((score.argmax(axis=1) == truth).sum())
     return right / n
