@@ -9,6 +9,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api import deps, errors
 from api.routes import experiments, health, metrics, page, plots, samples
@@ -34,7 +35,9 @@ async def lifespan(app: FastAPI):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="aeknn", version="0.1.0",
+    # the docs pages (/docs, /redoc) load Swagger UI and ReDoc from this package, not from a CDN: they work
+    # on a machine without internet
+    app = FastAPIOffline(title="aeknn", version="0.1.0",
                   description="When an autoencoder compresses MNIST to 2-D, which neighbourhoods survive? "
                               "Exact neighbour tables and metric tables, stored and served.",
                   lifespan=lifespan)

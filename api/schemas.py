@@ -70,6 +70,8 @@ class ExperimentSummary(BaseModel):
     status: str
     stage: str | None
     created_at: UTCDatetime
+    started_at: UTCDatetime | None
+    finished_at: UTCDatetime | None
     config: dict[str, Any]
     links: dict[str, str]
 

@@ -60,7 +60,7 @@ def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int,
     base = _rss_mb()
     n = len(x)
     # float L1 over 784 dims (the peers, and our own torch path): minutes, so timed on the first rows
-    slow = tool in ("faiss", "sklearn", "ours:torch") and space == "pixels" and distance == "l1"
+    slow = tool in ("faiss", "sklearn", "ours:torch", "ours:sad-portable") and space == "pixels" and distance == "l1"
     q = min(rows, n) if slow else n
     t0 = time.perf_counter()
     if tool.startswith("ours"):  # "ours": the path chosen by speed; "ours:f32": that path, forced

@@ -109,10 +109,20 @@ def test_tables_show_the_apis_values(page, server):
         assert abs(float(c["text"]) - api[key]) <= 0.5e-4 + 1e-12, (key, c["text"])
         seen.add(key)
     assert seen == set(api)  # every value of the API is on the page, nothing else
-    # the best model per column is marked: score@k at k=20, L2
+    # the best model per column is marked: score@k at k=20 (ties at the shown precision both marked)
     best = page.eval_on_selector_all("#t-score_at_k td.best[data-k='20']", "tds => tds.map(t => t.dataset.value)")
     top = max(v for (m, s, d, k), v in api.items() if m == "score_at_k" and k == "20")
-    assert best and all(float(b) == top for b in best)
+    assert best and all(round(float(b), 4) == round(top, 4) for b in best)
+    # ... and never the pixel-space baseline row
+    assert not page.query_selector_all("#t-knn_accuracy td.best[data-space='original']")
+    assert not page.query_selector_all("#t-same_label_rate td.best[data-space='original']")
+    assert page.query_selector_all("#t-knn_accuracy td.best")
+    # a table sorts by a clicked heading, and exports as CSV with the API's values
+    page.click("#t-score_at_k th[data-col='4']")  # k=20, descending
+    order = page.eval_on_selector_all("#t-score_at_k td[data-k='20']", "tds => tds.map(t => +t.dataset.value)")
+    assert order == sorted(order, reverse=True)
+    csv_text = page.evaluate("aeknn.csvOf('t-score_at_k')")
+    assert csv_text.splitlines()[0] == "model,distance,k=5,k=10,k=20" and str(top) in csv_text
 
 
 def test_clicking_a_point_shows_its_neighbours(page, server, tmp_path):
@@ -169,15 +179,82 @@ def test_typed_id_and_a_deep_link_restore_the_same_view(page, browser, server, t
     other.context.close()
 
 
-def test_bad_input_on_the_page_names_the_problem(page, server):
+def test_bad_input_on_the_page_is_named_next_to_its_control(page, server):
     open_page(page, server["url"] + "/")
     page.fill("#sample-id", "800")
     page.press("#sample-id", "Enter")
-    assert "between 0 and 799" in page.inner_text("#message")
+    assert "between 0 and 799" in page.inner_text("#msg-sample")
     page.fill("#ks", "0")
     page.click("#ks-apply")
-    page.wait_for_function("document.getElementById('message').textContent.includes('k:')")
+    page.wait_for_function("document.getElementById('msg-ks').textContent.includes('k:')")
+    page.fill("#ks", "5,abc")
+    page.click("#ks-apply")
+    assert "is not a comma list of whole numbers" in page.inner_text("#msg-ks")
+    assert "^" not in page.inner_text("#msg-ks")  # a sentence, not a regex
     assert page.query_selector_all("#tables td[data-metric]")  # the last good tables stay
+    page.fill("#ks", "3,15,30")
+    page.click("#ks-apply")
+    page.wait_for_selector("#t-score_at_k td[data-k='30']")
+    assert parse_qs(urlparse(page.url).query)["ks"] == ["3,15,30"]  # the k columns go in the URL
+
+
+@pytest.mark.parametrize("query, words", [
+    ("model=relu_msee", "model=relu_msee is not a model of experiment"),
+    ("k=500", "k=500 is outside 1..50"),
+    ("experiment=99", "experiment=99 does not exist"),
+    ("sample=5000", "sample=5000 is outside 0..799"),
+    ("ks=5,abc", "ks=5,abc is not a comma list"),
+])
+def test_an_invalid_deep_link_is_named_and_the_link_kept(page, server, query, words):
+    page.goto(f"{server['url']}/?{query}")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert words in page.inner_text("#message") and page.is_visible("#message")
+    assert urlparse(page.url).query == query  # the link the user followed is not rewritten
+
+
+def test_findings_charts_and_where_pixel_neighbours_landed(page, server, tmp_path):
+    open_page(page, server["url"] + "/?k=50")
+    page.wait_for_selector("#findings[data-ready='1']")
+    findings = page.inner_text("#findings")
+    score = httpx.get(server["url"] + "/metrics/score_at_k", params={"k": "10"}).json()
+    best = max((r for r in score["rows"] if r["distance"] == "l2"), key=lambda r: r["values"]["10"])
+    assert f"{best['model']} keeps the most" in findings and f"{100 * best['values']['10']:.1f} %" in findings
+    assert "5-nearest-neighbour vote" in findings
+    page.wait_for_selector("#charts[data-ready='1']")
+    assert page.get_attribute("#charts", "data-points") == "50"  # score@k and R_NX at every k = 1..K
+    assert "Pick a sample" in page.inner_text("#selected")  # the landing view says what to do
+    page.fill("#sample-id", "42")
+    page.press("#sample-id", "Enter")
+    wait_sample(page, 42)
+    # the map marks where the pixel-space neighbours landed in the code space, with their rank on hover
+    pixel = page.evaluate("aeknn.nbrs.original.map(n => n.id)")
+    assert pixel == [i for i, _ in wanted(server, 42, "original", "l2", 50)]
+    box = page.query_selector("#map").bounding_box()
+    nearest_id = pixel[0]
+    x, y = page.evaluate(f"aeknn.screenOf({nearest_id})")
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.wait_for_selector("#tip:not([hidden])")
+    hovered = int(page.evaluate("aeknn.hover"))
+    if hovered == nearest_id:
+        assert "pixel-space rank 1" in page.inner_text("#tip")
+    colour = page.evaluate(f"""(() => {{ const c = document.getElementById('map'), g = c.getContext('2d');
+        const [x, y] = aeknn.screenOf({nearest_id}).map(v => Math.round(v * c.width / c.getBoundingClientRect().width));
+        for (let dx = -5; dx <= 5; dx++) for (let dy = -5; dy <= 5; dy++) {{
+          const p = g.getImageData(x + dx, y + dy, 1, 1).data;
+          if (p[0] === 230 && p[1] === 92 && p[2] === 0) return true; }}
+        return false; }})()""")
+    assert colour  # the orange square of the nearest pixel-space neighbour
+    page.screenshot(path=str(tmp_path / "findings.png"), full_page=True)
+
+
+def test_the_api_docs_render_offline(page, server):
+    html = httpx.get(server["url"] + "/docs").text
+    assert "cdn" not in html.lower() and "/static-offline-docs/swagger-ui-bundle.js" in html
+    page.goto(server["url"] + "/docs")
+    page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+    assert "/samples/{sample_id}/neighbors" in page.inner_text(".swagger-ui")
+    page.goto(server["url"] + "/redoc")
+    page.wait_for_selector("redoc .api-content, [role=main]", timeout=30_000)
 
 
 def test_page_is_served_offline_from_the_package(server):
@@ -186,7 +263,6 @@ def test_page_is_served_offline_from_the_package(server):
     for asset in ("/static/app.js", "/static/app.css"):
         r = httpx.get(server["url"] + asset)
         assert r.status_code == 200 and "http://" not in r.text and "https://" not in r.text
-
 
 
 def test_a_running_experiment_shows_live_progress(page, server):

@@ -55,6 +55,7 @@ def list_experiments(session: SessionDep, page: Annotated[int, Query(ge=1, le=1_
     """Experiments, newest first."""
     rows, total = db.list_experiments(session=session, offset=(page - 1) * per_page, limit=per_page)
     return ExperimentPage(items=[ExperimentSummary(id=e.id, status=e.status, stage=e.stage, created_at=e.created_at,
+                                                   started_at=e.started_at, finished_at=e.finished_at,
                                                    config=e.config, links=links(e.id)) for e in rows],
                           total=total, page=page, per_page=per_page)
 

@@ -30,8 +30,9 @@ from common.names import BY_LABEL_K, DEFAULT_KS, MODEL_NAMES
 router = APIRouter(prefix="/metrics", tags=["metrics"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
 ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest succeeded experiment")]
-KsQ = Annotated[str, Query(max_length=200, description="comma list of k, each at most K",
-                           pattern=r"^\s*\d{1,6}\s*(,\s*\d{1,6}\s*)*$")]
+KsQ = Annotated[str, Query(max_length=200, description="k values, each at most K: a comma list, ranges a-b "
+                           "(1-200) or `all` (1..K)", pattern=r"^\s*(all|\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}"
+                           r"(\s*-\s*\d{1,6})?)*)\s*$")]
 DEFAULT_K_TEXT = ",".join(map(str, DEFAULT_KS))
 CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 
@@ -42,8 +43,19 @@ class Format(StrEnum):
 
 
 def _ks(text: str, exp: db.Experiment, n: int) -> list[int]:
-    ks = sorted({int(p) for p in text.split(",") if p.strip()})
     top = min(int(exp.config["k"]), n - 2)
+    ks: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if part == "all":
+            ks.update(range(1, top + 1))
+        elif "-" in part:
+            lo, hi = (int(x) for x in part.split("-"))
+            if hi < lo or hi > top:
+                raise invalid(f"k: range {part} must run upwards within 1..{top} (the table's K, and below N-1)")
+            ks.update(range(lo, hi + 1))
+        elif part:
+            ks.add(int(part))
+    ks = sorted(ks)
     bad = [k for k in ks if not 1 <= k <= top]
     if bad or not ks:
         raise invalid(f"k: {bad or text!r} must each be in 1..{top} (the table's K, and below N-1)")

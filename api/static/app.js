@@ -1,16 +1,18 @@
 // The aeknn page: plain JavaScript, no dependencies. Every number it shows comes from the REST API.
-// The view (experiment, model, sample, distance, k) lives in the URL's query, so a view can be shared.
+// The view (experiment, model, sample, distance, k, the tables' k columns) lives in the URL's query, so a
+// view can be shared; a value in a link that does not exist is named in a message, and the link is kept.
 "use strict";
 
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const MODEL_COLOURS = { linear_l1: "#1f77b4", linear_mse: "#ff7f0e", relu_l1: "#2ca02c", relu_mse: "#d62728" };
+const PIXEL_MARK = "#e65c00"; // where a sample's pixel-space neighbours landed in the code space
 const $ = (id) => document.getElementById(id);
 
-const state = { experiment: null, model: "relu_mse", sample: null, distance: "l2", k: 10 };
+const state = { experiment: null, model: "relu_mse", sample: null, distance: "l2", k: 10, ks: null };
 const app = {
-  state, exp: null, codes: null, view: null, frameTimes: [], poll: null,
-  nbrs: { original: [], encoded: [] }, hover: null, seq: 0,
+  state, exp: null, codes: null, view: null, frameTimes: [], poll: null, experiments: [],
+  nbrs: { original: [], encoded: [] }, hover: null, seq: 0, linkProblems: [],
 };
 window.aeknn = app;
 
@@ -38,10 +40,18 @@ function askForKey() {
   return true;
 }
 
-function say(text) {
+function say(text) { // the page-wide message (problems that belong to no one control)
   const m = $("message");
   m.textContent = text || "";
   m.hidden = !text;
+}
+
+// A control's own line: work under way ("busy"), or the error its value caused ("error").
+function note(control, text = "", kind = "error") {
+  const m = $(`msg-${control}`);
+  if (!m) return;
+  m.textContent = text;
+  m.className = `ctl-msg ${text ? kind : ""}`;
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -56,16 +66,48 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(4));
+const pct = (v) => `${(100 * v).toFixed(1)} %`;
+const short = (v) => (v === 0 ? "0" : Math.abs(v) < 1e-3 ? v.toExponential(2) : Number(v.toPrecision(3)).toString());
 const imageUrl = (id, scale = 2) => `/samples/${id}/image.png?experiment=${state.experiment}&scale=${scale}`;
 
-function readUrl() {
+function duration(exp) {
+  if (!exp.started_at || !exp.finished_at) return "";
+  const s = (new Date(exp.finished_at) - new Date(exp.started_at)) / 1000;
+  return s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
+}
+
+function describeConfig(c) {
+  const n = c.limit || (c.dataset === "fashion-mnist" ? 60000 : 60000);
+  return `${c.dataset} ${n.toLocaleString("en")} · ${c.models.length} models · ${c.epochs} epochs · ` +
+    `lr ${c.lr} · wd ${c.weight_decay} · seed ${c.seed}`;
+}
+
+// ------------------------------------------------------------------ the URL
+
+function parseKs(text) { // "5,10,20" -> [5, 10, 20]; null when it is not a list of whole numbers
+  const parts = text.replace(/\s+/g, "").split(",").filter((p) => p);
+  if (!parts.length || parts.some((p) => !/^\d+$/.test(p))) return null;
+  return [...new Set(parts.map((p) => parseInt(p, 10)))].sort((a, b) => a - b);
+}
+
+function readUrl() { // raw values; checked against the experiment once it is known (checkLink)
   const q = new URLSearchParams(location.search);
-  if (q.has("experiment")) state.experiment = parseInt(q.get("experiment"), 10) || null;
+  app.link = Object.fromEntries(q.entries());
+  const int = (key) => (q.has(key) && /^\d+$/.test(q.get(key)) ? parseInt(q.get(key), 10) : undefined);
+  const problems = [];
+  for (const key of ["experiment", "sample", "k"]) {
+    if (q.has(key) && int(key) === undefined) problems.push(`${key}=${q.get(key)} is not a whole number`);
+  }
+  if (int("experiment") !== undefined) state.experiment = int("experiment");
   if (q.has("model")) state.model = q.get("model");
   if (q.has("distance")) state.distance = q.get("distance");
-  if (q.has("k")) state.k = parseInt(q.get("k"), 10) || state.k;
-  if (q.has("sample") && q.get("sample") !== "") state.sample = parseInt(q.get("sample"), 10);
-  if (Number.isNaN(state.sample)) state.sample = null;
+  if (int("k") !== undefined) state.k = int("k");
+  if (int("sample") !== undefined) state.sample = int("sample");
+  if (q.has("ks")) {
+    const ks = parseKs(q.get("ks"));
+    if (ks) state.ks = ks; else problems.push(`ks=${q.get("ks")} is not a comma list of whole numbers`);
+  }
+  app.linkProblems = problems;
 }
 
 function writeUrl() {
@@ -73,15 +115,48 @@ function writeUrl() {
   for (const key of ["experiment", "model", "sample", "distance", "k"]) {
     if (state[key] !== null && state[key] !== undefined) q.set(key, state[key]);
   }
+  if (state.ks) q.set("ks", state.ks.join(","));
   history.replaceState(null, "", `${location.pathname}?${q}`);
+  app.linkProblems = [];
+}
+
+// A link's values that this experiment does not have: named, replaced for the view, the URL kept.
+function checkLink(cfg, n) {
+  const problems = [...app.linkProblems];
+  if (!cfg.models.includes(state.model)) {
+    problems.push(`model=${state.model} is not a model of experiment ${state.experiment} ` +
+                  `(${cfg.models.join(", ")}): showing ${cfg.models[cfg.models.length - 1]}`);
+    state.model = cfg.models[cfg.models.length - 1];
+  }
+  if (!cfg.distances.includes(state.distance)) {
+    problems.push(`distance=${state.distance} is not one of ${cfg.distances.join(", ")}: showing ` +
+                  `${cfg.distances[cfg.distances.length - 1]}`);
+    state.distance = cfg.distances[cfg.distances.length - 1];
+  }
+  if (!(state.k >= 1 && state.k <= cfg.k)) {
+    problems.push(`k=${state.k} is outside 1..${cfg.k} (the table's K): showing 10`);
+    state.k = Math.min(10, cfg.k);
+  }
+  if (state.sample !== null && !(state.sample >= 0 && state.sample < n)) {
+    problems.push(`sample=${state.sample} is outside 0..${n - 1}: no sample shown`);
+    state.sample = null;
+  }
+  if (state.ks && state.ks.some((k) => k < 1 || k > Math.min(cfg.k, n - 2))) {
+    problems.push(`ks=${state.ks.join(",")} must each be in 1..${Math.min(cfg.k, n - 2)}: showing ${cfg.ks.join(",")}`);
+    state.ks = null;
+  }
+  app.linkProblems = problems;
+  if (problems.length) say(`This link asks for what experiment ${state.experiment} does not have: ${problems.join("; ")}.`);
 }
 
 // ------------------------------------------------------------------ experiments and progress
 
 async function loadExperiments() {
   const page = await api("/experiments?per_page=100");
+  app.experiments = page.items;
   const sel = $("experiment");
-  sel.replaceChildren(...page.items.map((e) => el("option", { value: e.id, text: `#${e.id} ${e.status}` })));
+  sel.replaceChildren(...page.items.map((e) => el("option", { value: e.id,
+    text: `#${e.id} ${e.status}${duration(e) ? " in " + duration(e) : ""} · ${describeConfig(e.config)}` })));
   if (!page.items.length) {
     say("No experiment yet: submit one with POST /experiments or `aeknn submit`.");
     return null;
@@ -89,7 +164,9 @@ async function loadExperiments() {
   const known = page.items.some((e) => e.id === state.experiment);
   if (!known) {
     const done = page.items.find((e) => e.status === "succeeded");
-    state.experiment = (done || page.items[0]).id;
+    const fallback = (done || page.items[0]).id;
+    if (state.experiment !== null) app.linkProblems.push(`experiment=${state.experiment} does not exist: showing #${fallback}`);
+    state.experiment = fallback;
   }
   sel.value = state.experiment;
   return state.experiment;
@@ -108,35 +185,63 @@ function renderProgress(exp) {
   const models = el("table", { id: "progress-models" },
     el("caption", { text: `models (${exp.status}${exp.error ? ": " + exp.error : ""})` }),
     el("tr", {}, ...["model", "epoch", "", "loss"].map((h) => el("th", { text: h }))), ...rows);
+  const paths = exp.tables.filter((t) => t.path).map((t) => `${t.space}/${t.distance}: ${t.path}` +
+    (t.rows_per_s ? ` (${Math.round(t.rows_per_s).toLocaleString("en")} rows/s)` : ""));
   const tables = el("p", { text: `neighbour tables: ${exp.tables.filter((t) => t.complete).length} of ` +
     `${exp.tables.length} complete, chunks ${exp.chunks_done} / ${exp.chunks_total}` +
     (Object.keys(exp.timings).length ? ` · stage seconds: ${Object.entries(exp.timings)
       .map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}` : "") });
-  $("progress").replaceChildren(models, tables);
+  $("progress").replaceChildren(models, tables, ...(paths.length ? [el("p", { class: "hint", text: `computed by: ${paths.join(" · ")}` })] : []));
 }
 
-function drawLoss(losses, epochs) {
-  const c = $("loss");
-  const g = c.getContext("2d");
-  const W = c.width, H = c.height, L = 56, R = 110, T = 10, B = 28;
+// ------------------------------------------------------------------ charts (canvas, axes labelled)
+
+function niceTicks(lo, hi, count = 5) {
+  const span = hi - lo || 1, step0 = span / count, mag = 10 ** Math.floor(Math.log10(step0));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => span / s <= count) || 10 * mag;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-12; v += step) out.push(v);
+  return out;
+}
+
+// series: [{name, colour, dash, points: [[x, y], ...]}]
+function lineChart(canvas, { title, xLabel, yLabel, series }) {
+  const g = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
+  const L = 64, R = 150, T = 26, B = 40;
   g.clearRect(0, 0, W, H);
-  const all = Object.values(losses).flat();
-  if (!all.length) { g.fillStyle = "#777"; g.fillText("no epoch finished yet", L, H / 2); return; }
-  let lo = Math.min(...all), hi = Math.max(...all);
-  if (hi === lo) { hi += 1e-6; lo -= 1e-6; }
-  const n = Math.max(epochs, ...Object.values(losses).map((v) => v.length));
-  const x = (i) => L + ((W - L - R) * i) / Math.max(1, n - 1);
-  const y = (v) => T + ((H - T - B) * (hi - v)) / (hi - lo);
-  g.strokeStyle = "#999"; g.strokeRect(L, T, W - L - R, H - T - B);
+  g.font = "12px system-ui"; g.fillStyle = "#222"; g.fillText(title, L, 16);
+  const pts = series.flatMap((s) => s.points);
+  if (!pts.length) { g.fillStyle = "#777"; g.fillText("nothing to draw yet", L, H / 2); return; }
+  let x0 = Math.min(...pts.map((p) => p[0])), x1 = Math.max(...pts.map((p) => p[0]));
+  let y0 = Math.min(...pts.map((p) => p[1])), y1 = Math.max(...pts.map((p) => p[1]));
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) { y1 += 1e-6; y0 -= 1e-6; }
+  const pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad;
+  const x = (v) => L + ((W - L - R) * (v - x0)) / (x1 - x0), y = (v) => T + ((H - T - B) * (y1 - v)) / (y1 - y0);
+  g.strokeStyle = "#999"; g.lineWidth = 1; g.strokeRect(L, T, W - L - R, H - T - B);
   g.fillStyle = "#444"; g.font = "11px system-ui";
-  g.fillText(hi.toFixed(4), 2, T + 8); g.fillText(lo.toFixed(4), 2, H - B);
-  g.fillText("epoch 1", L, H - 10); g.fillText(String(n), W - R - 14, H - 10);
-  let row = 0;
-  for (const [name, v] of Object.entries(losses)) {
-    g.strokeStyle = MODEL_COLOURS[name] || "#000"; g.lineWidth = 1.5; g.beginPath();
-    v.forEach((val, i) => (i ? g.lineTo(x(i), y(val)) : g.moveTo(x(i), y(val))));
-    g.stroke();
-    g.fillStyle = g.strokeStyle; g.fillText(name, W - R + 8, T + 12 + 14 * row++);
+  for (const t of niceTicks(y0, y1)) {
+    g.fillText(short(t), 4, y(t) + 4);
+    g.strokeStyle = "#eee"; g.beginPath(); g.moveTo(L + 1, y(t)); g.lineTo(W - R - 1, y(t)); g.stroke();
+  }
+  for (const t of niceTicks(x0, x1)) g.fillText(String(Math.round(t * 100) / 100), x(t) - 6, H - B + 14);
+  g.fillText(xLabel, L + (W - L - R) / 2 - 20, H - 6);
+  g.save(); g.translate(12, T + (H - T - B) / 2 + 30); g.rotate(-Math.PI / 2); g.fillText(yLabel, 0, 0); g.restore();
+  series.forEach((s, row) => {
+    g.strokeStyle = s.colour; g.lineWidth = 1.5; g.setLineDash(s.dash ? [5, 3] : []); g.beginPath();
+    s.points.forEach(([a, b], i) => (i ? g.lineTo(x(a), y(b)) : g.moveTo(x(a), y(b))));
+    g.stroke(); g.setLineDash([]);
+    g.fillStyle = s.colour; g.fillText(s.name, W - R + 8, T + 10 + 14 * row);
+  });
+}
+
+function drawLoss(losses) { // one chart per loss: L1 and MSE are not on one scale
+  for (const kind of ["l1", "mse"]) {
+    const series = Object.entries(losses).filter(([name]) => name.endsWith(`_${kind}`))
+      .map(([name, v]) => ({ name, colour: MODEL_COLOURS[name] || "#000", points: v.map((val, i) => [i + 1, val]) }));
+    $(`loss-${kind}`).parentElement.hidden = !series.length;
+    if (series.length) lineChart($(`loss-${kind}`), { title: `training loss (${kind.toUpperCase()})`,
+      xLabel: "epoch", yLabel: `mean ${kind.toUpperCase()} loss`, series });
   }
 }
 
@@ -147,13 +252,14 @@ async function refresh() {
   const first = !app.exp || app.exp.id !== exp.id || app.exp.status !== exp.status;
   app.exp = exp;
   renderProgress(exp);
-  drawLoss((await api(`/experiments/${id}/loss`)).losses, exp.config.epochs);
-  const live = exp.status === "queued" || exp.status === "running";
+  drawLoss((await api(`/experiments/${id}/loss`)).losses);
+  const live = ["submitting", "queued", "running"].includes(exp.status);
   clearTimeout(app.poll);
   if (live) app.poll = setTimeout(() => refresh().catch((e) => say(e.message)), 2000);
   if (first && exp.status === "succeeded") await showFinished(exp);
   if (exp.status !== "succeeded") {
-    $("explore").hidden = true; $("tables-section").hidden = true; $("recon-figure").hidden = true;
+    for (const s of ["explore", "tables-section", "findings", "charts"]) $(s).hidden = true;
+    $("recon-figure").hidden = true;
     document.body.dataset.ready = "1";
   }
 }
@@ -162,7 +268,6 @@ async function selectExperiment(id) {
   state.experiment = id;
   app.exp = null; app.codes = null;
   say("");
-  writeUrl();
   await refresh();
 }
 
@@ -170,39 +275,106 @@ async function selectExperiment(id) {
 
 function fillSelect(sel, values, current) {
   sel.replaceChildren(...values.map((v) => el("option", { value: v, text: v })));
-  sel.value = values.includes(current) ? current : values[values.length - 1];
+  sel.value = current;
   return sel.value;
 }
 
 async function showFinished(exp) {
-  const cfg = exp.config;
-  state.model = fillSelect($("model"), cfg.models, state.model);
-  state.distance = fillSelect($("distance"), cfg.distances, state.distance);
-  state.k = Math.min(Math.max(1, state.k), cfg.k);
+  const cfg = exp.config, n = cfg.limit || 60000;
+  checkLink(cfg, n);
+  fillSelect($("model"), cfg.models, state.model);
+  fillSelect($("distance"), cfg.distances, state.distance);
   $("k").max = cfg.k; $("k").value = state.k;
-  $("ks").value = (cfg.ks || [5, 10, 20, 50]).join(",");
-  $("sample-id").max = (cfg.limit || 60000) - 1;
+  $("ks").value = (state.ks || cfg.ks || [5, 10, 20, 50]).join(",");
+  $("sample-id").max = n - 1;
   if (state.sample !== null) $("sample-id").value = state.sample;
-  $("recon").src = `/experiments/${exp.id}/plots/reconstructions.png`;
+  const recon = $("recon");
+  $("recon-wait").hidden = false;
+  recon.onload = () => { $("recon-wait").hidden = true; };
+  recon.src = `/experiments/${exp.id}/plots/reconstructions.png`;
   $("recon-figure").hidden = false;
-  $("explore").hidden = false; $("tables-section").hidden = false;
-  writeUrl();
-  await Promise.all([loadCodes(), loadTables(), state.sample !== null ? showNeighbours() : null]);
+  for (const s of ["explore", "tables-section", "findings", "charts"]) $(s).hidden = false;
+  if (!app.linkProblems.length) writeUrl();
+  await Promise.all([loadCodes(), loadTables(), loadCharts(), loadFindings(),
+    state.sample !== null ? showNeighbours() : Promise.resolve(landing())]);
   document.body.dataset.ready = "1";
+}
+
+function landing() { // before a sample is picked: say how, instead of two empty columns
+  $("selected").replaceChildren(el("p", { class: "hint", id: "pick-hint",
+    text: "Pick a sample: click a point on the map, or type an id. Its nearest neighbours in pixel space " +
+          "and in the code space appear here, and the map marks where its pixel-space neighbours landed." }));
+  $("stats").replaceChildren();
+  $("nbrs-original").replaceChildren(); $("nbrs-encoded").replaceChildren();
 }
 
 async function loadCodes() {
   const id = state.experiment, model = state.model;
+  note("model", "loading the map…", "busy");
   const buf = await api(`/experiments/${id}/codes.bin?model=${model}`, "bin");
   if (id !== state.experiment || model !== state.model) return;
+  note("model");
   const n = buf.byteLength / 9;
   const codes = new Float32Array(buf, 0, 2 * n), labels = new Uint8Array(buf, 8 * n, n);
   app.codes = { n, codes, labels, sx: new Float32Array(n), sy: new Float32Array(n) };
+  $("map-title").textContent = `the 2-D codes of ${model}: ${n.toLocaleString("en")} samples, coloured by label`;
   fitView();
   draw();
   $("map").dataset.ready = "1";
   performance.mark("aeknn:map-ready");
   $("legend").replaceChildren(...COLOURS.map((c, i) => el("span", { style: `--c:${c}`, text: String(i) })));
+}
+
+// ------------------------------------------------------------------ findings: what the study found
+
+async function loadFindings() {
+  const id = state.experiment, cfg = app.exp.config;
+  const k = cfg.ks.includes(10) ? 10 : cfg.ks[0], d = cfg.distances.includes("l2") ? "l2" : cfg.distances[0];
+  const q = `experiment=${id}&k=${k}`;
+  const [score, acc, agree, byLabel] = await Promise.all([api(`/metrics/score_at_k?${q}`),
+    api(`/metrics/knn_accuracy?experiment=${id}&k=5`), api(`/metrics/label_agreement?${q}`),
+    api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, cfg.k)}`)]);
+  if (id !== state.experiment) return;
+  const rows = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }))
+    .sort((a, b) => b.v - a.v);
+  const best = rows[0], worst = rows[rows.length - 1];
+  const pixel = acc.rows.find((r) => r.space === "original" && r.distance === d);
+  const bestAcc = acc.rows.find((r) => r.space === best.model && r.distance === d);
+  const ag = agree.rows.find((r) => r.model === best.model && r.distance === d && r.k === k);
+  const lab = byLabel.rows.find((r) => r.model === best.model && r.distance === d);
+  const labels = Object.entries(lab.by_label).sort((a, b) => b[1] - a[1]);
+  const sentences = [
+    `${best.model} keeps the most of each neighbourhood: on average ${pct(best.v)} of a sample's ${k} nearest ` +
+    `neighbours in pixel space (${d.toUpperCase()}) are among its ${k} nearest in the 2-D code` +
+    (rows.length > 1 ? `, ${(best.v / Math.max(worst.v, 1e-12)).toFixed(1)} times ${worst.model}'s ${pct(worst.v)}.` : "."),
+    `Even so, a 2-D code keeps little: ${pct(1 - best.v)} of each ${k}-neighbourhood is lost.`,
+    `Labels ${labels[0][0]} and ${labels[1][0]} keep the most under ${best.model} (score@${lab.k} ` +
+    `${labels[0][1].toFixed(3)} and ${labels[1][1].toFixed(3)}); label ${labels[labels.length - 1][0]} the least ` +
+    `(${labels[labels.length - 1][1].toFixed(3)}).`,
+    `The share of same-label neighbours at k = ${k} falls from ${ag.original_rate.toFixed(3)} in pixel space to ` +
+    `${ag.encoded_rate.toFixed(3)} in ${best.model}'s code (${ag.change.toFixed(3)}).`,
+    `A 5-nearest-neighbour vote finds the right label for ${pct(pixel.values["5"])} of the samples in pixel space ` +
+    `and ${pct(bestAcc.values["5"])} in ${best.model}'s code.`,
+  ];
+  $("findings-text").replaceChildren(...sentences.map((s) => el("li", { text: s })));
+  $("findings").dataset.ready = "1";
+}
+
+// ------------------------------------------------------------------ score@k and R_NX against k
+
+async function loadCharts() {
+  const id = state.experiment;
+  const [score, rnx] = await Promise.all([api(`/metrics/score_at_k?experiment=${id}&k=all`),
+    api(`/metrics/r_nx?experiment=${id}&k=all`)]);
+  if (id !== state.experiment) return;
+  const series = (t) => t.rows.map((r) => ({ name: `${r.model} ${r.distance}`, colour: MODEL_COLOURS[r.model] || "#000",
+    dash: r.distance === "l1", points: t.k.map((k) => [k, r.values[String(k)]]) }));
+  lineChart($("chart-score"), { title: "score@k: share of each pixel-space k-neighbourhood kept",
+    xLabel: "k", yLabel: "score@k", series: series(score) });
+  lineChart($("chart-rnx"), { title: "R_NX(k): score@k corrected for chance", xLabel: "k", yLabel: "R_NX(k)",
+    series: series(rnx) });
+  $("charts").dataset.ready = "1";
+  $("charts").dataset.points = String(score.k.length);
 }
 
 // ------------------------------------------------------------------ the map
@@ -211,6 +383,7 @@ const COLOUR_RGBA = COLOURS.map((h) => {
   const v = parseInt(h.slice(1), 16);
   return (255 << 24) | ((v & 0xff) << 16) | (((v >> 8) & 0xff) << 8) | (v >> 16); // little-endian ABGR
 });
+const AXIS = 34; // canvas pixels kept for the axes, left and bottom
 
 function fitView() {
   const { n, codes } = app.codes;
@@ -221,14 +394,18 @@ function fitView() {
   }
   const c = $("map");
   const span = Math.max(x1 - x0, y1 - y0) || 1;
-  app.view = { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, scale: (0.94 * Math.min(c.width, c.height)) / span };
+  app.view = { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, scale: (0.9 * (Math.min(c.width, c.height) - AXIS)) / span };
 }
 
 // Data coordinates -> canvas pixels (y grows upwards in the data, downwards on screen).
 function toScreen(x, y) {
   const c = $("map"), v = app.view;
-  return [(x - v.cx) * v.scale + c.width / 2, c.height / 2 - (y - v.cy) * v.scale];
+  return [(x - v.cx) * v.scale + (c.width + AXIS) / 2, (c.height - AXIS) / 2 - (y - v.cy) * v.scale];
 }
+const fromScreen = (px, py) => {
+  const c = $("map"), v = app.view;
+  return [(px - (c.width + AXIS) / 2) / v.scale + v.cx, ((c.height - AXIS) / 2 - py) / v.scale + v.cy];
+};
 
 function screenOf(id) { // where a sample is drawn, in CSS pixels relative to the canvas (tests use this)
   const c = $("map"), r = c.getBoundingClientRect();
@@ -237,6 +414,24 @@ function screenOf(id) { // where a sample is drawn, in CSS pixels relative to th
 }
 app.screenOf = screenOf;
 
+function drawAxes(g, W, H) {
+  g.fillStyle = "#fff"; g.fillRect(0, 0, AXIS, H); g.fillRect(0, H - AXIS, W, AXIS);
+  g.strokeStyle = "#888"; g.lineWidth = 1;
+  g.beginPath(); g.moveTo(AXIS, 0); g.lineTo(AXIS, H - AXIS); g.lineTo(W, H - AXIS); g.stroke();
+  g.fillStyle = "#444"; g.font = "10px system-ui";
+  const [xa] = fromScreen(AXIS, 0), [xb] = fromScreen(W, 0), [, ya] = fromScreen(0, H - AXIS), [, yb] = fromScreen(0, 0);
+  for (const t of niceTicks(xa, xb, 6)) {
+    const [px] = toScreen(t, 0);
+    g.fillText(short(t), px - 8, H - AXIS + 12);
+  }
+  for (const t of niceTicks(ya, yb, 6)) {
+    const [, py] = toScreen(0, t);
+    if (py < H - AXIS - 4) g.fillText(short(t), 1, py + 3);
+  }
+  g.fillText("code 1", W / 2, H - 6);
+  g.save(); g.translate(10, (H - AXIS) / 2 + 14); g.rotate(-Math.PI / 2); g.fillText("code 2", 0, 0); g.restore();
+}
+
 function draw() {
   if (!app.codes) return;
   const t0 = performance.now();
@@ -244,22 +439,36 @@ function draw() {
   const { n, codes, labels, sx, sy } = app.codes, v = app.view;
   const img = g.createImageData(W, H), px = new Uint32Array(img.data.buffer);
   px.fill(0xffffffff);
-  const ox = W / 2 - v.cx * v.scale, oy = H / 2 + v.cy * v.scale, s = v.scale;
+  const ox = (W + AXIS) / 2 - v.cx * v.scale, oy = (H - AXIS) / 2 + v.cy * v.scale, s = v.scale;
   for (let i = 0; i < n; i++) {
     const x = (codes[2 * i] * s + ox) | 0, y = (oy - codes[2 * i + 1] * s) | 0;
     sx[i] = x; sy[i] = y;
-    if (x < 0 || y < 0 || x >= W - 1 || y >= H - 1) continue;
+    if (x < AXIS || y < 0 || x >= W - 1 || y >= H - AXIS - 1) continue;
     const col = COLOUR_RGBA[labels[i]], o = y * W + x;
     px[o] = col; px[o + 1] = col; px[o + W] = col; px[o + W + 1] = col;
   }
   g.putImageData(img, 0, 0);
-  const ring = (id, colour, r) => {
-    g.strokeStyle = colour; g.beginPath(); g.arc(sx[id] + 1, sy[id] + 1, r, 0, 2 * Math.PI); g.stroke();
-  };
-  g.lineWidth = 1.5;
-  for (const nb of app.nbrs.encoded) ring(nb.id, "#000", 3.5);
-  if (state.sample !== null && state.sample < n) { g.lineWidth = 2.5; ring(state.sample, "#000", 8); }
-  if (app.hover !== null) { g.lineWidth = 1.5; ring(app.hover, "#555", 5); }
+  const many = app.nbrs.encoded.length > 50; // at k = 200 full rings would merge into a blob: thin dots
+  g.lineWidth = many ? 1 : 1.5;
+  g.strokeStyle = "#000";
+  for (const nb of app.nbrs.encoded) {
+    g.beginPath(); g.arc(sx[nb.id] + 1, sy[nb.id] + 1, many ? 2 : 3.5, 0, 2 * Math.PI); g.stroke();
+  }
+  // where the sample's pixel-space neighbours landed: squares, the nearest ten with their rank
+  g.strokeStyle = PIXEL_MARK; g.fillStyle = PIXEL_MARK; g.font = "bold 10px system-ui";
+  for (const nb of app.nbrs.original) {
+    const r = many ? 2 : 3;
+    g.strokeRect(sx[nb.id] + 1 - r, sy[nb.id] + 1 - r, 2 * r, 2 * r);
+    if (nb.rank <= 10) g.fillText(String(nb.rank), sx[nb.id] + 5, sy[nb.id] - 3);
+  }
+  if (state.sample !== null && state.sample < n) {
+    g.lineWidth = 2.5; g.strokeStyle = "#000"; g.beginPath();
+    g.arc(sx[state.sample] + 1, sy[state.sample] + 1, 8, 0, 2 * Math.PI); g.stroke();
+  }
+  if (app.hover !== null) {
+    g.lineWidth = 1.5; g.strokeStyle = "#555"; g.beginPath(); g.arc(sx[app.hover] + 1, sy[app.hover] + 1, 5, 0, 2 * Math.PI); g.stroke();
+  }
+  drawAxes(g, W, H);
   app.frameTimes.push(performance.now() - t0);
   if (app.frameTimes.length > 1000) app.frameTimes.splice(0, 500);
 }
@@ -291,11 +500,10 @@ function setupMap() {
     ev.preventDefault();
     const r = c.getBoundingClientRect();
     const mx = ((ev.clientX - r.left) * c.width) / r.width, my = ((ev.clientY - r.top) * c.height) / r.height;
-    const v = app.view, f = Math.exp(-ev.deltaY * 0.0015);
-    // keep the data point under the cursor where it is
-    const dx = (mx - c.width / 2) / v.scale + v.cx, dy = (c.height / 2 - my) / v.scale + v.cy;
-    v.scale *= f;
-    v.cx = dx - (mx - c.width / 2) / v.scale; v.cy = dy - (c.height / 2 - my) / v.scale;
+    const [dx, dy] = fromScreen(mx, my); // keep the data point under the cursor where it is
+    app.view.scale *= Math.exp(-ev.deltaY * 0.0015);
+    const [nx, ny] = fromScreen(mx, my);
+    app.view.cx += dx - nx; app.view.cy += dy - ny;
     redraw();
   }, { passive: false });
   c.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX, y: ev.clientY, moved: 0 }; });
@@ -324,8 +532,9 @@ function setupMap() {
     const hit = nearest(ev.clientX - r.left, ev.clientY - r.top);
     if (hit !== app.hover) { app.hover = hit; redraw(); }
     if (hit === null) { tip.hidden = true; return; }
+    const rank = app.nbrs.original.find((nb) => nb.id === hit);
     tip.replaceChildren(el("img", { src: imageUrl(hit), alt: `sample ${hit}` }),
-      el("div", { text: `#${hit} · label ${app.codes.labels[hit]}` }));
+      el("div", { text: `#${hit} · label ${app.codes.labels[hit]}` + (rank ? ` · pixel-space rank ${rank.rank}` : "") }));
     tip.style.left = `${ev.clientX - r.left + 14}px`; tip.style.top = `${ev.clientY - r.top + 14}px`;
     tip.hidden = false;
   });
@@ -337,16 +546,18 @@ function setupMap() {
 function selectSample(id) {
   state.sample = id;
   $("sample-id").value = id;
+  note("sample");
   writeUrl();
-  showNeighbours().catch((e) => say(e.message));
+  showNeighbours().catch((e) => note("sample", e.message));
 }
 
 function thumb(nb, own, shared) {
   const cls = ["thumb", shared ? "shared" : "", nb.label === own ? "" : "other-label"].join(" ").trim();
-  const t = el("div", { class: cls, "data-id": nb.id, "data-label": nb.label, title: `#${nb.id} (rank ${nb.rank})` },
+  const t = el("div", { class: cls, "data-id": nb.id, "data-label": nb.label,
+                        title: `#${nb.id} (rank ${nb.rank}, distance ${nb.distance})` },
     el("img", { src: imageUrl(nb.id), alt: `sample ${nb.id}`, loading: "lazy" }),
     el("span", { class: "label", text: String(nb.label) }), " · ",
-    el("span", { class: "dist", text: Number(nb.distance.toPrecision(4)).toString() }));
+    el("span", { class: "dist", text: short(nb.distance) }));
   t.addEventListener("click", () => selectSample(nb.id));
   return t;
 }
@@ -355,21 +566,21 @@ async function showNeighbours() {
   if (state.sample === null || !app.exp) return;
   const seq = ++app.seq, { sample, model, distance, k, experiment } = state;
   const q = `distance=${distance}&k=${k}&experiment=${experiment}`;
+  note("sample", "loading the neighbours…", "busy");
   let orig, enc;
   try {
     [orig, enc] = await Promise.all([api(`/samples/${sample}/neighbors?space=original&${q}`),
       api(`/samples/${sample}/neighbors?space=encoded&model=${model}&${q}`)]);
   } catch (e) {
     if (seq === app.seq) {
-      say(e.message);
+      note("sample", e.message);
       app.nbrs = { original: [], encoded: [] };
-      $("nbrs-original").replaceChildren(); $("nbrs-encoded").replaceChildren();
-      $("selected").replaceChildren(); $("stats").replaceChildren();
+      landing();
     }
     return;
   }
   if (seq !== app.seq) return; // a later selection won
-  say("");
+  note("sample");
   const own = orig.sample.label;
   const inOrig = new Set(orig.neighbors.map((n) => n.id)), inEnc = new Set(enc.neighbors.map((n) => n.id));
   const both = [...inOrig].filter((i) => inEnc.has(i)).length;
@@ -379,7 +590,9 @@ async function showNeighbours() {
     el("div", {}, el("strong", { text: `sample #${sample}` }), el("br"), `label ${own}`));
   $("selected").dataset.sample = sample;
   $("stats").replaceChildren(
-    el("span", { id: "overlap", "data-value": both / k, text: `overlap ${both}/${k} = ${(both / k).toFixed(3)}` }),
+    el("span", { id: "overlap", "data-value": both / k,
+                 text: `${both} of its ${k} pixel-space neighbours are among its ${k} code-space neighbours ` +
+                       `(overlap ${(both / k).toFixed(3)})` }),
     " · same-label rate: pixel space ",
     el("span", { id: "rate-original", text: same(orig.neighbors).toFixed(3) }),
     `, ${model} `, el("span", { id: "rate-encoded", text: same(enc.neighbors).toFixed(3) }));
@@ -393,37 +606,73 @@ async function showNeighbours() {
 
 // ------------------------------------------------------------------ tables
 
+const rounded = (v) => Math.round(v * 1e4); // what is shown: ties within the shown precision are ties
+
 function table(caption, id, header, rows, better) {
-  // rows: [{name: [...cells], values: [numbers|null], attrs: [{...}]}]; better: "max" | "min" per column
+  // rows: [{name: [...cells], values: [numbers|null], attrs: [{...}]}]; better: "max" | "min" per column.
+  // The best mark goes to models only (the pixel-space baseline row is a reference, not a contestant).
   const cols = header.length - rows[0].name.length;
   const best = [];
   for (let j = 0; j < cols; j++) {
-    const vals = rows.map((r) => r.values[j]).filter((v) => v !== null && v !== undefined);
+    const vals = rows.filter((r) => r.name[0] !== "original").map((r) => r.values[j])
+      .filter((v) => v !== null && v !== undefined).map(rounded);
     best.push(vals.length ? (better === "min" ? Math.min(...vals) : Math.max(...vals)) : null);
   }
-  return el("table", { id },
-    el("caption", { text: caption }),
-    el("tr", {}, ...header.map((h) => el("th", { text: h }))),
+  const t = el("table", { id },
+    el("caption", {}, caption, " ", el("a", { href: "#", class: "csv", "data-table": id, text: "CSV" })),
+    el("tr", {}, ...header.map((h, j) => el("th", { text: h, class: "sortable", "data-col": j, title: "sort" }))),
     ...rows.map((r) => el("tr", {},
       ...r.name.map((nm) => el("td", { class: "name", text: nm })),
       ...r.values.map((v, j) => {
-        const td = el("td", { class: v !== null && v === best[j] ? "best" : "", text: fmt(v) });
+        const mark = v !== null && r.name[0] !== "original" && rounded(v) === best[j];
+        const td = el("td", { class: mark ? "best" : "", text: fmt(v) });
         if (v !== null && v !== undefined) td.dataset.value = v;
         for (const [key, val] of Object.entries(r.attrs[j])) td.dataset[key] = val;
         return td;
       }))));
+  t.querySelectorAll("th.sortable").forEach((th) => th.addEventListener("click", () => sortTable(t, th)));
+  t.querySelector("a.csv").addEventListener("click", (e) => { e.preventDefault(); downloadCsv(t); });
+  return t;
 }
 
+function sortTable(t, th) {
+  const col = parseInt(th.dataset.col, 10), down = th.dataset.order !== "desc";
+  t.querySelectorAll("th").forEach((h) => { delete h.dataset.order; });
+  th.dataset.order = down ? "desc" : "asc";
+  const rows = [...t.querySelectorAll("tr")].slice(1);
+  const key = (tr) => { const td = tr.children[col]; return td.dataset.value !== undefined ? parseFloat(td.dataset.value) : td.textContent; };
+  rows.sort((a, b) => { const x = key(a), y = key(b); const c = x < y ? -1 : x > y ? 1 : 0; return down ? -c : c; });
+  t.append(...rows);
+}
+
+function csvOf(t) {
+  const cell = (td) => { const s = td.dataset.value ?? td.textContent; return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
+  return [...t.querySelectorAll("tr")].map((tr) => [...tr.children].map(cell).join(",")).join("\n") + "\n";
+}
+
+function downloadCsv(t) {
+  const a = el("a", { href: URL.createObjectURL(new Blob([csvOf(t)], { type: "text/csv" })),
+                      download: `experiment-${state.experiment}-${t.id.replace(/^t-/, "")}.csv` });
+  document.body.append(a); a.click(); a.remove();
+}
+app.csvOf = (id) => csvOf($(id));
+
 async function loadTables() {
-  const id = state.experiment, ks = $("ks").value.replace(/\s+/g, "");
-  const q = `experiment=${id}&k=${encodeURIComponent(ks)}`;
+  const id = state.experiment, text = $("ks").value;
+  const ks = parseKs(text);
+  if (!ks) { note("ks", `k: "${text}" is not a comma list of whole numbers, like 5,10,20`); return; }
+  note("ks", "loading the tables…", "busy");
+  const q = `experiment=${id}&k=${ks.join(",")}`;
   let score, rnx, acc, agree, byLabel;
   try {
     [score, rnx, acc, agree, byLabel] = await Promise.all([
       api(`/metrics/score_at_k?${q}`), api(`/metrics/r_nx?${q}`), api(`/metrics/knn_accuracy?${q}`),
-      api(`/metrics/label_agreement?${q}`), api(`/metrics/score_at_k/by_label?experiment=${id}`)]);
-  } catch (e) { say(e.message); return; }
+      api(`/metrics/label_agreement?${q}`),
+      api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, app.exp.config.k)}`)]);
+  } catch (e) { note("ks", e.message); return; }
   if (id !== state.experiment) return;
+  note("ks");
+  if (ks.join(",") !== (app.exp.config.ks || []).join(",") || state.ks) { state.ks = ks; if (!app.linkProblems.length) writeUrl(); }
   const kcols = score.k.map((k) => `k=${k}`);
   const values = (t, metric) => t.rows.map((r) => ({
     name: [r.model ?? r.space, r.distance], values: t.k.map((k) => r.values[String(k)]),
@@ -475,26 +724,28 @@ async function loadTables() {
 
 function setupControls() {
   $("experiment").addEventListener("change", (e) => {
-    state.sample = null; app.nbrs = { original: [], encoded: [] };
+    state.sample = null; state.ks = null; app.nbrs = { original: [], encoded: [] };
     document.body.dataset.ready = "";
+    app.linkProblems = [];
     selectExperiment(parseInt(e.target.value, 10)).catch((err) => say(err.message));
   });
   $("model").addEventListener("change", (e) => {
     state.model = e.target.value; writeUrl();
     $("map").dataset.ready = "";
-    loadCodes().catch((err) => say(err.message));
+    loadCodes().catch((err) => note("model", err.message));
     showNeighbours();
   });
   $("distance").addEventListener("change", (e) => { state.distance = e.target.value; writeUrl(); showNeighbours(); });
   $("k").addEventListener("change", (e) => {
     const k = parseInt(e.target.value, 10);
-    if (!(k >= 1 && k <= app.exp.config.k)) { say(`k must be between 1 and ${app.exp.config.k}`); return; }
+    if (!(k >= 1 && k <= app.exp.config.k)) { note("k", `k must be between 1 and ${app.exp.config.k}`); return; }
+    note("k");
     state.k = k; writeUrl(); showNeighbours();
   });
   const show = () => {
     const id = parseInt($("sample-id").value, 10);
     const n = app.codes ? app.codes.n : Infinity;
-    if (!(id >= 0 && id < n)) { say(`sample id must be between 0 and ${n - 1}`); return; }
+    if (!(id >= 0 && id < n)) { note("sample", `sample id must be between 0 and ${n - 1}`); return; }
     selectSample(id);
   };
   $("show").addEventListener("click", show);
@@ -509,6 +760,7 @@ async function main() {
   setupControls();
   setupMap();
   if ((await loadExperiments()) === null) { document.body.dataset.ready = "1"; return; }
+  if (app.linkProblems.length) say(`This link asks for what does not exist: ${app.linkProblems.join("; ")}.`);
   await selectExperiment(state.experiment);
 }
 
