@@ -6,7 +6,7 @@ ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# gcc builds the optional SAD kernel (common/_l1.c); the package falls back to a portable path without it
+# gcc builds the optional SAD kernel (common/compute/_l1.c); the package falls back to a portable path without it
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -21,7 +21,8 @@ COPY setup.py README.md ./
 COPY common ./common
 COPY worker ./worker
 COPY api ./api
-RUN pip install --no-deps . && python -c "import common.migrate, api.main, worker.celery_app"
+COPY cli ./cli
+RUN pip install --no-deps . && python -c "import common.store.migrate, api.main, worker.celery_app, cli.main"
 
 FROM python:${PYTHON_VERSION}-slim
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \

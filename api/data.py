@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import conflict, invalid, not_found
 from api.lookup import Finished
-from common import storage as db
+from common.store import db as db
 
 
 @lru_cache(maxsize=4)

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import lookup
 from api.errors import not_found, unauthorized
-from common import storage as db
 from common.settings import Settings
+from common.store import db as db
 
 
 async def get_settings_dep(request: Request) -> Settings:  # async: no thread hop for a lookup

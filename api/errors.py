@@ -60,7 +60,7 @@ def _json(status: int, code: str, message: str, headers: dict[str, str] | None =
 
 
 def install(app: FastAPI) -> None:
-    from common.migrate import SchemaError
+    from common.store.migrate import SchemaError
 
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import conflict, not_found
-from common import storage as db
+from common.store import db as db
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: anything larger cannot exist
 LATEST_TTL = 1.0

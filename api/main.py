@@ -24,7 +24,7 @@ log = logging.getLogger("aeknn.api")
 async def lifespan(app: FastAPI):
     """Refuse to start on a database at a schema revision this aeknn cannot use (the message says what
     to run); an empty database gets the schema."""
-    from common.migrate import SchemaError
+    from common.store.migrate import SchemaError
 
     try:
         deps.get_factory_for(app.state.settings)

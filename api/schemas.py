@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from common.config import StudyConfig
+from common.study.config import StudyConfig
 
 # The database stores UTC without an offset; RFC 3339 (OpenAPI's date-time) wants one.
 UTCDatetime = Annotated[dt.datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=dt.UTC))]

@@ -12,7 +12,7 @@ url=$1; secs=${2:-20}; port=${AEKNN_BENCH_PORT:-8077}
 export AEKNN_BROKER_URL=${AEKNN_BENCH_BROKER:-redis://127.0.0.1:6379/14}
 n=$(.venv/bin/python - "$url" <<'PY'
 import sys
-from common import storage as db
+from common.store import db as db
 f = db.session_factory(db.make_engine(sys.argv[1]))
 with f() as s:
     e = db.get_experiment(session=s, experiment_id=db.latest_experiment_id(session=s))
@@ -58,7 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from common import storage as db
+from common.store import db as db
 
 port, url = sys.argv[1], sys.argv[2]
 f = db.session_factory(db.make_engine(url))

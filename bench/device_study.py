@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import metrics as M  # noqa: E402
-from common.data import load_dataset, reconstruction_ids  # noqa: E402
-from common.names import MODEL_NAMES  # noqa: E402
-from common.neighbors import exact_knn, knn_rows, plan_chunk, prepare  # noqa: E402
-from common.training import (  # noqa: E402
+from common.compute import metrics as M  # noqa: E402
+from common.compute.data import load_dataset, reconstruction_ids  # noqa: E402
+from common.compute.names import MODEL_NAMES  # noqa: E402
+from common.compute.neighbors import exact_knn, knn_rows, plan_chunk, prepare  # noqa: E402
+from common.compute.training import (  # noqa: E402
     TrainConfig,
     configure_numerics,
     encode,

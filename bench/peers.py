@@ -39,7 +39,7 @@ def _rss_mb(field: str = "VmRSS") -> float:
 
 
 def _points(space: str, limit: int) -> np.ndarray:
-    from common.data import load_dataset
+    from common.compute.data import load_dataset
     from common.settings import get_settings
 
     s = get_settings()
@@ -53,7 +53,7 @@ def _points(space: str, limit: int) -> np.ndarray:
 
 def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int, budget: int, out: str) -> dict:
     """One measurement, in this process."""
-    from common.training import configure_numerics
+    from common.compute.training import configure_numerics
 
     configure_numerics()
     x = _points(space, limit)
@@ -64,7 +64,7 @@ def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int,
     q = min(rows, n) if slow else n
     t0 = time.perf_counter()
     if tool.startswith("ours"):  # "ours": the path chosen by speed; "ours:f32": that path, forced
-        from common.neighbors import exact_knn, knn_rows, prepare
+        from common.compute.neighbors import exact_knn, knn_rows, prepare
 
         kernel = tool.partition(":")[2] or None
         if slow:
@@ -163,7 +163,7 @@ def main() -> None:
         best["ids"] = str(tmp / f"{tool}-{space}-{dist}-{budget}-0.npy")
         return best
 
-    from common.neighbors import pixel_paths
+    from common.compute.neighbors import pixel_paths
 
     forced = {d: [f"ours:{p}" for p in pixel_paths(d, 784)] for d in ("l1", "l2")}  # every exact path here
     plan = [("pixels", "l2", ["ours", *forced["l2"], "faiss", "sklearn"]),
@@ -205,7 +205,7 @@ def _cpu() -> str:
         model = "?"
     import os
 
-    from common.kernels import cpu_flags
+    from common.compute.kernels import cpu_flags
 
     return f"{os.cpu_count()} cores, {model}, flags: {' '.join(cpu_flags()) or 'none of note'}"
 

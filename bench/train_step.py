@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.data import load_dataset  # noqa: E402
-from common.names import MODEL_NAMES  # noqa: E402
-from common.training import (  # noqa: E402
+from common.compute.data import load_dataset  # noqa: E402
+from common.compute.names import MODEL_NAMES  # noqa: E402
+from common.compute.training import (  # noqa: E402
     ModelStack,
     TrainConfig,
     _make_adam,

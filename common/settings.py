@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     @field_validator("kernel")
     @classmethod
     def _known_kernels(cls, v: str) -> str:
-        from common.kernels import parse_spec
+        from common.compute.kernels import parse_spec
 
         parse_spec(v)  # raises ValueError naming an unknown path
         return v.strip() or "auto"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from common import storage as db
-from common.training import configure_numerics
+from common.compute.training import configure_numerics
+from common.store import db as db
 
 configure_numerics()  # as the CLI and the workers do, before any torch thread pool exists
 
@@ -31,7 +31,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(data_dir, tmp_path_factory):
-    from common.data import load_dataset
+    from common.compute.data import load_dataset
 
     return load_dataset("mnist", data_dir, tmp_path_factory.mktemp("cache"))
 

@@ -11,10 +11,10 @@ import redis
 from fastapi.testclient import TestClient
 from scipy.spatial.distance import cdist
 
-from common import storage as db
-from common.config import StudyConfig
-from common.neighbors import PIXEL_UNIT
+from common.compute.neighbors import PIXEL_UNIT
 from common.settings import Settings
+from common.store import db as db
+from common.study.config import StudyConfig
 from tests.services import fresh_database
 
 CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20])
@@ -24,7 +24,7 @@ DOWN = "redis://127.0.0.1:1/0"  # nothing listens there
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def study(request, tmp_path_factory, data_dir):
-    from common.study import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, run_experiment, submit
 
     url = (f"sqlite:///{tmp_path_factory.mktemp('api') / 'api.db'}" if request.param == "sqlite"
            else fresh_database("aeknn_api"))
@@ -127,7 +127,7 @@ def test_metric_tables_are_the_stored_values(api, study):
 def test_every_k_is_stored_so_a_read_is_a_lookup(api, study):
     """Any k up to K is answered from stored values (equal to the one-k function on the stored tables),
     and reading it writes nothing."""
-    from common import metrics as M
+    from common.compute import metrics as M
 
     with study["factory"]() as s:
         before = s.query(db.MetricValue).count()
@@ -192,7 +192,7 @@ def test_an_experiment_stored_before_every_k_is_filled_by_a_worker_not_by_a_read
         pipeline.backfill(study["factory"], study["id"])  # what that task runs
         assert api.get("/metrics/score_at_k", params={"k": "7"}).status_code == 200
     finally:
-        from common.scoring import store_metrics
+        from common.study.scoring import store_metrics
 
         store_metrics(study["factory"], study["id"])
     with study["factory"]() as s:

@@ -13,15 +13,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from common import storage as db
-from common.config import StudyConfig
 from common.settings import Settings
+from common.store import db as db
+from common.study.config import StudyConfig
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory, data_dir):
     from api.main import create_app
-    from common.study import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, run_experiment, submit
 
     url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}"
     engine = db.make_engine(url)

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from common.cli import build_parser
+from cli.main import build_parser
 from common.settings import Settings
 from tests.services import ROOT
 

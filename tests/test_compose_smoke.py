@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from common import migrate
+from common.store import migrate
 from tests.services import ROOT, free_port, fresh_database, wait_for
 from tests.test_compose import compose_config
 

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from common.config import StudyConfig
+from common.study.config import StudyConfig
 
 
 def test_defaults_are_the_seed_study():

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data import load_dataset, reconstruction_ids
+from common.compute.data import load_dataset, reconstruction_ids
 from common.errors import DataError
 
 FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from common import storage as db
-from common.config import StudyConfig
-from common.neighbors import PIXEL_UNIT
+from common.compute.neighbors import PIXEL_UNIT
+from common.store import db as db
+from common.study.config import StudyConfig
 
 pytestmark = pytest.mark.slow
 LIMIT, EPOCHS = 2000, 2
 
 
 def aeknn(*args: str, env_db: str, data_dir=None, check=True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "common.cli", *args, "--db", env_db]
+    cmd = [sys.executable, "-m", "cli", *args, "--db", env_db]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -96,7 +96,7 @@ def test_stored_neighbors_equal_brute_force(study, mnist):
 
 
 def test_stored_metrics_equal_metrics_recomputed_from_stored_tables(study):
-    from common.scoring import compute_metrics
+    from common.study.scoring import compute_metrics
 
     with study["factory"]() as s:
         exp = db.get_experiment(session=s, experiment_id=study["id"])
@@ -177,7 +177,7 @@ def test_run_refuses_bad_input_before_any_work(tmp_path, args, msg):
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
     """Stopped after the first epoch, resumed: equal to a run that never stopped."""
-    from common.study import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, run_experiment, submit
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
     db.init_db(engine)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common import metrics as M
+from common.compute import metrics as M
 
 # 4 samples, labels 0 0 1 1, K = 3
 LABELS = np.array([0, 0, 1, 1], np.uint8)

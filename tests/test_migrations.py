@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from common import migrate
-from common import storage as db
+from common.store import db as db
+from common.store import migrate
 from tests.services import ROOT, ApiServer, fresh_database
 
 HEAD = "0003"  # this aeknn's newest revision: a new migration must change it here on purpose
@@ -118,7 +118,7 @@ def test_concurrent_upgrades_on_postgres_are_serialised():
 
 
 def run(*args: str, url: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args, "--db", url], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cli", *args, "--db", url], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

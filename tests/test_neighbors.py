@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from common.neighbors import PAD, PIXEL_UNIT, chunk_rows, exact_knn
+from common.compute.neighbors import PAD, PIXEL_UNIT, chunk_rows, exact_knn
 
 
 def brute_force(x: np.ndarray, k: int, distance: str) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ def test_pixels_match_brute_force(distance, chunk):
 @pytest.mark.parametrize("chunk", [1, 13, 250, None])
 @pytest.mark.parametrize("tree", [True, False])
 def test_codes_match_brute_force(distance, chunk, tree):
-    from common.neighbors import knn_rows, prepare
+    from common.compute.neighbors import knn_rows, prepare
 
     x = tied_codes(250, 1)
     ids, dist = brute_force(x, 30, distance)
@@ -112,23 +112,23 @@ def test_chunk_rows_follow_the_budget():
 def test_l1_kernel_is_built_on_x86_64():
     import platform
 
-    from common import neighbors
+    from common.compute import neighbors
 
     if platform.machine() in ("x86_64", "AMD64"):
-        assert neighbors._l1 is not None, "common/_l1.c was not compiled: `pip install -e .` needs gcc"
+        assert neighbors._l1 is not None, "common/compute/_l1.c was not compiled: `pip install -e .` needs gcc"
         assert neighbors._l1.isa() in ("avx512", "avx2")
         assert neighbors._l1.supported()[0] == neighbors._l1.isa() and "portable" in neighbors._l1.supported()
 
 
 def _isas():
-    from common import neighbors
+    from common.compute import neighbors
 
     return list(neighbors._l1.supported()) if neighbors._l1 is not None else []
 
 
 @pytest.mark.parametrize("isa", ["best", *_isas()])
 def test_l1_kernel_every_instruction_set_gives_the_exact_integers(isa):
-    from common import neighbors
+    from common.compute import neighbors
 
     rng = np.random.default_rng(5)
     a = rng.integers(0, 256, (37, 784)).astype(np.uint8)  # odd sizes: the 4x4 / 4x2 tiles' remainders
@@ -142,7 +142,7 @@ def test_l1_kernel_every_instruction_set_gives_the_exact_integers(isa):
 
 
 def test_l1_kernel_refuses_an_instruction_set_it_does_not_know():
-    from common import neighbors
+    from common.compute import neighbors
 
     if neighbors._l1 is None:
         pytest.skip("no compiled kernel on this platform")
@@ -152,7 +152,7 @@ def test_l1_kernel_refuses_an_instruction_set_it_does_not_know():
 
 
 def _paths(distance: str) -> list[str]:
-    from common.neighbors import pixel_paths
+    from common.compute.neighbors import pixel_paths
 
     return pixel_paths(distance, 784)
 
@@ -162,7 +162,7 @@ def _paths(distance: str) -> list[str]:
 def test_every_pixel_path_that_runs_here_matches_brute_force(path, mnist):
     """Each exact path this machine runs, forced, on tied toy data and on real MNIST rows, chunk by chunk
     and as a whole-table sweep (also resumed from a later row): the same ids and distances."""
-    from common.neighbors import knn_rows, prepare
+    from common.compute.neighbors import knn_rows, prepare
 
     distance, name = path
     for x, k in ((tied_pixels(333, 6), 40), (mnist.images[:1200], 100)):
@@ -182,7 +182,7 @@ def test_every_pixel_path_that_runs_here_matches_brute_force(path, mnist):
 
 
 def test_the_sweep_fits_the_budget_or_steps_aside():
-    from common.neighbors import PANEL, prepare
+    from common.compute.neighbors import PANEL, prepare
 
     x = tied_pixels(2000, 7)
     space = prepare(x, "l2", kernel="f32")
@@ -195,7 +195,7 @@ def test_the_sweep_fits_the_budget_or_steps_aside():
 
 
 def test_constant_columns_are_dropped_without_changing_a_distance():
-    from common.neighbors import prepare
+    from common.compute.neighbors import prepare
 
     x = tied_pixels(200, 8)
     wide = np.zeros((200, 100), np.uint8)
@@ -210,8 +210,8 @@ def test_constant_columns_are_dropped_without_changing_a_distance():
 
 
 def test_a_forced_path_this_machine_lacks_is_refused_by_name():
-    from common import kernels
-    from common.neighbors import prepare
+    from common.compute import kernels
+    from common.compute.neighbors import prepare
 
     x = tied_pixels(50, 9)
     with pytest.raises(ValueError, match="kernel 'f32' does not run here.*exact l2 paths that do: torch"):
@@ -224,7 +224,7 @@ def test_a_forced_path_this_machine_lacks_is_refused_by_name():
 
 
 def test_the_fastest_path_is_chosen_by_its_timing_and_cached(tmp_path):
-    from common import kernels
+    from common.compute import kernels
 
     probed = []
 
@@ -250,7 +250,7 @@ def test_the_fastest_path_is_chosen_by_its_timing_and_cached(tmp_path):
 
 
 def test_the_probe_times_real_blocks_and_the_choice_is_one_that_runs(tmp_path, mnist):
-    from common.neighbors import choose_pixel_path, pixel_paths
+    from common.compute.neighbors import choose_pixel_path, pixel_paths
 
     for distance in ("l1", "l2"):
         path = choose_pixel_path(mnist.images[:3000], distance, cache_dir=str(tmp_path))
@@ -260,7 +260,7 @@ def test_the_probe_times_real_blocks_and_the_choice_is_one_that_runs(tmp_path, m
 
 
 def test_select_kernel_keeps_the_k_smallest_by_score_then_id():
-    from common import neighbors
+    from common.compute import neighbors
 
     if neighbors._select is None:
         pytest.skip("no compiled selection kernel on this platform; the float paths are tested above")
@@ -289,8 +289,8 @@ def test_select_kernel_keeps_the_k_smallest_by_score_then_id():
 def test_select_state_read_down_columns_equals_the_rows_read_across(f32):
     """update_cols hands each column one candidate per block row; with update_rows over the rest, every
     row ends with the exact top-k of its whole (symmetric) score row, on int32 and float32 blocks."""
-    from common import neighbors
-    from common.neighbors import _TopK
+    from common.compute import neighbors
+    from common.compute.neighbors import _TopK
 
     if neighbors._select is None:
         pytest.skip("no compiled selection kernel on this platform")
@@ -324,7 +324,7 @@ def test_select_state_read_down_columns_equals_the_rows_read_across(f32):
 
 
 def test_int8_gemm_self_check_and_integer_l2_equal_the_float_path(mnist):
-    from common.neighbors import int8_gemm_exact, knn_rows, prepare
+    from common.compute.neighbors import int8_gemm_exact, knn_rows, prepare
 
     if not int8_gemm_exact(784):
         pytest.skip("torch._int_mm is missing or inexact here: pixel L2 takes a float32 path")
@@ -337,7 +337,7 @@ def test_int8_gemm_self_check_and_integer_l2_equal_the_float_path(mnist):
 
 @pytest.mark.parametrize("distance", ["l1", "l2"])
 def test_float_pixel_paths_match_brute_force(distance):
-    from common.neighbors import knn_rows, prepare
+    from common.compute.neighbors import knn_rows, prepare
 
     x = tied_pixels(333, 2)
     ids, _ = brute_force(x, 40, distance)
@@ -349,7 +349,7 @@ def test_float_pixel_paths_match_brute_force(distance):
 def test_one_space_shared_by_two_threads_gives_each_its_own_rows(mnist):
     import threading
 
-    from common.neighbors import knn_rows, prepare
+    from common.compute.neighbors import knn_rows, prepare
 
     x = mnist.images[:2000]
     for distance in ("l1", "l2"):
@@ -371,7 +371,7 @@ def test_one_space_shared_by_two_threads_gives_each_its_own_rows(mnist):
 
 
 def test_tree_path_in_blocks_gives_the_same_rows():
-    from common.neighbors import knn_rows, prepare
+    from common.compute.neighbors import knn_rows, prepare
 
     x = tied_codes(250, 4)
     ids, _ = brute_force(x, 30, "l2")
@@ -383,7 +383,7 @@ def test_tree_path_in_blocks_gives_the_same_rows():
 def test_a_chunk_planned_for_a_cpu_stays_within_a_gpu_workers_budget():
     """Chunks are planned once (by whoever advances the job, on a CPU: KD-tree sized); a worker whose
     device takes the dense path computes such a chunk in blocks sized by its own budget."""
-    from common.neighbors import CodeSpace, knn_rows, plan_chunk, prepare, tree_chunk_rows
+    from common.compute.neighbors import CodeSpace, knn_rows, plan_chunk, prepare, tree_chunk_rows
 
     n, k, budget = 60_000, 200, 1 << 30
     cpu = plan_chunk(n, 2, k, "l2", pixels=False, memory_budget=budget, device="cpu")

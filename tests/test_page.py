@@ -9,8 +9,8 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from common import storage as db
-from common.config import StudyConfig
+from common.store import db as db
+from common.study.config import StudyConfig
 from tests.services import ApiServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -21,7 +21,7 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-us
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, data_dir):
-    from common.study import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, run_experiment, submit
 
     folder = tmp_path_factory.mktemp("page")
     url = f"sqlite:///{folder / 'page.db'}"

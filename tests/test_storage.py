@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from common import storage as db
+from common.store import db as db
 
 
 def test_neighbor_rows_round_trip_and_one_row_per_sample(engine):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from common import storage as db
-from common.neighbors import exact_knn, prepare
-from common.study import Runtime, _build_table, build_chunk
+from common.compute.neighbors import exact_knn, prepare
+from common.store import db as db
+from common.study.stages import Runtime, _build_table, build_chunk
 
 
 def _table(f, images, labels, k, chunk):
@@ -61,7 +61,7 @@ def test_a_table_computed_by_workers_on_different_paths_says_so(engine, mnist):
     _, table = _table(f, images, labels, 20, 200)
     build_chunk(f, table, prepare(images, "l2", kernel="f32"), labels, 0)
     build_chunk(f, table, prepare(images, "l2", kernel="torch"), labels, 200)
-    from common.study import finish_table
+    from common.study.stages import finish_table
 
     assert finish_table(f, table.id, seconds=1.0)
     with f() as s:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from common.models import build_model
-from common.names import MODEL_NAMES
-from common.training import Checkpoint, ModelStack, TrainConfig, encode, initial_state, train, train_group
+from common.compute.models import build_model
+from common.compute.names import MODEL_NAMES
+from common.compute.training import Checkpoint, ModelStack, TrainConfig, encode, initial_state, train, train_group
 
 
 def test_architectures_match_the_study():
@@ -136,7 +136,7 @@ def test_the_one_stack_step_of_the_gpu_path_equals_a_plain_loop_on_the_cpu(x):
     """The CUDA path's step (batch ids gathered on the device from the epoch's order and a device-side
     offset, losses summed on the device, a last partial batch eagerly) runs eagerly on a CPU: it must
     give exactly what a plain loop over the same four-model stack gives."""
-    from common.training import _GraphGroup, _make_adam, epoch_order
+    from common.compute.training import _GraphGroup, _make_adam, epoch_order
 
     names = ["linear_l1", "linear_mse", "relu_l1", "relu_mse"]
     cfg = TrainConfig(epochs=2, batch_size=64, seed=3)  # 500 samples: 7 full batches and one of 52

@@ -15,9 +15,9 @@ import pytest
 import redis
 from sqlalchemy import delete, func, select
 
-from common import storage as db
-from common.config import StudyConfig
 from common.settings import get_settings
+from common.store import db as db
+from common.study.config import StudyConfig
 from tests.services import REDIS_START, TcpProxy, Worker, fresh_database, wait_for
 
 pytestmark = pytest.mark.workers
@@ -51,7 +51,7 @@ _references: dict[str, dict] = {}
 
 def reference(tmp_path_factory, data_dir, **fields) -> dict:
     """The same study run in one process (SQLite), once per config."""
-    from common.study import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, run_experiment, submit
 
     cfg = StudyConfig(**fields)
     key = repr(sorted(cfg.as_json().items()))
@@ -89,7 +89,7 @@ class Stack:
 
     def aeknn(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**__import__("os").environ, **self.env}
-        proc = subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                               env=env, timeout=120)
         if check and proc.returncode != 0:
             raise AssertionError(f"aeknn {args} failed: {proc.stderr[-2000:]}")
@@ -213,8 +213,8 @@ def test_worker_killed_among_the_chunks_loses_and_repeats_nothing(stack, tmp_pat
 
 def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
     """Two deliveries of one chunk racing on PostgreSQL: one commits, the other skips; same via Celery."""
-    from common.neighbors import prepare
-    from common.study import build_chunk, table_points
+    from common.compute.neighbors import prepare
+    from common.study.stages import build_chunk, table_points
 
     stack.worker("w1")
     eid = stack.submit(**SMALL)
@@ -248,7 +248,7 @@ def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
                                                             db.NeighborRow.sample_id == 0)) == first_rows
     # and through the broker: a chunk item sent twice more after it is done changes nothing
     (item,) = [i for i in stack.items(eid, "chunk") if i.table_id == table.id and i.start == 0]
-    from common import jobs
+    from common.study import jobs
 
     app = jobs.broker_client(get_settings().model_copy(update={"broker_url": REDIS_URL}))
     jobs.send(app, jobs.CHUNK, item.id)
@@ -358,7 +358,7 @@ def test_postgres_cut_during_writes_rolls_back_retries_and_completes(stack, tmp_
 def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint(stack, data_dir, mnist):
     """The checkpoint transaction is cut before it commits: the stored one is the previous epoch's, it
     loads (torch.load weights_only) and training resumed from it equals training never interrupted."""
-    from common.training import Checkpoint, TrainConfig, train_group
+    from common.compute.training import Checkpoint, TrainConfig, train_group
 
     proxy = TcpProxy()
     try:
@@ -425,7 +425,7 @@ def test_cancel_stops_within_one_task_and_keeps_the_database_consistent(stack):
 
 
 def Checkpoint_epoch(m) -> int:  # noqa: N802
-    from common.training import Checkpoint
+    from common.compute.training import Checkpoint
 
     return Checkpoint.from_bytes(m.checkpoint).epoch
 

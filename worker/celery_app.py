@@ -12,8 +12,8 @@ import logging
 from celery import Celery, signals
 
 from common import secrets
-from common.jobs import celery_config
 from common.settings import get_settings
+from common.study.jobs import celery_config
 
 secrets.install(get_settings())  # no password in any log line of a worker
 app = Celery("aeknn", include=["worker.tasks"])

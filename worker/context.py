@@ -6,8 +6,8 @@ import os
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import storage as db
 from common.settings import get_settings
+from common.store import db as db
 
 _factory: sessionmaker[Session] | None = None
 _pid: int | None = None
@@ -31,7 +31,7 @@ def after_fork() -> None:
     _factory, _pid = None, None
     import torch
 
-    from common.training import configure_numerics
+    from common.compute.training import configure_numerics
 
     configure_numerics()  # before this child starts any torch thread pool
     threads = get_settings().worker_threads  # `aeknn worker -c N` sets it to cores / N

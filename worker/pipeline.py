@@ -22,13 +22,13 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import jobs
-from common import storage as db
-from common.config import StudyConfig
-from common.data import Dataset
+from common.compute.data import Dataset
 from common.secrets import scrub
 from common.settings import Settings
-from common.study import (
+from common.store import db as db
+from common.study import jobs
+from common.study.config import StudyConfig
+from common.study.stages import (
     Runtime,
     build_chunk,
     finish_table,
@@ -165,7 +165,7 @@ def sweep(factory: sessionmaker[Session], settings: Settings, send: Send) -> lis
 
 def backfill(factory: sessionmaker[Session], experiment_id: int) -> None:
     """Every k of one experiment's metrics, unless a repeated delivery already stored them."""
-    from common.scoring import store_metrics
+    from common.study.scoring import store_metrics
 
     with factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
@@ -348,7 +348,7 @@ _space_cache: dict[int, tuple] = {}
 
 def do_chunk(factory, settings, item: db.WorkItem) -> None:
     """One chunk of a neighbour table; its rows and done-mark commit together (item.worker computed it)."""
-    from common.study import prepare_space
+    from common.study.stages import prepare_space
 
     check_live(factory, item.experiment_id)
     cached = _space_cache.get(item.table_id)

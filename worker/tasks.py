@@ -14,8 +14,8 @@ import kombu.exceptions
 import redis.exceptions
 import sqlalchemy.exc
 
-from common import jobs
 from common.settings import get_settings
+from common.study import jobs
 from worker import context, pipeline
 from worker.celery_app import app
 

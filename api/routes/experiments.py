@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, Header, Query
 from api.deps import ExperimentDep, FactoryDep, SessionDep, SettingsDep, require_read, require_write
 from api.errors import ERROR_RESPONSES, AppError, conflict, invalid, not_found
 from api.schemas import ExperimentCreate, ExperimentPage, ExperimentPublic, ExperimentSummary
-from common import experiments, jobs
-from common import storage as db
+from common.store import db as db
+from common.study import jobs
+from common.study import submissions as experiments
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])

@@ -24,8 +24,8 @@ from api.schemas import (
     SpaceRow,
     ValuesRow,
 )
-from common import storage as db
-from common.names import BY_LABEL_K, DEFAULT_KS, MODEL_NAMES
+from common.compute.names import BY_LABEL_K, DEFAULT_KS, MODEL_NAMES
+from common.store import db as db
 
 router = APIRouter(prefix="/metrics", tags=["metrics"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])

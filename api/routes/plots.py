@@ -12,10 +12,10 @@ from api import cache, data
 from api.deps import ExperimentDep, FactoryDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES, conflict
 from api.schemas import CodesOut, LossOut
-from common import plots
-from common import storage as db
-from common.config import ModelName
-from common.names import MODEL_NAMES
+from common.compute.names import MODEL_NAMES
+from common.store import db as db
+from common.study import plots
+from common.study.config import ModelName
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["plots"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])

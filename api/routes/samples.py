@@ -12,8 +12,8 @@ from api import cache, data, lookup
 from api.deps import ReadFactoryDep, SessionDep, finished_experiment, require_read
 from api.errors import ERROR_RESPONSES, conflict, invalid
 from api.schemas import NeighborsOut, SampleOut
-from common import storage as db
-from common.config import Distance, ModelName, Space
+from common.store import db as db
+from common.study.config import Distance, ModelName, Space
 
 router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])

@@ -226,7 +226,7 @@ def make_engine(url: str, *, pre_ping: bool = True) -> Engine:
 def init_db(engine: Engine) -> None:
     """Make the database ready: an empty one gets the schema (Alembic's migrations); one at another
     revision is refused with a message that says what to run (common.migrate.SchemaError)."""
-    from common.migrate import prepare
+    from common.store.migrate import prepare
 
     prepare(engine)
 

@@ -1,4 +1,4 @@
-"""Schema migrations (Alembic, scripts in common/migrations): the revision a database is at, upgrading
+"""Schema migrations (Alembic, scripts in common/store/migrations): the revision a database is at, upgrading
 it, and the guard every process runs before it uses a database.
 
 A new, empty database is brought to the newest revision on first use, so ``make run`` and the tests

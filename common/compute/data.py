@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.compute.names import DATASETS
 from common.errors import DataError
-from common.names import DATASETS
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ broken by the lower id. The N x N matrix never exists: rows go in blocks sized f
 
 How "exact" is kept while the bulk work runs fast:
 - Pixel spaces (uint8) on the CPU are integer arithmetic from end to end, then one exact selection
-  (common/_select.c) by the packed key (score, id): no rounding anywhere, so no proof and no fallback.
+  (common/compute/_select.c) by the packed key (score, id): no rounding anywhere, so no proof and no fallback.
   The scores come from one of several paths, all exact, chosen by measured speed (common/kernels.py):
   L2 pixels shifted to -128..127 go through an int8 GEMM (``int8``, torch._int_mm: fast with VNNI,
   very slow without) or a float32 GEMM (``f32``: every dot product is an integer below 2^24, so
-  float32 holds it exactly); L1 sums come from the SAD kernel (common/_l1.c) at the widest
+  float32 holds it exactly); L1 sums come from the SAD kernel (common/compute/_l1.c) at the widest
   instruction set that is fastest (``sad-avx512``, ``sad-avx2``, ``sad-portable``). Columns that are
   the same in every sample (MNIST's empty border) add nothing to any distance and are dropped.
 - A whole table (:meth:`FusedPixels.sweep`) reads each block of the distance matrix once for two row
@@ -36,15 +36,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common import kernels
-from common.names import DISTANCES
+from common.compute import kernels
+from common.compute.names import DISTANCES
 
 try:  # the compiled SAD kernel; without it the portable path gives the same integers
-    from common import _l1
+    from common.compute import _l1
 except ImportError:  # pragma: no cover - only where the extension could not be built
     _l1 = None
 try:  # the compiled exact top-K over integer scores; without it the float paths give the same table
-    from common import _select
+    from common.compute import _select
 except ImportError:  # pragma: no cover
     _select = None
 
@@ -185,7 +185,7 @@ class Space:
 
 
 class _TopK:
-    """The running state of many rows' exact top-k in common/_select.c: kept keys, count, threshold."""
+    """The running state of many rows' exact top-k in common/compute/_select.c: kept keys, count, threshold."""
 
     def __init__(self, rows: int, k: int) -> None:
         self.k = k
@@ -215,7 +215,7 @@ class _TopK:
 
 class FusedPixels(Space):
     """Pixel tables on the CPU: exact integer scores from one path (int8 or float32 GEMM for L2, the
-    SAD kernel for L1), each block selected at once by common/_select.c. No rounding, no proof."""
+    SAD kernel for L1), each block selected at once by common/compute/_select.c. No rounding, no proof."""
 
     bytes_per_pair = 12  # as the torch paths: a chunk plan does not depend on the path
 

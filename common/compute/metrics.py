@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.names import BY_LABEL_K, DEFAULT_KS  # noqa: F401  (re-exported)
+from common.compute.names import BY_LABEL_K, DEFAULT_KS  # noqa: F401  (re-exported)
 
 
 def _check_k(table: np.ndarray, k: int) -> None:

@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import metrics as M
-from common import storage as db
-from common.config import StudyConfig
+from common.compute import metrics as M
+from common.store import db as db
+from common.study.config import StudyConfig
 
 
 def top_k(cfg: StudyConfig, n: int) -> int:

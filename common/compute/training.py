@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from common.models import build_model, loss_name
-from common.names import MODEL_NAMES
+from common.compute.models import build_model, loss_name
+from common.compute.names import MODEL_NAMES
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from common.names import MODEL_NAMES
+from common.compute.names import MODEL_NAMES
 
 WIDTHS = (784, 128, 64, 12, 2)
 

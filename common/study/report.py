@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from common.names import MODEL_NAMES
+from common.compute.names import MODEL_NAMES
 
 
 class Value(Protocol):

@@ -20,13 +20,13 @@ import torch
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import storage as db
-from common.config import StudyConfig
-from common.data import Dataset, load_dataset, reconstruction_ids
-from common.kernels import describe_rate, throughput
-from common.neighbors import NeighborTable, Space, knn_rows, plan_chunk, prepare, release_scratch
-from common.scoring import store_metrics
-from common.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
+from common.compute.data import Dataset, load_dataset, reconstruction_ids
+from common.compute.kernels import describe_rate, throughput
+from common.compute.neighbors import NeighborTable, Space, knn_rows, plan_chunk, prepare, release_scratch
+from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
+from common.store import db as db
+from common.study.config import StudyConfig
+from common.study.scoring import store_metrics
 
 log = logging.getLogger(__name__)
 

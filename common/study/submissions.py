@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from common import jobs, kernels
-from common import storage as db
-from common.config import StudyConfig
+from common.compute import kernels
 from common.settings import Settings
+from common.store import db as db
+from common.study import jobs
+from common.study.config import StudyConfig
 
 
 class TooManyPending(RuntimeError):

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES
+from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES
 
 ModelName = StrEnum("ModelName", {n: n for n in MODEL_NAMES})
 Distance = StrEnum("Distance", {d: d for d in DISTANCES})

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from common import storage as db
 from common.settings import Settings, get_settings
+from common.store import db as db
 
 log = logging.getLogger("aeknn")
 
@@ -78,7 +78,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "memory_budget", None):
         updates["memory_budget"] = args.memory_budget
     if getattr(args, "kernel", None):
-        from common.kernels import parse_spec
+        from common.compute.kernels import parse_spec
 
         try:
             parse_spec(args.kernel)
@@ -101,10 +101,10 @@ def _factory(settings: Settings):
 
 
 def _runtime(settings: Settings, factory):
-    from common.training import configure_numerics  # imports torch: only for the commands that compute
+    from common.compute.training import configure_numerics  # imports torch: only for the commands that compute
 
     configure_numerics()  # before any torch operation starts a thread pool
-    from common.study import Runtime
+    from common.study.stages import Runtime
 
     return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
                    device=settings.device, memory_budget=settings.memory_budget, kernel=settings.kernel,
@@ -112,9 +112,9 @@ def _runtime(settings: Settings, factory):
 
 
 def _print_tables(factory, experiment_id: int, fmt: str) -> None:
-    from common import report
-    from common.config import StudyConfig
-    from common.names import BY_LABEL_K
+    from common.compute.names import BY_LABEL_K
+    from common.study import report
+    from common.study.config import StudyConfig
 
     with factory() as s:
         cfg = StudyConfig.model_validate(db.get_experiment(session=s, experiment_id=experiment_id).config)
@@ -132,7 +132,7 @@ def _print_tables(factory, experiment_id: int, fmt: str) -> None:
 
 def _config(args: argparse.Namespace, cmd: str):
     """The StudyConfig the options ask for, or None after printing what is wrong with them."""
-    from common.config import StudyConfig
+    from common.study.config import StudyConfig
 
     fields = {"dataset": args.dataset, "limit": args.limit, "models": args.models, "epochs": args.epochs,
               "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "k": args.k,
@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     settings = _settings(args)
     factory = _factory(settings)
-    from common.study import run_experiment, submit
+    from common.study.stages import run_experiment, submit
 
     experiment_id = submit(factory, cfg)
     log.info("experiment %d: %s", experiment_id, cfg.as_json())
@@ -169,7 +169,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if exp is None:
         print(f"aeknn resume: no experiment {args.experiment}", file=sys.stderr)
         return 1
-    from common.study import run_experiment
+    from common.study.stages import run_experiment
 
     run_experiment(_runtime(settings, factory), args.experiment)
     _print_tables(factory, args.experiment, "table")
@@ -177,7 +177,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from common import experiments, jobs
+    from common.study import jobs
+    from common.study import submissions as experiments
 
     cfg = _config(args, "submit")
     if cfg is None:
@@ -193,7 +194,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from common import experiments
+    from common.study import submissions as experiments
 
     factory = _factory(_settings(args))
     with factory() as s:
@@ -219,7 +220,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from common import experiments
+    from common.study import submissions as experiments
 
     status = experiments.cancel(_factory(_settings(args)), args.experiment)
     if status is None:
@@ -233,7 +234,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Replace this process with a Celery worker (the workers import torch; this CLI does not)."""
     import os
 
-    from common.jobs import QUEUES
+    from common.study.jobs import QUEUES
 
     settings = _settings(args)
     _factory(settings).kw["bind"].dispose()  # refuse a database at another schema revision, before starting
@@ -256,8 +257,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Advance every unfinished experiment once: what the broker lost is sent again."""
-    from common import jobs
-    from common import storage as db_
+    from common.store import db as db_
+    from common.study import jobs
 
     settings = _settings(args)
     factory = _factory(settings)
@@ -296,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     """Schema migrations: upgrade, current, stamp."""
-    from common import migrate
+    from common.store import migrate
 
     settings = _settings(args)
     engine = db.make_engine(settings.database_url)
@@ -323,8 +324,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     runs): the same study is never submitted twice, however often this runs."""
     import hashlib
 
-    from common import experiments, jobs, migrate
-    from common.config import StudyConfig
+    from common.store import migrate
+    from common.study import jobs
+    from common.study import submissions as experiments
+    from common.study.config import StudyConfig
 
     settings = _settings(args)
     engine = db.make_engine(settings.database_url)
@@ -370,7 +373,7 @@ def _experiment_id(factory, given: int | None, cmd: str) -> int | None:
 def cmd_metrics(args: argparse.Namespace) -> int:
     factory = _factory(_settings(args))
     if args.backfill:
-        from common.scoring import backfill
+        from common.study.scoring import backfill
 
         done = backfill(factory, args.experiment)
         print(f"every k stored for experiment(s) {', '.join(map(str, done)) or 'none (nothing to fill)'}")
@@ -417,7 +420,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from common.names import DATASETS, DISTANCES, MODEL_NAMES
+    from common.compute.names import DATASETS, DISTANCES, MODEL_NAMES
 
     p = argparse.ArgumentParser(prog="aeknn", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -531,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step otherwise
     from common.errors import DataError
-    from common.migrate import SchemaError
+    from common.store.migrate import SchemaError
 
     try:
         return args.func(args)

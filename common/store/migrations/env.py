@@ -1,11 +1,11 @@
-"""Alembic's environment for aeknn: the schema is common.storage's metadata. Run through
+"""Alembic's environment for aeknn: the schema is common.store.db's metadata. Run through
 ``aeknn db upgrade`` (common/migrate.py), which hands over its own connection."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from common.storage import Base
+from common.store.db import Base
 
 config = context.config
 target_metadata = Base.metadata

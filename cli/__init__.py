@@ -1,0 +1,1 @@
+"""The `aeknn` command line: the third entry point, beside api/ and worker/."""

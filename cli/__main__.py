@@ -1,0 +1,7 @@
+"""`python -m cli`: the aeknn command."""
+
+import sys
+
+from cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Storage: the SQL schema, the repository functions every stage uses, and the migrations."""
