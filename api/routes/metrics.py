@@ -45,7 +45,7 @@ class Format(StrEnum):
 def _ks(text: str, exp: db.Experiment, n: int) -> list[int]:
     top = min(int(exp.config["k"]), n - 2)
     ks: set[int] = set()
-    for part in text.replace(" ", "").split(","):
+    for part in "".join(text.split()).split(","):  # no whitespace of any kind (the pattern allows \r)
         if part == "all":
             ks.update(range(1, top + 1))
         elif "-" in part:
