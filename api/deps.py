@@ -10,10 +10,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import lookup
-from api.errors import not_found, unauthorized
+from api.errors import unauthorized
 from common.settings import Settings
 from common.store import db as db
+from common.study import reads
 
 
 async def get_settings_dep(request: Request) -> Settings:  # async: no thread hop for a lookup
@@ -88,15 +88,7 @@ SessionDep = Annotated[Session, Depends(get_db)]
 
 
 def experiment_or_404(experiment_id: int, session: SessionDep) -> db.Experiment:
-    exp = lookup.get_experiment(session, experiment_id)
-    if exp is None:
-        raise not_found(f"no experiment {experiment_id}")
-    return exp
+    return reads.experiment(session, experiment_id)  # NotFound: 404
 
 
 ExperimentDep = Annotated[db.Experiment, Depends(experiment_or_404)]
-
-
-def finished_experiment(session: Session, experiment: int | None) -> db.Experiment:
-    """The experiment asked for (it must have succeeded), or the latest that succeeded."""
-    return lookup.get_experiment(session, lookup.finished(session, experiment).id)

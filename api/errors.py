@@ -60,7 +60,20 @@ def _json(status: int, code: str, message: str, headers: dict[str, str] | None =
 
 
 def install(app: FastAPI) -> None:
+    from common.errors import Invalid, NotFound, NotReady
     from common.store.migrate import SchemaError
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return _json(404, "not_found", str(exc))
+
+    @app.exception_handler(NotReady)
+    async def _not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return _json(409, "conflict", str(exc))
+
+    @app.exception_handler(Invalid)
+    async def _invalid(_: Request, exc: Invalid) -> JSONResponse:
+        return _json(422, "invalid", str(exc))
 
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:

@@ -24,6 +24,21 @@ def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def _db_url(text: str) -> str:
+    """A database URL, or a plain path taken as a SQLite file (``--db results/aeknn.db``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if "://" not in text:
+        return f"sqlite:///{text}"
+    try:
+        make_url(text)
+    except (ArgumentError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a database URL or a path: {text!r} (e.g. sqlite:///aeknn.db, "
+                                         "postgresql+psycopg://user@host/db, or a file name)") from None
+    return text
+
+
 def _size(text: str) -> int:
     """Bytes, with an optional K/M/G suffix (binary): 256M, 1G, 1073741824."""
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -100,6 +115,23 @@ def _factory(settings: Settings):
     return db.session_factory(engine)
 
 
+def _read_factory(settings: Settings, cmd: str):
+    """The database a read command reads: it must exist (a read never creates one, least of all an empty
+    file in the wrong folder)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).is_file():
+        raise _Usage(f"aeknn {cmd}: no database at {url.database} (--db {settings.database_url}): run `aeknn run` "
+                     "first, or point --db (AEKNN_DATABASE_URL) at the database that holds the study")
+    return _factory(settings)
+
+
+class _Usage(Exception):
+    """A mistake in how the command was called: one line on stderr, exit 2."""
+
+
 def _runtime(settings: Settings, factory):
     from common.compute.training import configure_numerics  # imports torch: only for the commands that compute
 
@@ -111,22 +143,38 @@ def _runtime(settings: Settings, factory):
                    progress=TqdmProgress())
 
 
-def _print_tables(factory, experiment_id: int, fmt: str) -> None:
+def _print_tables(factory, experiment_id: int | None, fmt: str = "table", k: str | None = None,
+                  table: str | None = None, out: str | None = None) -> None:
+    """The study's tables of a finished experiment (the same rows the API serves) at the config's ks or
+    ``k``; CSV is one table (``table``) on stdout, or one file per table in the folder ``out``."""
     from common.compute.names import BY_LABEL_K
-    from common.study import report
-    from common.study.config import StudyConfig
+    from common.study import reads, report
 
     with factory() as s:
-        cfg = StudyConfig.model_validate(db.get_experiment(session=s, experiment_id=experiment_id).config)
-        by_label = min(BY_LABEL_K, cfg.k)
-        values = db.load_metrics(session=s, experiment_id=experiment_id, ks=sorted({*cfg.ks, by_label}))
-        tables = report.study_tables(values, ks=list(cfg.ks), by_label_k=by_label)
+        exp = reads.finished(s, experiment_id)
+        ks = reads.parse_ks(k, exp.top_k, "--k") if k else reads.check_ks(list(exp.config["ks"]), exp.top_k)
+        tables = report.study_tables(s, exp, ks, min(BY_LABEL_K, exp.top_k))
+    names = [t.name for t in tables]
+    if table is not None:
+        if table not in names:
+            raise _Usage(f"aeknn metrics: no table {table!r}; the tables are {', '.join(names)}")
+        tables = [t for t in tables if t.name == table]
     if fmt == "json":
-        print(json.dumps({"experiment": experiment_id, "tables": report.as_dicts(tables)}, indent=1))
+        print(json.dumps({"experiment": exp.id, "k": ks, "tables": report.as_dicts(tables)}, indent=1))
     elif fmt == "csv":
-        print(report.render_csv(tables), end="")
+        if out is not None:
+            folder = Path(out)
+            folder.mkdir(parents=True, exist_ok=True)
+            for t in tables:
+                (folder / f"{t.name}.csv").write_text(report.csv_of(t))
+            print(f"experiment {exp.id}: {len(tables)} tables written to {folder}/ ({', '.join(names)}.csv)")
+        elif len(tables) == 1:
+            print(report.csv_of(tables[0]), end="")
+        else:
+            raise _Usage("aeknn metrics: CSV holds one table: name it with --table "
+                         f"({', '.join(names)}), or write one file per table with --out FOLDER")
     else:
-        print(f"experiment {experiment_id}\n")
+        print(f"experiment {exp.id}\n")
         print(report.render_text(tables))
 
 
@@ -196,7 +244,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from common.study import submissions as experiments
 
-    factory = _factory(_settings(args))
+    factory = _read_factory(_settings(args), "status")
     with factory() as s:
         info = experiments.describe(s, args.experiment)
     if info is None:
@@ -222,7 +270,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from common.study import submissions as experiments
 
-    status = experiments.cancel(_factory(_settings(args)), args.experiment)
+    status = experiments.cancel(_read_factory(_settings(args), "cancel"), args.experiment)
     if status is None:
         print(f"aeknn cancel: no experiment {args.experiment}", file=sys.stderr)
         return 1
@@ -351,83 +399,52 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment_id(factory, given: int | None, cmd: str) -> int | None:
-    with factory() as s:
-        if given is None:
-            found = db.latest_experiment_id(session=s)
-            if found is None:
-                print(f"aeknn {cmd}: no succeeded experiment in the database yet (run `aeknn run`)",
-                      file=sys.stderr)
-            return found
-        exp = db.get_experiment(session=s, experiment_id=given)
-        if exp is None:
-            print(f"aeknn {cmd}: no experiment {given}", file=sys.stderr)
-            return None
-        if exp.status != db.SUCCEEDED:
-            print(f"aeknn {cmd}: experiment {given} is {exp.status}, its tables are not complete",
-                  file=sys.stderr)
-            return None
-        return given
-
-
 def cmd_metrics(args: argparse.Namespace) -> int:
-    factory = _factory(_settings(args))
+    settings = _settings(args)
     if args.backfill:
         from common.study.scoring import backfill
 
-        done = backfill(factory, args.experiment)
+        done = backfill(_read_factory(settings, "metrics"), args.experiment)
         print(f"every k stored for experiment(s) {', '.join(map(str, done)) or 'none (nothing to fill)'}")
         return 0
-    experiment_id = _experiment_id(factory, args.experiment, "metrics")
-    if experiment_id is None:
-        return 1
-    _print_tables(factory, experiment_id, args.format)
+    _print_tables(_read_factory(settings, "metrics"), args.experiment, args.format, args.k, args.table, args.out)
     return 0
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
-    factory = _factory(_settings(args))
-    experiment_id = _experiment_id(factory, args.experiment, "neighbors")
-    if experiment_id is None:
-        return 1
-    space = db.ORIGINAL if args.space == "original" else args.model
+    from common.study import reads
+
+    factory = _read_factory(_settings(args), "neighbors")
     with factory() as s:
-        exp = db.get_experiment(session=s, experiment_id=experiment_id)
-        if args.space == "encoded" and args.model not in exp.config["models"]:
-            print(f"aeknn neighbors: experiment {experiment_id} has no model {args.model!r} "
-                  f"(it has {exp.config['models']})", file=sys.stderr)
-            return 2
-        table = db.find_table(session=s, experiment_id=experiment_id, space=space, distance=args.distance)
-        if table is None:
-            print(f"aeknn neighbors: experiment {experiment_id} has no {space}/{args.distance} table",
-                  file=sys.stderr)
-            return 2
-        if not 0 < args.k <= table.k:
-            print(f"aeknn neighbors: --k must be in 1..{table.k}, got {args.k}", file=sys.stderr)
-            return 2
-        if not 0 <= args.sample_id < table.n:
-            print(f"aeknn neighbors: sample id must be in 0..{table.n - 1}, got {args.sample_id}",
-                  file=sys.stderr)
-            return 2
-        ids, labels, dists = db.sample_neighbors(session=s, table_id=table.id, sample_id=args.sample_id)
-        own = int(db.dataset_labels(session=s, dataset_id=table.dataset_id)[args.sample_id])
-    print(f"experiment {experiment_id}  sample {args.sample_id} (label {own})  space {space}  "
+        exp = reads.finished(s, args.experiment)
+        found = reads.neighbors(s, exp, args.sample_id, space=args.space, model=args.model, distance=args.distance,
+                                k=args.k)
+    space = "original" if args.space == "original" else args.model
+    print(f"experiment {exp.id}  sample {args.sample_id} (label {found['sample']['label']})  space {space}  "
           f"distance {args.distance}  k {args.k}")
-    print(f"{'rank':>4}  {'id':>6}  {'label':>5}  {'distance':>10}")
-    for r in range(args.k):
-        print(f"{r + 1:>4}  {ids[r]:>6}  {labels[r]:>5}  {dists[r]:>10.5f}")
+    print(f"{'rank':>4}  {'id':>6}  {'label':>5}  {'distance':>12}")
+    for nb in found["neighbors"]:  # distances with their significant digits (a collapsed code's are tiny)
+        print(f"{nb['rank']:>4}  {nb['id']:>6}  {nb['label']:>5}  {nb['distance']:>12.6g}")
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """A mistyped option is one line (what is wrong, and where the help is), exit 2; no usage dump."""
+
+    def error(self, message: str):  # noqa: ANN201 - argparse's signature
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from common.compute.names import DATASETS, DISTANCES, MODEL_NAMES
 
-    p = argparse.ArgumentParser(prog="aeknn", description=__doc__.splitlines()[0])
+    p = _Parser(prog="aeknn", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common_opts(sp: argparse.ArgumentParser, compute: bool, broker: bool = False) -> None:
-        sp.add_argument("--db", help="database URL (default: AEKNN_DATABASE_URL or sqlite:///aeknn.db)")
+        sp.add_argument("--db", type=_db_url, help="database URL, or a path to a SQLite file "
+                                                   "(default: AEKNN_DATABASE_URL or sqlite:///aeknn.db)")
         if broker:
             sp.add_argument("--broker", help="Celery broker URL (default: AEKNN_BROKER_URL or redis://127.0.0.1:6379/0)")
         if compute:
@@ -508,20 +525,27 @@ def build_parser() -> argparse.ArgumentParser:
     res.set_defaults(func=cmd_resume)
 
     met = sub.add_parser("metrics", help="print the metric tables of a stored experiment")
-    met.add_argument("--experiment", type=int, help="default: the latest succeeded experiment")
-    met.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    met.add_argument("--experiment", type=int, help="the experiment's id (default: the latest succeeded one)")
+    met.add_argument("--k", help="the k columns: a comma list, ranges a-b, or all (default: the study's ks)")
+    met.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                     help="text tables, CSV (one table: --table, or --out FOLDER) or JSON (default: table)")
+    met.add_argument("--table", help="only this table: score_at_k, score_at_k_by_label, label_agreement, "
+                                     "knn_accuracy, r_nx")
+    met.add_argument("--out", help="with --format csv: write one CSV file per table into this folder")
     met.add_argument("--backfill", action="store_true",
                      help="store every k of experiments made before every k was (all, or --experiment)")
     common_opts(met, compute=False)
     met.set_defaults(func=cmd_metrics)
 
     nb = sub.add_parser("neighbors", help="print one sample's nearest neighbours")
-    nb.add_argument("sample_id", type=int)
-    nb.add_argument("--space", choices=["original", "encoded"], required=True)
-    nb.add_argument("--model", choices=list(MODEL_NAMES), default="relu_mse")
-    nb.add_argument("--distance", choices=list(DISTANCES), default="l2")
-    nb.add_argument("--k", type=int, default=20)
-    nb.add_argument("--experiment", type=int, help="default: the latest succeeded experiment")
+    nb.add_argument("sample_id", type=int, help="the sample's id (its index in the training split)")
+    nb.add_argument("--space", choices=["original", "encoded"], required=True,
+                    help="original: pixel space; encoded: the code space of --model")
+    nb.add_argument("--model", choices=list(MODEL_NAMES), default="relu_mse",
+                    help="the model whose code space --space encoded reads (default: relu_mse)")
+    nb.add_argument("--distance", choices=list(DISTANCES), default="l2", help="default: l2")
+    nb.add_argument("--k", type=int, default=20, help="how many neighbours, at most the table's K (default: 20)")
+    nb.add_argument("--experiment", type=int, help="the experiment's id (default: the latest succeeded one)")
     common_opts(nb, compute=False)
     nb.set_defaults(func=cmd_neighbors)
     return p
@@ -533,11 +557,20 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step otherwise
-    from common.errors import DataError
+    from common.errors import DataError, Invalid, NotFound, NotReady
     from common.store.migrate import SchemaError
 
     try:
         return args.func(args)
+    except _Usage as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except Invalid as exc:
+        print(f"aeknn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except (NotFound, NotReady) as exc:
+        print(f"aeknn {args.command}: {exc}", file=sys.stderr)
+        return 1
     except ValidationError as exc:  # a setting from the environment (AEKNN_*) that does not validate
         for e in exc.errors():
             print(f"aeknn: invalid setting AEKNN_{str(e['loc'][0]).upper()}: {e['msg']}", file=sys.stderr)

@@ -122,11 +122,20 @@ def test_stored_metrics_equal_metrics_recomputed_from_stored_tables(study):
     assert {key[3] for key in stored} == set(range(1, 201))
 
 
-def test_metrics_command_formats(study):
+def test_metrics_command_formats(study, tmp_path):
     table = aeknn("metrics", env_db=study["url"]).stdout
-    assert "score@k" in table and "relu_mse" in table
-    csv_out = aeknn("metrics", "--format", "csv", env_db=study["url"]).stdout
-    assert csv_out.splitlines()[0] == "table,model,distance,k=5,k=10,k=20,k=50"
+    assert "score@k" in table and "relu_mse" in table and "k=50" in table and "k=7 " not in table
+    csv_out = aeknn("metrics", "--format", "csv", "--table", "score_at_k", env_db=study["url"]).stdout
+    assert csv_out.splitlines()[0] == "model,distance,k=5,k=10,k=20,k=50" and len(csv_out.splitlines()) == 9
+    picked = aeknn("metrics", "--k", "3,7-8", "--table", "knn_accuracy", "--format", "csv", env_db=study["url"]).stdout
+    assert picked.splitlines()[0] == "space,distance,k=3,k=7,k=8" and picked.splitlines()[1].startswith("original,l1,")
+    done = aeknn("metrics", "--format", "csv", "--out", str(tmp_path / "csv"), env_db=study["url"])
+    files = sorted(p.name for p in (tmp_path / "csv").iterdir())
+    assert files == ["knn_accuracy.csv", "label_agreement.csv", "r_nx.csv", "score_at_k.csv",
+                     "score_at_k_by_label.csv"] and "5 tables written" in done.stdout
+    assert (tmp_path / "csv" / "label_agreement.csv").read_text().startswith("model,distance,k,original_rate")
+    mixed = aeknn("metrics", "--format", "csv", env_db=study["url"], check=False)
+    assert mixed.returncode == 2 and "--table" in mixed.stderr and "Traceback" not in mixed.stderr
     data = json.loads(aeknn("metrics", "--format", "json", env_db=study["url"]).stdout)
     score = next(t for t in data["tables"] if t["name"] == "score_at_k")
     with study["factory"]() as s:
@@ -146,17 +155,59 @@ def test_neighbors_command(study, mnist):
     assert [int(r[2]) for r in rows] == list(mnist.labels[want[0]])
     enc = aeknn("neighbors", "7", "--space", "encoded", "--model", "relu_l1", env_db=study["url"]).stdout
     assert len(enc.splitlines()) == 2 + 20
+    # distances keep their significant digits, however small (a collapsed model's codes are close)
+    with study["factory"]() as s:
+        t = db.find_table(session=s, experiment_id=study["id"], space="linear_l1", distance="l2")
+        first = float(db.sample_neighbors(session=s, table_id=t.id, sample_id=7)[2][0])
+    row = aeknn("neighbors", "7", "--space", "encoded", "--model", "linear_l1", env_db=study["url"]).stdout
+    shown = float(row.splitlines()[2].split()[3])
+    assert shown == pytest.approx(first, rel=1e-5) and (first == 0 or shown != 0)
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["neighbors", "7", "--space", "original", "--k", "201"], "--k must be in 1..200"),
-    (["neighbors", "2000", "--space", "original"], "sample id must be in 0..1999"),
-    (["neighbors", "7", "--space", "encoded", "--model", "vae"], "invalid choice: 'vae'"),
-    (["metrics", "--experiment", "999"], "no experiment 999"),
+@pytest.mark.parametrize("args, code, msg", [
+    (["neighbors", "7", "--space", "original", "--k", "201"], 2, "k: must be in 1..200"),
+    (["neighbors", "2000", "--space", "original"], 1, "sample 2000 is not in experiment"),
+    (["neighbors", "7", "--space", "encoded", "--model", "vae"], 2, "invalid choice: 'vae'"),
+    (["metrics", "--experiment", "999"], 1, "no experiment 999"),
+    (["metrics", "--k", "0,5"], 2, "--k: [0] must each be in 1..200"),
+    (["metrics", "--k", "5,abc"], 2, "'abc' is not a whole number"),
+    (["metrics", "--table", "nope", "--format", "csv"], 2, "no table 'nope'"),
+    (["metrics", "--colour", "red"], 2, "unrecognized arguments: --colour"),
 ])
-def test_read_commands_refuse_bad_input(study, args, msg):
+def test_read_commands_refuse_bad_input(study, args, code, msg):
     proc = aeknn(*args, env_db=study["url"], check=False)
-    assert proc.returncode != 0 and msg in proc.stderr
+    assert proc.returncode == code and msg in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
+
+
+def test_read_commands_never_create_a_database(tmp_path):
+    for args in (["metrics"], ["neighbors", "1", "--space", "original"], ["status", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "cli", *args, "--db", str(tmp_path / "no_such.db")],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert proc.returncode == 2 and f"no database at {tmp_path / 'no_such.db'}" in proc.stderr, proc.stderr
+        assert not (tmp_path / "no_such.db").exists() and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "cli", "metrics"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)  # no --db, in a folder without aeknn.db
+    assert proc.returncode == 2 and "no database at aeknn.db" in proc.stderr and not (tmp_path / "aeknn.db").exists()
+    bad = subprocess.run([sys.executable, "-m", "cli", "metrics", "--db", "postgresql://[::1"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and "not a database URL or a path" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_plain_path_is_a_sqlite_database(study):
+    path = study["url"].removeprefix("sqlite:///")
+    out = aeknn("metrics", "--table", "score_at_k", "--format", "csv", env_db=path).stdout
+    assert out.startswith("model,distance,k=5")
+
+
+def test_every_option_of_the_read_commands_says_what_it_is():
+    for cmd in ("neighbors", "metrics"):
+        text = subprocess.run([sys.executable, "-m", "cli", cmd, "--help"], capture_output=True, text=True).stdout
+        for option in ("--db", "--experiment", *(("--space", "--model", "--k", "--distance") if cmd == "neighbors"
+                                                  else ("--k", "--format", "--table", "--out"))):
+            line = next(x for x in text.splitlines() if x.strip().startswith(option))
+            assert len(line.split(option, 1)[1].strip()) > 3 or option in text.split("\n", 1)[1], (cmd, option)
+        assert "default" in text
 
 
 @pytest.mark.parametrize("args, msg", [

@@ -1,5 +1,6 @@
 """The study's metric tables, served from stored values: every k from 1 to K is stored by the metrics
-stage, so a read never computes. JSON by default; CSV with `Accept: text/csv` or `?format=csv`."""
+stage, so a read never computes. The rows come from common/study/reads.py, as the CLI's do. JSON by
+default; CSV with `Accept: text/csv` or `?format=csv`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 
-from api import cache, data
-from api.deps import SessionDep, finished_experiment, require_read
-from api.errors import ERROR_RESPONSES, conflict, invalid
+from api import cache
+from api.deps import SessionDep, require_read
+from api.errors import ERROR_RESPONSES
 from api.schemas import (
     AccuracyTable,
     AgreementRow,
@@ -24,8 +25,8 @@ from api.schemas import (
     SpaceRow,
     ValuesRow,
 )
-from common.compute.names import BY_LABEL_K, DEFAULT_KS, MODEL_NAMES
-from common.store import db as db
+from common.compute.names import BY_LABEL_K, DEFAULT_KS
+from common.study import reads
 
 router = APIRouter(prefix="/metrics", tags=["metrics"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
@@ -40,36 +41,6 @@ CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 class Format(StrEnum):
     json = "json"
     csv = "csv"
-
-
-def _ks(text: str, exp: db.Experiment, n: int) -> list[int]:
-    top = min(int(exp.config["k"]), n - 2)
-    ks: set[int] = set()
-    for part in "".join(text.split()).split(","):  # no whitespace of any kind (the pattern allows \r)
-        if part == "all":
-            ks.update(range(1, top + 1))
-        elif "-" in part:
-            lo, hi = (int(x) for x in part.split("-"))
-            if hi < lo or hi > top:
-                raise invalid(f"k: range {part} must run upwards within 1..{top} (the table's K, and below N-1)")
-            ks.update(range(lo, hi + 1))
-        elif part:
-            ks.add(int(part))
-    ks = sorted(ks)
-    bad = [k for k in ks if not 1 <= k <= top]
-    if bad or not ks:
-        raise invalid(f"k: {bad or text!r} must each be in 1..{top} (the table's K, and below N-1)")
-    return ks
-
-
-def _values(session, exp: db.Experiment, metric: str, ks: list[int] | None = None) -> dict[tuple, float]:
-    return {(v.space, v.distance, v.k, v.label): v.value
-            for v in db.load_metrics(session=session, experiment_id=exp.id, metric=metric, ks=ks)}
-
-
-def _pairs(exp: db.Experiment) -> list[tuple[str, str]]:
-    models = sorted(exp.config["models"], key=MODEL_NAMES.index)
-    return [(m, d) for m in models for d in sorted(exp.config["distances"])]
 
 
 def _respond(request: Request, fmt: Format | None, model: BaseModel, header: list[str], rows: list[list],
@@ -91,26 +62,17 @@ def _respond(request: Request, fmt: Format | None, model: BaseModel, header: lis
     return response
 
 
-def _prepare(session, experiment: int | None, k: str) -> tuple[db.Experiment, list[int]]:
-    exp = finished_experiment(session, experiment)
-    ks = _ks(k, exp, data.dataset_size(session, exp.dataset_id))
-    if not exp.metrics_all_k:  # stored before every k was: the sweeper has a worker fill the rest
-        have = db.stored_ks(session=session, experiment_id=exp.id)
-        missing = [x for x in ks if x not in have]
-        if missing:
-            raise conflict(f"k: experiment {exp.id} was stored with k in {sorted(have)} only; a worker is filling "
-                           f"in every other k (or run `aeknn metrics --backfill --experiment {exp.id}`), "
-                           f"so {missing} will be there shortly")
-    return exp, ks
+def _prepare(session, experiment: int | None, k: str) -> tuple[reads.Finished, list[int]]:
+    exp = reads.finished(session, experiment)
+    return exp, reads.parse_ks(k, exp.top_k)
 
 
 def _values_table(metric: str):
     def endpoint(request: Request, session: SessionDep, experiment: ExperimentQ = None,
                  k: KsQ = DEFAULT_K_TEXT, format: Format | None = None):  # noqa: A002
         exp, ks = _prepare(session, experiment, k)
-        v = _values(session, exp, metric, ks)
-        rows = [ValuesRow(model=m, distance=d, values={str(x): v.get((m, d, x, -1)) for x in ks})
-                for m, d in _pairs(exp)]
+        rows = [ValuesRow(model=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
+                for r in reads.value_rows(session, exp, metric, ks)]
         return _respond(request, format, ScoreTable(experiment=exp.id, k=ks, rows=rows),
                         ["model", "distance", *[f"k={x}" for x in ks]],
                         [[r.model, r.distance, *r.values.values()] for r in rows], experiment is not None)
@@ -128,16 +90,8 @@ router.add_api_route("/r_nx", _values_table("r_nx"), methods=["GET"], response_m
 def score_at_k_by_label(request: Request, session: SessionDep, experiment: ExperimentQ = None,
                         k: Annotated[int, Query(ge=1)] = BY_LABEL_K, format: Format | None = None):  # noqa: A002
     """score@k over the samples of each label (table 2: the study shows k = 20; every k up to K is stored)."""
-    exp = finished_experiment(session, experiment)
-    v = _values(session, exp, "score_at_k_by_label", [k])
-    if not v:
-        stored = sorted({key[2] for key in _values(session, exp, "score_at_k_by_label")})
-        shown = f"1..{stored[-1]}" if stored == list(range(1, len(stored) + 1)) else str(stored)
-        raise invalid(f"k: experiment {exp.id} stores score@k by label at k in {shown}, got {k}")
-    rows = []
-    for m, d in _pairs(exp):
-        per = {str(key[3]): val for key, val in sorted(v.items()) if key[:3] == (m, d, k)}
-        rows.append(ByLabelRow(model=m, distance=d, k=k, by_label=per))
+    exp = reads.finished(session, experiment)
+    rows = [ByLabelRow(**r) for r in reads.by_label_rows(session, exp, k)]
     labels = sorted({lab for r in rows for lab in r.by_label}, key=int)
     return _respond(request, format, ByLabelTable(experiment=exp.id, k=k, rows=rows),
                     ["model", "distance", "k", *labels],
@@ -150,13 +104,7 @@ def label_agreement(request: Request, session: SessionDep, experiment: Experimen
                     k: KsQ = DEFAULT_K_TEXT, format: Format | None = None):  # noqa: A002
     """Same-label rates before and after encoding, their change (enc - orig) and mean |change| (tables 3, 4)."""
     exp, ks = _prepare(session, experiment, k)
-    rate = _values(session, exp, "same_label_rate", ks)
-    change = _values(session, exp, "label_agreement_change", ks)
-    dist = _values(session, exp, "label_agreement_distance", ks)
-    rows = [AgreementRow(model=m, distance=d, k=x, original_rate=rate.get((db.ORIGINAL, d, x, -1)),
-                         encoded_rate=rate.get((m, d, x, -1)), change=change.get((m, d, x, -1)),
-                         abs_change=dist.get((m, d, x, -1)))
-            for m, d in _pairs(exp) for x in ks]
+    rows = [AgreementRow(**r) for r in reads.agreement_rows(session, exp, ks)]
     return _respond(request, format, AgreementTable(experiment=exp.id, k=ks, rows=rows),
                     ["model", "distance", "k", "original_rate", "encoded_rate", "change", "abs_change"],
                     [[r.model, r.distance, r.k, r.original_rate, r.encoded_rate, r.change, r.abs_change]
@@ -168,10 +116,8 @@ def knn_accuracy(request: Request, session: SessionDep, experiment: ExperimentQ 
                  k: KsQ = DEFAULT_K_TEXT, format: Format | None = None):  # noqa: A002
     """Leave-one-out kNN accuracy@k of every space (ties go to the nearest label)."""
     exp, ks = _prepare(session, experiment, k)
-    v = _values(session, exp, "knn_accuracy", ks)
-    spaces = [db.ORIGINAL, *sorted(exp.config["models"], key=MODEL_NAMES.index)]
-    rows = [SpaceRow(space=s, distance=d, values={str(x): v.get((s, d, x, -1)) for x in ks})
-            for s in spaces for d in sorted(exp.config["distances"])]
+    rows = [SpaceRow(space=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
+            for r in reads.value_rows(session, exp, "knn_accuracy", ks)]
     return _respond(request, format, AccuracyTable(experiment=exp.id, k=ks, rows=rows),
                     ["space", "distance", *[f"k={x}" for x in ks]],
                     [[r.space, r.distance, *r.values.values()] for r in rows], experiment is not None)

@@ -8,13 +8,13 @@ import json
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
-from api import cache, data
+from api import cache
 from api.deps import ExperimentDep, FactoryDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES, conflict
 from api.schemas import CodesOut, LossOut
 from common.compute.names import MODEL_NAMES
 from common.store import db as db
-from common.study import plots
+from common.study import plots, reads
 from common.study.config import ModelName
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["plots"], responses=ERROR_RESPONSES,
@@ -24,7 +24,7 @@ PNG = {200: {"content": {"image/png": {}}}}
 
 def _models(session, exp: db.Experiment, model: ModelName | None) -> list[db.ModelRow]:
     if model is not None:
-        return [data.model_row(session, exp, model.value)]
+        return [reads.model_row(session, exp, model.value)]
     rows = [m for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None]
     if not rows:
         raise conflict(f"experiment {exp.id} has no trained model yet")
@@ -71,12 +71,12 @@ def _shortest(codes: np.ndarray) -> list[list[float]]:
 @router.get("/codes", response_model=CodesOut)
 def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelName = ModelName.relu_mse):
     """Every sample's id, label and 2-D code under one model, each code exactly its float32."""
-    row = data.model_row(session, exp, model.value)
+    row = reads.model_row(session, exp, model.value)
 
     def make() -> Response:
         c = db.model_codes(row)
         body = {"experiment": exp.id, "model": model.value, "ids": list(range(len(c))),
-                "labels": data.labels(session, exp.dataset_id).tolist(), "codes": _shortest(c)}
+                "labels": reads.labels(session, exp.dataset_id).tolist(), "codes": _shortest(c)}
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     return _finished(request, exp, make)
@@ -88,11 +88,11 @@ def codes_bin(request: Request, exp: ExperimentDep, session: SessionDep,
               model: ModelName = ModelName.relu_mse) -> Response:
     """The same as /codes, packed for the web page's map: N x 2 float32 codes (little-endian, row-major),
     then N uint8 labels. Sample i is row i. N is in the X-Count header."""
-    row = data.model_row(session, exp, model.value)
+    row = reads.model_row(session, exp, model.value)
 
     def make() -> Response:
         c = np.ascontiguousarray(db.model_codes(row), dtype="<f4")
-        labels = data.labels(session, exp.dataset_id)
+        labels = reads.labels(session, exp.dataset_id)
         return Response(c.tobytes() + labels.astype(np.uint8).tobytes(), media_type="application/octet-stream",
                         headers={"X-Count": str(len(c))})
 
@@ -116,7 +116,7 @@ def latent_png(request: Request, exp: ExperimentDep, session: SessionDep, factor
     rows = _models(session, exp, model)
 
     def draw() -> bytes:
-        return plots.latent([(m.name, db.model_codes(m)) for m in rows], data.labels(session, exp.dataset_id))
+        return plots.latent([(m.name, db.model_codes(m)) for m in rows], reads.labels(session, exp.dataset_id))
 
     return _plot(request, exp, factory, "latent", model.value if model else "", draw)
 
@@ -131,7 +131,7 @@ def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDe
 
     def draw() -> bytes:
         ids = rows[0].recon_ids
-        originals = data.images(session, exp.dataset_id)[ids].astype(np.float32) / 255 * 2 - 1
+        originals = reads.images(session, exp.dataset_id)[ids].astype(np.float32) / 255 * 2 - 1
         return plots.reconstructions([("original", originals)] + [
             (f"{m.name} (epoch {m.recon_epoch})", np.frombuffer(m.reconstructions, "<f4").reshape(len(ids), -1))
             for m in rows])

@@ -8,11 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from api import cache, data, lookup
-from api.deps import ReadFactoryDep, SessionDep, finished_experiment, require_read
-from api.errors import ERROR_RESPONSES, conflict, invalid
+from api import cache
+from api.deps import ReadFactoryDep, SessionDep, require_read
+from api.errors import ERROR_RESPONSES
 from api.schemas import NeighborsOut, SampleOut
-from common.store import db as db
+from common.store import db
+from common.study import reads
 from common.study.config import Distance, ModelName, Space
 
 router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES,
@@ -22,52 +23,29 @@ ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest
 
 @router.get("/{sample_id}/neighbors", response_model=NeighborsOut)
 async def neighbors(request: Request, sample_id: int, factory: ReadFactoryDep, space: Space = Space.encoded,
-              model: ModelName = ModelName.relu_mse, distance: Distance = Distance.l2,
-              k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
-              experiment: ExperimentQ = None) -> Response:
+                    model: ModelName = ModelName.relu_mse, distance: Distance = Distance.l2,
+                    k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
+                    experiment: ExperimentQ = None) -> Response:
     """The sample's k nearest neighbours in pixel space (original) or in a model's code space.
 
-    The hot path: the experiment and its tables are looked up once per process, the row is one
-    primary-key read (sub-millisecond, so it runs on the event loop instead of hopping to a thread),
-    and the JSON is written directly (same shape as NeighborsOut)."""
+    The hot path: the experiment and its tables are looked up once per process (common/study/reads.py),
+    the row is one primary-key read (sub-millisecond, so it runs on the event loop instead of hopping to
+    a thread), and the JSON is written directly (same shape as NeighborsOut)."""
     with factory() as session:
-        exp = lookup.finished(session, experiment)
-        return cache.immutable(request, exp.id, experiment is not None,
-                               lambda: _neighbors(session, exp, sample_id, space, model, distance, k))
-
-
-def _neighbors(session, exp: lookup.Finished, sample_id: int, space: Space, model: ModelName, distance: Distance,
-               k: int) -> Response:
-    data.check_sample_id(exp.id, exp.n, sample_id)
-    name = db.ORIGINAL if space == Space.original else model.value
-    if space == Space.encoded:
-        data.check_model(exp, model.value)
-    if distance.value not in exp.config["distances"]:
-        raise invalid(f"distance: experiment {exp.id} has no {distance.value} tables "
-                      f"(it has {exp.config['distances']})")
-    found = lookup.table(session, exp, name, distance.value)
-    if found is None:
-        raise conflict(f"experiment {exp.id} has no complete {name}/{distance.value} table")
-    table_id, big_k = found
-    if k > big_k:
-        raise invalid(f"k: must be at most the table's K={big_k}, got {k}")
-    ids, labels, dists = db.sample_neighbors(session=session, table_id=table_id, sample_id=sample_id)
-    own = int(data.labels(session, exp.dataset_id)[sample_id])
-    body = {"experiment": exp.id, "sample": {"id": sample_id, "label": own}, "space": space.value,
-            "model": None if space == Space.original else model.value, "distance": distance.value, "k": k,
-            "neighbors": [{"rank": r + 1, "id": i, "label": lab, "distance": d} for r, (i, lab, d) in
-                          enumerate(zip(ids[:k].tolist(), labels[:k].tolist(), dists[:k].tolist(), strict=True))]}
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
+        exp = reads.finished(session, experiment)
+        return cache.immutable(request, exp.id, experiment is not None, lambda: Response(json.dumps(
+            reads.neighbors(session, exp, sample_id, space=space.value, model=model.value, distance=distance.value,
+                            k=k), separators=(",", ":")), media_type="application/json"))
 
 
 @router.get("/{sample_id}", response_model=SampleOut)
 def sample(sample_id: int, session: SessionDep, experiment: ExperimentQ = None) -> SampleOut:
     """The sample's label and its 2-D code under each model."""
-    exp = finished_experiment(session, experiment)
-    data.check_sample(session, exp, sample_id)
+    exp = reads.finished(session, experiment)
+    reads.check_sample(exp, exp.n, sample_id)
     codes = {m.name: [float(v) for v in db.model_codes(m)[sample_id]]
              for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None}
-    return SampleOut(experiment=exp.id, id=sample_id, label=int(data.labels(session, exp.dataset_id)[sample_id]),
+    return SampleOut(experiment=exp.id, id=sample_id, label=int(reads.labels(session, exp.dataset_id)[sample_id]),
                      codes=codes)
 
 
@@ -78,9 +56,9 @@ def image(sample_id: int, session: SessionDep, experiment: ExperimentQ = None,
     """The 28 x 28 digit as a PNG (scaled up ``scale`` times)."""
     from PIL import Image
 
-    exp = finished_experiment(session, experiment)
-    data.check_sample(session, exp, sample_id)
-    pixels = data.images(session, exp.dataset_id)[sample_id].reshape(28, 28)
+    exp = reads.finished(session, experiment)
+    reads.check_sample(exp, exp.n, sample_id)
+    pixels = reads.images(session, exp.dataset_id)[sample_id].reshape(28, 28)
     img = Image.fromarray(pixels, mode="L").resize((28 * scale, 28 * scale), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")

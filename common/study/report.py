@@ -1,23 +1,11 @@
-"""The study's tables, built from stored metric values, as text, CSV or JSON. No torch here."""
+"""The study's tables of a finished experiment, read through common/reads.py, as text, CSV or JSON. No torch."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
-
-from common.compute.names import MODEL_NAMES
-
-
-class Value(Protocol):
-    metric: str
-    space: str
-    distance: str
-    k: int
-    label: int
-    value: float
+from typing import Any
 
 
 @dataclass
@@ -28,52 +16,41 @@ class Table:
     rows: list[list[Any]]
 
 
-def _order(space: str) -> tuple[int, str]:
-    return (MODEL_NAMES.index(space) + 1 if space in MODEL_NAMES else 0, space)
+def study_tables(session, exp, ks: list[int], by_label_k: int) -> list[Table]:
+    """The study's tables of a finished experiment (common/reads.py), at the k columns ``ks`` and score@k
+    by label at ``by_label_k``: the same rows the API serves."""
+    from common.study import reads
 
+    kcols = [f"k={k}" for k in ks]
 
-def study_tables(values: Iterable[Value], ks: list[int] | None = None, by_label_k: int | None = None) -> list[Table]:
-    """The study's tables from stored values: the k columns ``ks`` (default: every k stored) and score@k
-    by label at ``by_label_k`` (default: every k it is stored at)."""
-    v = {(x.metric, x.space, x.distance, x.k, x.label): x.value for x in values}
-    keys = list(v)
-
-    def axis(metric: str, pos: int, models_only: bool = True) -> list:
-        found = {key[pos] for key in keys if key[0] == metric}
-        return sorted(found, key=_order) if pos == 1 else sorted(found)
+    def rows(metric: str) -> list[list[Any]]:
+        return [[r["space"], r["distance"], *r["values"].values()] for r in reads.value_rows(session, exp, metric, ks)]
 
     tables: list[Table] = []
-    ks = axis("score_at_k", 3) if ks is None else sorted(ks)
-    pairs = [(m, d) for m in axis("score_at_k", 1) for d in axis("score_at_k", 2)]
+    tables.append(Table("score_at_k", "score@k: share of each pixel-space k-neighbourhood kept in the code space",
+                        ["model", "distance", *kcols], rows("score_at_k")))
+    by = reads.by_label_rows(session, exp, by_label_k)
+    labels = sorted({lab for r in by for lab in r["by_label"]}, key=int)
+    tables.append(Table("score_at_k_by_label", f"score@{by_label_k} by label", ["model", "distance", *labels],
+                        [[r["model"], r["distance"], *[r["by_label"].get(lab) for lab in labels]] for r in by]))
     tables.append(Table(
-        "score_at_k", "score@k: share of each pixel-space k-neighbourhood kept in the code space",
-        ["model", "distance", *[f"k={k}" for k in ks]],
-        [[m, d, *[v.get(("score_at_k", m, d, k, -1)) for k in ks]] for m, d in pairs]))
-    bl = axis("score_at_k_by_label", 3) if by_label_k is None else [by_label_k]
-    labels = sorted({key[4] for key in keys if key[0] == "score_at_k_by_label"})
-    for k in bl:
-        tables.append(Table(
-            "score_at_k_by_label", f"score@{k} by label",
-            ["model", "distance", *[str(c) for c in labels]],
-            [[m, d, *[v.get(("score_at_k_by_label", m, d, k, c)) for c in labels]] for m, d in pairs]))
-    tables.append(Table(
-        "label_agreement",
-        "same-label rate of the k neighbours: original, encoded, change (enc - orig), mean |change|",
+        "label_agreement", "same-label rate of the k neighbours: original, encoded, change (enc - orig), mean |change|",
         ["model", "distance", "k", "original_rate", "encoded_rate", "change", "abs_change"],
-        [[m, d, k, v.get(("same_label_rate", "original", d, k, -1)), v.get(("same_label_rate", m, d, k, -1)),
-          v.get(("label_agreement_change", m, d, k, -1)), v.get(("label_agreement_distance", m, d, k, -1))]
-         for m, d in pairs for k in ks]))
-    spaces = axis("knn_accuracy", 1)
-    tables.append(Table(
-        "knn_accuracy", "kNN accuracy@k (leave-one-out majority vote, ties to the nearest)",
-        ["space", "distance", *[f"k={k}" for k in ks]],
-        [[s, d, *[v.get(("knn_accuracy", s, d, k, -1)) for k in ks]]
-         for s in spaces for d in axis("knn_accuracy", 2)]))
-    tables.append(Table(
-        "r_nx", "R_NX(k): score@k corrected for chance",
-        ["model", "distance", *[f"k={k}" for k in ks]],
-        [[m, d, *[v.get(("r_nx", m, d, k, -1)) for k in ks]] for m, d in pairs]))
+        [[r["model"], r["distance"], r["k"], r["original_rate"], r["encoded_rate"], r["change"], r["abs_change"]]
+         for r in reads.agreement_rows(session, exp, ks)]))
+    tables.append(Table("knn_accuracy", "kNN accuracy@k (leave-one-out majority vote, ties to the nearest)",
+                        ["space", "distance", *kcols], rows("knn_accuracy")))
+    tables.append(Table("r_nx", "R_NX(k): score@k corrected for chance", ["model", "distance", *kcols], rows("r_nx")))
     return tables
+
+
+def csv_of(table: Table) -> str:
+    """One table as CSV: its columns, then its rows (empty where a value is missing)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table.columns)
+    w.writerows([["" if c is None else c for c in r] for r in table.rows])
+    return buf.getvalue()
 
 
 def _cell(x: Any) -> str:
@@ -97,16 +74,6 @@ def render_text(tables: list[Table]) -> str:
                 out.append("  ".join("-" * w for w in widths))
         out.append("")
     return "\n".join(out)
-
-
-def render_csv(tables: list[Table]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    for t in tables:
-        w.writerow(["table", *t.columns])
-        for r in t.rows:
-            w.writerow([t.name, *["" if c is None else c for c in r]])
-    return buf.getvalue()
 
 
 def as_dicts(tables: list[Table]) -> list[dict[str, Any]]:

@@ -1,0 +1,277 @@
+"""The read side, shared by the command line and the API: the finished experiment a read is about, a
+sample's neighbours, the metric tables, and the rule for k. Functions raise the domain errors of
+common/errors.py (NotFound, NotReady, Invalid); the CLI turns them into exit codes, the API into statuses.
+
+A succeeded experiment never changes (its config, data set and tables are final), so what identifies it
+and its tables, and its data set's labels and pixels, are kept per process; "the latest succeeded
+experiment" is looked up again at most once a second. Everything goes through the caller's session.
+No torch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.compute.names import MODEL_NAMES
+from common.errors import Invalid, NotFound, NotReady
+from common.store import db
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: anything larger cannot exist
+LATEST_TTL = 1.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A succeeded experiment: what every read needs, without its rows."""
+
+    id: int
+    config: dict
+    dataset_id: int
+    n: int
+    metrics_all_k: bool
+
+    @property
+    def top_k(self) -> int:
+        """The largest k of its metrics: K, or N - 2 where that is smaller (R_NX needs k < N - 1)."""
+        return top_k(int(self.config["k"]), self.n)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(model, distance) of every code table, in the study's order."""
+        models = sorted(self.config["models"], key=MODEL_NAMES.index)
+        return [(m, d) for m in models for d in sorted(self.config["distances"])]
+
+
+def top_k(k: int, n: int) -> int:
+    return min(k, n - 2)
+
+
+_lock = threading.Lock()
+_finished: dict[tuple[str, int], Finished] = {}
+_tables: dict[tuple[str, int, str, str], tuple[int, int] | None] = {}
+_latest: dict[str, tuple[float, int | None]] = {}
+_datasets: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+
+
+def forget() -> None:
+    """Drop what this process keeps (as a new process would start)."""
+    with _lock:
+        _finished.clear(), _tables.clear(), _latest.clear(), _datasets.clear()
+
+
+def _key(session: Session) -> str:
+    return str(session.get_bind().url)
+
+
+def get_experiment(session: Session, experiment_id: int) -> db.Experiment | None:
+    if not 1 <= experiment_id <= MAX_ID:
+        return None
+    return db.get_experiment(session=session, experiment_id=experiment_id)
+
+
+def experiment(session: Session, experiment_id: int) -> db.Experiment:
+    """Any experiment, or NotFound."""
+    exp = get_experiment(session, experiment_id)
+    if exp is None:
+        raise NotFound(f"no experiment {experiment_id}")
+    return exp
+
+
+def finished(session: Session, experiment_id: int | None) -> Finished:
+    """The experiment asked for (it must have succeeded), or the latest that succeeded."""
+    key = _key(session)
+    if experiment_id is None:
+        at, found = _latest.get(key, (0.0, None))
+        if time.monotonic() - at > LATEST_TTL:
+            found = db.latest_experiment_id(session=session)
+            _latest[key] = (time.monotonic(), found)
+        if found is None:
+            raise NotFound("no experiment has succeeded yet")
+        experiment_id = found
+    hit = _finished.get((key, experiment_id))
+    if hit is not None:
+        return hit
+    exp = experiment(session, experiment_id)
+    if exp.status != db.SUCCEEDED:
+        raise NotReady(f"experiment {experiment_id} is {exp.status}: its tables are not complete yet")
+    n = int(session.scalar(select(db.DatasetRow.n).where(db.DatasetRow.id == exp.dataset_id)))
+    out = Finished(exp.id, dict(exp.config), exp.dataset_id, n, bool(exp.metrics_all_k))
+    if out.metrics_all_k:  # final: kept (one still being filled is looked up again)
+        with _lock:
+            _finished[(key, experiment_id)] = out
+    return out
+
+
+def table(session: Session, exp: Finished, space: str, distance: str) -> tuple[int, int] | None:
+    """(table id, K) of a finished experiment's complete table, or None."""
+    key = (_key(session), exp.id, space, distance)
+    if key not in _tables:
+        t = db.find_table(session=session, experiment_id=exp.id, space=space, distance=distance)
+        with _lock:
+            _tables[key] = None if t is None else (t.id, t.k)
+    return _tables[key]
+
+
+def _dataset(session: Session, dataset_id: int, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A data set's labels (and pixels), the last four kept: stored data never changes once written."""
+    key = (_key(session), dataset_id)
+    hit = _datasets.get(key)
+    if hit is None or (pixels and hit[1] is None):
+        row = session.get(db.DatasetRow, dataset_id)
+        labels = np.frombuffer(row.labels, np.uint8).copy()
+        images = np.frombuffer(row.images, np.uint8).reshape(row.n, -1).copy() if pixels else None
+        hit = (labels, images)
+        with _lock:
+            _datasets[key] = hit
+            while len(_datasets) > 4:
+                _datasets.popitem(last=False)
+    return hit
+
+
+def labels(session: Session, dataset_id: int) -> np.ndarray:
+    return _dataset(session, dataset_id, False)[0]
+
+
+def images(session: Session, dataset_id: int) -> np.ndarray:
+    return _dataset(session, dataset_id, True)[1]
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_sample(exp: Finished | db.Experiment, n: int, sample_id: int) -> None:
+    if not 0 <= sample_id < n:
+        raise NotFound(f"sample {sample_id} is not in experiment {exp.id} (ids 0..{n - 1})")
+
+
+def check_model(exp: Finished | db.Experiment, model: str) -> None:
+    if model not in exp.config["models"]:
+        raise Invalid(f"model: experiment {exp.id} has no model {model!r} (it has {exp.config['models']})")
+
+
+def check_distance(exp: Finished | db.Experiment, distance: str) -> None:
+    if distance not in exp.config["distances"]:
+        raise Invalid(f"distance: experiment {exp.id} has no {distance} tables (it has {exp.config['distances']})")
+
+
+def check_ks(ks: list[int], top: int, field: str = "k") -> list[int]:
+    """The k rule: each k in 1..top (the table's K, and below N - 1). Returns them sorted, without repeats."""
+    bad = [k for k in ks if not 1 <= k <= top]
+    if bad or not ks:
+        raise Invalid(f"{field}: {bad or ks} must each be in 1..{top} (the table's K, and below N-1)")
+    return sorted(set(ks))
+
+
+def parse_ks(text: str, top: int, field: str = "k") -> list[int]:
+    """k values written as a comma list, ranges a-b, or `all` (1..top), checked by :func:`check_ks`."""
+    ks: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if part == "all":
+            ks.extend(range(1, top + 1))
+        elif "-" in part.strip("-") and all(p.isdigit() for p in part.split("-")):
+            lo, hi = (int(x) for x in part.split("-"))
+            if hi < lo:
+                raise Invalid(f"{field}: range {part} must run upwards")
+            ks.extend(range(lo, hi + 1))
+        elif part.isdigit():
+            ks.append(int(part))
+        elif part:
+            raise Invalid(f"{field}: {part!r} is not a whole number, a range a-b or `all`")
+    return check_ks(ks, top, field)
+
+
+# ---------------------------------------------------------------- a sample's neighbours
+
+
+def neighbors(session: Session, exp: Finished, sample_id: int, *, space: str, model: str | None,
+              distance: str, k: int) -> dict:
+    """A sample's k nearest in pixel space (``space`` "original") or in a model's code space: its id and
+    label, then k rows of rank, id, label and distance."""
+    check_sample(exp, exp.n, sample_id)
+    name = db.ORIGINAL if space == "original" else model
+    if space != "original":
+        check_model(exp, model)
+    check_distance(exp, distance)
+    found = table(session, exp, name, distance)
+    if found is None:
+        raise NotReady(f"experiment {exp.id} has no complete {name}/{distance} table")
+    table_id, big_k = found
+    if not 1 <= k <= big_k:
+        raise Invalid(f"k: must be in 1..{big_k} (the table's K), got {k}")
+    ids, labs, dists = db.sample_neighbors(session=session, table_id=table_id, sample_id=sample_id)
+    own = int(labels(session, exp.dataset_id)[sample_id])
+    return {"experiment": exp.id, "sample": {"id": sample_id, "label": own}, "space": space,
+            "model": None if space == "original" else model, "distance": distance, "k": k,
+            "neighbors": [{"rank": r + 1, "id": i, "label": lab, "distance": d} for r, (i, lab, d) in
+                          enumerate(zip(ids[:k].tolist(), labs[:k].tolist(), dists[:k].tolist(), strict=True))]}
+
+
+# ---------------------------------------------------------------- the metric tables
+
+
+def _stored(session: Session, exp: Finished, ks: list[int]) -> None:
+    """NotReady for a k an experiment stored before every k was (a worker is filling the rest)."""
+    if exp.metrics_all_k:
+        return
+    have = db.stored_ks(session=session, experiment_id=exp.id)
+    missing = [x for x in ks if x not in have]
+    if missing:
+        raise NotReady(f"k: experiment {exp.id} was stored with k in {sorted(have)} only; a worker is filling in "
+                       f"every other k (or run `aeknn metrics --backfill --experiment {exp.id}`), so {missing} "
+                       "will be there shortly")
+
+
+def _values(session: Session, exp: Finished, metric: str, ks: list[int]) -> dict[tuple, float]:
+    return {(v.space, v.distance, v.k, v.label): v.value
+            for v in db.load_metrics(session=session, experiment_id=exp.id, metric=metric, ks=ks)}
+
+
+def value_rows(session: Session, exp: Finished, metric: str, ks: list[int]) -> list[dict]:
+    """score_at_k, r_nx (a row per model and distance) or knn_accuracy (the pixel space too): each row's
+    value at every k of ``ks``."""
+    _stored(session, exp, ks)
+    v = _values(session, exp, metric, ks)
+    if metric == "knn_accuracy":
+        spaces = [db.ORIGINAL, *sorted(exp.config["models"], key=MODEL_NAMES.index)]
+        pairs = [(s, d) for s in spaces for d in sorted(exp.config["distances"])]
+    else:
+        pairs = exp.pairs()
+    return [{"space": s, "distance": d, "values": {k: v.get((s, d, k, -1)) for k in ks}} for s, d in pairs]
+
+
+def agreement_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]:
+    """Both same-label rates, their change (encoded - original) and mean |change|, per model, distance, k."""
+    _stored(session, exp, ks)
+    rate = _values(session, exp, "same_label_rate", ks)
+    change = _values(session, exp, "label_agreement_change", ks)
+    dist = _values(session, exp, "label_agreement_distance", ks)
+    return [{"model": m, "distance": d, "k": x, "original_rate": rate.get((db.ORIGINAL, d, x, -1)),
+             "encoded_rate": rate.get((m, d, x, -1)), "change": change.get((m, d, x, -1)),
+             "abs_change": dist.get((m, d, x, -1))} for m, d in exp.pairs() for x in ks]
+
+
+def by_label_rows(session: Session, exp: Finished, k: int) -> list[dict]:
+    """score@k over the samples of each label, per model and distance."""
+    v = _values(session, exp, "score_at_k_by_label", [k])
+    if not v:
+        stored = sorted(db.stored_ks(session=session, experiment_id=exp.id))
+        shown = f"1..{stored[-1]}" if stored == list(range(1, len(stored) + 1)) else str(stored)
+        raise Invalid(f"k: experiment {exp.id} stores score@k by label at k in {shown}, got {k}")
+    return [{"model": m, "distance": d, "k": k,
+             "by_label": {str(key[3]): val for key, val in sorted(v.items()) if key[:3] == (m, d, k)}}
+            for m, d in exp.pairs()]
+
+
+def model_row(session: Session, exp: Finished | db.Experiment, model: str) -> db.ModelRow:
+    """A trained model of an experiment (its codes, weights, reconstructions), or Invalid / NotReady."""
+    check_model(exp, model)
+    row = next((m for m in db.list_models(session=session, experiment_id=exp.id) if m.name == model), None)
+    if row is None or row.codes is None:
+        raise NotReady(f"experiment {exp.id}: model {model} is not trained yet")
+    return row
