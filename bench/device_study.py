@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.compute import metrics as M  # noqa: E402
 from common.compute.data import load_dataset, reconstruction_ids  # noqa: E402
+from common.compute.devices import resolve_device  # noqa: E402
 from common.compute.names import MODEL_NAMES  # noqa: E402
 from common.compute.neighbors import exact_knn, knn_rows, plan_chunk, prepare  # noqa: E402
 from common.compute.training import (  # noqa: E402
@@ -39,7 +40,6 @@ from common.compute.training import (  # noqa: E402
     configure_numerics,
     encode,
     load_trained,
-    resolve_device,
     train_group,
 )
 

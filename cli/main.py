@@ -200,9 +200,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     settings = _settings(args)
     factory = _factory(settings)
-    from common.study.stages import run_experiment, submit
+    from common.study.stages import record_experiment, run_experiment
 
-    experiment_id = submit(factory, cfg)
+    experiment_id = record_experiment(factory, cfg)
     log.info("experiment %d: %s", experiment_id, cfg.as_json())
     run_experiment(_runtime(settings, factory), experiment_id)
     _print_tables(factory, experiment_id, "table")

@@ -24,14 +24,14 @@ DOWN = "redis://127.0.0.1:1/0"  # nothing listens there
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def study(request, tmp_path_factory, data_dir):
-    from common.study.stages import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, record_experiment, run_experiment
 
     url = (f"sqlite:///{tmp_path_factory.mktemp('api') / 'api.db'}" if request.param == "sqlite"
            else fresh_database("aeknn_api"))
     engine = db.make_engine(url)
     db.init_db(engine)
     f = db.session_factory(engine)
-    eid = submit(f, CFG)
+    eid = record_experiment(f, CFG)
     run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("c"), device="cpu"), eid)
     yield {"url": url, "factory": f, "id": eid}
     engine.dispose()
@@ -244,7 +244,8 @@ def test_sample_codes_image_and_plots(api, study, mnist):
     ("/metrics/score_at_k?k=0", 422, "k"),
     ("/metrics/score_at_k?k=abc", 422, "k"),
     ("/metrics/score_at_k?k=51", 422, "must each be in 1..50"),
-    ("/metrics/score_at_k/by_label?k=51", 422, "stores score@k by label at k in 1..50"),
+    ("/metrics/score_at_k/by_label?k=51", 422, "k: [51] must each be in 1..50"),
+    ("/metrics/score_at_k/by_label?k=9223372036854775808", 422, "must each be in 1..50"),
     ("/experiments/1/plots/latent.png?model=vae", 422, "model"),
     ("/nowhere", 404, "Not Found"),
 ])

@@ -21,13 +21,13 @@ from common.study.config import StudyConfig
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory, data_dir):
     from api.main import create_app
-    from common.study.stages import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, record_experiment, run_experiment
 
     url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}"
     engine = db.make_engine(url)
     db.init_db(engine)
     f = db.session_factory(engine)
-    eid = submit(f, StudyConfig(limit=300, epochs=1, k=20, ks=[5, 10]))
+    eid = record_experiment(f, StudyConfig(limit=300, epochs=1, k=20, ks=[5, 10]))
     run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("c"), device="cpu"), eid)
     # the real Redis (a test database, emptied after): accepted submissions are enqueued for real
     app = create_app(Settings(database_url=url, broker_url="redis://127.0.0.1:6379/15"))

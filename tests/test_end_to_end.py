@@ -228,7 +228,7 @@ def test_run_refuses_bad_input_before_any_work(tmp_path, args, msg):
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
     """Stopped after the first epoch, resumed: equal to a run that never stopped."""
-    from common.study.stages import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, record_experiment, run_experiment
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
     db.init_db(engine)
@@ -243,7 +243,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
         if name == "relu_mse" and ck.epoch == 1:
             raise KeyboardInterrupt
 
-    stopped = submit(f, cfg)
+    stopped = record_experiment(f, cfg)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(runtime(stop), stopped)
     with f() as s:
@@ -252,7 +252,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
         done = {m.name: m.epochs_done for m in db.list_models(session=s, experiment_id=stopped)}
         assert done == {"linear_mse": 1, "relu_mse": 1}  # trained side by side: one epoch each
     run_experiment(runtime(), stopped)  # what `aeknn resume ID` does
-    clean = submit(f, cfg)
+    clean = record_experiment(f, cfg)
     run_experiment(runtime(), clean)
 
     with f() as s:

@@ -203,7 +203,7 @@ def test_constant_columns_are_dropped_without_changing_a_distance():
     wide[:, 50] = 255  # the same in every sample
     for distance, path in (("l2", "f32"), ("l1", "sad-portable")):
         space = prepare(wide, distance, kernel=path)
-        assert space.dim == 24
+        assert space.kept == 24
         t, want = exact_knn(wide, k=30, distance=distance, kernel=path), brute_force(wide, 30, distance)
         np.testing.assert_array_equal(t.ids, want[0])
         np.testing.assert_allclose(t.distances, want[1] * PIXEL_UNIT, rtol=1e-6)

@@ -21,14 +21,14 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-us
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, data_dir):
-    from common.study.stages import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, record_experiment, run_experiment
 
     folder = tmp_path_factory.mktemp("page")
     url = f"sqlite:///{folder / 'page.db'}"
     engine = db.make_engine(url)
     db.init_db(engine)
     f = db.session_factory(engine)
-    eid = submit(f, CFG)
+    eid = record_experiment(f, CFG)
     run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=folder / "cache", device="cpu"), eid)
     engine.dispose()
     api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)

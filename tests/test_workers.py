@@ -51,7 +51,7 @@ _references: dict[str, dict] = {}
 
 def reference(tmp_path_factory, data_dir, **fields) -> dict:
     """The same study run in one process (SQLite), once per config."""
-    from common.study.stages import Runtime, run_experiment, submit
+    from common.study.stages import Runtime, record_experiment, run_experiment
 
     cfg = StudyConfig(**fields)
     key = repr(sorted(cfg.as_json().items()))
@@ -59,7 +59,7 @@ def reference(tmp_path_factory, data_dir, **fields) -> dict:
         engine = db.make_engine(f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}")
         db.init_db(engine)
         f = db.session_factory(engine)
-        eid = submit(f, cfg)
+        eid = record_experiment(f, cfg)
         run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("cache"),
                                device="cpu"), eid)
         _references[key] = snapshot(f, eid)

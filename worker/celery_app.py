@@ -1,6 +1,6 @@
 """The Celery app of the workers: ``celery -A worker.celery_app worker`` (or ``aeknn worker``).
 
-Settings come from common/jobs.py (late acks, requeue on a lost worker, prefetch 1, a long visibility
+Settings come from common/study/jobs.py (late acks, requeue on a lost worker, prefetch 1, a long visibility
 timeout, separate queues). Each pool child gets its own database engine and its own torch threads,
 set up after the fork: an engine or an OpenMP pool inherited across a fork is not safe.
 """

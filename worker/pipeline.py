@@ -26,7 +26,7 @@ from common.compute.data import Dataset
 from common.secrets import scrub
 from common.settings import Settings
 from common.store import db as db
-from common.study import jobs
+from common.study import jobs, plan
 from common.study.config import StudyConfig
 from common.study.stages import (
     Runtime,
@@ -59,41 +59,63 @@ class Due:
 
 
 def _due(factory: sessionmaker[Session], settings: Settings, exp: db.Experiment) -> tuple[list[Due], str, bool]:
-    """What must run next, the stage to show, and whether everything is finished."""
+    """What must run next, the stage to show, and whether everything is finished: the plan's stages
+    (common/study/plan.py) whose needs are done each list their work that is not done yet."""
     cfg = StudyConfig.model_validate(exp.config)
-    if exp.dataset_id is None:
-        return [Due("data")], "data", False
-    with factory() as s:
-        ds = s.get(db.DatasetRow, exp.dataset_id)
-        n, dim = ds.n, len(ds.images) // ds.n
-        rows = {m.name: m for m in db.list_models(session=s, experiment_id=exp.id)}
-    due: list[Due] = []
     distances = [d.value for d in cfg.distances]
     models = [m.value for m in cfg.models]
+    ctx: dict = {}
 
-    def chunks_of(space: str, model_id: int | None, d: str, width: int) -> bool:
+    def dataset() -> tuple[int, int, dict[str, db.ModelRow]]:
+        if not ctx:
+            with factory() as s:
+                ds = s.get(db.DatasetRow, exp.dataset_id)
+                ctx.update(n=ds.n, dim=len(ds.images) // ds.n,
+                           rows={m.name: m for m in db.list_models(session=s, experiment_id=exp.id)})
+        return ctx["n"], ctx["dim"], ctx["rows"]
+
+    def chunks(space: str, model_id: int | None, d: str, width: int) -> list[Due]:
+        n = dataset()[0]
         table = plan_table(factory, dataset_id=exp.dataset_id, space=space, model_id=model_id, distance=d,
                            k=cfg.k, n=n, dim=width, memory_budget=settings.memory_budget, device="cpu")
         if table.complete or finish_table(factory, table.id):
-            return True
+            return []
         with factory() as s:
             done = db.done_chunks(session=s, table_id=table.id)
-        due.extend(Due("chunk", table.id, start) for start, _ in db.table_chunks(table) if start not in done)
-        return False
+        return [Due("chunk", table.id, start) for start, _ in db.table_chunks(table) if start not in done]
 
-    originals = all([chunks_of(db.ORIGINAL, None, d, dim) for d in distances])
-    trained = all(m in rows and rows[m].codes is not None for m in models)
-    if not trained:
-        due.append(Due("train"))
-        return due, "pixel tables and training", False
-    coded = all([chunks_of(m, rows[m].id, d, 2) for m in models for d in distances])
-    if not (originals and coded):
-        return due, "code tables" if originals else "tables", False
-    with factory() as s:
-        metrics = db.get_item(session=s, experiment_id=exp.id, kind="metrics")
-    if metrics is not None and metrics.state == db.DONE:
-        return [], "done", True
-    return [Due("metrics")], "metrics", False
+    def work(stage: str) -> list[Due]:  # the stage's units not done yet ([] = the stage is done)
+        if stage == "data":
+            return [] if exp.dataset_id is not None else [Due("data")]
+        if stage == "pixel tables":
+            return [u for d in distances for u in chunks(db.ORIGINAL, None, d, dataset()[1])]
+        rows = dataset()[2]
+        if stage == "train":
+            return [] if all(m in rows and rows[m].codes is not None for m in models) else [Due("train")]
+        if stage == "code tables":
+            return [u for m in models for d in distances for u in chunks(m, rows[m].id, d, 2)]
+        if stage == "metrics":
+            with factory() as s:
+                item = db.get_item(session=s, experiment_id=exp.id, kind="metrics")
+            return [] if item is not None and item.state == db.DONE else [Due("metrics")]
+        raise AssertionError(f"no work listed for stage {stage!r}")
+
+    done: set[str] = set()
+    due: list[Due] = []
+    shown: list[str] = []
+    while True:
+        now = [s for s in plan.ready(done) if s.name not in shown]
+        if not now:
+            break
+        for stage in now:
+            units = work(stage.name)
+            if units:
+                due += units
+                shown.append(stage.name)
+            else:
+                done.add(stage.name)
+    finished = len(done) == len(plan.PLAN)
+    return due, " and ".join(shown) if shown else "done", finished
 
 
 def _ensure(factory: sessionmaker[Session], settings: Settings, experiment_id: int, d: Due, send: Send) -> None:

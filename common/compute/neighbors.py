@@ -134,8 +134,8 @@ class Space:
     bytes_per_pair: int = 16  # working memory per (query, point) pair in one chunk
     path: str = "torch"  # how the scores are computed (common/kernels.py names them)
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, dim: int, distance: str, device: torch.device, pixels: bool) -> None:
+        self.n, self.dim, self.distance, self.device, self.pixels = n, dim, distance, device, pixels
 
     def scores(self, rows: Tensor) -> Tensor:
         """Fast scores of query ``rows`` (c,) against all points, (c, N); may keep state for exact_*."""
@@ -164,8 +164,9 @@ class Space:
         return None if self.pair_work is None else rows * cols * self.pair_work / 1e9
 
     def chunk(self, k: int, memory_budget: int) -> int:
-        """Query rows per chunk so that a chunk's working set fits the budget."""
-        return chunk_rows(self.n, self.bytes_per_pair, memory_budget)
+        """Query rows per chunk so that a chunk's working set fits the budget (:func:`plan_chunk`)."""
+        return plan_chunk(self.n, self.dim, k, self.distance, pixels=self.pixels, memory_budget=memory_budget,
+                          device=self.device)
 
     @staticmethod
     def uses_tree(device: torch.device, dim: int) -> bool:
@@ -220,12 +221,12 @@ class FusedPixels(Space):
     bytes_per_pair = 12  # as the torch paths: a chunk plan does not depend on the path
 
     def __init__(self, x: np.ndarray, distance: str, path: str) -> None:
-        super().__init__(x.shape[0])
+        super().__init__(x.shape[0], x.shape[1], distance, torch.device("cpu"), pixels=True)
         self.path, self.l2 = path, distance == "l2"
         keep = (x != x[:1]).any(axis=0)  # columns that differ somewhere: the others add 0 to every distance
         xs = np.ascontiguousarray(x[:, keep] if keep.any() else x[:, :1])
-        self.dim = xs.shape[1]
-        self.pair_work = 2.0 * self.dim if self.l2 else 1.0  # a dot product's flops, or one sum of bytes
+        self.kept = xs.shape[1]
+        self.pair_work = 2.0 * self.kept if self.l2 else 1.0  # a dot product's flops, or one sum of bytes
         if self.l2:
             s8 = (xs ^ np.uint8(0x80)).view(np.int8)  # v ^ 0x80 read as int8 is v - 128
             self.base = _row_norms(s8)  # (N,) |x|^2, exact integers < 2^24
@@ -240,9 +241,9 @@ class FusedPixels(Space):
             if not path.startswith("sad-"):
                 raise ValueError(f"path {path!r} is not an L1 pixel path")
             self.isa = path[len("sad-"):]
-            self.width = -(-self.dim // 64) * 64  # rows padded with zero bytes to whole 64-byte vectors
+            self.width = -(-self.kept // 64) * 64  # rows padded with zero bytes to whole 64-byte vectors
             self.padded = np.zeros((self.n, self.width), np.uint8)
-            self.padded[:, : self.dim] = xs
+            self.padded[:, : self.kept] = xs
             self.base = np.zeros(self.n, np.int32)
             self.a = 1
 
@@ -361,7 +362,7 @@ class PixelL2(Space):
     bytes_per_pair = 12  # G and the scores (float32), plus topk scratch
 
     def __init__(self, x: np.ndarray, device: torch.device) -> None:
-        super().__init__(x.shape[0])
+        super().__init__(x.shape[0], x.shape[1], "l2", device, pixels=True)
         self.g: Tensor | None = None
         self.s = torch.from_numpy(x).to(device).float().sub_(128.0)  # (N, D) in -128..127
         self.sq = (self.s * self.s).sum(1)  # (N,) exact integers < 2^24
@@ -388,8 +389,8 @@ class PixelL2(Space):
 class _Dense(Space):
     """Spaces whose fast score is already the exact value: the chunk's (c, N) matrix is kept."""
 
-    def __init__(self, n: int) -> None:
-        super().__init__(n)
+    def __init__(self, n: int, dim: int, distance: str, device: torch.device, pixels: bool) -> None:
+        super().__init__(n, dim, distance, device, pixels)
         self.d: Tensor | None = None
 
     def exact_at(self, rows, cand):
@@ -410,7 +411,7 @@ class PixelL1(_Dense):
     pair_work = 1.0
 
     def __init__(self, x: np.ndarray, device: torch.device) -> None:
-        super().__init__(x.shape[0])
+        super().__init__(x.shape[0], x.shape[1], "l1", device, pixels=True)
         self.x = torch.from_numpy(x).to(device).float()
 
     def scores(self, rows):
@@ -434,7 +435,7 @@ class CodeSpace(_Dense):
     TREE_MARGIN = 1e-9  # relative: far above any rounding difference between scipy's sums and ours
 
     def __init__(self, x: np.ndarray, distance: str, device: torch.device) -> None:
-        super().__init__(x.shape[0])
+        super().__init__(x.shape[0], x.shape[1], distance, device, pixels=False)
         xd = np.asarray(x, dtype=np.float64)
         if not np.isfinite(xd).all():
             raise ValueError(f"{int((~np.isfinite(xd)).any(axis=1).sum())} codes are NaN or infinite")
@@ -466,9 +467,8 @@ class CodeSpace(_Dense):
         return (values if self.l1 else values.sqrt()).float()
 
     def chunk(self, k: int, memory_budget: int) -> int:
-        if self.tree is None:
-            return super().chunk(k, memory_budget)
-        return tree_chunk_rows(self.n, k, memory_budget)
+        return plan_chunk(self.n, self.dim, k, self.distance, pixels=False, memory_budget=memory_budget,
+                          device=self.device, tree=self.tree is not None)
 
     TREE_BLOCK = 8192  # query rows per KD-tree pass: its ~100 bytes per candidate stay near 200 MB
 
@@ -583,12 +583,13 @@ def tree_chunk_rows(n: int, k: int, memory_budget: int) -> int:
 
 
 def plan_chunk(n: int, dim: int, k: int, distance: str, *, pixels: bool, memory_budget: int,
-               device: str | torch.device = "cpu") -> int:
-    """The rows per chunk that ``prepare(points, distance, device).chunk(k, budget)`` would choose,
-    without the points: a table's chunks are fixed when it is planned, before any worker loads data."""
+               device: str | torch.device = "cpu", tree: bool | None = None) -> int:
+    """The one rule for query rows per chunk: what a table is planned with (before any worker loads its
+    points: its chunks are fixed then) and what a space computes at once (``Space.chunk``). ``tree``:
+    whether the KD-tree path is taken (default: where it would be, a CPU and at most 8 dimensions)."""
     if pixels:
-        return chunk_rows(n, PixelL2.bytes_per_pair, memory_budget)  # PixelL1's is the same
-    if CodeSpace.uses_tree(torch.device(device), dim):
+        return chunk_rows(n, PixelL2.bytes_per_pair, memory_budget)  # every pixel path's is the same
+    if CodeSpace.uses_tree(torch.device(device), dim) if tree is None else tree:
         return tree_chunk_rows(n, k, memory_budget)
     return chunk_rows(n, CodeSpace.bytes_per_pair, memory_budget)
 

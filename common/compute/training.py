@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from common.compute.devices import resolve_device
 from common.compute.models import build_model, loss_name
 from common.compute.names import MODEL_NAMES
 
@@ -84,14 +85,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     """The shuffle of epoch ``epoch`` (1-based), the same for every model and on every resume."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
-    return torch.device(device)
 
 
 def _linear_keys(name: str) -> list[str]:

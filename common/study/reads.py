@@ -258,6 +258,7 @@ def agreement_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]
 
 def by_label_rows(session: Session, exp: Finished, k: int) -> list[dict]:
     """score@k over the samples of each label, per model and distance."""
+    check_ks([k], exp.top_k)
     v = _values(session, exp, "score_at_k_by_label", [k])
     if not v:
         stored = sorted(db.stored_ks(session=session, experiment_id=exp.id))

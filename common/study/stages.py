@@ -21,10 +21,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset, load_dataset, reconstruction_ids
+from common.compute.devices import resolve_device
 from common.compute.kernels import describe_rate, throughput
 from common.compute.neighbors import NeighborTable, Space, knn_rows, plan_chunk, prepare, release_scratch
-from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, resolve_device, train_group
+from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.store import db as db
+from common.study import plan
 from common.study.config import StudyConfig
 from common.study.scoring import store_metrics
 
@@ -69,8 +71,9 @@ class Runtime:
     on_epoch_end: object = None  # optional callable(model_name, Checkpoint), e.g. to stop a run
 
 
-def submit(factory: sessionmaker[Session], config: StudyConfig) -> int:
-    """A new experiment, queued. Returns its id."""
+def record_experiment(factory: sessionmaker[Session], config: StudyConfig) -> int:
+    """A new experiment, recorded (queued) for this process to run; sends nothing to any broker (that is
+    common/study/submissions.py's submit). Returns its id."""
     with db.transaction(factory) as s:
         return db.create_experiment(session=s, config=config.as_json())
 
@@ -344,21 +347,30 @@ def run_experiment(rt: Runtime, experiment_id: int) -> None:
         with db.transaction(rt.factory) as s:
             db.update_experiment(session=s, experiment_id=experiment_id, stage=name)
 
-    try:
-        stage("data")
-        ds = stage_data(rt, experiment_id)
-        distances = [d.value for d in cfg.distances]
-        for d in distances:
-            stage(f"table original {d}")
-            stage_pixel_table(rt, experiment_id, ds, d)
-        stage("train")
-        stage_train(rt, experiment_id, ds, [m.value for m in cfg.models])
-        for m in cfg.models:
+    distances = [d.value for d in cfg.distances]
+    models = [m.value for m in cfg.models]
+    ctx: dict = {}
+
+    def tables(space: str) -> None:
+        for name in ([db.ORIGINAL] if space == "pixel" else models):
             for d in distances:
-                stage(f"table {m.value} {d}")
-                stage_code_table(rt, experiment_id, ds, m.value, d)
-        stage("metrics")
-        stage_metrics(rt, experiment_id)
+                stage(f"table {name} {d}")
+                if name == db.ORIGINAL:
+                    stage_pixel_table(rt, experiment_id, ctx["ds"], d)
+                else:
+                    stage_code_table(rt, experiment_id, ctx["ds"], name, d)
+
+    runners = {  # one per stage of common/study/plan.py, run in the plan's order
+        "data": lambda: ctx.update(ds=stage_data(rt, experiment_id)),
+        "pixel tables": lambda: tables("pixel"),
+        "train": lambda: stage_train(rt, experiment_id, ctx["ds"], models),
+        "code tables": lambda: tables("code"),
+        "metrics": lambda: stage_metrics(rt, experiment_id),
+    }
+    try:
+        for st in plan.PLAN:
+            stage(st.name)
+            runners[st.name]()
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         with db.transaction(rt.factory) as s:

@@ -1,0 +1,32 @@
+"""The stage plan: one list that the in-process run and the workers both follow."""
+
+import pytest
+
+from common.study import plan
+
+
+def test_the_plan_orders_every_stage_after_what_it_needs():
+    assert plan.NAMES == ("data", "pixel tables", "train", "code tables", "metrics")
+    assert [s.name for s in plan.ready(set())] == ["data"]
+    assert [s.name for s in plan.ready({"data"})] == ["pixel tables", "train"]  # side by side on workers
+    assert [s.name for s in plan.ready({"data", "train"})] == ["pixel tables", "code tables"]
+    assert plan.ready(set(plan.NAMES)) == []
+
+
+def test_a_stage_placed_before_its_needs_is_refused(monkeypatch):
+    monkeypatch.setattr(plan, "PLAN", (plan.Stage("metrics", ("data",), "x"), plan.Stage("data", (), "y")))
+    with pytest.raises(AssertionError, match="'metrics' comes before \\['data'\\]"):
+        plan._check()
+
+
+def test_both_paths_run_every_stage_of_the_plan():
+    import inspect
+
+    from common.study import stages
+    from worker import pipeline
+
+    run = inspect.getsource(stages.run_experiment)
+    due = inspect.getsource(pipeline._due)
+    for name in plan.NAMES:
+        assert f'"{name}":' in run, f"run_experiment has no runner for stage {name!r}"
+        assert f'stage == "{name}"' in due, f"the workers' advance lists no work for stage {name!r}"
