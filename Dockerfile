@@ -1,30 +1,47 @@
 # One image for the API, the workers and the init step; docker-compose.yml gives each its command.
 # PyTorch's CPU wheels by default (a small image); the GPU override builds with a CUDA wheel index:
 #   docker compose -f docker-compose.yml -f docker-compose.gpu.yml up
-ARG PYTHON_VERSION=3.11
+# Without an image registry or an index (an air-gapped machine): base images from Debian's packages
+# (docker/local-images.sh) and the wheels in docker/wheels (PIP_ARGS="--no-index --find-links /wheels");
+# `make compose-test` does both.
+ARG BASE_IMAGE=python:3.11-slim
+ARG BUILD_IMAGE=${BASE_IMAGE}
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BUILD_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PIP_ARGS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-# gcc builds the optional SAD kernel (common/compute/_l1.c); the package falls back to a portable path without it
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
+# gcc builds the optional C kernels (common/compute/*.c); the package falls back to a portable path without it
+RUN command -v gcc >/dev/null || (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*)
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # 1. the dependencies alone, read from pyproject.toml: a code change does not reinstall torch
 COPY pyproject.toml ./
+COPY docker/wheels /wheels
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
-    && pip install --extra-index-url "${TORCH_INDEX}" -r requirements.txt
+    && pip install ${PIP_ARGS} --extra-index-url "${TORCH_INDEX}" -r requirements.txt
 # 2. the project itself
 COPY setup.py README.md ./
 COPY common ./common
 COPY worker ./worker
 COPY api ./api
 COPY cli ./cli
-RUN pip install --no-deps . && python -c "import common.store.migrate, api.main, worker.celery_app, cli.main"
+RUN pip install ${PIP_ARGS} --no-deps . \
+    && cd / && python -c "import common.store.migrate, api.main, worker.celery_app, cli.main; from common.compute import _l1, _select"
+# 3. what a running aeknn never uses: torch's headers, tests and tools, pip, the symbol table of libtorch,
+#    and the compiled bytecode of modules no process imports (it is compiled again for those that do)
+RUN cd /opt/venv/lib/python3*/site-packages \
+    && rm -rf torch/include torch/test pip setuptools \
+    && find torch/bin -type f ! -name torch_shm_manager -delete \
+    && strip --strip-unneeded torch/lib/libtorch_cpu.so \
+    && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} + \
+    && cd / && python -c "import torch, scipy.spatial, matplotlib.pyplot, PIL.Image, api.main, cli.main, worker.tasks, \
+common.study.stages, common.study.scoring, common.compute.neighbors; torch.ones(2) @ torch.ones(2)"
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     AEKNN_HOST=0.0.0.0 AEKNN_PORT=8000 AEKNN_DATA_DIR=/data AEKNN_CACHE_DIR=/data
 RUN useradd --create-home --uid 10001 aeknn && mkdir -p /data && chown aeknn:aeknn /data

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # The real MNIST files beside a checkout of this project are used when present (no network needed).
 export AEKNN_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist),../shared/data,data)
 
-.PHONY: run test install install-dev lint clean
+.PHONY: run test install install-dev lint clean compose-test
 
 $(VENV)/.installed: pyproject.toml setup.py common/compute/_l1.c common/compute/_select.c
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ run: install
 test: install-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The image built and the whole stack played for real under Docker (docker/compose_test.py): up, a study
+# over HTTP, down and up again, a neighbours worker killed mid-job, down -v. Starts dockerd if needed.
+compose-test:
+	python3 docker/compose_test.py
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
