@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api import deps, errors
-from api.routes import experiments, health, metrics, page, plots, samples
+from api.routes import experiments, health, metrics, page, plots, samples, sweeps
 from common import secrets
 from common.settings import Settings, get_settings
 
@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     secrets.install(app.state.settings)  # no password or key in any answer or log line
     errors.install(app)
-    for r in (experiments.router, samples.router, metrics.router, plots.router, health.router, page.router):
+    for r in (experiments.router, sweeps.router, samples.router, metrics.router, plots.router, health.router,
+              page.router):
         app.include_router(r)
     app.mount("/static", page.static_files(), name="static")
     app.add_middleware(errors.BodyLimit, limit=MAX_BODY)

@@ -303,7 +303,104 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _sweep_grid(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(base, grid) from the options: a grid field given several comma-separated values varies; the
+    other study options are the base."""
+    grid_opts = {"seed": args.seeds, "weight_decay": args.weight_decay, "lr": args.lr, "epochs": args.epochs,
+                 "batch_size": args.batch_size, "dataset": args.dataset}
+    grid = {k: v for k, v in grid_opts.items() if v is not None}
+    base = {k: v for k, v in {"limit": args.limit, "models": args.models, "k": args.k,
+                              "distances": args.distances, "ks": args.ks}.items() if v is not None}
+    return base, grid
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """A sweep: expand, record, then run its experiments here one after another (or queue them)."""
+    from common.study import sweeps
+
+    settings = _settings(args)
+    if args.cancel is not None:
+        n = sweeps.cancel(_read_factory(settings, "sweep"), args.cancel)
+        print(f"sweep {args.cancel}: {n} experiment(s) cancelled")
+        return 0
+    if args.status is not None:
+        with _read_factory(settings, "sweep")() as s:
+            info = sweeps.describe(s, args.status)
+        print(f"sweep {info['id']}: {info['status']}, {info['done']}/{info['total']} experiments succeeded")
+        for p in info["points"]:
+            print(f"  {json.dumps(p['config'])}: experiment {p['experiment']} {p['status']}"
+                  f"{' (reused)' if p['reused'] else ''}")
+        return 0
+    factory = _factory(settings)
+    if args.resume is not None:
+        sweep_id = args.resume
+    else:
+        base, grid = _sweep_grid(args)
+        sweep_id, new = sweeps.create(factory, settings, base, grid, queue=args.submit)
+        with factory() as s:
+            info = sweeps.describe(s, sweep_id)
+        print(f"sweep {sweep_id}: {info['total']} grid points, {len(new)} new experiments "
+              f"({info['total'] - len(new)} reused){', queued for the workers' if args.submit else ''}", flush=True)
+        if args.submit:
+            return 0
+    from common.study.stages import run_experiment
+
+    rt = _runtime(settings, factory)
+    with factory() as s:
+        todo = [e.id for _, e in sweeps.points(s, sweep_id)[1] if e.status not in (db.SUCCEEDED, db.CANCELLED)]
+    for eid in dict.fromkeys(todo):
+        print(f"sweep {sweep_id}: experiment {eid}", flush=True)
+        run_experiment(rt, eid)
+    _print_sweep(factory, sweep_id, "table")
+    return 0
+
+
+def _print_sweep(factory, sweep_id: int, fmt: str, k: str | None = None) -> None:
+    """The sweep's aggregated tables: for each grid point, mean ± sd over the seeds."""
+    from common.study import reads, sweeps
+
+    with factory() as s:
+        info = sweeps.describe(s, sweep_id)
+        top = min(int(info["base"]["k"]), 10**9)
+        ks = reads.parse_ks(k, top, "--k") if k else list(info["base"]["ks"])
+        tables = {m: sweeps.aggregate(s, sweep_id, m, ks, label_k=min(20, top))
+                  for m in ("score_at_k", "knn_accuracy", "label_agreement_change", "r_nx")}
+    if fmt == "json":
+        print(json.dumps({"sweep": info, "k": ks, "tables": tables}, indent=1, default=str))
+        return
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(["metric", *info["grid"], "space", "distance", "k", "mean", "sd", "min", "max", "n"])
+        for m, rows in tables.items():
+            for r in rows:
+                w.writerow([m, *[json.dumps(r["point"].get(f)) if f in r["point"] else "" for f in info["grid"]],
+                            r["space"], r["distance"], r["k"], r["mean"], r["sd"], r["min"], r["max"], r["n"]])
+        return
+    varied = [f for f in info["grid"] if f != "seed"]
+    print(f"sweep {sweep_id}: {info['status']}, {info['done']}/{info['total']} experiments; mean ± sd over seeds "
+          f"{info['grid'].get('seed', [info['base']['seed']])}\n")
+    for m, rows in tables.items():
+        print(m)
+        lines = [[*varied, "space", "distance", *[f"k={x}" for x in ks], "n"]]
+        cells: dict[tuple, dict[int, dict]] = {}  # (point, space, distance) -> k -> row, in the rows' order
+        for r in rows:
+            cells.setdefault((json.dumps(r["point"], sort_keys=True), r["space"], r["distance"]), {})[r["k"]] = r
+        for (pk, space, d), by_k in cells.items():
+            point = json.loads(pk)
+            lines.append([*[str(point.get(f)) for f in varied], space, d,
+                          *[f"{by_k[x]['mean']:.4f} ± {by_k[x]['sd']:.4f}" if x in by_k else "-" for x in ks],
+                          str(max(c["n"] for c in by_k.values()))])
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        for j, line in enumerate(lines):
+            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+            if j == 0:
+                print("  ".join("-" * w for w in widths))
+        print()
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
     """Advance every unfinished experiment once: what the broker lost is sent again."""
     from common.store import db as db_
     from common.study import jobs
@@ -317,7 +414,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for experiment_id in ids:
             jobs.send(app, jobs.ADVANCE, experiment_id)
     except jobs.BrokerUnavailable as exc:
-        print(f"aeknn sweep: {exc}", file=sys.stderr)
+        print(f"aeknn resend: {exc}", file=sys.stderr)
         return 3
     print(f"advanced {len(ids)} experiment(s): {ids}")
     return 0
@@ -406,6 +503,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
         done = backfill(_read_factory(settings, "metrics"), args.experiment)
         print(f"every k stored for experiment(s) {', '.join(map(str, done)) or 'none (nothing to fill)'}")
+        return 0
+    if args.sweep is not None:
+        _print_sweep(_read_factory(settings, "metrics"), args.sweep, args.format, args.k)
         return 0
     _print_tables(_read_factory(settings, "metrics"), args.experiment, args.format, args.k, args.table, args.out)
     return 0
@@ -505,9 +605,30 @@ def build_parser() -> argparse.ArgumentParser:
     common_opts(sv, compute=False, broker=True)
     sv.set_defaults(func=cmd_serve)
 
-    sw = sub.add_parser("sweep", help="send again whatever the broker lost, for every unfinished experiment")
+    swp = sub.add_parser("sweep", help="many seeds and settings as one study: a grid over the study's fields, "
+                                       "run here (or queued with --submit); mean and spread over the seeds")
+    lists = lambda cast: (lambda t: [cast(x) for x in _csv(t)])  # noqa: E731
+    swp.add_argument("--seeds", type=lists(int), help="the seeds, e.g. 0,1,2 (default: the base study's, 0)")
+    swp.add_argument("--weight-decay", type=lists(float), help="Adam weight decays, e.g. 1e-3,1e-5,0")
+    swp.add_argument("--lr", type=lists(float), help="Adam learning rates, e.g. 1e-3,3e-4")
+    swp.add_argument("--epochs", type=lists(int), help="epochs, e.g. 25,100")
+    swp.add_argument("--batch-size", type=lists(int), help="batch sizes, e.g. 100,500")
+    swp.add_argument("--dataset", type=_csv, help="data sets: mnist,fashion-mnist")
+    swp.add_argument("--limit", type=int, help="base: the first N training samples (default: all)")
+    swp.add_argument("--models", type=_csv, help=f"base: comma list of {','.join(MODEL_NAMES)} (default: all)")
+    swp.add_argument("--k", type=int, help="base: K, neighbours kept per sample (default: 200)")
+    swp.add_argument("--distances", type=_csv, help=f"base: comma list of {','.join(DISTANCES)} (default: both)")
+    swp.add_argument("--ks", type=lambda t: [int(x) for x in _csv(t)], help="base: the k columns (default: 5,10,20,50)")
+    swp.add_argument("--submit", action="store_true", help="queue the experiments for the workers instead")
+    swp.add_argument("--resume", type=int, metavar="ID", help="run a sweep's unfinished experiments here")
+    swp.add_argument("--status", type=int, metavar="ID", help="a sweep's points and their experiments")
+    swp.add_argument("--cancel", type=int, metavar="ID", help="cancel a sweep's pending experiments")
+    common_opts(swp, compute=True, broker=True)
+    swp.set_defaults(func=cmd_sweep)
+
+    sw = sub.add_parser("resend", help="send again whatever the broker lost, for every unfinished experiment")
     common_opts(sw, compute=False, broker=True)
-    sw.set_defaults(func=cmd_sweep)
+    sw.set_defaults(func=cmd_resend)
 
     dbp = sub.add_parser("db", help="schema migrations (Alembic): upgrade, current, stamp")
     dbp.add_argument("action", choices=["upgrade", "current", "stamp"])
@@ -532,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--table", help="only this table: score_at_k, score_at_k_by_label, label_agreement, "
                                      "knn_accuracy, r_nx")
     met.add_argument("--out", help="with --format csv: write one CSV file per table into this folder")
+    met.add_argument("--sweep", type=int, metavar="ID", help="a sweep's tables: mean ± sd over its seeds")
     met.add_argument("--backfill", action="store_true",
                      help="store every k of experiments made before every k was (all, or --experiment)")
     common_opts(met, compute=False)

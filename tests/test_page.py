@@ -290,3 +290,30 @@ def test_a_running_experiment_shows_live_progress(page, server):
     with db.transaction(f) as s:
         db.update_experiment(session=s, experiment_id=eid, status=db.CANCELLED, error="test over")
     engine.dispose()
+
+
+def test_a_sweep_shows_mean_and_spread_per_grid_point(page, server, data_dir, tmp_path):
+    from common.settings import Settings
+    from common.study import sweeps
+    from common.study.stages import Runtime, run_experiment
+
+    engine = db.make_engine(server["db"])
+    f = db.session_factory(engine)
+    base = {"limit": 800, "models": ["relu_mse"], "k": 50, "ks": [5, 10, 20], "epochs": 1}
+    sweep_id, new = sweeps.create(f, Settings(database_url=server["db"]), base,
+                                  {"weight_decay": [1e-3, 0.0], "seed": [0, 1]}, queue=False)
+    rt = Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path / "cache", device="cpu")
+    for eid in new:
+        run_experiment(rt, eid)
+    engine.dispose()
+    page.goto(server["url"] + "/")
+    page.wait_for_selector(f"#sweep-section[data-sweep='{sweep_id}']", timeout=30_000)
+    cells = page.eval_on_selector_all("#t-sweep td[data-mean]",
+                                      "tds => tds.map(t => ({...t.dataset, text: t.textContent}))")
+    api = httpx.get(f"{server['url']}/sweeps/{sweep_id}/metrics/score_at_k", params={"k": "5,10,20"}).json()["rows"]
+    assert len(cells) == len(api) == 2 * 2 * 3  # grid points x distances x k
+    for c in cells:
+        (row,) = [r for r in api if r["space"] == c["space"] and str(r["k"]) == c["k"]
+                  and float(c["mean"]) == r["mean"] and float(c["sd"]) == r["sd"]]
+        assert c["text"] == f"{row['mean']:.4f} ± {row['sd']:.4f}"
+    page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)

@@ -205,12 +205,12 @@ function niceTicks(lo, hi, count = 5) {
 }
 
 // series: [{name, colour, dash, points: [[x, y], ...]}]
-function lineChart(canvas, { title, xLabel, yLabel, series }) {
+function lineChart(canvas, { title, xLabel, yLabel, series, bands }) {
   const g = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
   const L = 64, R = 150, T = 26, B = 40;
   g.clearRect(0, 0, W, H);
   g.font = "12px system-ui"; g.fillStyle = "#222"; g.fillText(title, L, 16);
-  const pts = series.flatMap((s) => s.points);
+  const pts = series.flatMap((s) => s.points).concat((bands || []).flatMap((b) => b.lo.concat(b.hi)));
   if (!pts.length) { g.fillStyle = "#777"; g.fillText("nothing to draw yet", L, H / 2); return; }
   let x0 = Math.min(...pts.map((p) => p[0])), x1 = Math.max(...pts.map((p) => p[0]));
   let y0 = Math.min(...pts.map((p) => p[1])), y1 = Math.max(...pts.map((p) => p[1]));
@@ -227,11 +227,18 @@ function lineChart(canvas, { title, xLabel, yLabel, series }) {
   for (const t of niceTicks(x0, x1)) g.fillText(String(Math.round(t * 100) / 100), x(t) - 6, H - B + 14);
   g.fillText(xLabel, L + (W - L - R) / 2 - 20, H - 6);
   g.save(); g.translate(12, T + (H - T - B) / 2 + 30); g.rotate(-Math.PI / 2); g.fillText(yLabel, 0, 0); g.restore();
-  series.forEach((s, row) => {
+  for (const b of bands || []) { // mean ± sd, shaded under the lines
+    g.fillStyle = b.colour + "33"; g.beginPath();
+    b.hi.forEach(([a, v], i) => (i ? g.lineTo(x(a), y(v)) : g.moveTo(x(a), y(v))));
+    [...b.lo].reverse().forEach(([a, v]) => g.lineTo(x(a), y(v)));
+    g.closePath(); g.fill();
+  }
+  let row = 0;
+  series.forEach((s) => {
     g.strokeStyle = s.colour; g.lineWidth = 1.5; g.setLineDash(s.dash ? [5, 3] : []); g.beginPath();
     s.points.forEach(([a, b], i) => (i ? g.lineTo(x(a), y(b)) : g.moveTo(x(a), y(b))));
     g.stroke(); g.setLineDash([]);
-    g.fillStyle = s.colour; g.fillText(s.name, W - R + 8, T + 10 + 14 * row);
+    if (s.name) { g.fillStyle = s.colour; g.fillText(s.name, W - R + 8, T + 10 + 14 * row++); }
   });
 }
 
@@ -720,6 +727,71 @@ async function loadTables() {
   $("tables").dataset.ready = "1";
 }
 
+// ------------------------------------------------------------------ sweeps
+
+const POINT_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+const pointName = (p) => Object.entries(p).map(([k, v]) => `${k} ${Array.isArray(v) ? v.join("+") : v}`).join(", ") || "all";
+
+async function loadSweeps() {
+  let list;
+  try { list = await api("/sweeps"); } catch (e) { return; }
+  if (!list.length) return;
+  $("sweep").replaceChildren(...list.map((w) => el("option", { value: w.id,
+    text: `#${w.id} ${w.status} · ${w.done}/${w.total} · ${Object.entries(w.grid).map(([k, v]) => `${k} ${v.join(",")}`).join(" × ")}` })));
+  $("sweep-section").hidden = false;
+  await showSweep(parseInt($("sweep").value, 10));
+}
+
+async function showSweep(id) {
+  note("sweep", "loading the sweep…", "busy");
+  const w = await api(`/sweeps/${id}`);
+  const models = w.base.models, distances = w.base.distances;
+  const model = fillSelect($("sweep-model"), models, models.includes($("sweep-model").value) ? $("sweep-model").value : models[models.length - 1]);
+  const distance = fillSelect($("sweep-distance"), distances, distances.includes($("sweep-distance").value) ? $("sweep-distance").value : distances[distances.length - 1]);
+  const ks = w.base.ks;
+  const [table, curve] = await Promise.all([api(`/sweeps/${id}/metrics/score_at_k?k=${ks.join(",")}`),
+    api(`/sweeps/${id}/metrics/score_at_k?k=1-${w.base.k}`)]);
+  note("sweep");
+  const varied = Object.keys(w.grid).filter((f) => f !== "seed");
+  const groups = new Map();
+  for (const r of table.rows) {
+    const key = JSON.stringify(r.point) + `|${r.space}|${r.distance}`;
+    if (!groups.has(key)) groups.set(key, { point: r.point, space: r.space, distance: r.distance, cells: {}, n: r.n });
+    groups.get(key).cells[r.k] = r;
+  }
+  const t = el("table", { id: "t-sweep" }, el("caption", { text: `score@k, mean ± sd over seeds ${(w.grid.seed || [w.base.seed]).join(", ")}` }),
+    el("tr", {}, ...[...varied, "model", "distance", ...ks.map((k) => `k=${k}`), "n"].map((h) => el("th", { text: h }))),
+    ...[...groups.values()].map((g) => el("tr", {},
+      ...varied.map((f) => el("td", { class: "name", text: String(g.point[f]) })),
+      el("td", { class: "name", text: g.space }), el("td", { class: "name", text: g.distance }),
+      ...ks.map((k) => { const c = g.cells[k]; const td = el("td", { text: c ? `${c.mean.toFixed(4)} ± ${c.sd.toFixed(4)}` : "–" });
+        if (c) { td.dataset.mean = c.mean; td.dataset.sd = c.sd; td.dataset.k = k; td.dataset.space = g.space; } return td; }),
+      el("td", { text: String(g.n) }))));
+  $("sweep-table").replaceChildren(t);
+  const points = [...new Set(curve.rows.map((r) => JSON.stringify(r.point)))];
+  const series = [], bands = [];
+  points.forEach((pk, i) => {
+    const rows = curve.rows.filter((r) => JSON.stringify(r.point) === pk && r.space === model && r.distance === distance);
+    const colour = POINT_COLOURS[i % POINT_COLOURS.length];
+    series.push({ name: pointName(JSON.parse(pk)), colour, points: rows.map((r) => [r.k, r.mean]) });
+    bands.push({ colour, lo: rows.map((r) => [r.k, r.mean - r.sd]), hi: rows.map((r) => [r.k, r.mean + r.sd]) });
+  });
+  lineChart($("sweep-chart"), { title: `score@k of ${model} (${distance}) against k, per grid point`, xLabel: "k",
+    yLabel: "score@k", series, bands });
+  const loss = [];
+  for (const [i, g] of w.groups.entries()) {
+    const colour = POINT_COLOURS[i % POINT_COLOURS.length];
+    for (const [j, eid] of g.experiments.entries()) {
+      const l = (await api(`/experiments/${eid}/loss`)).losses[model] || [];
+      loss.push({ name: j === 0 ? pointName(g.point) : "", colour, points: l.map((v, e) => [e + 1, v]) });
+    }
+  }
+  lineChart($("sweep-loss"), { title: `training loss of ${model}, each seed`, xLabel: "epoch", yLabel: "mean loss",
+    series: loss });
+  $("sweep-section").dataset.ready = "1";
+  $("sweep-section").dataset.sweep = String(id);
+}
+
 // ------------------------------------------------------------------ wiring
 
 function setupControls() {
@@ -752,6 +824,9 @@ function setupControls() {
   $("sample-id").addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
   $("reset-view").addEventListener("click", () => { if (app.codes) { fitView(); redraw(); } });
   $("ks-apply").addEventListener("click", () => loadTables());
+  for (const id of ["sweep", "sweep-model", "sweep-distance"]) {
+    $(id).addEventListener("change", () => showSweep(parseInt($("sweep").value, 10)).catch((e) => note("sweep", e.message)));
+  }
   $("ks").addEventListener("keydown", (e) => { if (e.key === "Enter") loadTables(); });
 }
 
@@ -759,6 +834,7 @@ async function main() {
   readUrl();
   setupControls();
   setupMap();
+  loadSweeps().catch((e) => note("sweep", e.message));
   if ((await loadExperiments()) === null) { document.body.dataset.ready = "1"; return; }
   if (app.linkProblems.length) say(`This link asks for what does not exist: ${app.linkProblems.join("; ")}.`);
   await selectExperiment(state.experiment);

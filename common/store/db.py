@@ -170,6 +170,29 @@ class WorkItem(Base):
     heartbeat_at: Mapped[dt.datetime | None]
 
 
+class SweepRow(Base):
+    """A sweep: a base study and a grid over some of its fields, run as ordinary experiments."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    base: Mapped[dict] = mapped_column(JSON)  # the study config every point starts from
+    grid: Mapped[dict] = mapped_column(JSON)  # field -> the values it takes
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+
+
+class SweepPoint(Base):
+    """One grid point of a sweep: its config, and the experiment that runs it (new, or an earlier one with
+    the same config, reused)."""
+
+    __tablename__ = "sweep_points"
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    reused: Mapped[bool] = mapped_column(default=False)  # an experiment that existed before the sweep
+
+
 class PlotRow(Base):
     """A rendered plot of a finished experiment: drawn once, then served as stored."""
 

@@ -19,8 +19,8 @@ class TooManyPending(RuntimeError):
     """The cap on pending experiments (AEKNN_MAX_PENDING) is reached; nothing was stored."""
 
     def __init__(self, pending: int, limit: int, retry_after: int = 30) -> None:
-        super().__init__(f"{pending} experiments are queued or running, the most this server takes at once "
-                         f"(AEKNN_MAX_PENDING={limit}); try again once one has finished")
+        super().__init__(f"{pending} submissions (experiments, a sweep counting once) are queued or running, the "
+                         f"most this server takes at once (AEKNN_MAX_PENDING={limit}); try again once one has finished")
         self.retry_after = retry_after
 
 
@@ -48,9 +48,11 @@ def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConf
         db.serialize(session=s, name="submit")
         found = _existing(s, body, idempotency_key)
         if found is None:
-            pending = db.pending_experiments(session=s)
-            if len(pending) >= settings.max_pending:
-                raise TooManyPending(len(pending), settings.max_pending)
+            from common.study.sweeps import pending_submissions
+
+            pending = pending_submissions(s)  # a sweep's experiments count once
+            if pending >= settings.max_pending:
+                raise TooManyPending(pending, settings.max_pending)
             experiment_id = db.create_experiment(session=s, config=body, idempotency_key=idempotency_key,
                                                  status=db.SUBMITTING)
     if found is not None:

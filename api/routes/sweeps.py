@@ -1,0 +1,153 @@
+"""Sweeps: submit one (a base study and a grid), follow it, cancel it, and read its metric tables as the
+mean, standard deviation, minimum and maximum over its seeds (common/study/sweeps.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import FactoryDep, SessionDep, SettingsDep, require_read, require_write
+from api.errors import ERROR_RESPONSES, AppError
+from common.study import jobs, reads, submissions, sweeps
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES, dependencies=[Depends(require_read)])
+KsQ = Annotated[str, Query(max_length=200, description="k values: a comma list, ranges a-b, or `all`",
+                           pattern=r"^\s*(all|\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*)\s*$")]
+
+
+class SweepCreate(BaseModel):
+    """A base study (every field optional: the seed study) and a grid over some of its fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    base: dict[str, Any] = Field(default_factory=dict, description="StudyConfig fields: POST /experiments' body")
+    grid: dict[str, list[Any]] = Field(description=f"field -> its values; fields: {', '.join(sweeps.GRID_FIELDS)}; "
+                                                   f"at most {sweeps.MAX_POINTS} points in all")
+
+
+class SweepPoint(BaseModel):
+    index: int
+    experiment: int
+    status: str
+    reused: bool
+    config: dict[str, Any]
+
+
+class SweepGroup(BaseModel):
+    point: dict[str, Any]
+    seeds: list[Any]
+    experiments: list[int]
+
+
+class SweepPublic(BaseModel):
+    id: int
+    status: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    done: int
+    total: int
+    points: list[SweepPoint]
+    groups: list[SweepGroup]
+    links: dict[str, str]
+
+
+class SweepRow(BaseModel):
+    point: dict[str, Any]
+    space: str
+    distance: str
+    k: int
+    label: int | None = None
+    mean: float
+    sd: float
+    min: float
+    max: float
+    n: int
+    seeds: list[Any]
+
+
+class SweepTable(BaseModel):
+    sweep: int
+    metric: str
+    k: list[int]
+    rows: list[SweepRow]
+
+
+def _public(session, sweep_id: int) -> SweepPublic:
+    info = sweeps.describe(session, sweep_id)
+    base = f"/sweeps/{sweep_id}"
+    return SweepPublic(**{k: info[k] for k in ("id", "status", "base", "grid", "done", "total", "points", "groups")},
+                       links={"self": base, "cancel": f"{base}/cancel",
+                              "score_at_k": f"{base}/metrics/score_at_k"})
+
+
+@router.post("", status_code=202, response_model=SweepPublic, dependencies=[Depends(require_write)])
+def create_sweep(body: SweepCreate, factory: FactoryDep, settings: SettingsDep,
+                 idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> SweepPublic:
+    """Expand the grid (refused whole, naming the field and value, if a point is not a valid study), record
+    one experiment per point (reusing any earlier experiment with the same config) and queue the new ones."""
+    try:
+        sweep_id, _ = sweeps.create(factory, settings, body.base, body.grid, queue=True,
+                                    idempotency_key=idempotency_key)
+    except jobs.BrokerUnavailable as exc:
+        raise AppError("unavailable", f"not submitted: {exc}") from None
+    except submissions.TooManyPending as exc:
+        raise AppError("too_many", str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    with factory() as s:
+        return _public(s, sweep_id)
+
+
+class SweepSummary(BaseModel):
+    id: int
+    status: str
+    grid: dict[str, list[Any]]
+    done: int
+    total: int
+
+
+@router.get("", response_model=list[SweepSummary])
+def list_sweeps(session: SessionDep) -> list[SweepSummary]:
+    """Every sweep, newest first (at most 100)."""
+    ids = sweeps.recent_ids(session, 100)
+    return [SweepSummary(**{k: v for k, v in sweeps.describe(session, i).items() if k in SweepSummary.model_fields})
+            for i in ids]
+
+
+@router.get("/{sweep_id}", response_model=SweepPublic)
+def get_sweep(sweep_id: int, session: SessionDep) -> SweepPublic:
+    """The sweep's status (from its experiments'), its points and their experiments, grouped by everything
+    but the seed."""
+    return _public(session, sweep_id)
+
+
+@router.post("/{sweep_id}/cancel", response_model=SweepPublic, dependencies=[Depends(require_write)])
+def cancel_sweep(sweep_id: int, factory: FactoryDep) -> SweepPublic:
+    """Cancel every pending experiment the sweep made."""
+    sweeps.cancel(factory, sweep_id)
+    with factory() as s:
+        return _public(s, sweep_id)
+
+
+@router.get("/{sweep_id}/metrics/{metric}", response_model=SweepTable,
+            responses={200: {"content": {"application/json": {}, "text/csv": {}}}})
+def sweep_metric(request: Request, sweep_id: int, metric: str, session: SessionDep, k: KsQ = "5,10,20,50",
+                 format: str | None = Query(None, pattern="^(json|csv)$")) -> Response:  # noqa: A002
+    """One metric table of the sweep: for each grid point (seeds aside), space, distance and k, the mean,
+    sd, min and max over the seeds that succeeded, and n. score_at_k_by_label is at k = 20 (the first k given)."""
+    info = sweeps.describe(session, sweep_id)
+    ks = reads.parse_ks(k, reads.top_k(int(info["base"]["k"]), 10**9))
+    rows = sweeps.aggregate(session, sweep_id, metric, ks, label_k=ks[0])
+    if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        fields = [f for f in info["grid"] if f != "seed"]
+        w.writerow([*fields, "space", "distance", "k", "label", "mean", "sd", "min", "max", "n"])
+        for r in rows:
+            w.writerow([*[json.dumps(r["point"][f]) for f in fields], r["space"], r["distance"], r["k"],
+                        r.get("label", ""), r["mean"], r["sd"], r["min"], r["max"], r["n"]])
+        return Response(buf.getvalue(), media_type="text/csv")
+    return Response(SweepTable(sweep=sweep_id, metric=metric, k=ks, rows=[SweepRow(**r) for r in rows])
+                    .model_dump_json(), media_type="application/json")
