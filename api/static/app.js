@@ -207,7 +207,7 @@ function niceTicks(lo, hi, count = 5) {
 // series: [{name, colour, dash, points: [[x, y], ...]}]
 function lineChart(canvas, { title, xLabel, yLabel, series, bands }) {
   const g = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
-  const L = 64, R = 150, T = 26, B = 40;
+  const L = 76, R = 150, T = 26, B = 40;
   g.clearRect(0, 0, W, H);
   g.font = "12px system-ui"; g.fillStyle = "#222"; g.fillText(title, L, 16);
   const pts = series.flatMap((s) => s.points).concat((bands || []).flatMap((b) => b.lo.concat(b.hi)));
@@ -221,7 +221,7 @@ function lineChart(canvas, { title, xLabel, yLabel, series, bands }) {
   g.strokeStyle = "#999"; g.lineWidth = 1; g.strokeRect(L, T, W - L - R, H - T - B);
   g.fillStyle = "#444"; g.font = "11px system-ui";
   for (const t of niceTicks(y0, y1)) {
-    g.fillText(short(t), 4, y(t) + 4);
+    g.fillText(short(t), 22, y(t) + 4);
     g.strokeStyle = "#eee"; g.beginPath(); g.moveTo(L + 1, y(t)); g.lineTo(W - R - 1, y(t)); g.stroke();
   }
   for (const t of niceTicks(x0, x1)) g.fillText(String(Math.round(t * 100) / 100), x(t) - 6, H - B + 14);
