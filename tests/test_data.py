@@ -107,3 +107,18 @@ def test_fashion_mnist_from_the_debian_package(tmp_path):
     ds = load_dataset("fashion-mnist", FASHION, tmp_path)
     assert ds.images.shape == (60_000, 784) and ds.name == "fashion-mnist"
     assert list(np.bincount(ds.labels)) == [6000] * 10  # Fashion-MNIST's training split is balanced
+
+
+def test_staging_the_same_files_from_many_processes_at_once_is_safe(data_dir, tmp_path):
+    """Two workers preparing two experiments stage the same files into one cache at the same moment."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from common.compute.data import load_dataset; "
+            "ds = load_dataset('mnist', Path(sys.argv[1]), Path(sys.argv[2]), 500); print(ds.labels[:3].tolist())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(data_dir), str(tmp_path / "cache")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-500:] for _, e in outs]
+    assert {o.strip() for o, _ in outs} == {"[5, 0, 4]"}
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

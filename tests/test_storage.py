@@ -91,3 +91,32 @@ def test_a_new_sqlite_file_uses_32k_pages(tmp_path):
         assert c.execute(text("PRAGMA page_size")).scalar() == 32768
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     engine.dispose()
+
+
+def test_a_row_another_process_inserted_first_is_found_not_fatal(engine):
+    """Two workers preparing two experiments on one data set both try to create the same table row: the
+    one that loses the race takes the winner's row, and its own transaction carries on."""
+    f = db.session_factory(engine)
+    labels = np.zeros(5, np.uint8)
+    images = np.zeros((5, 784), np.uint8)
+    with db.transaction(f) as s:
+        ds = db.get_or_create_dataset(session=s, name="mnist", labels=labels, images=images)
+    key = db.table_key(dataset_id=ds, space=db.ORIGINAL, model_id=None, distance="l1", k=3)
+
+    def row():
+        return db.TableRow(key=key, dataset_id=ds, model_id=None, space=db.ORIGINAL, distance="l1", k=3, n=5,
+                           chunk_size=5, complete=False)
+
+    with db.transaction(f) as loser:
+        with db.transaction(f) as winner:  # commits between the loser's look-up and its insert
+            winner.add(row())
+        got = db._insert_or_find(loser, row(), lambda: loser.scalar(
+            db.select(db.TableRow).where(db.TableRow.key == key)))
+        assert got.key == key and got.id is not None
+        e = db.create_experiment(session=loser, config={"k": 3})  # the transaction is still usable
+    with f() as s:
+        assert s.query(db.TableRow).count() == 1
+        assert db.get_experiment(session=s, experiment_id=e) is not None
+    # and with nothing to find, the IntegrityError is not swallowed
+    with pytest.raises(IntegrityError), db.transaction(f) as s:
+        db._insert_or_find(s, row(), lambda: None)

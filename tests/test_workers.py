@@ -493,3 +493,27 @@ def test_a_whole_worker_lost_mid_training_and_mid_chunk_is_replaced_within_minut
     assert train.attempts == 2 and "looks lost" in second.text()
     assert resumed < 240 and exp.attempts >= 2
     assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **cfg))
+
+
+def test_a_sweep_queued_for_the_workers_runs_every_point_and_shares_the_pixel_tables(stack):
+    stack.worker("w1")
+    stack.worker("w2")
+    out = stack.aeknn("sweep", "--submit", "--limit", "1500", "--epochs", "1", "--models", "relu_mse",
+                      "--distances", "l2", "--seeds", "0,1", "--weight-decay", "1e-3,0").stdout
+    assert "sweep 1: 4 grid points, 4 new experiments (0 reused), queued for the workers" in out
+    from common.study import sweeps
+
+    def done():
+        with stack.factory() as s:
+            return sweeps.describe(s, 1)["status"] == "succeeded"
+
+    wait_for(done, 240, "the sweep to succeed")
+    with stack.factory() as s:
+        info = sweeps.describe(s, 1)
+        assert info["done"] == 4
+        originals = s.query(db.TableRow).filter(db.TableRow.model_id.is_(None)).all()
+        assert len(originals) == 1  # one pixel table (l2) for the four experiments
+        rows = sweeps.aggregate(s, 1, "score_at_k", [5])
+        assert len(rows) == 2 and all(r["n"] == 2 for r in rows)
+    printed = stack.aeknn("metrics", "--sweep", "1").stdout
+    assert "score_at_k" in printed and " ± " in printed

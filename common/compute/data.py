@@ -12,6 +12,7 @@ import gzip
 import logging
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,18 +125,21 @@ def stage_files(dataset: str, data_dir: Path, cache_dir: Path) -> Path:
             continue
         check_idx_file(src, spec)
         dst = raw / spec.name
+        # every write goes to a name of its own and is renamed into place (atomic): two processes staging
+        # the same files at once (two workers preparing two experiments) never trip over each other
+        tmp = raw / f".{spec.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         if src.suffix != ".gz":
             if dst.resolve() != src.resolve():
-                dst.unlink(missing_ok=True)
-                os.symlink(src.resolve(), dst)
+                tmp.unlink(missing_ok=True)
+                os.symlink(src.resolve(), tmp)
+                os.replace(tmp, dst)
             continue
         if dst.is_file() and not dst.is_symlink() and dst.stat().st_mtime >= src.stat().st_mtime:
             continue  # extracted before from this file
-        tmp = dst.with_suffix(".tmp")
         with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
             while chunk := fin.read(1 << 22):
                 fout.write(chunk)
-        os.replace(tmp, dst)  # atomic: a half-written file is never taken for the data
+        os.replace(tmp, dst)  # a half-written file is never taken for the data
     return cache_dir
 
 

@@ -268,16 +268,36 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 # ---------------------------------------------------------------- data sets
 
 
+def _insert_or_find(session: Session, row: Base, find) -> Any:
+    """Insert ``row``; if another process inserted the same unique key at the same moment (two workers
+    preparing two experiments on one data set), use that one: ``find()`` reads it back."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with session.begin_nested():  # a savepoint: the caller's transaction survives a lost race
+            session.add(row)
+            session.flush()
+        return row
+    except IntegrityError:
+        found = find()
+        if found is None:
+            raise
+        return found
+
+
 def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, images: np.ndarray) -> int:
     n = int(labels.shape[0])
-    found = session.scalar(select(DatasetRow.id).where(DatasetRow.name == name, DatasetRow.n == n))
+
+    def find():
+        return session.scalar(select(DatasetRow.id).where(DatasetRow.name == name, DatasetRow.n == n))
+
+    found = find()
     if found is not None:
         return found
     row = DatasetRow(name=name, n=n, labels=labels.astype(np.uint8).tobytes(),
                      images=images.astype(np.uint8).tobytes())
-    session.add(row)
-    session.flush()
-    return row.id
+    got = _insert_or_find(session, row, find)
+    return got.id if isinstance(got, DatasetRow) else got
 
 
 def dataset_labels(*, session: Session, dataset_id: int) -> np.ndarray:
@@ -351,12 +371,13 @@ def record_timing(*, session: Session, experiment_id: int, stage: str, seconds: 
 
 
 def get_or_create_model(*, session: Session, experiment_id: int, name: str) -> ModelRow:
-    row = session.scalar(select(ModelRow).where(ModelRow.experiment_id == experiment_id,
-                                                ModelRow.name == name))
+    def find():
+        return session.scalar(select(ModelRow).where(ModelRow.experiment_id == experiment_id, ModelRow.name == name))
+
+    row = find()
     if row is None:
-        row = ModelRow(experiment_id=experiment_id, name=name, epochs_done=0, losses=[])
-        session.add(row)
-        session.flush()
+        row = _insert_or_find(session, ModelRow(experiment_id=experiment_id, name=name, epochs_done=0, losses=[]),
+                              find)
     return row
 
 
@@ -397,12 +418,15 @@ def get_or_create_table(*, session: Session, dataset_id: int, space: str, model_
                         distance: str, k: int, n: int, chunk_size: int) -> TableRow:
     """The table with this key; a new one is planned with ``chunk_size`` rows per chunk."""
     key = table_key(dataset_id=dataset_id, space=space, model_id=model_id, distance=distance, k=k)
-    row = session.scalar(select(TableRow).where(TableRow.key == key))
+
+    def find():
+        return session.scalar(select(TableRow).where(TableRow.key == key))
+
+    row = find()
     if row is None:
-        row = TableRow(key=key, dataset_id=dataset_id, model_id=model_id, space=space,
-                       distance=distance, k=k, n=n, chunk_size=chunk_size, complete=False)
-        session.add(row)
-        session.flush()
+        row = _insert_or_find(session, TableRow(key=key, dataset_id=dataset_id, model_id=model_id, space=space,
+                                                distance=distance, k=k, n=n, chunk_size=chunk_size, complete=False),
+                              find)
     return row
 
 
