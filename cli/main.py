@@ -390,7 +390,7 @@ def _print_sweep(factory, sweep_id: int, fmt: str, k: str | None = None) -> None
         for (pk, space, d), by_k in cells.items():
             point = json.loads(pk)
             lines.append([*[str(point.get(f)) for f in varied], space, d,
-                          *[f"{by_k[x]['mean']:.4f} ± {by_k[x]['sd']:.4f}" if x in by_k else "-" for x in ks],
+                          *[_mean_sd(by_k[x]) if x in by_k else "-" for x in ks],
                           str(max(c["n"] for c in by_k.values()))])
         widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
         for j, line in enumerate(lines):
@@ -494,6 +494,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     what = "already submitted" if known is not None else "submitted"
     print(f"schema at {rev}; init study {what}: experiment {experiment_id}", flush=True)
     return 0
+
+
+def _mean_sd(row: dict) -> str:
+    """``mean ± sd``; one run has no spread to show, so its sd is a dash."""
+    return f"{row['mean']:.4f} ± " + (f"{row['sd']:.4f}" if row["sd"] is not None else "-")
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

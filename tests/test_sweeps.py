@@ -138,3 +138,22 @@ def test_aeknn_metrics_prints_a_sweeps_mean_and_spread(ran):
     data = json.loads(subprocess.run([sys.executable, "-m", "cli", "metrics", "--sweep", str(ran["id"]), "--format",
                                       "json", "--db", ran["url"]], capture_output=True, text=True).stdout)
     assert data["sweep"]["total"] == 4 and data["k"] == [5, 10]
+
+
+def test_one_seed_has_no_spread_to_report(ran):
+    """A sweep of one seed (here reusing what ran) reports sd as null and prints a dash, never 0."""
+    settings = Settings(database_url=ran["url"], broker_url=REDIS_URL)
+    one, new = sweeps.create(ran["factory"], settings, BASE, {"weight_decay": [0.0], "seed": [1]}, queue=False)
+    assert new == []
+    with ran["factory"]() as s:
+        rows = sweeps.aggregate(s, one, "score_at_k", [5])
+    assert rows and all(r["n"] == 1 and r["sd"] is None and r["min"] == r["mean"] == r["max"] for r in rows)
+    from api.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        got = client.get(f"/sweeps/{one}/metrics/score_at_k", params={"k": "5"})
+        assert got.status_code == 200 and all(r["sd"] is None for r in got.json()["rows"])
+    out = subprocess.run([sys.executable, "-m", "cli", "metrics", "--sweep", str(one), "--db", ran["url"]],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert " ± -" in out.stdout and " ± 0.0000" not in out.stdout

@@ -62,7 +62,7 @@ class SweepRow(BaseModel):
     k: int
     label: int | None = None
     mean: float
-    sd: float
+    sd: float | None  # null for a single run
     min: float
     max: float
     n: int

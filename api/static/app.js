@@ -764,8 +764,8 @@ async function showSweep(id) {
     ...[...groups.values()].map((g) => el("tr", {},
       ...varied.map((f) => el("td", { class: "name", text: String(g.point[f]) })),
       el("td", { class: "name", text: g.space }), el("td", { class: "name", text: g.distance }),
-      ...ks.map((k) => { const c = g.cells[k]; const td = el("td", { text: c ? `${c.mean.toFixed(4)} ± ${c.sd.toFixed(4)}` : "–" });
-        if (c) { td.dataset.mean = c.mean; td.dataset.sd = c.sd; td.dataset.k = k; td.dataset.space = g.space; } return td; }),
+      ...ks.map((k) => { const c = g.cells[k]; const td = el("td", { text: c ? `${c.mean.toFixed(4)} ± ${c.sd === null ? "–" : c.sd.toFixed(4)}` : "–" });
+        if (c) { td.dataset.mean = c.mean; td.dataset.sd = c.sd ?? ""; td.dataset.k = k; td.dataset.space = g.space; } return td; }),
       el("td", { text: String(g.n) }))));
   $("sweep-table").replaceChildren(t);
   const points = [...new Set(curve.rows.map((r) => JSON.stringify(r.point)))];
@@ -774,7 +774,7 @@ async function showSweep(id) {
     const rows = curve.rows.filter((r) => JSON.stringify(r.point) === pk && r.space === model && r.distance === distance);
     const colour = POINT_COLOURS[i % POINT_COLOURS.length];
     series.push({ name: pointName(JSON.parse(pk)), colour, points: rows.map((r) => [r.k, r.mean]) });
-    bands.push({ colour, lo: rows.map((r) => [r.k, r.mean - r.sd]), hi: rows.map((r) => [r.k, r.mean + r.sd]) });
+    bands.push({ colour, lo: rows.map((r) => [r.k, r.mean - (r.sd ?? 0)]), hi: rows.map((r) => [r.k, r.mean + (r.sd ?? 0)]) });
   });
   lineChart($("sweep-chart"), { title: `score@k of ${model} (${distance}) against k, per grid point`, xLabel: "k",
     yLabel: "score@k", series, bands });

@@ -205,7 +205,8 @@ def aggregate(s: Session, sweep_id: int, metric: str, ks: list[int], label_k: in
                 values.setdefault((v.space, v.distance, v.k, v.label), []).append(v.value)
         for (space, distance, k, label), vs in sorted(values.items(), key=lambda kv: _order(kv[0])):
             mean = sum(vs) / len(vs)
-            sd = math.sqrt(sum((v - mean) ** 2 for v in vs) / (len(vs) - 1)) if len(vs) > 1 else 0.0
+            # the sample sd; of one run it is undefined (None), not 0
+            sd = math.sqrt(sum((v - mean) ** 2 for v in vs) / (len(vs) - 1)) if len(vs) > 1 else None
             out.append({"point": g["point"], "space": space, "distance": distance, "k": k,
                         **({"label": label} if label >= 0 else {}), "mean": mean, "sd": sd, "min": min(vs),
                         "max": max(vs), "n": len(vs), "seeds": seeds})
