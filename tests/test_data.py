@@ -37,6 +37,15 @@ def test_limit_takes_the_first_samples(data_dir, tmp_path):
     assert reconstruction_ids(ds.labels) == [1, 3, 5, 7, 2, 0, 4]
 
 
+def test_test_split_matches_source_facts(data_dir, tmp_path):
+    ds = load_dataset("mnist", data_dir, tmp_path, split="test")
+    assert ds.images.shape == (10_000, 784) and ds.n == 10_000
+    assert list(np.bincount(ds.labels)) == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert list(ds.labels[:10]) == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        load_dataset("mnist", data_dir, tmp_path, split="valid")
+
+
 def _copy(data_dir, tmp_path):
     src = data_dir / "mnist" if (data_dir / "mnist").is_dir() else data_dir
     dst = tmp_path / "data"

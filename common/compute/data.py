@@ -143,14 +143,17 @@ def stage_files(dataset: str, data_dir: Path, cache_dir: Path) -> Path:
     return cache_dir
 
 
-def load_dataset(dataset: str, data_dir: Path, cache_dir: Path, limit: int | None = None) -> Dataset:
-    """The training split of ``dataset`` (first ``limit`` samples).
+def load_dataset(dataset: str, data_dir: Path, cache_dir: Path, limit: int | None = None,
+                 split: str = "train") -> Dataset:
+    """The training split of ``dataset`` (first ``limit`` samples), or with ``split="test"`` its test split.
 
     Files found under data_dir are validated, staged and read directly (no torchvision import: it
     costs a process about 170 MB); torchvision downloads whatever is missing."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; expected 'train' or 'test'")
     root = stage_files(dataset, data_dir, cache_dir)
     raw = root / DATASETS[dataset][0] / "raw"
-    train = idx_specs(dataset)[:2]  # images, labels
+    train = idx_specs(dataset)[:2] if split == "train" else idx_specs(dataset)[2:]  # images, labels
     if not all((raw / spec.name).is_file() for spec in train):
         _download(dataset, data_dir, root)
         for spec in train:

@@ -1,0 +1,213 @@
+"""2-D maps of one data set, scored with the project's exact tables and metrics, in one run.
+
+    .venv/bin/pip install -e '.[maps]'
+    .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
+        [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-epochs 30]
+        [--figure maps.png] [--json maps.json]
+
+Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
+data set with --db, or trained here with --seed-epochs), the neighbourhood-keeping encoder
+(common/compute/keeping.py, trained here, one row per --keep-loss), PCA (2 components, scikit-learn),
+UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its defaults). Every map's own exact
+top-50 table (L2, the project's engine) is compared with the pixel space's: score@k for k = 5, 10,
+20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The test split (10,000 images) is
+scored the same way, neighbours among the test images in both spaces, for every method that maps an
+unseen image (all but t-SNE, which places only the samples it was fitted on). Times are each method's
+fit on the training split. The budget line is one seed model (relu_mse) trained alone for 100 epochs,
+estimated from --reference-epochs epochs on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KS = (5, 10, 20, 50)
+SEED_MODELS = ("linear_l1", "linear_mse", "relu_l1", "relu_mse")
+
+
+def exact_table(points: np.ndarray, k: int, budget: int = 1 << 30) -> np.ndarray:
+    """Each row's k nearest other rows, exact, L2 (the engine every table of the product uses)."""
+    from common.compute.neighbors import knn_rows, prepare
+
+    space = prepare(points, "l2")
+    return knn_rows(space, 0, points.shape[0], k, memory_budget=budget).ids
+
+
+def scores(pixel_table: np.ndarray, points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    from common.compute.metrics import knn_accuracy, r_nx, score_at_k
+
+    table = exact_table(np.ascontiguousarray(points, dtype=np.float32), max(KS))
+    out = {f"score@{k}": score_at_k(pixel_table, table, k) for k in KS}
+    out["knn@5"] = knn_accuracy(table, labels, 5)
+    out["R_NX(10)"] = r_nx(out["score@10"], points.shape[0], 10)
+    return out
+
+
+def seed_codes(args, x, x_test) -> dict[str, tuple[np.ndarray, np.ndarray | None, float | None]]:
+    """name -> (train codes, test codes, training seconds) of the seed's four models."""
+    import torch
+
+    from common.compute.training import TrainConfig, encode, load_trained, train_group
+
+    out = {}
+    if args.db:
+        from common.store import db
+
+        engine = db.make_engine(args.db)
+        with db.session_factory(engine)() as s:
+            exp_id = args.experiment or db.latest_experiment_id(session=s)
+            for row in db.list_models(session=s, experiment_id=exp_id):
+                if row.codes is None or row.name not in SEED_MODELS:
+                    continue
+                codes = db.model_codes(row)
+                if codes.shape[0] != x.shape[0]:
+                    raise SystemExit(f"experiment {exp_id} has {codes.shape[0]} samples, this run {x.shape[0]}")
+                model = load_trained(row.name, torch.load(io.BytesIO(row.weights), weights_only=True))
+                out[row.name] = (codes, encode(model, x_test).numpy(), None)
+        return out
+    cfg = TrainConfig(epochs=args.seed_epochs)
+    t0 = time.perf_counter()
+    cks = train_group(list(SEED_MODELS), x, cfg, recon_ids=[0])
+    seconds = time.perf_counter() - t0
+    for name, ck in cks.items():
+        model = load_trained(name, ck.model_state)
+        out[name] = (encode(model, x).numpy(), encode(model, x_test).numpy(), seconds)
+    return out
+
+
+def reference_seconds(x, epochs: int) -> float:
+    """One seed model (relu_mse) alone, ``epochs`` epochs, scaled to 100 epochs."""
+    from common.compute.training import TrainConfig, train_group
+
+    t0 = time.perf_counter()
+    train_group(["relu_mse"], x, TrainConfig(epochs=epochs), recon_ids=[0])
+    return (time.perf_counter() - t0) / epochs * 100
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--limit", type=int, default=None, help="the first N training samples (default: all)")
+    ap.add_argument("--methods", default="seed,keep,pca,umap,tsne")
+    ap.add_argument("--db", default=None, help="a database with a finished experiment of this data set")
+    ap.add_argument("--experiment", type=int, default=None, help="its id (default: the latest finished)")
+    ap.add_argument("--seed-epochs", type=int, default=100, help="without --db: train the seed's four here")
+    ap.add_argument("--keep-loss", default="infonce", help="comma list of infonce,neg")
+    ap.add_argument("--keep-epochs", type=int, default=30)
+    ap.add_argument("--keep-batch", type=int, default=1024)
+    ap.add_argument("--keep-positives", type=int, default=15)
+    ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
+    ap.add_argument("--figure", default=None, help="write the maps side by side to this PNG")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from common.compute.data import load_dataset
+    from common.compute.keeping import KeepConfig, train_keeping
+    from common.compute.training import configure_numerics, encode
+    from common.settings import get_settings
+
+    configure_numerics()
+    s = get_settings()
+    train = load_dataset(args.dataset, s.data_dir, s.cache_dir, args.limit)
+    test = load_dataset(args.dataset, s.data_dir, s.cache_dir, None, split="test")
+    x, x_test = train.scaled(), test.scaled()
+    methods = args.methods.split(",")
+    print(f"{args.dataset}: {train.n} training and {test.n} test images; exact pixel-space L2 tables ...", flush=True)
+    t0 = time.perf_counter()
+    pix = exact_table(train.images, 200 if "keep" in methods else max(KS))
+    pix_test = exact_table(test.images, max(KS))
+    print(f"  pixel tables {time.perf_counter() - t0:.1f} s", flush=True)
+
+    maps: dict[str, tuple[np.ndarray, np.ndarray | None, float | None]] = {}
+    if "seed" in methods:
+        maps.update(seed_codes(args, x, x_test))
+    if "keep" in methods:
+        for loss in args.keep_loss.split(","):
+            cfg = KeepConfig(epochs=args.keep_epochs, batch_size=args.keep_batch,
+                             positives=args.keep_positives, loss=loss)
+            t0 = time.perf_counter()
+            model, ck = train_keeping(x, pix, cfg)
+            seconds = time.perf_counter() - t0
+            print(f"  keep ({loss}) {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
+            maps[f"relu_keep ({loss})"] = (encode(model, x).numpy(), encode(model, x_test).numpy(), seconds)
+    xs, xts = x.numpy(), x_test.numpy()
+    if "pca" in methods:
+        from sklearn.decomposition import PCA
+
+        t0 = time.perf_counter()
+        pca = PCA(2, random_state=0).fit(xs)
+        maps["PCA"] = (pca.transform(xs), pca.transform(xts), time.perf_counter() - t0)
+    if "umap" in methods:
+        import umap
+
+        t0 = time.perf_counter()
+        um = umap.UMAP(n_components=2)
+        emb = um.fit_transform(xs)
+        seconds = time.perf_counter() - t0
+        maps["UMAP"] = (emb, um.transform(xts), seconds)
+    if "tsne" in methods:
+        from openTSNE import TSNE
+
+        t0 = time.perf_counter()
+        emb = np.asarray(TSNE(n_jobs=torch.get_num_threads(), random_state=0).fit(xs))
+        maps["t-SNE"] = (emb, None, time.perf_counter() - t0)
+
+    budget = reference_seconds(x, args.reference_epochs) if args.reference_epochs else None
+    rows = []
+    for name, (codes, codes_test, seconds) in maps.items():
+        r = {"map": name, "seconds": seconds, **scores(pix[:, :max(KS)], codes, train.labels)}
+        if codes_test is not None:
+            t = scores(pix_test, codes_test, test.labels)
+            r.update({"test score@10": t["score@10"], "test knn@5": t["knn@5"]})
+        rows.append(r)
+        print(f"  scored {name}", flush=True)
+
+    cols = [*(f"score@{k}" for k in KS), "knn@5", "R_NX(10)", "test score@10", "test knn@5"]
+    print(f"\n{args.dataset}, N = {train.n} (L2, exact tables)")
+    print(f"{'map':22}" + "".join(f"{c:>14}" for c in cols) + f"{'fit s':>10}")
+    for r in rows:
+        vals = "".join(f"{r[c]:14.4f}" if c in r else f"{'-':>14}" for c in cols)
+        sec = f"{r['seconds']:10.1f}" if r["seconds"] is not None else f"{'(stored)':>10}"
+        print(f"{r['map']:22}{vals}{sec}")
+    if budget is not None:
+        print(f"budget: relu_mse alone, 100 epochs on this machine = {budget:.1f} s "
+              f"(from {args.reference_epochs} epochs)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"dataset": args.dataset, "n": train.n, "rows": rows,
+                                               "budget_seconds": budget}, indent=1))
+    if args.figure:
+        figure(args.figure, maps, train.labels)
+
+
+def figure(path: str, maps: dict, labels: np.ndarray) -> None:
+    from common.study.plots import TAB10, _png, _pyplot
+
+    plt = _pyplot()
+    cols = 4
+    rows = -(-len(maps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    colours = TAB10[labels] / 255.0
+    for ax, (name, (codes, _, _)) in zip(axes.flat, maps.items(), strict=False):
+        ax.scatter(codes[:, 0], codes[:, 1], s=0.2, c=colours, linewidths=0, rasterized=True)
+        ax.set_title(name, fontsize=11)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(maps):]:
+        ax.axis("off")
+    Path(path).write_bytes(_png(fig))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""A 2-D encoder trained to keep neighbourhoods (beyond the study; README, "Keeping neighbourhoods").
+
+The seed's ReLU encoder (784-128-64-12-2, no activation on the code) is trained with a contrastive
+loss instead of a reconstruction: each sample (the anchor) is pulled towards one of its nearest
+pixel-space neighbours (the positive), drawn from the exact stored table, and pushed away from every
+other sample of the batch. Similarity in the code is the Cauchy kernel q(a, b) = 1 / (1 + |a - b|^2),
+t-SNE's; the loss is InfoNCE over the batch (a classification of the positive among all the batch's
+samples), which approaches t-SNE's objective as the batch grows (Damrich et al., ICLR 2023). A second
+loss, ``neg`` (each negative pushed away on its own, as UMAP does), is kept for comparison:
+``bench/keeping.py`` measures both. Imports only torch and numpy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from common.compute.models import WIDTHS, _stack
+from common.compute.training import Checkpoint, configure_numerics, epoch_order
+
+LOSSES = ("infonce", "neg")
+
+
+@dataclass(frozen=True)
+class KeepConfig:
+    epochs: int = 30  # passes over the anchors
+    batch_size: int = 1024  # anchors per step; each step encodes 2x this many samples
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0  # Adam (coupled, as the study's); 0: no decay
+    seed: int = 0  # the initial weights, each epoch's order and each epoch's positives
+    positives: int = 15  # a positive is one of the anchor's first ``positives`` pixel-space neighbours
+    loss: str = "infonce"  # or "neg"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {list(LOSSES)}")
+        for name in ("epochs", "batch_size", "positives"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+class KeepingEncoder(nn.Module):
+    """The seed's ReLU encoder alone: ``encoder`` as in the autoencoders, so that ``encode`` takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = _stack(WIDTHS, True, None)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 2)
+        return self.encoder(x)
+
+
+def initial_encoder(seed: int) -> KeepingEncoder:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1009 + 17)
+        return KeepingEncoder()
+
+
+def cauchy_logits(a: Tensor, z: Tensor) -> Tensor:
+    """log q(a_i, z_j) = -log(1 + |a_i - z_j|^2) for every pair: (B, 2), (M, 2) -> (B, M)."""
+    d2 = (a[:, None, :] - z[None, :, :]).square().sum(-1)
+    return -torch.log1p(d2)
+
+
+def keep_loss(anchors: Tensor, positives: Tensor, loss: str = "infonce") -> Tensor:
+    """The mean loss of a batch of anchor codes (B, 2) and their positives' codes (B, 2).
+
+    Every other sample of the batch (2B - 2 of them: the other anchors and the other positives) is a
+    negative of anchor i. ``infonce``: -log(q(a_i, p_i) / sum_j q(a_i, z_j)) over those 2B - 1
+    candidates. ``neg``: -log q(a_i, p_i) - mean_j log(1 - q(a_i, z_j)) over the 2B - 2 negatives.
+    """
+    b = anchors.shape[0]
+    logits = cauchy_logits(anchors, torch.cat([anchors, positives]))  # (B, 2B)
+    eye = torch.arange(b, device=anchors.device)
+    logits = logits.index_put((eye, eye), torch.tensor(float("-inf"), device=anchors.device))  # not itself
+    if loss == "infonce":
+        return nn.functional.cross_entropy(logits, eye + b)
+    if loss == "neg":
+        pos = logits[eye, eye + b]
+        q = logits.exp()  # q of every pair; 0 for the anchor itself
+        q = q.index_put((eye, eye + b), torch.zeros((), device=anchors.device))
+        rep = -torch.log1p(-q.clamp(max=1 - 1e-6)).sum(1) / max(1, 2 * b - 2)
+        return (-pos + rep).mean()
+    raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
+
+
+def draw_positives(nbr: Tensor, anchors: Tensor, m: int, seed: int, epoch: int) -> Tensor:
+    """One of each anchor's first ``m`` neighbours, uniformly, seeded by (seed, epoch): (B,) ids."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+    col = torch.randint(0, m, (nbr.shape[0],), generator=g)  # one draw per sample, fixed for the epoch
+    return nbr[anchors, col[anchors]]
+
+
+def train_keeping(
+    x: Tensor,
+    nbr: np.ndarray | Tensor,
+    cfg: KeepConfig,
+    *,
+    resume: Checkpoint | None = None,
+    on_epoch_end: Callable[[Checkpoint], None] | None = None,
+) -> tuple[KeepingEncoder, Checkpoint]:
+    """Train the encoder on ``x`` ((N, 784) in [-1, 1]) with ``nbr`` ((N, K) ids, each row the sample's
+    exact pixel-space neighbours, nearest first; K >= ``cfg.positives``). Seeded and resumable like the
+    autoencoders (a checkpoint after every epoch). Returns the encoder (eval mode) and its checkpoint."""
+    nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
+    n = x.shape[0]
+    if nbr.shape[0] != n or nbr.shape[1] < cfg.positives:
+        raise ValueError(f"need a ({n}, >= {cfg.positives}) neighbour table, got {tuple(nbr.shape)}")
+    configure_numerics()
+    model = initial_encoder(cfg.seed)
+    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ck = Checkpoint(epoch=0, model_state=model.state_dict(), optim_state={}, losses=[])
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        if resume.optim_state:
+            optim.load_state_dict(resume.optim_state)
+        ck = resume
+    model.train()
+    for epoch in range(ck.epoch + 1, cfg.epochs + 1):
+        order = epoch_order(n, cfg.seed, epoch)
+        total, steps = 0.0, 0
+        for b0 in range(0, n, cfg.batch_size):
+            a = order[b0 : b0 + cfg.batch_size]
+            if a.shape[0] < 2:
+                continue  # one anchor has no negative
+            p = draw_positives(nbr, a, cfg.positives, cfg.seed, epoch)
+            z = model(x[torch.cat([a, p])])
+            loss = keep_loss(z[: a.shape[0]], z[a.shape[0]:], cfg.loss)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            total += loss.item()
+            steps += 1
+        ck = Checkpoint(epoch=epoch, model_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+                        optim_state=copy.deepcopy(optim.state_dict()), losses=[*ck.losses, total / max(1, steps)])
+        if on_epoch_end is not None:
+            on_epoch_end(ck)
+    model.eval()
+    return model, ck

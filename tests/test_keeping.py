@@ -1,0 +1,124 @@
+"""The neighbourhood-keeping encoder: its loss on cases worked out by hand, what training does to
+hand-made clusters and to real MNIST neighbourhoods, determinism and resume."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from common.compute.keeping import KeepConfig, cauchy_logits, draw_positives, initial_encoder, keep_loss, train_keeping
+from common.compute.neighbors import knn_rows, prepare
+from common.compute.training import Checkpoint, encode
+
+
+def test_cauchy_logits_by_hand():
+    a = torch.tensor([[0.0, 0.0]])
+    z = torch.tensor([[0.0, 0.0], [3.0, 0.0], [1.0, 1.0]])
+    # q = 1/(1+d^2): d^2 = 0, 9, 2
+    assert torch.allclose(cauchy_logits(a, z), torch.tensor([[0.0, -math.log(10), -math.log(3)]]))
+
+
+def test_loss_by_hand():
+    # two anchors 3 apart, each with its positive on top of it: q(anchor, own positive) = 1,
+    # q to the other anchor and to the other positive = 1/(1+9) = 0.1; the anchor itself is not a candidate
+    a = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    p = a.clone()
+    assert keep_loss(a, p, "infonce").item() == pytest.approx(math.log(1.2), rel=1e-6)  # -log(1 / 1.2)
+    # neg: -log q(pos) = 0, plus the mean over the 2 negatives of -log(1 - 0.1)
+    assert keep_loss(a, p, "neg").item() == pytest.approx(-math.log(0.9), rel=1e-6)
+    # moving the positives away raises both losses
+    far = p + torch.tensor([[0.0, 2.0], [0.0, 2.0]])
+    assert keep_loss(a, far, "infonce") > keep_loss(a, p, "infonce")
+    assert keep_loss(a, far, "neg") > keep_loss(a, p, "neg")
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        keep_loss(a, p, "mse")
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="unknown loss 'tsne'"):
+        KeepConfig(loss="tsne")
+    with pytest.raises(ValueError, match="positives must be at least 1"):
+        KeepConfig(positives=0)
+
+
+def test_positives_come_from_the_first_m_neighbours():
+    nbr = torch.arange(40).reshape(4, 10)  # row i: ids 10i .. 10i+9
+    anchors = torch.tensor([0, 1, 2, 3, 1])
+    p = draw_positives(nbr, anchors, 3, seed=0, epoch=1)
+    assert all(10 * int(a) <= int(q) < 10 * int(a) + 3 for a, q in zip(anchors, p, strict=True))
+    assert p[1] == p[4]  # one draw per sample and epoch
+    assert torch.equal(p, draw_positives(nbr, anchors, 3, seed=0, epoch=1))
+
+
+def _table(points: np.ndarray, k: int) -> np.ndarray:
+    return knn_rows(prepare(points, "l2"), 0, points.shape[0], k).ids
+
+
+def test_two_separated_clusters_stay_separated():
+    # two clusters of 200 images: a dark and a bright half-image, each with its own noise
+    rng = np.random.default_rng(0)
+    img = np.zeros((400, 784), np.uint8)
+    img[:200, :392] = 200
+    img[200:, 392:] = 200
+    img = np.clip(img.astype(int) + rng.integers(-40, 41, img.shape), 0, 255).astype(np.uint8)
+    nbr = _table(img, 10)
+    assert (nbr[:200] < 200).all() and (nbr[200:] >= 200).all()  # the pixel space keeps them apart
+    x = torch.from_numpy(img).float().div(255).mul(2).sub(1)
+    model, ck = train_keeping(x, nbr, KeepConfig(epochs=10, batch_size=64, positives=10))
+    codes = encode(model, x).numpy()
+    code_nbr = _table(codes, 10)
+    cluster = np.arange(400) >= 200
+    assert (cluster[code_nbr] == cluster[:, None]).mean() > 0.99  # neighbours in the code: own cluster
+    a, b = codes[:200], codes[200:]
+    gap = np.linalg.norm(a.mean(0) - b.mean(0))
+    assert gap > 2 * max(a.std(0).max(), b.std(0).max())
+    assert ck.losses[-1] < ck.losses[0]
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    x = mnist.scaled()[:1000]
+    return x, _table(mnist.images[:1000], 15)
+
+
+def test_listed_neighbours_end_nearer_than_random_samples(small):
+    x, nbr = small
+    before = encode(initial_encoder(0), x).numpy()
+    model, _ = train_keeping(x, nbr, KeepConfig(epochs=15, batch_size=128))
+    after = encode(model, x).numpy()
+    rng = np.random.default_rng(1)
+    rand = rng.integers(0, 1000, size=nbr.shape)
+
+    def ratio(c: np.ndarray) -> float:  # mean distance to the listed neighbours / to random samples
+        d = lambda ids: np.linalg.norm(c[:, None, :] - c[ids], axis=2).mean()  # noqa: E731
+        return d(nbr) / d(rand)
+
+    assert ratio(after) < 0.35 < ratio(before)
+
+
+def test_training_is_seeded_and_resumes_to_the_same_bits(small):
+    x, nbr = small
+    cfg = KeepConfig(epochs=3, batch_size=128, seed=5)
+    m1, c1 = train_keeping(x, nbr, cfg)
+    m2, c2 = train_keeping(x, nbr, cfg)
+    assert c1.losses == c2.losses and torch.equal(encode(m1, x), encode(m2, x))
+    saved: list[bytes] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(ck: Checkpoint) -> None:
+        saved.append(ck.to_bytes())
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_keeping(x, nbr, cfg, on_epoch_end=stop_after_first)
+    m3, c3 = train_keeping(x, nbr, cfg, resume=Checkpoint.from_bytes(saved[0]))
+    assert c3.losses == c1.losses and torch.equal(encode(m3, x), encode(m1, x))
+
+
+def test_a_table_that_does_not_fit_is_refused(small):
+    x, nbr = small
+    with pytest.raises(ValueError, match=r"need a \(1000, >= 15\) neighbour table"):
+        train_keeping(x, nbr[:, :5], KeepConfig())
