@@ -562,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     def study_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist")
         sp.add_argument("--limit", type=int, help="use the first N training samples (default: all)")
-        sp.add_argument("--models", type=_csv, help=f"comma list of {','.join(MODEL_NAMES)} (default: all)")
+        sp.add_argument("--models", type=_csv,
+                        help=f"comma list of {','.join(MODEL_NAMES)} (default: the study's four, all but relu_keep)")
         sp.add_argument("--epochs", type=int, help="default: 100")
         sp.add_argument("--batch-size", type=int, help="default: 100")
         sp.add_argument("--lr", type=float, help="default: 1e-3")
@@ -620,7 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--batch-size", type=lists(int), help="batch sizes, e.g. 100,500")
     swp.add_argument("--dataset", type=_csv, help="data sets: mnist,fashion-mnist")
     swp.add_argument("--limit", type=int, help="base: the first N training samples (default: all)")
-    swp.add_argument("--models", type=_csv, help=f"base: comma list of {','.join(MODEL_NAMES)} (default: all)")
+    swp.add_argument("--models", type=_csv,
+                     help=f"base: comma list of {','.join(MODEL_NAMES)} (default: the study's four)")
     swp.add_argument("--k", type=int, help="base: K, neighbours kept per sample (default: 200)")
     swp.add_argument("--distances", type=_csv, help=f"base: comma list of {','.join(DISTANCES)} (default: both)")
     swp.add_argument("--ks", type=lambda t: [int(x) for x in _csv(t)], help="base: the k columns (default: 5,10,20,50)")

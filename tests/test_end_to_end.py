@@ -226,22 +226,32 @@ def test_run_refuses_bad_input_before_any_work(tmp_path, args, msg):
     assert not (tmp_path / "bad.db").exists()  # nothing was written
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
-    """Stopped after the first epoch, resumed: equal to a run that never stopped."""
-    from common.study.stages import Runtime, record_experiment, run_experiment
+def in_process(tmp_path, data_dir):
+    """A SQLite database in tmp_path and a function that makes a Runtime over it (with an epoch hook)."""
+    from common.study.stages import Runtime
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
     db.init_db(engine)
     f = db.session_factory(engine)
-    cfg = StudyConfig(limit=1000, epochs=3, models=["linear_mse", "relu_mse"], k=50, ks=[5, 20])
+    return f, lambda hook=None: Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path / "cache", device="cpu",
+                                        on_epoch_end=hook)
 
-    def runtime(hook=None):
-        return Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path / "cache", device="cpu",
-                       on_epoch_end=hook)
 
+def stop_at(model: str, epoch: int):
+    """An epoch hook that interrupts the run once ``model`` has finished ``epoch``."""
     def stop(name, ck):
-        if name == "relu_mse" and ck.epoch == 1:
+        if name == model and ck.epoch == epoch:
             raise KeyboardInterrupt
+    return stop
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
+    """Stopped after the first epoch, resumed: equal to a run that never stopped."""
+    from common.study.stages import record_experiment, run_experiment
+
+    f, runtime = in_process(tmp_path, data_dir)
+    cfg = StudyConfig(limit=1000, epochs=3, models=["linear_mse", "relu_mse"], k=50, ks=[5, 20])
+    stop = stop_at("relu_mse", 1)
 
     stopped = record_experiment(f, cfg)
     with pytest.raises(KeyboardInterrupt):
@@ -267,3 +277,41 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
         # the pixel-space tables were computed once and shared
         assert db.find_table(session=s, experiment_id=stopped, space="original", distance="l2").id == \
             db.find_table(session=s, experiment_id=clean, space="original", distance="l2").id
+
+
+def test_relu_keep_trains_on_the_stored_pixel_table_resumes_and_its_tables_are_exact(tmp_path, data_dir, mnist):
+    """relu_keep beside an autoencoder: trained after the pixel tables, stopped after its first epoch and
+    resumed to the same bits as a run that never stopped; its code tables equal brute force."""
+    from common.study.stages import record_experiment, run_experiment
+
+    f, runtime = in_process(tmp_path, data_dir)
+    cfg = StudyConfig(limit=1000, epochs=3, models=["relu_mse", "relu_keep"], k=50, ks=[5, 20], distances=["l2"])
+    stop = stop_at("relu_keep", 1)
+
+    stopped = record_experiment(f, cfg)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(runtime(stop), stopped)
+    with f() as s:
+        done = {m.name: m.epochs_done for m in db.list_models(session=s, experiment_id=stopped)}
+        assert done == {"relu_mse": 3, "relu_keep": 1}  # the autoencoder was stored before relu_keep began
+    run_experiment(runtime(), stopped)
+    clean = record_experiment(f, cfg)
+    run_experiment(runtime(), clean)
+    with f() as s:
+        a, b = (db.get_experiment(session=s, experiment_id=i) for i in (stopped, clean))
+        assert a.status == b.status == db.SUCCEEDED and "train relu_keep" in b.timings
+        (ka,), (kb,) = ([m for m in db.list_models(session=s, experiment_id=i) if m.name == "relu_keep"]
+                        for i in (stopped, clean))
+        assert ka.losses == kb.losses and ka.codes == kb.codes and ka.weights == kb.weights
+        assert len(kb.losses) == 3 and kb.reconstructions is None  # an encoder: nothing to reconstruct
+        codes = db.model_codes(kb)
+        table = db.find_table(session=s, experiment_id=clean, space="relu_keep", distance="l2")
+        queries = np.random.default_rng(3).choice(1000, 20, replace=False)
+        want_ids, want_d = brute_rows(codes, queries, 50, "l2")
+        for q, wi, wd in zip(queries, want_ids, want_d, strict=True):
+            ids, lab, dist = db.sample_neighbors(session=s, table_id=table.id, sample_id=int(q))
+            np.testing.assert_array_equal(ids, wi)
+            np.testing.assert_allclose(dist, wd, rtol=1e-5, atol=1e-6)
+        score = {v.k: v.value for v in db.load_metrics(session=s, experiment_id=clean, metric="score_at_k")
+                 if v.space == "relu_keep"}
+        assert set(score) == set(range(1, 51)) and 0 < score[20] <= 1

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.compute.models import build_model
-from common.compute.names import MODEL_NAMES
+from common.compute.names import SEED_MODELS as MODEL_NAMES  # the autoencoders
 from common.compute.training import Checkpoint, ModelStack, TrainConfig, encode, initial_state, train, train_group
 
 

@@ -23,6 +23,7 @@ from tests.services import REDIS_START, TcpProxy, Worker, fresh_database, wait_f
 pytestmark = pytest.mark.workers
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SMALL = {"limit": 2000, "epochs": 3}
+FIVE = {**SMALL, "models": ["linear_l1", "linear_mse", "relu_l1", "relu_mse", "relu_keep"]}
 
 
 # ---------------------------------------------------------------- helpers
@@ -153,9 +154,10 @@ def assert_same_results(got: dict, want: dict) -> None:
 
 
 def test_two_workers_share_the_job_and_match_the_in_process_run(stack, tmp_path_factory, data_dir):
+    # all five models: relu_keep's training is its own task, sent once the pixel tables are stored
     stack.worker("w1")
     stack.worker("w2")
-    eid = stack.submit(**SMALL)
+    eid = stack.submit(**FIVE)
     exp = stack.wait(eid)
     with stack.factory() as s:
         by = {w for (w,) in s.execute(select(db.ChunkRow.worker))}
@@ -163,7 +165,10 @@ def test_two_workers_share_the_job_and_match_the_in_process_run(stack, tmp_path_
     assert {w.split("@")[0] for w in by} == {"w1", "w2"}, by  # both workers computed chunks
     assert n_chunks > 20
     assert exp.attempts == 1
-    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **SMALL))
+    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **FIVE))
+    with stack.factory() as s:
+        assert {i.kind for i in db.items_of(session=s, experiment_id=eid)} == {"data", "train", "keep", "chunk",
+                                                                                "metrics"}
     status = stack.aeknn("status", str(eid)).stdout
     assert f"experiment {eid}: succeeded" in status and "epoch 3/3" in status and "complete" in status
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset
+from common.compute.models import is_autoencoder
 from common.secrets import scrub
 from common.settings import Settings
 from common.store import db as db
@@ -34,6 +35,7 @@ from common.study.stages import (
     finish_table,
     plan_table,
     stage_data,
+    stage_keep,
     stage_metrics,
     stage_train,
     table_points,
@@ -90,8 +92,11 @@ def _due(factory: sessionmaker[Session], settings: Settings, exp: db.Experiment)
         if stage == "pixel tables":
             return [u for d in distances for u in chunks(db.ORIGINAL, None, d, dataset()[1])]
         rows = dataset()[2]
-        if stage == "train":
-            return [] if all(m in rows and rows[m].codes is not None for m in models) else [Due("train")]
+        trained = lambda names: all(m in rows and rows[m].codes is not None for m in names)  # noqa: E731
+        if stage == "train":  # the autoencoders
+            return [] if trained([m for m in models if is_autoencoder(m)]) else [Due("train")]
+        if stage == "train keeping":  # relu_keep, once the pixel tables are stored
+            return [] if trained([m for m in models if not is_autoencoder(m)]) else [Due("keep")]
         if stage == "code tables":
             return [u for m in models for d in distances for u in chunks(m, rows[m].id, d, 2)]
         if stage == "metrics":
@@ -143,7 +148,8 @@ def _ensure(factory: sessionmaker[Session], settings: Settings, experiment_id: i
                         experiment_id, item.key, item.state, item.enqueued_at)
             item.state, item.enqueued_at = db.QUEUED, now
             item_id = item.id
-    task = {"data": jobs.PREPARE, "train": jobs.TRAIN, "chunk": jobs.CHUNK, "metrics": jobs.METRICS}[d.kind]
+    task = {"data": jobs.PREPARE, "train": jobs.TRAIN, "keep": jobs.TRAIN_KEEP, "chunk": jobs.CHUNK,
+            "metrics": jobs.METRICS}[d.kind]
     send(task, item_id)
 
 
@@ -358,11 +364,13 @@ def do_data(factory, settings, item: db.WorkItem) -> None:
 
 
 def do_train(factory, settings, item: db.WorkItem) -> None:
+    """The autoencoders (item kind ``train``) or relu_keep (``keep``)."""
     check_live(factory, item.experiment_id)
     with factory() as s:
         names = list(db.get_experiment(session=s, experiment_id=item.experiment_id).config["models"])
-    stage_train(runtime(factory, settings, item.experiment_id), item.experiment_id,
-                stored_dataset(factory, item.experiment_id), names)
+    stage = stage_keep if item.kind == "keep" else stage_train
+    stage(runtime(factory, settings, item.experiment_id), item.experiment_id,
+          stored_dataset(factory, item.experiment_id), names)
 
 
 _space_cache: dict[int, tuple] = {}

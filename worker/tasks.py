@@ -91,6 +91,11 @@ def train(self, item_id: int, since: float | None = None) -> None:
     _run(self, item_id, pipeline.do_train, since)
 
 
+@app.task(name=jobs.TRAIN_KEEP, bind=True, max_retries=None)
+def train_keeping(self, item_id: int, since: float | None = None) -> None:
+    _run(self, item_id, pipeline.do_train, since)
+
+
 @app.task(name=jobs.CHUNK, bind=True, max_retries=None)
 def neighbor_chunk(self, item_id: int, since: float | None = None) -> None:
     _run(self, item_id, pipeline.do_chunk, since)

@@ -7,7 +7,7 @@ other sample of the batch. Similarity in the code is the Cauchy kernel q(a, b) =
 t-SNE's; the loss is InfoNCE over the batch (a classification of the positive among all the batch's
 samples), which approaches t-SNE's objective as the batch grows (Damrich et al., ICLR 2023). A second
 loss, ``neg`` (each negative pushed away on its own, as UMAP does), is kept for comparison:
-``bench/keeping.py`` measures both. Imports only torch and numpy.
+``bench/maps.py`` measures both. Imports only torch and numpy.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from common.compute.models import WIDTHS, _stack
-from common.compute.training import Checkpoint, configure_numerics, epoch_order
+from common.compute.models import KeepingEncoder
+from common.compute.training import Checkpoint, configure_numerics, epoch_order, model_seed
 
 LOSSES = ("infonce", "neg")
 
@@ -44,20 +44,9 @@ class KeepConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-class KeepingEncoder(nn.Module):
-    """The seed's ReLU encoder alone: ``encoder`` as in the autoencoders, so that ``encode`` takes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = _stack(WIDTHS, True, None)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 2)
-        return self.encoder(x)
-
-
 def initial_encoder(seed: int) -> KeepingEncoder:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed * 1009 + 17)
+        torch.manual_seed(model_seed(seed, "relu_keep"))
         return KeepingEncoder()
 
 
@@ -106,14 +95,18 @@ def train_keeping(
 ) -> tuple[KeepingEncoder, Checkpoint]:
     """Train the encoder on ``x`` ((N, 784) in [-1, 1]) with ``nbr`` ((N, K) ids, each row the sample's
     exact pixel-space neighbours, nearest first; K >= ``cfg.positives``). Seeded and resumable like the
-    autoencoders (a checkpoint after every epoch). Returns the encoder (eval mode) and its checkpoint."""
+    autoencoders (a checkpoint after every epoch), on one thread so that no result depends on the
+    machine's thread count. Returns the encoder (eval mode) and its checkpoint."""
     nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
     n = x.shape[0]
     if nbr.shape[0] != n or nbr.shape[1] < cfg.positives:
         raise ValueError(f"need a ({n}, >= {cfg.positives}) neighbour table, got {tuple(nbr.shape)}")
     configure_numerics()
     model = initial_encoder(cfg.seed)
-    optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    try:  # the fused kernel, as the autoencoders'
+        optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError):  # pragma: no cover - older torch without fused CPU Adam
+        optim = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ck = Checkpoint(epoch=0, model_state=model.state_dict(), optim_state={}, losses=[])
     if resume is not None:
         model.load_state_dict(resume.model_state)
@@ -121,15 +114,28 @@ def train_keeping(
             optim.load_state_dict(resume.optim_state)
         ck = resume
     model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a GEMM's bits can depend on its thread count; the result must not
+    try:
+        ck = _epochs(model, optim, ck, x, nbr, cfg, on_epoch_end)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return model, ck
+
+
+def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint, x: Tensor, nbr: Tensor,
+            cfg: KeepConfig, on_epoch_end: Callable[[Checkpoint], None] | None) -> Checkpoint:
+    n = x.shape[0]
     for epoch in range(ck.epoch + 1, cfg.epochs + 1):
         order = epoch_order(n, cfg.seed, epoch)
+        positive = draw_positives(nbr, torch.arange(n), cfg.positives, cfg.seed, epoch)  # (N,): this epoch's
         total, steps = 0.0, 0
         for b0 in range(0, n, cfg.batch_size):
             a = order[b0 : b0 + cfg.batch_size]
             if a.shape[0] < 2:
                 continue  # one anchor has no negative
-            p = draw_positives(nbr, a, cfg.positives, cfg.seed, epoch)
-            z = model(x[torch.cat([a, p])])
+            z = model(x[torch.cat([a, positive[a]])])
             loss = keep_loss(z[: a.shape[0]], z[a.shape[0]:], cfg.loss)
             optim.zero_grad(set_to_none=True)
             loss.backward()
@@ -140,5 +146,4 @@ def train_keeping(
                         optim_state=copy.deepcopy(optim.state_dict()), losses=[*ck.losses, total / max(1, steps)])
         if on_epoch_end is not None:
             on_epoch_end(ck)
-    model.eval()
-    return model, ck
+    return ck

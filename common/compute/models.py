@@ -1,10 +1,11 @@
-"""The four autoencoders of the study (STUDY.md, "The four models"). Imports only torch."""
+"""The four autoencoders of the study (STUDY.md, "The four models") and the neighbourhood-keeping
+encoder (common/compute/keeping.py). Imports only torch."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from common.compute.names import MODEL_NAMES
+from common.compute.names import KEEP_MODELS, MODEL_NAMES
 
 WIDTHS = (784, 128, 64, 12, 2)
 
@@ -32,18 +33,36 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+class KeepingEncoder(nn.Module):
+    """The seed's ReLU encoder alone (no decoder): ``encoder`` as in the autoencoders, so ``encode`` takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = _stack(WIDTHS, True, None)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 2)
+        return self.encoder(x)
+
+
 def check_model_name(name: str) -> None:
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; expected one of {list(MODEL_NAMES)}")
 
 
-def build_model(name: str) -> Autoencoder:
-    """The architecture named by the first half of ``name`` (linear / relu)."""
+def is_autoencoder(name: str) -> bool:
+    """One of the study's four (trained to reconstruct), not an encoder trained to keep neighbourhoods."""
     check_model_name(name)
+    return name not in KEEP_MODELS
+
+
+def build_model(name: str) -> nn.Module:
+    """The architecture named by the first half of ``name`` (linear / relu); ``relu_keep``: the ReLU encoder."""
+    if not is_autoencoder(name):
+        return KeepingEncoder()
     return Autoencoder(relu=name.startswith("relu"))
 
 
 def loss_name(name: str) -> str:
-    """The training loss named by the second half of ``name`` (l1 / mse)."""
+    """The training loss named by the second half of ``name`` (l1 / mse / keep)."""
     check_model_name(name)
     return name.split("_", 1)[1]

@@ -1,6 +1,8 @@
 """The study's closed sets, in plain Python so that anything (the API too) can import them without torch."""
 
-MODEL_NAMES: tuple[str, ...] = ("linear_l1", "linear_mse", "relu_l1", "relu_mse")
+SEED_MODELS: tuple[str, ...] = ("linear_l1", "linear_mse", "relu_l1", "relu_mse")  # the study's four autoencoders
+KEEP_MODELS: tuple[str, ...] = ("relu_keep",)  # beyond the study: the seed's encoder trained to keep neighbourhoods
+MODEL_NAMES: tuple[str, ...] = SEED_MODELS + KEEP_MODELS
 DISTANCES: tuple[str, ...] = ("l1", "l2")
 # data set name -> (torchvision class name, training samples, test samples)
 DATASETS: dict[str, tuple[str, int, int]] = {

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from common.compute.devices import resolve_device
-from common.compute.models import build_model, loss_name
+from common.compute.models import build_model, is_autoencoder, loss_name
 from common.compute.names import MODEL_NAMES
 
 
@@ -349,6 +349,9 @@ def train_group(
     at the same epoch). ``on_epoch_end`` gets every model's checkpoint after each epoch. Returns the
     final checkpoints, by name.
     """
+    other = [n for n in names if not is_autoencoder(n)]
+    if other:
+        raise ValueError(f"{other} are not autoencoders: common/compute/keeping.py trains them")
     dev = resolve_device(device)
     configure_numerics()  # this thread at least; see there for the others
     start = {n: resume[n] for n in names} if resume else None

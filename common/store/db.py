@@ -156,7 +156,7 @@ class WorkItem(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(32))  # data | train | chunk | metrics
+    kind: Mapped[str] = mapped_column(String(32))  # data | train | keep | chunk | metrics
     table_id: Mapped[int | None] = mapped_column(Integer)
     start: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default=QUEUED)  # queued | running | done | failed

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES
+from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES, SEED_MODELS
 
 ModelName = StrEnum("ModelName", {n: n for n in MODEL_NAMES})
 Distance = StrEnum("Distance", {d: d for d in DISTANCES})
@@ -40,7 +40,8 @@ class StudyConfig(BaseModel):
 
     dataset: DatasetName = DatasetName.mnist
     limit: Int | None = Field(default=None, gt=0, description="use the first N training samples")
-    models: list[ModelName] = Field(default_factory=lambda: list(ModelName), min_length=1)
+    models: list[ModelName] = Field(default_factory=lambda: [ModelName(n) for n in SEED_MODELS], min_length=1,
+                                    description="default: the study's four autoencoders; relu_keep on request")
     epochs: Int = Field(default=100, gt=0, le=MAX_EPOCHS)
     batch_size: Int = Field(default=100, gt=0, le=60_000)
     lr: Float = Field(default=1e-3, gt=0, le=MAX_LR, description="Adam learning rate, in (0, 10]")

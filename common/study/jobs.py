@@ -14,6 +14,7 @@ from common.settings import Settings
 ADVANCE = "aeknn.advance"  # look at an experiment's state in the database and send what is due next
 PREPARE = "aeknn.prepare_data"
 TRAIN = "aeknn.train"
+TRAIN_KEEP = "aeknn.train_keeping"  # relu_keep, which needs the pixel tables first
 CHUNK = "aeknn.neighbor_chunk"
 METRICS = "aeknn.metrics"
 SWEEP = "aeknn.sweep"
@@ -23,7 +24,7 @@ BACKFILL = "aeknn.backfill_metrics"  # store every k of an experiment stored bef
 CONTROL, TRAIN_QUEUE, NEIGHBORS = "control", "train", "neighbors"
 QUEUES = (CONTROL, TRAIN_QUEUE, NEIGHBORS)
 ROUTES = {ADVANCE: CONTROL, PREPARE: CONTROL, METRICS: CONTROL, SWEEP: CONTROL, BACKFILL: CONTROL,
-          TRAIN: TRAIN_QUEUE, CHUNK: NEIGHBORS}
+          TRAIN: TRAIN_QUEUE, TRAIN_KEEP: TRAIN_QUEUE, CHUNK: NEIGHBORS}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

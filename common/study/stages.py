@@ -22,7 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset, load_dataset, reconstruction_ids
 from common.compute.devices import resolve_device
+from common.compute.keeping import KeepConfig, train_keeping
 from common.compute.kernels import describe_rate, throughput
+from common.compute.models import is_autoencoder
 from common.compute.neighbors import NeighborTable, Space, knn_rows, plan_chunk, prepare, release_scratch
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.store import db as db
@@ -261,6 +263,7 @@ def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) 
     """Train the models side by side (resuming from their checkpoints), then store each one's
     weights, reconstructions and codes. A model already stored is not trained again."""
     cfg = load_config(rt.factory, experiment_id)
+    names = [n for n in names if is_autoencoder(n)]  # relu_keep: stage_keep, once the pixel tables are stored
     with db.transaction(rt.factory) as s:
         rows = {n: db.get_or_create_model(session=s, experiment_id=experiment_id, name=n) for n in names}
     todo = [n for n in names if rows[n].codes is None]
@@ -306,6 +309,62 @@ def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) 
                             reconstructions=None if ck.reconstructions is None else ck.reconstructions.numpy(),
                             codes=encode(model, x).numpy(), seconds=seconds)
     _timed(rt, experiment_id, "train", t0)
+
+
+def keep_distance(cfg: StudyConfig) -> str:
+    """The pixel-space table whose neighbours relu_keep keeps: L2 when the study has it, else L1."""
+    distances = [d.value for d in cfg.distances]
+    return "l2" if "l2" in distances else distances[0]
+
+
+def keep_config(cfg: StudyConfig) -> KeepConfig:
+    """relu_keep's recipe: the study's epochs, learning rate and seed; its own batch (1,024 anchors: the
+    other samples of a batch are each anchor's negatives), no weight decay, positives among the first 15
+    neighbours (or K, when smaller)."""
+    return KeepConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, positives=min(KeepConfig.positives, cfg.k))
+
+
+def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
+    """Train relu_keep (when the experiment has it) on its stored pixel-space table, resuming from its
+    checkpoint; store its weights and codes. Stored already: nothing to do."""
+    if all(is_autoencoder(n) for n in names):
+        return
+    cfg = load_config(rt.factory, experiment_id)
+    with db.transaction(rt.factory) as s:
+        row = db.get_or_create_model(session=s, experiment_id=experiment_id, name="relu_keep")
+    if row.codes is not None:
+        return
+    kcfg, distance = keep_config(cfg), keep_distance(cfg)
+    with rt.factory() as s:
+        table = db.find_table(session=s, experiment_id=experiment_id, space=db.ORIGINAL, distance=distance)
+        if table is None:
+            raise RuntimeError(f"relu_keep needs the stored original/{distance} table, which is not complete")
+        nbr = db.load_table_ids(session=s, table_id=table.id, n=ds.n, k=table.k, cols=kcfg.positives)
+    resume = Checkpoint.from_bytes(row.checkpoint) if row.checkpoint else None
+    t0 = time.perf_counter()
+    rt.progress.begin("train relu_keep", cfg.epochs, "epochs")
+    if resume is not None:
+        log.info("experiment %d: resuming relu_keep from epoch %d", experiment_id, resume.epoch)
+        rt.progress.advance(resume.epoch)
+
+    def on_epoch_end(ck: Checkpoint) -> None:
+        with db.transaction(rt.factory) as s:
+            db.save_checkpoint(session=s, model_id=row.id, epoch=ck.epoch, losses=ck.losses,
+                               checkpoint=ck.to_bytes())
+        rt.progress.advance(1, f"relu_keep={ck.losses[-1]:.4f}")
+        if callable(rt.on_epoch_end):
+            rt.on_epoch_end("relu_keep", ck)
+
+    x = ds.scaled()
+    model, _ = train_keeping(x, nbr, kcfg, resume=resume, on_epoch_end=on_epoch_end)
+    rt.progress.end()
+    seconds = time.perf_counter() - t0
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    with db.transaction(rt.factory) as s:
+        db.save_trained(session=s, model_id=row.id, weights=buf.getvalue(), recon_ids=[], recon_epoch=None,
+                        reconstructions=None, codes=encode(model, x).numpy(), seconds=seconds)
+    _timed(rt, experiment_id, "train relu_keep", t0)
 
 
 def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, distance: str) -> None:
@@ -364,6 +423,7 @@ def run_experiment(rt: Runtime, experiment_id: int) -> None:
         "data": lambda: ctx.update(ds=stage_data(rt, experiment_id)),
         "pixel tables": lambda: tables("pixel"),
         "train": lambda: stage_train(rt, experiment_id, ctx["ds"], models),
+        "train keeping": lambda: stage_keep(rt, experiment_id, ctx["ds"], models),
         "code tables": lambda: tables("code"),
         "metrics": lambda: stage_metrics(rt, experiment_id),
     }
