@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -e '.[maps]'
     .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
-        [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-epochs 30]
+        [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-epochs 100]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
@@ -103,8 +103,8 @@ def main() -> None:
     ap.add_argument("--experiment", type=int, default=None, help="its id (default: the latest finished)")
     ap.add_argument("--seed-epochs", type=int, default=100, help="without --db: train the seed's four here")
     ap.add_argument("--keep-loss", default="infonce", help="comma list of infonce,neg")
-    ap.add_argument("--keep-epochs", type=int, default=30)
-    ap.add_argument("--keep-batch", type=int, default=1024)
+    ap.add_argument("--keep-epochs", type=int, default=100)
+    ap.add_argument("--keep-batch", type=int, default=256)
     ap.add_argument("--keep-positives", type=int, default=15)
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
     ap.add_argument("--figure", default=None, help="write the maps side by side to this PNG")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from common.compute.models import KeepingEncoder
 from common.compute.training import Checkpoint, configure_numerics, epoch_order, model_seed
@@ -28,8 +28,8 @@ LOSSES = ("infonce", "neg")
 
 @dataclass(frozen=True)
 class KeepConfig:
-    epochs: int = 30  # passes over the anchors
-    batch_size: int = 1024  # anchors per step; each step encodes 2x this many samples
+    epochs: int = 100  # passes over the anchors (each sample is an anchor once per epoch)
+    batch_size: int = 256  # anchors per step; each step encodes 2x this many, each anchor has 2x - 2 negatives
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0  # Adam (coupled, as the study's); 0: no decay
     seed: int = 0  # the initial weights, each epoch's order and each epoch's positives
@@ -50,31 +50,37 @@ def initial_encoder(seed: int) -> KeepingEncoder:
         return KeepingEncoder()
 
 
+def squared_distances(a: Tensor, z: Tensor) -> Tensor:
+    """|a_i - z_j|^2 for every pair, as |a_i|^2 + |z_j|^2 - 2 a_i.z_j (one small matrix product, no (B, M, 2)
+    temporary), clamped at 0 against rounding: (B, 2), (M, 2) -> (B, M)."""
+    return torch.addmm(z.square().sum(1)[None, :], a, z.T, alpha=-2).add(a.square().sum(1, keepdim=True)).clamp(min=0)
+
+
 def cauchy_logits(a: Tensor, z: Tensor) -> Tensor:
     """log q(a_i, z_j) = -log(1 + |a_i - z_j|^2) for every pair: (B, 2), (M, 2) -> (B, M)."""
-    d2 = (a[:, None, :] - z[None, :, :]).square().sum(-1)
-    return -torch.log1p(d2)
+    return -torch.log1p(squared_distances(a, z))
 
 
 def keep_loss(anchors: Tensor, positives: Tensor, loss: str = "infonce") -> Tensor:
     """The mean loss of a batch of anchor codes (B, 2) and their positives' codes (B, 2).
 
     Every other sample of the batch (2B - 2 of them: the other anchors and the other positives) is a
-    negative of anchor i. ``infonce``: -log(q(a_i, p_i) / sum_j q(a_i, z_j)) over those 2B - 1
+    negative of anchor i. ``infonce``: -log(q(a_i, p_i) / sum_j q(a_i, z_j)), the sum over those 2B - 1
     candidates. ``neg``: -log q(a_i, p_i) - mean_j log(1 - q(a_i, z_j)) over the 2B - 2 negatives.
     """
     b = anchors.shape[0]
-    logits = cauchy_logits(anchors, torch.cat([anchors, positives]))  # (B, 2B)
-    eye = torch.arange(b, device=anchors.device)
-    logits = logits.index_put((eye, eye), torch.tensor(float("-inf"), device=anchors.device))  # not itself
+    pos = torch.log1p((anchors - positives).square().sum(1))  # -log q(a_i, p_i), exactly
+    q = torch.reciprocal(1 + squared_distances(anchors, torch.cat([anchors, positives])))  # (B, 2B)
     if loss == "infonce":
-        return nn.functional.cross_entropy(logits, eye + b)
+        rest = q.sum(1) - q.diagonal()  # every candidate but the anchor itself
+        return (pos + torch.log(rest)).mean()
     if loss == "neg":
-        pos = logits[eye, eye + b]
-        q = logits.exp()  # q of every pair; 0 for the anchor itself
-        q = q.index_put((eye, eye + b), torch.zeros((), device=anchors.device))
-        rep = -torch.log1p(-q.clamp(max=1 - 1e-6)).sum(1) / max(1, 2 * b - 2)
-        return (-pos + rep).mean()
+        keep = torch.ones_like(q)
+        eye = torch.arange(b, device=q.device)
+        keep[eye, eye] = 0  # the anchor itself
+        keep[eye, eye + b] = 0  # its positive
+        rep = -(torch.log1p(-q.clamp(max=1 - 1e-6)) * keep).sum(1) / max(1, 2 * b - 2)
+        return (pos + rep).mean()
     raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
 
 
