@@ -14,7 +14,8 @@ from common.study.config import StudyConfig
 from tests.services import ApiServer
 
 CHROMIUM = "/usr/bin/chromium"
-CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20])
+CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20],
+                  models=["linear_l1", "linear_mse", "relu_l1", "relu_mse", "relu_keep"])
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking", "--no-first-run", "--disable-extensions"]
 
@@ -154,7 +155,7 @@ def test_clicking_a_point_shows_its_neighbours(page, server, tmp_path):
 
 def test_typed_id_and_a_deep_link_restore_the_same_view(page, browser, server, tmp_path):
     open_page(page, server["url"] + "/")
-    page.select_option("#model", "relu_l1")
+    page.select_option("#model", "relu_keep")
     page.select_option("#distance", "l1")
     page.fill("#k", "7")
     page.dispatch_event("#k", "change")
@@ -162,18 +163,18 @@ def test_typed_id_and_a_deep_link_restore_the_same_view(page, browser, server, t
     page.press("#sample-id", "Enter")
     wait_sample(page, 42)
     want_orig = wanted(server, 42, "original", "l1", 7)
-    want_enc = wanted(server, 42, "encoded", "l1", 7, model="relu_l1")
+    want_enc = wanted(server, 42, "encoded", "l1", 7, model="relu_keep")
     assert shown(page, "original") == want_orig and shown(page, "encoded") == want_enc
-    assert "relu_l1" in page.inner_text("#title-encoded")
+    assert "relu_keep" in page.inner_text("#title-encoded")
     link = page.url
     q = parse_qs(urlparse(link).query)
-    assert q == {"experiment": [str(server["id"])], "model": ["relu_l1"], "sample": ["42"], "distance": ["l1"],
+    assert q == {"experiment": [str(server["id"])], "model": ["relu_keep"], "sample": ["42"], "distance": ["l1"],
                  "k": ["7"]}
     other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     open_page(other, link)
     wait_sample(other, 42)
     assert shown(other, "original") == want_orig and shown(other, "encoded") == want_enc
-    assert other.input_value("#model") == "relu_l1" and other.input_value("#distance") == "l1"
+    assert other.input_value("#model") == "relu_keep" and other.input_value("#distance") == "l1"
     assert other.input_value("#k") == "7" and other.input_value("#sample-id") == "42"
     other.screenshot(path=str(tmp_path / "deep-link.png"), full_page=True)
     other.context.close()
