@@ -12,7 +12,10 @@ UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its defaults). Ev
 top-50 table (L2, the project's engine) is compared with the pixel space's: score@k for k = 5, 10,
 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The test split (10,000 images) is
 scored the same way, neighbours among the test images in both spaces, for every method that maps an
-unseen image (all but t-SNE, which places only the samples it was fitted on). Times are each method's
+unseen image (all but t-SNE, which places only the samples it was fitted on), beside the first 10,000
+training images scored among themselves (the same N: score@k depends on how many samples share the map).
+A last row regresses the seed's encoder onto t-SNE's map (--fit-epochs): how much of that map this
+encoder can draw at all. Times are each method's
 fit on the training split. The budget line is one seed model (relu_mse) trained alone for 100 epochs,
 estimated from --reference-epochs epochs on this machine.
 """
@@ -85,6 +88,34 @@ def seed_codes(args, x, x_test) -> dict[str, tuple[np.ndarray, np.ndarray | None
     return out
 
 
+def fit_to_map(x, target: np.ndarray, epochs: int):
+    """The seed's ReLU encoder regressed (MSE, Adam, batch 256, one thread) onto a 2-D map: an upper
+    bound for what this encoder, trained this long, can draw of that map."""
+    import torch
+
+    from common.compute.keeping import initial_encoder
+    from common.compute.training import epoch_order
+
+    y = torch.from_numpy(np.asarray(target, np.float32))
+    y = (y - y.mean(0)) / y.std()
+    model = initial_encoder(0)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for epoch in range(1, epochs + 1):
+            order = epoch_order(x.shape[0], 0, epoch)
+            for b0 in range(0, x.shape[0], 256):
+                i = order[b0 : b0 + 256]
+                loss = (model(x[i]) - y[i]).square().sum(1).mean()
+                optim.zero_grad()
+                loss.backward()
+                optim.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
 def reference_seconds(x, epochs: int) -> float:
     """One seed model (relu_mse) alone, ``epochs`` epochs, scaled to 100 epochs."""
     from common.compute.training import TrainConfig, train_group
@@ -107,6 +138,8 @@ def main() -> None:
     ap.add_argument("--keep-batch", type=int, default=256)
     ap.add_argument("--keep-positives", type=int, default=15)
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
+    ap.add_argument("--fit-epochs", type=int, default=100,
+                    help="with tsne: also regress the seed's encoder onto t-SNE's map this long (0: no)")
     ap.add_argument("--figure", default=None, help="write the maps side by side to this PNG")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -122,12 +155,16 @@ def main() -> None:
     s = get_settings()
     train = load_dataset(args.dataset, s.data_dir, s.cache_dir, args.limit)
     test = load_dataset(args.dataset, s.data_dir, s.cache_dir, None, split="test")
-    x, x_test = train.scaled(), test.scaled()
+    x = train.scaled()
     methods = args.methods.split(",")
     print(f"{args.dataset}: {train.n} training and {test.n} test images; exact pixel-space L2 tables ...", flush=True)
     t0 = time.perf_counter()
     pix = exact_table(train.images, 200 if "keep" in methods else max(KS))
+    sub = min(test.n, train.n)  # as many training images as test images (all 10,000 test images for MNIST)
+    test = type(test)(test.name, test.images[:sub], test.labels[:sub])
+    x_test = test.scaled()
     pix_test = exact_table(test.images, max(KS))
+    pix_sub = exact_table(train.images[:sub], max(KS))
     print(f"  pixel tables {time.perf_counter() - t0:.1f} s", flush=True)
 
     maps: dict[str, tuple[np.ndarray, np.ndarray | None, float | None]] = {}
@@ -163,22 +200,30 @@ def main() -> None:
         t0 = time.perf_counter()
         emb = np.asarray(TSNE(n_jobs=torch.get_num_threads(), random_state=0).fit(xs))
         maps["t-SNE"] = (emb, None, time.perf_counter() - t0)
+        if args.fit_epochs:  # how much of t-SNE's map the seed's encoder can draw at all
+            t0 = time.perf_counter()
+            model = fit_to_map(x, emb, args.fit_epochs)
+            maps["encoder fit to t-SNE"] = (encode(model, x).numpy(), encode(model, x_test).numpy(),
+                                            time.perf_counter() - t0)
 
     budget = reference_seconds(x, args.reference_epochs) if args.reference_epochs else None
     rows = []
     for name, (codes, codes_test, seconds) in maps.items():
         r = {"map": name, "seconds": seconds, **scores(pix[:, :max(KS)], codes, train.labels)}
-        if codes_test is not None:
+        if codes_test is not None:  # the test images against as many training images, each among its own
             t = scores(pix_test, codes_test, test.labels)
-            r.update({"test score@10": t["score@10"], "test knn@5": t["knn@5"]})
+            u = scores(pix_sub, codes[:sub], train.labels[:sub])
+            r.update({f"train{sub // 1000}k score@10": u["score@10"], "test score@10": t["score@10"],
+                      f"train{sub // 1000}k knn@5": u["knn@5"], "test knn@5": t["knn@5"]})
         rows.append(r)
         print(f"  scored {name}", flush=True)
 
-    cols = [*(f"score@{k}" for k in KS), "knn@5", "R_NX(10)", "test score@10", "test knn@5"]
+    cols = [*(f"score@{k}" for k in KS), "knn@5", "R_NX(10)", f"train{sub // 1000}k score@10", "test score@10",
+            f"train{sub // 1000}k knn@5", "test knn@5"]
     print(f"\n{args.dataset}, N = {train.n} (L2, exact tables)")
-    print(f"{'map':22}" + "".join(f"{c:>14}" for c in cols) + f"{'fit s':>10}")
+    print(f"{'map':22}" + "".join(f"{c:>18}" for c in cols) + f"{'fit s':>10}")
     for r in rows:
-        vals = "".join(f"{r[c]:14.4f}" if c in r else f"{'-':>14}" for c in cols)
+        vals = "".join(f"{r[c]:18.4f}" if c in r else f"{'-':>18}" for c in cols)
         sec = f"{r['seconds']:10.1f}" if r["seconds"] is not None else f"{'(stored)':>10}"
         print(f"{r['map']:22}{vals}{sec}")
     if budget is not None:
