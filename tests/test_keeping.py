@@ -9,7 +9,8 @@ import torch
 
 from common.compute.keeping import KeepConfig, cauchy_logits, draw_positives, initial_encoder, keep_loss, train_keeping
 from common.compute.neighbors import knn_rows, prepare
-from common.compute.training import Checkpoint, encode
+from common.compute.training import encode
+from tests.checkpoints import first_checkpoint
 
 
 def test_cauchy_logits_by_hand():
@@ -103,18 +104,9 @@ def test_training_is_seeded_and_resumes_to_the_same_bits(small):
     m1, c1 = train_keeping(x, nbr, cfg)
     m2, c2 = train_keeping(x, nbr, cfg)
     assert c1.losses == c2.losses and torch.equal(encode(m1, x), encode(m2, x))
-    saved: list[bytes] = []
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(ck: Checkpoint) -> None:
-        saved.append(ck.to_bytes())
-        raise Stop
-
-    with pytest.raises(Stop):
-        train_keeping(x, nbr, cfg, on_epoch_end=stop_after_first)
-    m3, c3 = train_keeping(x, nbr, cfg, resume=Checkpoint.from_bytes(saved[0]))
+    first = first_checkpoint(lambda hook: train_keeping(x, nbr, cfg, on_epoch_end=hook))
+    assert first.epoch == 1
+    m3, c3 = train_keeping(x, nbr, cfg, resume=first)
     assert c3.losses == c1.losses and torch.equal(encode(m3, x), encode(m1, x))
 
 

@@ -6,6 +6,7 @@ import torch
 from common.compute.models import build_model
 from common.compute.names import SEED_MODELS as MODEL_NAMES  # the autoencoders
 from common.compute.training import Checkpoint, ModelStack, TrainConfig, encode, initial_state, train, train_group
+from tests.checkpoints import first_checkpoint
 
 
 def test_architectures_match_the_study():
@@ -48,18 +49,7 @@ def test_reconstructions_are_taken_at_the_reconstruction_epoch(x):
 
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(x):
     _, full = train("relu_l1", x, CFG, recon_ids=[0])
-    saved: list[bytes] = []
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(ck: Checkpoint) -> None:
-        saved.append(ck.to_bytes())
-        raise Stop
-
-    with pytest.raises(Stop):
-        train("relu_l1", x, CFG, recon_ids=[0], on_epoch_end=stop_after_first)
-    resumed_from = Checkpoint.from_bytes(saved[-1])  # torch.load(weights_only=True)
+    resumed_from = first_checkpoint(lambda hook: train("relu_l1", x, CFG, recon_ids=[0], on_epoch_end=hook))
     assert resumed_from.epoch == 1
     model, ck = train("relu_l1", x, CFG, recon_ids=[0], resume=resumed_from)
     assert ck.losses == full.losses
