@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from common.compute.models import KeepingEncoder
-from common.compute.training import Checkpoint, configure_numerics, epoch_order, model_seed
+from common.compute.training import Checkpoint, configure_numerics, epoch_order, initial_state
 
 LOSSES = ("infonce", "neg")
 
@@ -45,9 +45,9 @@ class KeepConfig:
 
 
 def initial_encoder(seed: int) -> KeepingEncoder:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(model_seed(seed, "relu_keep"))
-        return KeepingEncoder()
+    model = KeepingEncoder()
+    model.load_state_dict(initial_state("relu_keep", seed))
+    return model
 
 
 def squared_distances(a: Tensor, z: Tensor) -> Tensor:

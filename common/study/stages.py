@@ -300,15 +300,21 @@ def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) 
     rt.progress.end()
     seconds = time.perf_counter() - t0
     for name, ck in final.items():
-        model = load_trained(name, ck.model_state)
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        with db.transaction(rt.factory) as s:
-            db.save_trained(session=s, model_id=rows[name].id, weights=buf.getvalue(), recon_ids=rids,
-                            recon_epoch=ck.recon_epoch,
-                            reconstructions=None if ck.reconstructions is None else ck.reconstructions.numpy(),
-                            codes=encode(model, x).numpy(), seconds=seconds)
+        _store_trained(rt, rows[name].id, load_trained(name, ck.model_state), x, seconds, recon_ids=rids,
+                       recon_epoch=ck.recon_epoch, reconstructions=ck.reconstructions)
     _timed(rt, experiment_id, "train", t0)
+
+
+def _store_trained(rt: Runtime, model_id: int, model: torch.nn.Module, x: torch.Tensor, seconds: float, *,
+                   recon_ids: list[int], recon_epoch: int | None, reconstructions: torch.Tensor | None) -> None:
+    """A trained model's weights, reconstructions and the code of every sample, in one transaction."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    with db.transaction(rt.factory) as s:
+        db.save_trained(session=s, model_id=model_id, weights=buf.getvalue(), recon_ids=recon_ids,
+                        recon_epoch=recon_epoch,
+                        reconstructions=None if reconstructions is None else reconstructions.numpy(),
+                        codes=encode(model, x).numpy(), seconds=seconds)
 
 
 def keep_distance(cfg: StudyConfig) -> str:
@@ -358,12 +364,8 @@ def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
     x = ds.scaled()
     model, _ = train_keeping(x, nbr, kcfg, resume=resume, on_epoch_end=on_epoch_end)
     rt.progress.end()
-    seconds = time.perf_counter() - t0
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    with db.transaction(rt.factory) as s:
-        db.save_trained(session=s, model_id=row.id, weights=buf.getvalue(), recon_ids=[], recon_epoch=None,
-                        reconstructions=None, codes=encode(model, x).numpy(), seconds=seconds)
+    _store_trained(rt, row.id, model, x, time.perf_counter() - t0, recon_ids=[], recon_epoch=None,
+                   reconstructions=None)
     _timed(rt, experiment_id, "train relu_keep", t0)
 
 
