@@ -7,14 +7,10 @@ stopped resumes where it stopped (training from its last epoch checkpoint).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import io
 import logging
-import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -399,136 +395,51 @@ def stage_metrics(rt: Runtime, experiment_id: int) -> None:
 # ---------------------------------------------------------------- the whole study in one process
 
 
-class _Run:
-    """One experiment run in this process: started (marked running), its stages run in the plan's order
-    (all at once, or in two parts on two threads: :func:`run_experiments`), then finished."""
-
-    def __init__(self, rt: Runtime, experiment_id: int) -> None:
-        self.rt, self.id = rt, experiment_id
-        cfg = load_config(rt.factory, experiment_id)
-        self.distances = [d.value for d in cfg.distances]
-        self.models = [m.value for m in cfg.models]
-        self.ctx: dict = {}
-        self.t0 = time.perf_counter()
-
-    def start(self) -> None:
-        with db.transaction(self.rt.factory) as s:
-            exp = db.get_experiment(session=s, experiment_id=self.id)
-            db.update_experiment(session=s, experiment_id=self.id, status=db.RUNNING, error=None,
-                                 attempts=exp.attempts + 1, started_at=exp.started_at or db.utcnow())
-        self.t0 = time.perf_counter()
-
-    def _stage(self, name: str) -> None:
-        with db.transaction(self.rt.factory) as s:
-            db.update_experiment(session=s, experiment_id=self.id, stage=name)
-
-    def _tables(self, space: str) -> None:
-        rt, eid = self.rt, self.id
-        for name in ([db.ORIGINAL] if space == "pixel" else self.models):
-            for d in self.distances:
-                self._stage(f"table {name} {d}")
-                if name == db.ORIGINAL:
-                    stage_pixel_table(rt, eid, self.ctx["ds"], d)
-                else:
-                    stage_code_table(rt, eid, self.ctx["ds"], name, d)
-
-    def stages(self, names: tuple[str, ...]) -> None:
-        """The plan's stages among ``names``, in the plan's order; on any error the experiment is failed."""
-        rt, eid, ctx = self.rt, self.id, self.ctx
-        runners = {  # one per stage of common/study/plan.py
-            "data": lambda: ctx.update(ds=stage_data(rt, eid)),
-            "pixel tables": lambda: self._tables("pixel"),
-            "train": lambda: stage_train(rt, eid, ctx["ds"], self.models),
-            "train keeping": lambda: stage_keep(rt, eid, ctx["ds"], self.models),
-            "code tables": lambda: self._tables("code"),
-            "metrics": lambda: stage_metrics(rt, eid),
-        }
-        try:
-            for st in plan.PLAN:
-                if st.name in names:
-                    self._stage(st.name)
-                    runners[st.name]()
-        except BaseException as exc:
-            self.fail("interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
-            raise
-
-    def fail(self, reason: str) -> None:
-        with db.transaction(self.rt.factory) as s:
-            db.update_experiment(session=s, experiment_id=self.id, status=db.FAILED, error=reason)
-
-    def finish(self) -> None:
-        with db.transaction(self.rt.factory) as s:
-            db.record_timing(session=s, experiment_id=self.id, stage="total", seconds=time.perf_counter() - self.t0)
-            db.update_experiment(session=s, experiment_id=self.id, status=db.SUCCEEDED, stage="done",
-                                 finished_at=db.utcnow())
-
-
 def run_experiment(rt: Runtime, experiment_id: int) -> None:
     """Run (or resume) every stage of an experiment in this process; mark it succeeded or failed."""
-    run = _Run(rt, experiment_id)
-    run.start()
-    run.stages(plan.NAMES)
-    run.finish()
+    cfg = load_config(rt.factory, experiment_id)
+    with db.transaction(rt.factory) as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        db.update_experiment(session=s, experiment_id=experiment_id, status=db.RUNNING, error=None,
+                             attempts=exp.attempts + 1, started_at=exp.started_at or db.utcnow())
+    t0 = time.perf_counter()
 
+    def stage(name: str) -> None:
+        with db.transaction(rt.factory) as s:
+            db.update_experiment(session=s, experiment_id=experiment_id, stage=name)
 
-class _NotesOnly:
-    """The progress of work on a second thread: its notes, without bars that would fight the first's."""
+    distances = [d.value for d in cfg.distances]
+    models = [m.value for m in cfg.models]
+    ctx: dict = {}
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
+    def tables(space: str) -> None:
+        for name in ([db.ORIGINAL] if space == "pixel" else models):
+            for d in distances:
+                stage(f"table {name} {d}")
+                if name == db.ORIGINAL:
+                    stage_pixel_table(rt, experiment_id, ctx["ds"], d)
+                else:
+                    stage_code_table(rt, experiment_id, ctx["ds"], name, d)
 
-    def begin(self, stage: str, total: int, unit: str) -> None:
-        pass
-
-    def advance(self, n: int = 1, info: str | None = None) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-    def note(self, text: str) -> None:
-        self.progress.note(text)
-
-
-def run_experiments(rt: Runtime, experiment_ids: list[int]) -> None:
-    """Several experiments in this process (a sweep), each one's code tables and metrics on a second
-    thread while the next one trains.
-
-    Training's two stacks leave the cores idle part of the time (they take turns at the GIL); the 2-D
-    tables and metrics (about 40 s an experiment at N = 60,000 on 2 cores) run in those gaps: the second
-    thread, and the threads it starts, run at idle priority (Linux ``SCHED_IDLE``), so training is slowed
-    by a few seconds where the tail would have cost its whole time (README, "Sweeps"). Every result is
-    the same as :func:`run_experiment`'s: training runs on its own threads at one torch thread each, and
-    the tables and metrics are exact. One tail runs at a time; an error in it stops the sweep once the
-    experiment beside it has trained, and that experiment is marked failed too (``aeknn sweep
-    --resume`` continues both from what is stored).
-    """
-    tail_rt = dataclasses.replace(rt, progress=_NotesOnly(rt.progress))
-    tail_stages = plan.TAIL
-    head_stages = tuple(n for n in plan.NAMES if n not in tail_stages)
-
-    def tail(run: _Run) -> None:
-        with contextlib.suppress(AttributeError, OSError):  # Linux: this thread and the threads it starts run
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # only on cores that training leaves idle
-        run.stages(tail_stages)
-        run.finish()
-
-    pending: Future | None = None
-    previous = None
-    with ThreadPoolExecutor(1, thread_name_prefix="aeknn-tail") as pool:  # on leaving: waits for the tail
-        for eid in experiment_ids:
-            rt.progress.note(f"experiment {eid}")
-            run = _Run(rt, eid)
-            run.start()
-            run.stages(head_stages)
-            if pending is not None:
-                try:
-                    pending.result()  # the previous experiment's tables and metrics
-                except BaseException:
-                    run.fail(f"stopped after training: experiment {previous} failed (resuming continues from "
-                             f"what is stored)")
-                    raise
-            run.rt = tail_rt
-            pending, previous = pool.submit(tail, run), eid
-        if pending is not None:
-            pending.result()
+    runners = {  # one per stage of common/study/plan.py, run in the plan's order
+        "data": lambda: ctx.update(ds=stage_data(rt, experiment_id)),
+        "pixel tables": lambda: tables("pixel"),
+        "train": lambda: stage_train(rt, experiment_id, ctx["ds"], models),
+        "train keeping": lambda: stage_keep(rt, experiment_id, ctx["ds"], models),
+        "code tables": lambda: tables("code"),
+        "metrics": lambda: stage_metrics(rt, experiment_id),
+    }
+    try:
+        for st in plan.PLAN:
+            stage(st.name)
+            runners[st.name]()
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        with db.transaction(rt.factory) as s:
+            db.update_experiment(session=s, experiment_id=experiment_id, status=db.FAILED, error=reason)
+        raise
+    with db.transaction(rt.factory) as s:
+        db.record_timing(session=s, experiment_id=experiment_id, stage="total",
+                         seconds=time.perf_counter() - t0)
+        db.update_experiment(session=s, experiment_id=experiment_id, status=db.SUCCEEDED, stage="done",
+                             finished_at=db.utcnow())
