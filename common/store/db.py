@@ -473,18 +473,23 @@ def mark_table_complete(*, session: Session, table_id: int, seconds: float | Non
         work=sum(work) if work and len(work) == len(chunks) else None))
 
 
+_INSERT_NEIGHBORS = (f"INSERT INTO {NeighborRow.__tablename__} (table_id, sample_id, ids, labels, distances) "
+                     "VALUES (?, ?, ?, ?, ?)")
+
+
 def save_neighbors(*, session: Session, table_id: int, start: int, ids: np.ndarray,
                    labels: np.ndarray, distances: np.ndarray) -> None:
     """Rows start..start+len(ids) of a table; ``labels`` are the neighbours' labels, (rows, K)."""
     ids = np.ascontiguousarray(ids, "<i4")
     labels = np.ascontiguousarray(labels, np.uint8)
     distances = np.ascontiguousarray(distances, "<f4")
-    rows = [
-        {"table_id": table_id, "sample_id": start + r, "ids": ids[r].tobytes(),
-         "labels": labels[r].tobytes(), "distances": distances[r].tobytes()}
-        for r in range(ids.shape[0])
-    ]
-    session.execute(insert(NeighborRow), rows)
+    rows = [(table_id, start + r, ids[r].tobytes(), labels[r].tobytes(), distances[r].tobytes())
+            for r in range(ids.shape[0])]
+    # The driver's own executemany, in the session's transaction: the ORM's bulk insert spent 1.7 s of
+    # SQLAlchemy bookkeeping on a 60,000-row table that the driver stores in 0.5 to 0.8 s (SQLite).
+    conn = session.connection()
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    conn.exec_driver_sql(_INSERT_NEIGHBORS.replace("?", mark), rows)
 
 
 def find_table(*, session: Session, experiment_id: int, space: str, distance: str) -> TableRow | None:
