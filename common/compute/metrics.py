@@ -136,18 +136,26 @@ def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """kNN accuracy@k for k = 1..K, (K,) float: the vote of :func:`knn_predict` grown one rank at a time.
 
     The score of a label is its votes * (K + 1) minus the rank it was first met at, so the highest
-    score is the majority with ties to the nearest; one rank adds one vote (and a first rank) per row."""
+    score is the majority with ties to the nearest; one rank adds one vote (and a first rank) per row.
+    Two labels never tie (their first ranks differ by less than K + 1), and a vote raises one label's
+    score only, so each row's winner is tracked as it changes instead of searched for at every rank."""
     n, k = table.shape
     n_classes = int(labels.max()) + 1
     right = np.zeros(k, np.int64)
     for r0 in range(0, n, ROWS):
-        nl = labels[table[r0:r0 + ROWS]].astype(np.int64)  # (rows, K)
+        nl = labels[table[r0:r0 + ROWS]].astype(np.intp)  # (rows, K)
         rows = np.arange(len(nl))
         score = np.full((len(nl), n_classes), -k, np.int64)  # no vote yet, met "at rank K"
+        best = np.zeros(len(nl), np.intp)  # each row's winning label so far
+        best_score = np.full(len(nl), -k - 1, np.int64)  # below any score: the first vote wins
         truth = labels[r0:r0 + ROWS]
         for r in range(k):
             c = nl[:, r]
-            new = score[rows, c] < 0
-            score[rows, c] += (k + 1) + np.where(new, k - r, 0)  # a first vote also sets the first rank to r
-            right[r] += int((score.argmax(axis=1) == truth).sum())
+            s = score[rows, c]
+            s = np.where(s < 0, k + 1 - r, s + (k + 1))  # a first vote also sets the first rank to r
+            score[rows, c] = s
+            win = s > best_score
+            best = np.where(win, c, best)
+            best_score = np.where(win, s, best_score)
+            right[r] += int(np.count_nonzero(best == truth))
     return right / n
