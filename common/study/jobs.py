@@ -5,6 +5,7 @@ The API and the CLI send tasks by name (``send_task``), so they never import the
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from common.secrets import redact, scrub
@@ -54,9 +55,17 @@ class BrokerUnavailable(RuntimeError):
     """The broker could not be reached; nothing was enqueued and nothing was kept."""
 
 
+_import_lock = threading.Lock()
+
+
 def broker_client(settings: Settings):
-    """A Celery app that only sends tasks by name (it imports no task code, hence no torch)."""
-    from celery import Celery
+    """A Celery app that only sends tasks by name (it imports no task code, hence no torch).
+
+    Celery's package replaces itself with a lazy module while it is first imported, and a second thread
+    importing it in that moment gets "cannot import name 'Celery'" (seen: one 500 among 300 concurrent
+    submits, the API's first): the first import happens under a lock."""
+    with _import_lock:
+        from celery import Celery
 
     app = Celery("aeknn-client")
     app.conf.update(celery_config(settings))

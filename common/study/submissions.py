@@ -38,9 +38,10 @@ def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConf
     - An ``idempotency_key`` used before returns that experiment (KeyReused if its study differs), and
       so does an identical study already pending: nothing is queued twice.
     - At most ``settings.max_pending`` experiments may be pending: TooManyPending past it.
-    - The experiment is "submitting" until its first task is sent, then "queued". If the broker cannot
-      be reached it is removed and BrokerUnavailable raised: no one is ever told about an experiment
-      that is then removed. A request that finds another one's submission in flight waits for its outcome.
+    - The experiment is "submitting" until its first task is sent, then "queued". If the task cannot be
+      sent (BrokerUnavailable when the broker cannot be reached, or any other error) it is removed and
+      the error raised: no one is ever told about an experiment that is then removed. A request that
+      finds another one's submission in flight waits for its outcome.
     Reads and writes of one submission are serialised in the database, so the cap holds across processes.
     """
     body = config.as_json()
@@ -59,8 +60,8 @@ def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConf
         return _wait_until_sent(factory, found)
     try:
         jobs.send(app or jobs.broker_client(settings), jobs.ADVANCE, experiment_id)
-    except jobs.BrokerUnavailable:
-        with db.transaction(factory) as s:  # not accepted: leave no job waiting forever
+    except BaseException:  # the broker unreachable, or anything else: not accepted, so nothing is kept
+        with db.transaction(factory) as s:  # (a record left "submitting" would wait forever and hold a place)
             s.execute(delete(db.Experiment).where(db.Experiment.id == experiment_id,
                                                   db.Experiment.status == db.SUBMITTING))
         raise
