@@ -343,14 +343,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"({info['total'] - len(new)} reused){', queued for the workers' if args.submit else ''}", flush=True)
         if args.submit:
             return 0
-    from common.study.stages import run_experiment
+    from common.study.stages import run_experiments
 
     rt = _runtime(settings, factory)
     with factory() as s:
         todo = [e.id for _, e in sweeps.points(s, sweep_id)[1] if e.status not in (db.SUCCEEDED, db.CANCELLED)]
-    for eid in dict.fromkeys(todo):
-        print(f"sweep {sweep_id}: experiment {eid}", flush=True)
-        run_experiment(rt, eid)
+    print(f"sweep {sweep_id}: experiments {', '.join(map(str, dict.fromkeys(todo)))}", flush=True)
+    run_experiments(rt, list(dict.fromkeys(todo)))
     _print_sweep(factory, sweep_id, "table")
     return 0
 

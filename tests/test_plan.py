@@ -27,8 +27,15 @@ def test_both_paths_run_every_stage_of_the_plan():
     from common.study import stages
     from worker import pipeline
 
-    run = inspect.getsource(stages.run_experiment)
+    run = inspect.getsource(stages._Run.stages)
     due = inspect.getsource(pipeline._due)
     for name in plan.NAMES:
-        assert f'"{name}":' in run, f"run_experiment has no runner for stage {name!r}"
+        assert f'"{name}":' in run, f"the in-process run has no runner for stage {name!r}"
         assert f'stage == "{name}"' in due, f"the workers' advance lists no work for stage {name!r}"
+
+
+def test_the_tail_that_overlaps_the_next_training_ends_the_plan(monkeypatch):
+    assert plan.TAIL == ("code tables", "metrics")  # run_experiments: in a second process in a sweep
+    monkeypatch.setattr(plan, "TAIL", ("train", "metrics"))
+    with pytest.raises(AssertionError, match="must end the plan"):
+        plan._check()

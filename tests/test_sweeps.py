@@ -4,6 +4,7 @@ pixel tables computed once, and the aggregates over seeds equal to what the expe
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from common.errors import Invalid
 from common.settings import Settings
 from common.store import db
 from common.study import sweeps
+from common.study.config import StudyConfig
 
 BASE = {"limit": 700, "models": ["linear_mse", "relu_mse"], "k": 20, "ks": [5, 10], "epochs": 1}
 GRID = {"weight_decay": [1e-3, 0.0], "seed": [0, 1]}
@@ -47,7 +49,7 @@ def test_a_grid_expands_in_order_with_the_base_behind_every_point():
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, data_dir):
     """A 2 x 2 sweep run in one process, then the same sweep again (everything reused)."""
-    from common.study.stages import Runtime, run_experiment
+    from common.study.stages import Runtime, run_experiments
 
     url = f"sqlite:///{tmp_path_factory.mktemp('sweep') / 's.db'}"
     engine = db.make_engine(url)
@@ -56,8 +58,7 @@ def ran(tmp_path_factory, data_dir):
     settings = Settings(database_url=url, broker_url=REDIS_URL)
     sweep_id, new = sweeps.create(f, settings, BASE, GRID, queue=False)
     rt = Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path_factory.mktemp("c"), device="cpu")
-    for eid in new:
-        run_experiment(rt, eid)
+    run_experiments(rt, new)  # as `aeknn sweep` runs them: each one's tables beside the next one's training
     again, new_again = sweeps.create(f, settings, BASE, GRID, queue=False)
     yield {"url": url, "factory": f, "id": sweep_id, "new": new, "again": again, "new_again": new_again}
     engine.dispose()
@@ -77,6 +78,79 @@ def test_a_sweep_runs_as_ordinary_experiments_sharing_the_pixel_tables(ran):
         for eid in ran["new"]:
             assert db.find_table(session=s, experiment_id=eid, space="original", distance="l2").id in {
                 t.id for t in originals}
+
+
+def _stored(factory, eid: int) -> tuple[dict, dict]:
+    """An experiment's neighbour ids of every table and its metric values, by name."""
+    with factory() as s:
+        tables = {(t.space, t.distance): db.load_table_ids(session=s, table_id=t.id, n=t.n, k=t.k)
+                  for t in s.query(db.TableRow).all()
+                  if t.model_id is None or s.get(db.ModelRow, t.model_id).experiment_id == eid}
+        metrics = {(m.metric, m.space, m.distance, m.k, m.label): m.value
+                   for m in s.query(db.MetricValue).filter_by(experiment_id=eid)}
+    return tables, metrics
+
+
+def test_overlapping_the_tables_with_the_next_training_changes_no_result(ran, tmp_path, data_dir):
+    """The last grid point run alone, one stage after another, stores exactly what the sweep stored."""
+    from common.study.stages import Runtime, record_experiment, run_experiment
+
+    last = ran["new"][-1]
+    with ran["factory"]() as s:
+        config = db.get_experiment(session=s, experiment_id=last).config
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'alone.db'}")
+    db.init_db(engine)
+    f = db.session_factory(engine)
+    eid = record_experiment(f, StudyConfig.model_validate(config))
+    run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path / "c", device="cpu"), eid)
+    (t_sweep, m_sweep), (t_alone, m_alone) = _stored(ran["factory"], last), _stored(f, eid)
+    assert t_sweep.keys() == t_alone.keys() and len(t_sweep) == 2 + 2 * 2  # pixel + two models, two distances
+    assert all(np.array_equal(t_sweep[key], t_alone[key]) for key in t_sweep)
+    assert m_sweep == m_alone and m_sweep
+    engine.dispose()
+
+
+def test_a_tail_process_that_dies_stops_the_sweep_and_marks_the_experiment_beside_it(tmp_path, data_dir,
+                                                                                    monkeypatch):
+    """Experiment 1's tables-and-metrics process is SIGKILLed (as the out-of-memory killer would) while
+    experiment 2 trains: both end failed, saying why, and a resume finishes both from what is stored."""
+    import signal
+
+    from common.study import stages
+    from common.study.stages import Runtime, record_experiment, run_experiments
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'f.db'}")
+    db.init_db(engine)
+    f = db.session_factory(engine)
+    one, two = (record_experiment(f, StudyConfig.model_validate({**BASE, "limit": 300, "seed": seed}))
+                for seed in (0, 1))
+    rt = Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path / "c", device="cpu")
+    real = stages._start_tail
+    started = []
+
+    def killed(rt_, eid, elapsed):
+        proc = real(rt_, eid, elapsed)
+        os.kill(proc.pid, signal.SIGKILL)
+        started.append(eid)
+        return proc
+
+    monkeypatch.setattr(stages, "_start_tail", killed)
+    with pytest.raises(RuntimeError, match=f"experiment {one} failed: its tables and metrics process ended with "
+                                           "signal 9"):
+        run_experiments(rt, [one, two])
+    assert started == [one]
+    with f() as s:
+        first, second = (db.get_experiment(session=s, experiment_id=e) for e in (one, two))
+        assert (first.status, first.error) == (db.FAILED, "its tables and metrics process ended with signal 9")
+        assert second.status == db.FAILED
+        assert second.error.startswith(f"stopped after training: experiment {one} failed")
+        trained = s.query(db.ModelRow).filter_by(experiment_id=two).all()
+        assert len(trained) == 2 and all(m.epochs_done == 1 and m.weights for m in trained)  # its training is kept
+    monkeypatch.setattr(stages, "_start_tail", real)
+    run_experiments(rt, [one, two])
+    with f() as s:
+        assert [db.get_experiment(session=s, experiment_id=e).status for e in (one, two)] == [db.SUCCEEDED] * 2
+    engine.dispose()
 
 
 def test_the_aggregates_are_the_mean_and_spread_of_what_each_seed_stored(ran):

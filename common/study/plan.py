@@ -27,6 +27,9 @@ PLAN: tuple[Stage, ...] = (
     Stage("metrics", ("pixel tables", "code tables"), "every metric at every k, from the stored tables"),
 )
 NAMES = tuple(s.name for s in PLAN)
+# The stages after training: in a sweep run here they run in a second process while the next
+# experiment trains (common/study/stages.py, run_experiments). Nothing before them needs them.
+TAIL: tuple[str, ...] = ("code tables", "metrics")
 
 
 def ready(done: set[str]) -> list[Stage]:
@@ -42,6 +45,8 @@ def _check() -> None:
         if missing:
             raise AssertionError(f"stage {s.name!r} comes before {missing} that it needs")
         seen.add(s.name)
+    if NAMES[len(NAMES) - len(TAIL):] != TAIL:
+        raise AssertionError(f"the tail stages {TAIL} must end the plan")
 
 
 _check()
