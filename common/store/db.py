@@ -522,11 +522,17 @@ def experiment_tables(*, session: Session, experiment_id: int) -> list[TableRow]
     return [*original, *coded]
 
 
+_SELECT_NEIGHBORS = (f"SELECT ids, labels, distances FROM {NeighborRow.__tablename__} "
+                     "WHERE table_id = ? AND sample_id = ?")
+
+
 def sample_neighbors(*, session: Session, table_id: int, sample_id: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """One sample's (ids, labels, distances), nearest first: one indexed read."""
-    row = session.execute(select(NeighborRow.ids, NeighborRow.labels, NeighborRow.distances).where(
-        NeighborRow.table_id == table_id, NeighborRow.sample_id == sample_id)).first()
+    """One sample's (ids, labels, distances), nearest first: one indexed read, through the driver (the
+    API's hot path: building and compiling the ORM statement cost more than the read itself)."""
+    conn = session.connection()
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    row = conn.exec_driver_sql(_SELECT_NEIGHBORS.replace("?", mark), (table_id, sample_id)).first()
     if row is None:
         return None
     return (np.frombuffer(row[0], "<i4"), np.frombuffer(row[1], np.uint8), np.frombuffer(row[2], "<f4"))

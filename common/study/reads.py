@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -65,8 +66,18 @@ def forget() -> None:
         _finished.clear(), _tables.clear(), _latest.clear(), _datasets.clear()
 
 
+_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _key(session: Session) -> str:
-    return str(session.get_bind().url)
+    """The database a session reads (its URL without the password), rendered once per engine."""
+    bind = session.get_bind()
+    key = _keys.get(bind)
+    if key is None:
+        key = str(bind.url)
+        with _lock:
+            _keys[bind] = key
+    return key
 
 
 def get_experiment(session: Session, experiment_id: int) -> db.Experiment | None:
