@@ -473,6 +473,13 @@ def mark_table_complete(*, session: Session, table_id: int, seconds: float | Non
         work=sum(work) if work and len(work) == len(chunks) else None))
 
 
+def _driver_sql(session: Session, sql: str, params):
+    """``sql`` (written with ``?`` marks) run by the driver itself in the session's transaction, with the
+    driver's own marks (``%s`` outside SQLite): no ORM statement to build or compile."""
+    conn = session.connection()
+    return conn.exec_driver_sql(sql if conn.dialect.name == "sqlite" else sql.replace("?", "%s"), params)
+
+
 _INSERT_NEIGHBORS = (f"INSERT INTO {NeighborRow.__tablename__} (table_id, sample_id, ids, labels, distances) "
                      "VALUES (?, ?, ?, ?, ?)")
 
@@ -487,9 +494,7 @@ def save_neighbors(*, session: Session, table_id: int, start: int, ids: np.ndarr
             for r in range(ids.shape[0])]
     # The driver's own executemany, in the session's transaction: the ORM's bulk insert spent 1.7 s of
     # SQLAlchemy bookkeeping on a 60,000-row table that the driver stores in 0.5 to 0.8 s (SQLite).
-    conn = session.connection()
-    mark = "?" if conn.dialect.name == "sqlite" else "%s"
-    conn.exec_driver_sql(_INSERT_NEIGHBORS.replace("?", mark), rows)
+    _driver_sql(session, _INSERT_NEIGHBORS, rows)
 
 
 def find_table(*, session: Session, experiment_id: int, space: str, distance: str) -> TableRow | None:
@@ -530,9 +535,7 @@ def sample_neighbors(*, session: Session, table_id: int, sample_id: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """One sample's (ids, labels, distances), nearest first: one indexed read, through the driver (the
     API's hot path: building and compiling the ORM statement cost more than the read itself)."""
-    conn = session.connection()
-    mark = "?" if conn.dialect.name == "sqlite" else "%s"
-    row = conn.exec_driver_sql(_SELECT_NEIGHBORS.replace("?", mark), (table_id, sample_id)).first()
+    row = _driver_sql(session, _SELECT_NEIGHBORS, (table_id, sample_id)).first()
     if row is None:
         return None
     return (np.frombuffer(row[0], "<i4"), np.frombuffer(row[1], np.uint8), np.frombuffer(row[2], "<f4"))

@@ -552,7 +552,7 @@ def run_experiments(rt: Runtime, experiment_ids: list[int]) -> None:
     head_stages = tuple(n for n in plan.NAMES if n not in plan.TAIL)
     pending, previous = None, None
 
-    def wait_for_previous(run: _Run | None) -> None:
+    def wait_for_previous(run: _Run) -> None:
         pending.join()
         if pending.exitcode == 0:
             return
@@ -564,9 +564,7 @@ def run_experiments(rt: Runtime, experiment_ids: list[int]) -> None:
             error = f"its tables and metrics process ended with {how}"
             with db.transaction(rt.factory) as s:
                 db.update_experiment(session=s, experiment_id=previous, status=db.FAILED, error=error)
-        if run is not None:
-            run.fail(f"stopped after training: experiment {previous} failed (resuming continues from what is "
-                     "stored)")
+        run.fail(f"stopped after training: experiment {previous} failed (resuming continues from what is stored)")
         raise RuntimeError(f"experiment {previous} failed: {error}")
 
     try:
