@@ -712,6 +712,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aeknn: interrupted; continue with `aeknn resume ID`", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`aeknn metrics | head`): no traceback, and none either when Python flushes
+        # stdout at exit, so stdout points at /dev/null from here; the shell's code for a broken pipe
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

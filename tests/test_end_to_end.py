@@ -194,6 +194,16 @@ def test_read_commands_never_create_a_database(tmp_path):
     assert bad.returncode == 2 and "not a database URL or a path" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_a_reader_that_goes_away_gets_no_traceback(study):
+    """`aeknn metrics --k 1-200 | head -1`: the pipe closes while the tables are still being written."""
+    cmd = [sys.executable, "-m", "cli", "metrics", "--k", "1-200", "--db", study["url"]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away after one line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and first.strip() and err == "", err
+
+
 def test_a_plain_path_is_a_sqlite_database(study):
     path = study["url"].removeprefix("sqlite:///")
     out = aeknn("metrics", "--table", "score_at_k", "--format", "csv", env_db=path).stdout
