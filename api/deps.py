@@ -72,8 +72,12 @@ def _read_factory(url: str) -> sessionmaker[Session]:
     return db.session_factory(_factory(url).kw["bind"].execution_options(isolation_level="AUTOCOMMIT"))
 
 
-async def get_read_factory(settings: SettingsDep) -> sessionmaker[Session]:
+def read_factory_for(settings: Settings) -> sessionmaker[Session]:
     return _read_factory(settings.database_url)
+
+
+async def get_read_factory(settings: SettingsDep) -> sessionmaker[Session]:
+    return read_factory_for(settings)
 
 
 ReadFactoryDep = Annotated[sessionmaker[Session], Depends(get_read_factory)]

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from api import deps, errors
+from api.hotpath import NeighborsHotPath
 from api.routes import experiments, health, metrics, page, plots, samples, sweeps
 from common import secrets
 from common.settings import Settings, get_settings
@@ -49,4 +50,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r)
     app.mount("/static", page.static_files(), name="static")
     app.add_middleware(errors.BodyLimit, limit=MAX_BODY)
+    app.add_middleware(NeighborsHotPath)  # outermost of ours: a plain neighbours read skips the rest
     return app

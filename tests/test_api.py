@@ -85,6 +85,68 @@ def test_neighbors_over_http_equal_brute_force(api, study, mnist):
                 assert r.json()["model"] == model and r.json()["space"] == "encoded"
 
 
+@pytest.mark.parametrize("path, query, want", [
+    ("/samples/3/neighbors", b"", {"sample_id": 3, "space": "encoded", "model": "relu_mse", "distance": "l2",
+                                   "k": 20, "experiment": None}),
+    ("/samples/0/neighbors", b"space=original&distance=l1&k=50&experiment=2",
+     {"sample_id": 0, "space": "original", "model": "relu_mse", "distance": "l1", "k": 50, "experiment": 2}),
+    ("/samples/12/neighbors", b"model=linear_l1", {"sample_id": 12, "space": "encoded", "model": "linear_l1",
+                                                   "distance": "l2", "k": 20, "experiment": None}),
+])
+def test_hot_path_reads_plain_requests(path, query, want):
+    from api.hotpath import parse
+
+    assert parse(path, query) == want
+
+
+@pytest.mark.parametrize("path, query", [
+    ("/samples/3/neighbors/", b""), ("/samples/-1/neighbors", b""), ("/samples/3.0/neighbors", b""),
+    ("/samples/\u0663/neighbors", b""), ("/samples/1234567890/neighbors", b""), ("/samples/3", b""),
+    ("/samples/3/neighbors", b"k=0"), ("/samples/3/neighbors", b"k=2.0"), ("/samples/3/neighbors", b"k="),
+    ("/samples/3/neighbors", b"k=5&k=6"), ("/samples/3/neighbors", b"model=vae"),
+    ("/samples/3/neighbors", b"space=latent"), ("/samples/3/neighbors", b"distance=cosine"),
+    ("/samples/3/neighbors", b"experiment=0"), ("/samples/3/neighbors", b"experiment="),
+    ("/samples/3/neighbors", b"colour=red"), ("/samples/3/neighbors", b"k=%32"), ("/samples/3/neighbors", b"k"),
+])
+def test_hot_path_leaves_anything_else_to_the_route(path, query):
+    from api.hotpath import parse
+
+    assert parse(path, query) is None
+
+
+def test_hot_path_answers_exactly_as_the_route(study):
+    """Every plain request answered below the framework gets the route's status, body, ETag and
+    Cache-Control; a plain request never reaches FastAPI's dependencies, anything else does."""
+    from api.deps import get_read_factory
+    from api.hotpath import NeighborsHotPath
+    from api.main import create_app
+
+    hot = create_app(Settings(database_url=study["url"], broker_url=REDIS_URL))
+    plain = create_app(Settings(database_url=study["url"], broker_url=REDIS_URL))
+    plain.user_middleware = [m for m in plain.user_middleware if m.cls is not NeighborsHotPath]
+    queries = ["/samples/3/neighbors", "/samples/799/neighbors?space=original&distance=l1&k=50",
+               f"/samples/7/neighbors?model=linear_l1&k=5&experiment={study['id']}", "/samples/800/neighbors",
+               "/samples/3/neighbors?k=51", "/samples/3/neighbors?experiment=999", "/samples/3/neighbors?k=0"]
+    with TestClient(hot) as a, TestClient(plain) as b:
+        for q in queries:
+            ra, rb = a.get(q), b.get(q)
+            assert (ra.status_code, ra.content) == (rb.status_code, rb.content), q
+            for h in ("etag", "cache-control", "content-type"):
+                assert ra.headers.get(h) == rb.headers.get(h), (q, h)
+            tag = ra.headers.get("etag")
+            if tag:
+                assert a.get(q, headers={"If-None-Match": tag}).status_code == 304
+        assert any(a.get(q).status_code == 200 for q in queries)
+
+        def refuse():
+            raise AssertionError("FastAPI's dependencies were resolved")
+
+        hot.dependency_overrides[get_read_factory] = refuse
+        assert a.get("/samples/3/neighbors?k=5").status_code == 200  # below the framework
+        with pytest.raises(AssertionError, match="dependencies were resolved"):
+            a.get("/samples/3/neighbors?k=5&colour=red")  # an unknown parameter: the route's
+
+
 def test_default_neighbors_call_of_the_design_card(api, study):
     body = api.get("/samples/3/neighbors?space=encoded&k=20").json()
     assert body["experiment"] == study["id"] and body["model"] == "relu_mse" and body["distance"] == "l2"

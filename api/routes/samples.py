@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy.orm import Session, sessionmaker
 
 from api import cache
 from api.deps import ReadFactoryDep, SessionDep, require_read
@@ -28,14 +29,22 @@ async def neighbors(request: Request, sample_id: int, factory: ReadFactoryDep, s
                     experiment: ExperimentQ = None) -> Response:
     """The sample's k nearest neighbours in pixel space (original) or in a model's code space.
 
-    The hot path: the experiment and its tables are looked up once per process (common/study/reads.py),
-    the row is one primary-key read (sub-millisecond, so it runs on the event loop instead of hopping to
-    a thread), and the JSON is written directly (same shape as NeighborsOut)."""
+    The hot path: a plain request is answered below the framework by the same function
+    (api/hotpath.py); this route answers the rest and is the reference for validation and errors."""
+    return neighbors_response(request, factory, sample_id, space=space.value, model=model.value,
+                              distance=distance.value, k=k, experiment=experiment)
+
+
+def neighbors_response(request: Request, factory: sessionmaker[Session], sample_id: int, *, space: str, model: str,
+                       distance: str, k: int, experiment: int | None) -> Response:
+    """The experiment and its tables are looked up once per process (common/study/reads.py), the row is
+    one primary-key read (sub-millisecond, so it runs on the event loop instead of hopping to a thread),
+    and the JSON is written directly (same shape as NeighborsOut)."""
     with factory() as session:
         exp = reads.finished(session, experiment)
         return cache.immutable(request, exp.id, experiment is not None, lambda: Response(json.dumps(
-            reads.neighbors(session, exp, sample_id, space=space.value, model=model.value, distance=distance.value,
-                            k=k), separators=(",", ":")), media_type="application/json"))
+            reads.neighbors(session, exp, sample_id, space=space, model=model, distance=distance, k=k),
+            separators=(",", ":")), media_type="application/json"))
 
 
 @router.get("/{sample_id}", response_model=SampleOut)
