@@ -187,7 +187,8 @@ def test_the_sweep_fits_the_budget_or_steps_aside():
     x = tied_pixels(2000, 7)
     space = prepare(x, "l2", kernel="f32")
     assert space.sweep_panel(50, 1 << 30) == PANEL
-    state = 2000 * ((50 + 64) * 8 + 20)
+    # the state of every row, and the space's own float32 copy of the points with their norms
+    state = 2000 * ((50 + 64) * 8 + 20) + 2000 * space.kept * 4 + 2000 * 4
     assert space.sweep_panel(50, state + 64 * 2000 * 4) == 64
     assert space.sweep_panel(50, state + 63 * 2000 * 4) is None  # the chunk path then
     t = exact_knn(x, k=50, distance="l2", kernel="f32", memory_budget=state + 63 * 2000 * 4)

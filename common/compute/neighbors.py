@@ -223,12 +223,13 @@ class FusedPixels(Space):
     def __init__(self, x: np.ndarray, distance: str, path: str) -> None:
         super().__init__(x.shape[0], x.shape[1], distance, torch.device("cpu"), pixels=True)
         self.path, self.l2 = path, distance == "l2"
-        keep = (x != x[:1]).any(axis=0)  # columns that differ somewhere: the others add 0 to every distance
-        xs = np.ascontiguousarray(x[:, keep] if keep.any() else x[:, :1])
+        keep = varying_columns(x)  # columns that differ somewhere: the others add 0 to every distance
+        xs = np.ascontiguousarray(x[:, keep] if keep.any() else x[:, :1])  # a copy (boolean indexing)
         self.kept = xs.shape[1]
         self.pair_work = 2.0 * self.kept if self.l2 else 1.0  # a dot product's flops, or one sum of bytes
         if self.l2:
-            s8 = (xs ^ np.uint8(0x80)).view(np.int8)  # v ^ 0x80 read as int8 is v - 128
+            xs ^= np.uint8(0x80)  # in place: no second copy of the points at once
+            s8 = xs.view(np.int8)  # v ^ 0x80 read as int8 is v - 128
             self.base = _row_norms(s8)  # (N,) |x|^2, exact integers < 2^24
             self.a = -2  # score = |b|^2 - 2 a.b: |a|^2 is the same along a row
             if path == "int8":
@@ -246,6 +247,9 @@ class FusedPixels(Space):
             self.padded[:, : self.kept] = xs
             self.base = np.zeros(self.n, np.int32)
             self.a = 1
+        # this space's own copy of the points: part of the memory a table's sweep is budgeted for
+        self.own = sum(a.nbytes for a in (getattr(self, "s8", None), getattr(self, "sf", None),
+                                          getattr(self, "padded", None), self.base) if a is not None)
 
     # ------------------------------------------------------------ blocks of exact scores
 
@@ -311,9 +315,10 @@ class FusedPixels(Space):
     # ------------------------------------------------------------ the whole table, each block read twice
 
     def sweep_panel(self, k: int, memory_budget: int, start: int = 0) -> int | None:
-        """Rows per panel: the state of every unfinished row plus one (panel, N) block within the budget;
-        None when the state alone leaves no room for 64 rows (then the table goes chunk by chunk)."""
-        free = memory_budget - _TopK.nbytes(self.n - start, k)
+        """Rows per panel: the state of every unfinished row, this space's own copy of the points and one
+        (panel, N) block within the budget; None when those leave no room for 64 rows (then the table goes
+        chunk by chunk)."""
+        free = memory_budget - _TopK.nbytes(self.n - start, k) - self.own
         panel = min(PANEL, free // (self.n * 4)) if free > 0 else 0
         return int(panel) if panel >= 64 or panel >= self.n - start else None
 
@@ -344,6 +349,15 @@ class FusedPixels(Space):
                 _parallel(cols, n - i1)
             ids, vals = st.finish(srow)
             yield i0, NeighborTable(ids, self.distances(rows, vals))
+
+
+def varying_columns(x: np.ndarray, rows: int = 8192) -> np.ndarray:
+    """Which columns of ``x`` differ from its first row somewhere, a few thousand rows at a time (no
+    (N, D) boolean matrix at once: 45 MiB over MNIST)."""
+    keep = np.zeros(x.shape[1], bool)
+    for i in range(0, len(x), rows):
+        keep |= (x[i:i + rows] != x[:1]).any(axis=0)
+    return keep
 
 
 def _row_norms(s8: np.ndarray) -> np.ndarray:
@@ -529,7 +543,7 @@ def choose_pixel_path(x: np.ndarray, distance: str, device: str | torch.device =
                       cache_dir: str | None = None) -> str:
     """The path for a pixel table: the one ``kernel`` forces, else the fastest C-selection path here
     (timed on a small block of ``x`` by common/kernels.py), else ``torch``."""
-    dim = max(1, int((x != x[:1]).any(axis=0).sum()))
+    dim = max(1, int(varying_columns(x).sum()))
     here = pixel_paths(distance, dim, device)
     forced = kernels.forced_path(kernel, distance)
     if forced is not None:
