@@ -182,13 +182,13 @@ def test_every_pixel_path_that_runs_here_matches_brute_force(path, mnist):
 
 
 def test_the_sweep_fits_the_budget_or_steps_aside():
-    from common.compute.neighbors import PANEL, prepare
+    from common.compute.neighbors import PANEL, SWEEP_RESERVE, prepare
 
     x = tied_pixels(2000, 7)
     space = prepare(x, "l2", kernel="f32")
     assert space.sweep_panel(50, 1 << 30) == PANEL
-    # the state of every row, and the space's own float32 copy of the points with their norms
-    state = 2000 * ((50 + 64) * 8 + 20) + 2000 * space.kept * 4 + 2000 * 4
+    # the state of every row, the space's own float32 copy of the points with their norms, the reserve
+    state = 2000 * ((50 + 64) * 8 + 20) + 2000 * space.kept * 4 + 2000 * 4 + SWEEP_RESERVE
     assert space.sweep_panel(50, state + 64 * 2000 * 4) == 64
     assert space.sweep_panel(50, state + 63 * 2000 * 4) is None  # the chunk path then
     t = exact_knn(x, k=50, distance="l2", kernel="f32", memory_budget=state + 63 * 2000 * 4)

@@ -52,6 +52,9 @@ PIXEL_UNIT = 2.0 / 255.0  # pixel-space distances are reported on the [-1, 1] in
 PAD = 32  # extra candidates per row; ties wider than this fall back to an exact full row
 BLOCK = 256  # query rows per block of a chunk on the fused paths: its (rows, N) scores stay near the caches
 PANEL = 1024  # query rows per block of a whole-table sweep: a wider GEMM runs nearer the CPU's peak
+# what a sweep holds beside its state, its copy of the points and its block, measured on MNIST: the BLAS
+# library's buffers after its first GEMM (33 MiB) and each panel's temporaries (up to 17 MiB)
+SWEEP_RESERVE = 56 << 20
 F32_EXACT_DIM = 1024  # shifted pixels: |a.b| <= 128 * 128 * D < 2^24 for D <= 1024, so float32 is exact
 
 
@@ -315,10 +318,10 @@ class FusedPixels(Space):
     # ------------------------------------------------------------ the whole table, each block read twice
 
     def sweep_panel(self, k: int, memory_budget: int, start: int = 0) -> int | None:
-        """Rows per panel: the state of every unfinished row, this space's own copy of the points and one
-        (panel, N) block within the budget; None when those leave no room for 64 rows (then the table goes
-        chunk by chunk)."""
-        free = memory_budget - _TopK.nbytes(self.n - start, k) - self.own
+        """Rows per panel: the state of every unfinished row, this space's own copy of the points, the
+        reserve for the rest (SWEEP_RESERVE) and one (panel, N) block within the budget; None when those
+        leave no room for 64 rows (then the table goes chunk by chunk)."""
+        free = memory_budget - _TopK.nbytes(self.n - start, k) - self.own - SWEEP_RESERVE
         panel = min(PANEL, free // (self.n * 4)) if free > 0 else 0
         return int(panel) if panel >= 64 or panel >= self.n - start else None
 
