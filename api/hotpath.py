@@ -10,16 +10,20 @@ before. The route stays the reference: its validation, its error shapes, its doc
 
 from __future__ import annotations
 
+import inspect
+
 from starlette.requests import Request
 
 from api import deps
-from api.routes.samples import neighbors_response
+from api.routes.samples import neighbors, neighbors_response
 from common.study.config import Distance, ModelName, Space
 
 PREFIX, SUFFIX = "/samples/", "/neighbors"
 CHOICES = {"space": frozenset(Space), "model": frozenset(ModelName), "distance": frozenset(Distance)}
-DEFAULTS = {"space": Space.encoded.value, "model": ModelName.relu_mse.value, "distance": Distance.l2.value,
-            "k": "20", "experiment": None}
+# the route's own defaults, as a query would spell them
+DEFAULTS = {name: None if p.default is None else str(p.default)
+            for name, p in inspect.signature(neighbors).parameters.items()
+            if name in ("space", "model", "distance", "k", "experiment")}
 MAX_DIGITS = 9  # ids and k below 10^9: the route decides anything longer
 
 

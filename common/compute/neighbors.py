@@ -251,8 +251,8 @@ class FusedPixels(Space):
             self.base = np.zeros(self.n, np.int32)
             self.a = 1
         # this space's own copy of the points: part of the memory a table's sweep is budgeted for
-        self.own = sum(a.nbytes for a in (getattr(self, "s8", None), getattr(self, "sf", None),
-                                          getattr(self, "padded", None), self.base) if a is not None)
+        copy = (self.s8 if path == "int8" else self.sf) if self.l2 else self.padded
+        self.own = copy.nbytes + self.base.nbytes
 
     # ------------------------------------------------------------ blocks of exact scores
 
