@@ -102,6 +102,31 @@ def test_hand_written_backprop_equals_autograd_bit_for_bit(x, names):
     assert all(torch.equal(a, b) for a, b in zip(p_auto, p_hand, strict=True))
 
 
+def test_the_direct_fused_adam_step_equals_the_optimizers_bit_for_bit(x):
+    """_Group's step calls the fused Adam kernel without Optimizer.step's Python around it: the weights,
+    the moments and the step counts must come out as optim.step gives them, step after step."""
+    from common.compute.training import _fused_step, _make_adam
+
+    names = ["linear_mse", "relu_mse"]
+    runs = []
+    for direct in (False, True):
+        stack = ModelStack(names, [initial_state(n, 2) for n in names])
+        optim = _make_adam(stack, TrainConfig(weight_decay=1e-3))
+        step = _fused_step(optim)
+        assert step == optim.step  # no state yet: the optimizer's own step makes it
+        for i in range(12):
+            stack.losses_and_grads(x[(i * 41) % 400:][:100])
+            step()
+            if direct and i == 0:
+                step = _fused_step(optim)
+                assert step != optim.step
+        st = [optim.state[p] for p in [*stack.W, *stack.b]]
+        runs.append(([p.detach().clone() for p in [*stack.W, *stack.b]],
+                     [t for s in st for t in (s["exp_avg"], s["exp_avg_sq"], s["step"])]))
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_group_training_resumes_exactly(x):
     names = list(MODEL_NAMES)
     full = train_group(names, x, CFG, recon_ids=[0, 1])
