@@ -9,6 +9,8 @@ all rows (marked "x N/rows"). Agreement: the share of query rows whose neighbour
 ties aside (rows whose K-th and (K+1)-th distances tie are not counted against anyone).
 Our pixel tables are measured on the path chosen by speed ("ours") and on every exact path this machine
 runs, forced ("ours:f32", ...): the row per path shows what a machine without, say, VNNI would get.
+A forced path whose probe block is over 4x slower than the fastest path's (int8 on a CPU without VNNI)
+is timed on the first --rows query rows and scaled, like the slow peers.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def _points(space: str, limit: int) -> np.ndarray:
     return (ds.scaled().numpy() @ w).astype(np.float32)
 
 
-def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int, budget: int, out: str) -> dict:
-    """One measurement, in this process."""
+def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int, budget: int, out: str,
+            scaled: bool = False) -> dict:
+    """One measurement, in this process; ``scaled``: on the first ``rows`` query rows only."""
     from common.compute.training import configure_numerics
 
     configure_numerics()
@@ -60,7 +63,8 @@ def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int,
     base = _rss_mb()
     n = len(x)
     # float L1 over 784 dims (the peers, and our own torch path): minutes, so timed on the first rows
-    slow = tool in ("faiss", "sklearn", "ours:torch", "ours:sad-portable") and space == "pixels" and distance == "l1"
+    slow = scaled or (tool in ("faiss", "sklearn", "ours:torch", "ours:sad-portable") and space == "pixels"
+                      and distance == "l1")
     q = min(rows, n) if slow else n
     t0 = time.perf_counter()
     if tool.startswith("ours"):  # "ours": the path chosen by speed; "ours:f32": that path, forced
@@ -142,20 +146,22 @@ def main() -> None:
     p.add_argument("--one", nargs=7, metavar=("TOOL", "SPACE", "DIST", "LIMIT", "K", "ROWS", "BUDGET"),
                    help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--scaled", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
         tool, space, dist, limit, k, rows, budget = a.one
-        print(json.dumps(run_one(tool, space, dist, int(limit), int(k), int(rows), int(budget), a.out)))
+        print(json.dumps(run_one(tool, space, dist, int(limit), int(k), int(rows), int(budget), a.out, a.scaled)))
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="aeknn-bench-"))
 
-    def measure(tool: str, space: str, dist: str, budget: int = 1 << 30) -> dict:
+    def measure(tool: str, space: str, dist: str, budget: int = 1 << 30, scaled: bool = False) -> dict:
         runs = []
         for r in range(a.repeat):
             out = tmp / f"{tool}-{space}-{dist}-{budget}-{r}.npy"
             proc = subprocess.run([sys.executable, __file__, "--one", tool, space, dist, str(a.limit), str(a.k),
-                                   str(a.rows), str(budget), "--out", str(out)], capture_output=True, text=True)
+                                   str(a.rows), str(budget), "--out", str(out), *(["--scaled"] if scaled else [])],
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-2000:])
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -166,6 +172,12 @@ def main() -> None:
     from common.compute.neighbors import pixel_paths
 
     forced = {d: [f"ours:{p}" for p in pixel_paths(d, 784)] for d in ("l1", "l2")}  # every exact path here
+    # a forced path whose probe block takes over SLOW x the fastest's (int8 without VNNI: ~30x) is timed on
+    # the first --rows query rows and scaled, as the slow peers are: its whole table would take many minutes
+    probes = {d: _probe_times(d, a.limit) for d in ("l1", "l2") if f"pixels-{d}" in a.tables.split(",")}
+    slow_paths = {f"ours:{p}" for d, t in probes.items() for p, s in t.items() if s > SLOW * min(t.values())}
+    for d, t in probes.items():
+        print(f"# probe ({d}, one block of 256 x 8192): " + ", ".join(f"{p} {s * 1e3:.1f} ms" for p, s in t.items()))
     plan = [("pixels", "l2", ["ours", *forced["l2"], "faiss", "sklearn"]),
             ("pixels", "l1", ["ours", *forced["l1"], "faiss", "sklearn"]),
             ("codes", "l2", ["ours", "faiss", "scipy"]), ("codes", "l1", ["ours", "faiss", "scipy"])]
@@ -180,7 +192,7 @@ def main() -> None:
         for tool in tools:
             if a.skip_slow and space == "pixels" and dist == "l1" and tool in ("sklearn", "ours:torch"):
                 continue
-            m = measure(tool, space, dist)
+            m = measure(tool, space, dist, scaled=tool in slow_paths)
             if tool == "ours":
                 ours = m
                 ours_ids = np.load(m["ids"])
@@ -201,6 +213,24 @@ def main() -> None:
         m = measure("ours", "pixels", "l2", budget)
         print(f"| {b} | {m['seconds']:.1f} | {m['extra_mb']:.0f} | {table_mb:.0f} | {m['extra_mb'] - table_mb:.0f} | "
               f"{budget / (1 << 20):.0f} |", flush=True)
+
+
+SLOW = 4.0
+
+
+def _probe_times(distance: str, limit: int) -> dict[str, float]:
+    """Seconds of one probe block per C-selection path that runs here (common/compute/kernels.py's
+    measurement, on the same rows the chooser probes)."""
+    from common.compute.kernels import time_paths
+    from common.compute.neighbors import FusedPixels, pixel_paths, release_scratch, varying_columns
+
+    x = _points("pixels", limit)
+    paths = [p for p in pixel_paths(distance, max(1, int(varying_columns(x).sum()))) if p != "torch"]
+    spaces = {p: FusedPixels(np.ascontiguousarray(x[:8192]), distance, p) for p in paths}
+    try:
+        return time_paths(paths, lambda p: spaces[p].probe())
+    finally:
+        release_scratch()
 
 
 def _cpu() -> str:
