@@ -222,13 +222,12 @@ def _probe_times(distance: str, limit: int) -> dict[str, float]:
     """Seconds of one probe block per C-selection path that runs here (common/compute/kernels.py's
     measurement, on the same rows the chooser probes)."""
     from common.compute.kernels import time_paths
-    from common.compute.neighbors import FusedPixels, pixel_paths, release_scratch, varying_columns
+    from common.compute.neighbors import pixel_paths, pixel_probe, release_scratch, varying_columns
 
     x = _points("pixels", limit)
     paths = [p for p in pixel_paths(distance, max(1, int(varying_columns(x).sum()))) if p != "torch"]
-    spaces = {p: FusedPixels(np.ascontiguousarray(x[:8192]), distance, p) for p in paths}
     try:
-        return time_paths(paths, lambda p: spaces[p].probe())
+        return time_paths(paths, pixel_probe(x, distance))
     finally:
         release_scratch()
 
