@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.compute import metrics as M  # noqa: E402
 from common.compute.data import load_dataset, reconstruction_ids  # noqa: E402
 from common.compute.devices import resolve_device  # noqa: E402
-from common.compute.names import MODEL_NAMES  # noqa: E402
+from common.compute.names import SEED_MODELS as MODEL_NAMES  # noqa: E402 - the autoencoders
 from common.compute.neighbors import exact_knn, knn_rows, plan_chunk, prepare  # noqa: E402
 from common.compute.training import (  # noqa: E402
     TrainConfig,

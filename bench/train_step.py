@@ -3,25 +3,32 @@ as the study runs the two stacks side by side. Runs alternate (A, B, A, B, ...) 
 drifts by 10-20 % over minutes; medians are printed.
 
     python bench/train_step.py --data-dir ../shared/data [--repeat 3] [--batches 600]
+    python bench/train_step.py --gemms      # only the step's five large matrix products, two BLAS
 
 Each stack epoch runs on one thread, as in the study. Both ways start from the same weights and the
-script checks that they end on the same bits.
+script checks that they end on the same bits. ``--gemms`` times the five large products of a stack's
+step (two models, 100 samples) on one thread through torch (MKL on x86, what training uses) and
+through numpy (OpenBLAS in its wheels), and the first layer of a stack as one wide product: which BLAS
+is faster for training depends on the CPU, as it does for the pixel tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy loads OpenBLAS: one thread, as training
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.compute.data import load_dataset  # noqa: E402
-from common.compute.names import MODEL_NAMES  # noqa: E402
+from common.compute.names import SEED_MODELS as MODEL_NAMES  # noqa: E402 - the autoencoders
 from common.compute.training import (  # noqa: E402
     ModelStack,
     TrainConfig,
@@ -51,13 +58,19 @@ def stack_epoch(names: list[str], x: torch.Tensor, order: torch.Tensor, batches:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--data-dir", type=Path, help="folder with the MNIST files (needed but for --gemms)")
     ap.add_argument("--cache-dir", type=Path, default=Path("/tmp/aeknn-bench-cache"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batches", type=int, default=600, help="steps per stack epoch (600 = all of MNIST)")
+    ap.add_argument("--gemms", action="store_true", help="only the step's large matrix products, torch and numpy")
     a = ap.parse_args()
     configure_numerics()
     torch.set_num_threads(1)
+    if a.gemms:
+        gemms()
+        return
+    if a.data_dir is None:
+        ap.error("--data-dir is needed (but for --gemms)")
     x = load_dataset("mnist", a.data_dir, a.cache_dir).scaled()
     order = epoch_order(x.shape[0], 0, 1)
     print(f"one stack, one thread, {a.batches} steps of 100 (median of {a.repeat}):")
@@ -85,6 +98,45 @@ def main() -> None:
     auto, hand = statistics.median(side[False]), statistics.median(side[True])
     print(f"both stacks side by side, as the study trains (train_group, one epoch, median of {len(side[True])}):"
           f"\n  autograd {auto:.2f} s   hand-written {hand:.2f} s   ratio {hand / auto:.2f}")
+
+
+def gemms(calls: int = 300) -> None:
+    """The five large products of one stack step (G = 2 models, B = 100 samples), one thread each."""
+    g, b = 2, 100
+    shapes = {"forward, layer 0": (b, 784, 128), "forward, layer 7": (b, 128, 784),  # h @ W
+              "weight grad, layer 0": (784, b, 128), "weight grad, layer 7": (128, b, 784),  # h^T @ g
+              "input grad, layer 7": (b, 784, 128)}  # g @ W^T
+
+    def per_call(fn) -> float:
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) / calls
+
+    print(f"one thread, (G={g}) x (M x K) @ (K x N) float32, mean of {calls} calls:")
+    print(f"  {'product':22s} {'M x K x N':>14s} {'torch.bmm':>18s} {'numpy.matmul':>18s}")
+    for name, (m, k, n) in shapes.items():
+        lhs, rhs, out = torch.randn(g, m, k), torch.randn(g, k, n), torch.empty(g, m, n)
+        if name.startswith("weight"):  # the operands as the backward pass has them: transposed views
+            lhs = torch.randn(g, k, m).transpose(1, 2)
+        elif name.startswith("input"):
+            rhs = torch.randn(g, n, k).transpose(1, 2)
+        flops = 2.0 * g * m * k * n
+        t_torch = per_call(lambda lhs=lhs, rhs=rhs, out=out: torch.bmm(lhs, rhs, out=out))
+        a_, b_, o_ = lhs.numpy(), rhs.numpy(), out.numpy()  # the same memory
+        t_numpy = per_call(lambda a_=a_, b_=b_, o_=o_: np.matmul(a_, b_, out=o_))
+        print(f"  {name:22s} {f'{m} x {k} x {n}':>14s} {t_torch * 1e6:7.0f} us {flops / t_torch / 1e9:5.1f} GF/s"
+              f" {t_numpy * 1e6:7.0f} us {flops / t_numpy / 1e9:5.1f} GF/s")
+    x, w, bias = torch.randn(b, 784), torch.randn(g, 784, 128), torch.randn(g, 1, 128)
+    wide_w = w.permute(1, 0, 2).reshape(784, g * 128).contiguous()
+    wide_b = bias.permute(1, 0, 2).reshape(1, g * 128).contiguous()
+    t_batched = per_call(lambda: torch.baddbmm(bias, x.expand(g, b, 784), w))
+    t_wide = per_call(lambda: torch.addmm(wide_b, x, wide_w))
+    same = torch.equal(torch.baddbmm(bias, x.expand(g, b, 784), w),
+                       torch.addmm(wide_b, x, wide_w).reshape(b, g, 128).permute(1, 0, 2))
+    print(f"  layer 0 of the stack as one {b} x 784 x {g * 128} product (torch): {t_wide * 1e6:.0f} us against "
+          f"{t_batched * 1e6:.0f} us batched; same bits: {'yes' if same else 'no'}")
 
 
 def autograd_losses_and_grads(stack: ModelStack, x: torch.Tensor) -> torch.Tensor:
