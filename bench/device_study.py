@@ -175,15 +175,18 @@ def study_metrics(tables, labels, n) -> dict:
     for m in MODEL_NAMES:
         for d in ("l1", "l2"):
             o, e = tables[("original", d)].ids, tables[(m, d)].ids
+            ks, k20 = [k for k in KS if k <= o.shape[1]], min(20, o.shape[1])  # --k below 50 leaves some out
             res[f"{m} {d}"] = {
-                **{f"score@{k}": round(M.score_at_k(o, e, k), 4) for k in KS},
-                **{f"r_nx@{k}": round(M.r_nx(M.score_at_k(o, e, k), n, k), 4) for k in KS},
-                "knn_acc@5": round(M.knn_accuracy(e, labels, 5), 4),
-                "label_change@20": round(M.label_agreement(o, e, labels, 20)["change"], 4),
-                "score@20_by_label": {str(k): round(v, 4) for k, v in M.score_at_k_by_label(o, e, labels, 20).items()},
+                **{f"score@{k}": round(M.score_at_k(o, e, k), 4) for k in ks},
+                **{f"r_nx@{k}": round(M.r_nx(M.score_at_k(o, e, k), n, k), 4) for k in ks},
+                "knn_acc@5": round(M.knn_accuracy(e, labels, min(5, o.shape[1])), 4),
+                f"label_change@{k20}": round(M.label_agreement(o, e, labels, k20)["change"], 4),
+                f"score@{k20}_by_label": {str(k): round(v, 4)
+                                          for k, v in M.score_at_k_by_label(o, e, labels, k20).items()},
             }
     for d in ("l1", "l2"):
-        res[f"original {d}"] = {"knn_acc@5": round(M.knn_accuracy(tables[("original", d)].ids, labels, 5), 4)}
+        o = tables[("original", d)].ids
+        res[f"original {d}"] = {"knn_acc@5": round(M.knn_accuracy(o, labels, min(5, o.shape[1])), 4)}
     return res
 
 
