@@ -175,14 +175,15 @@ def study_metrics(tables, labels, n) -> dict:
     for m in MODEL_NAMES:
         for d in ("l1", "l2"):
             o, e = tables[("original", d)].ids, tables[(m, d)].ids
-            ks, k20 = [k for k in KS if k <= o.shape[1]], min(20, o.shape[1])  # --k below 50 leaves some out
+            top = o.shape[1]  # the tables' K: with --k below 50, the k above it are left out
+            kl = min(20, top)  # the study's k for the label tables
             res[f"{m} {d}"] = {
-                **{f"score@{k}": round(M.score_at_k(o, e, k), 4) for k in ks},
-                **{f"r_nx@{k}": round(M.r_nx(M.score_at_k(o, e, k), n, k), 4) for k in ks},
-                "knn_acc@5": round(M.knn_accuracy(e, labels, min(5, o.shape[1])), 4),
-                f"label_change@{k20}": round(M.label_agreement(o, e, labels, k20)["change"], 4),
-                f"score@{k20}_by_label": {str(k): round(v, 4)
-                                          for k, v in M.score_at_k_by_label(o, e, labels, k20).items()},
+                **{f"score@{k}": round(M.score_at_k(o, e, k), 4) for k in KS if k <= top},
+                **{f"r_nx@{k}": round(M.r_nx(M.score_at_k(o, e, k), n, k), 4) for k in KS if k <= top},
+                "knn_acc@5": round(M.knn_accuracy(e, labels, min(5, top)), 4),
+                f"label_change@{kl}": round(M.label_agreement(o, e, labels, kl)["change"], 4),
+                f"score@{kl}_by_label": {str(c): round(v, 4)
+                                         for c, v in M.score_at_k_by_label(o, e, labels, kl).items()},
             }
     for d in ("l1", "l2"):
         o = tables[("original", d)].ids
