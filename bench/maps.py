@@ -2,28 +2,30 @@
 
     .venv/bin/pip install -e '.[maps]'
     .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
-        [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-epochs 100]
+        [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
+        [--keep-seeds 0,1,2] [--keep-epochs 100]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
 data set with --db, or trained here with --seed-epochs), the neighbourhood-keeping encoder
-(common/compute/keeping.py, trained here, one row per --keep-loss), PCA (2 components, scikit-learn),
-UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its defaults). Every map's own exact
-top-50 table (L2, the project's engine) is compared with the pixel space's: score@k for k = 5, 10,
-20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The test split (10,000 images) is
-scored the same way, neighbours among the test images in both spaces, for every method that maps an
-unseen image (all but t-SNE, which places only the samples it was fitted on), beside the first 10,000
-training images scored among themselves (the same N: score@k depends on how many samples share the map).
-A last row regresses the seed's encoder onto t-SNE's map (--fit-epochs): how much of that map this
-encoder can draw at all. Times are each method's
-fit on the training split. The budget line is one seed model (relu_mse) trained alone for 100 epochs,
-estimated from --reference-epochs epochs on this machine.
+(common/compute/keeping.py, trained here, one row per --keep-loss, --keep-attraction and --keep-seeds),
+PCA (2 components, scikit-learn), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
+defaults). Every map's own exact top-50 table (L2, the project's engine) is compared with the pixel
+space's: score@k for k = 5, 10, 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The
+test split (10,000 images) is scored the same way, neighbours among the test images in both spaces,
+for every method that maps an unseen image (all but t-SNE, which places only the samples it was fitted
+on), beside the first 10,000 training images scored among themselves (the same N: score@k depends on
+how many samples share the map). A last row regresses the seed's encoder onto t-SNE's map
+(--fit-epochs): how much of that map this encoder can draw at all. Times are each method's fit on the
+training split. The budget line is one seed model (relu_mse) trained alone for 100 epochs, estimated
+from --reference-epochs epochs on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import sys
 import time
@@ -137,6 +139,9 @@ def main() -> None:
     ap.add_argument("--keep-epochs", type=int, default=100)
     ap.add_argument("--keep-batch", type=int, default=256)
     ap.add_argument("--keep-positives", type=int, default=15)
+    ap.add_argument("--keep-attraction", default=None,
+                    help="comma list of attraction weights, a row each (default: relu_keep's)")
+    ap.add_argument("--keep-seeds", default="0", help="comma list of seeds, a row each: the spread of a recipe")
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
     ap.add_argument("--fit-epochs", type=int, default=100,
                     help="with tsne: also regress the seed's encoder onto t-SNE's map this long (0: no)")
@@ -147,7 +152,7 @@ def main() -> None:
     import torch
 
     from common.compute.data import load_dataset
-    from common.compute.keeping import KeepConfig, train_keeping
+    from common.compute.keeping import ATTRACTION, KeepConfig, train_keeping
     from common.compute.training import configure_numerics, encode
     from common.settings import get_settings
 
@@ -171,14 +176,17 @@ def main() -> None:
     if "seed" in methods:
         maps.update(seed_codes(args, x, x_test))
     if "keep" in methods:
-        for loss in args.keep_loss.split(","):
-            cfg = KeepConfig(epochs=args.keep_epochs, batch_size=args.keep_batch,
-                             positives=args.keep_positives, loss=loss)
+        pulls = [float(v) for v in args.keep_attraction.split(",")] if args.keep_attraction else [ATTRACTION]
+        seeds = [int(v) for v in args.keep_seeds.split(",")]
+        for loss, pull, seed in itertools.product(args.keep_loss.split(","), pulls, seeds):
+            cfg = KeepConfig(epochs=args.keep_epochs, batch_size=args.keep_batch, positives=args.keep_positives,
+                             loss=loss, attraction=pull, seed=seed)
             t0 = time.perf_counter()
             model, ck = train_keeping(x, pix, cfg)
             seconds = time.perf_counter() - t0
-            print(f"  keep ({loss}) {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
-            maps[f"relu_keep ({loss})"] = (encode(model, x).numpy(), encode(model, x_test).numpy(), seconds)
+            name = f"relu_keep ({loss}, x{pull:g}" + (f", seed {seed})" if len(seeds) > 1 else ")")
+            print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
+            maps[name] = (encode(model, x).numpy(), encode(model, x_test).numpy(), seconds)
     xs, xts = x.numpy(), x_test.numpy()
     if "pca" in methods:
         from sklearn.decomposition import PCA
@@ -221,11 +229,11 @@ def main() -> None:
     cols = [*(f"score@{k}" for k in KS), "knn@5", "R_NX(10)", f"train{sub // 1000}k score@10", "test score@10",
             f"train{sub // 1000}k knn@5", "test knn@5"]
     print(f"\n{args.dataset}, N = {train.n} (L2, exact tables)")
-    print(f"{'map':22}" + "".join(f"{c:>18}" for c in cols) + f"{'fit s':>10}")
+    print(f"{'map':34}" + "".join(f"{c:>18}" for c in cols) + f"{'fit s':>10}")
     for r in rows:
         vals = "".join(f"{r[c]:18.4f}" if c in r else f"{'-':>18}" for c in cols)
         sec = f"{r['seconds']:10.1f}" if r["seconds"] is not None else f"{'(stored)':>10}"
-        print(f"{r['map']:22}{vals}{sec}")
+        print(f"{r['map']:34}{vals}{sec}")
     if budget is not None:
         print(f"budget: relu_mse alone, 100 epochs on this machine = {budget:.1f} s "
               f"(from {args.reference_epochs} epochs)")

@@ -36,11 +36,35 @@ def test_loss_by_hand():
         keep_loss(a, p, "mse")
 
 
+def test_attraction_weighs_the_pull_by_hand():
+    # anchors (0,0) and (3,0), each positive 1 above its anchor: q(anchor, own positive) = 1/2;
+    # for anchor 0 the other anchor has d^2 = 9 (q = 1/10) and the other positive d^2 = 10 (q = 1/11),
+    # and anchor 1 is its mirror image, so both rows give the same loss
+    a = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    p = a + torch.tensor([0.0, 1.0])
+    rest = 0.5 + 0.1 + 1 / 11  # every candidate but the anchor itself
+    for pull in (1.0, 1.3, 2.0):
+        want = pull * math.log(2) + math.log(rest)
+        assert keep_loss(a, p, "infonce", pull).item() == pytest.approx(want, rel=1e-6)
+        want = pull * math.log(2) - (math.log(0.9) + math.log(10 / 11)) / 2
+        assert keep_loss(a, p, "neg", pull).item() == pytest.approx(want, rel=1e-6)
+    assert keep_loss(a, p).item() == pytest.approx(math.log(2 * rest), rel=1e-6)  # the default: 1
+    # at 0.9 (the loss at 1 less 0.1 of the pull) InfoNCE has no minimum: spreading the codes out lowers it
+    spread = [keep_loss(a * t, p * t, "infonce", 1.0).item() - 0.1 * math.log1p(t * t) for t in (1, 10, 100)]
+    assert spread[0] > spread[1] > spread[2]
+    with pytest.raises(ValueError, match="attraction must be at least 1"):
+        keep_loss(a, p, "infonce", 0.9)
+
+
 def test_config_refuses_bad_values():
     with pytest.raises(ValueError, match="unknown loss 'tsne'"):
         KeepConfig(loss="tsne")
     with pytest.raises(ValueError, match="positives must be at least 1"):
         KeepConfig(positives=0)
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ValueError, match="attraction must be at least 1"):
+            KeepConfig(attraction=bad)
+    assert KeepConfig().attraction == 1.3  # relu_keep's, chosen by measurement (README)
 
 
 def test_positives_come_from_the_first_m_neighbours():

@@ -331,7 +331,7 @@ def keep_distance(cfg: StudyConfig) -> str:
 def keep_config(cfg: StudyConfig) -> KeepConfig:
     """relu_keep's recipe: the study's epochs, learning rate and seed; its own batch (256 anchors and their
     positives: the other 510 samples of a batch are each anchor's negatives), no weight decay, positives
-    among the first 15 neighbours (or K, when smaller)."""
+    among the first 15 neighbours (or K, when smaller), the pull weighted by keeping.ATTRACTION."""
     return KeepConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, positives=min(KeepConfig.positives, cfg.k))
 
 
