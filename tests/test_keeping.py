@@ -64,7 +64,20 @@ def test_config_refuses_bad_values():
     for bad in (0.5, float("nan")):
         with pytest.raises(ValueError, match="attraction must be at least 1"):
             KeepConfig(attraction=bad)
+    with pytest.raises(ValueError, match="final_positives must be at least 1"):
+        KeepConfig(final_positives=0)
     assert KeepConfig().attraction == 1.3  # relu_keep's, chosen by measurement (README)
+    assert (KeepConfig().positives, KeepConfig().final_positives) == (15, 5)  # likewise
+
+
+def test_positives_narrow_linearly_from_first_to_last_epoch():
+    cfg = KeepConfig(epochs=11, positives=15, final_positives=5)  # one neighbour fewer each epoch
+    assert [cfg.positives_at(e) for e in range(1, 12)] == [15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5]
+    cfg = KeepConfig(epochs=5, positives=15, final_positives=5)  # 15, 12.5, 10, 7.5, 5: halves to even
+    assert [cfg.positives_at(e) for e in range(1, 6)] == [15, 12, 10, 8, 5]
+    assert [KeepConfig(epochs=4, final_positives=15).positives_at(e) for e in range(1, 5)] == [15] * 4
+    assert KeepConfig(epochs=1).positives_at(1) == 15  # one epoch: the first epoch's
+    assert KeepConfig(positives=3, final_positives=7).columns == 7  # widening is allowed; the table must hold 7
 
 
 def test_positives_come_from_the_first_m_neighbours():
@@ -138,3 +151,12 @@ def test_a_table_that_does_not_fit_is_refused(small):
     x, nbr = small
     with pytest.raises(ValueError, match=r"need a \(1000, >= 15\) neighbour table"):
         train_keeping(x, nbr[:, :5], KeepConfig())
+
+
+def test_the_study_caps_the_positives_at_its_table_k():
+    from common.study.config import StudyConfig
+    from common.study.stages import keep_config
+
+    assert (keep_config(StudyConfig()).positives, keep_config(StudyConfig()).final_positives) == (15, 5)
+    small = keep_config(StudyConfig(k=3, ks=[1, 3]))  # a table of 3 neighbours: positives among them all
+    assert (small.positives, small.final_positives, small.columns) == (3, 3, 3)

@@ -8,6 +8,8 @@ t-SNE's; the loss is InfoNCE over the batch (a classification of the positive am
 samples), which approaches t-SNE's objective as the batch grows (Damrich et al., ICLR 2023). The pull
 towards the positive is weighted by ``attraction`` (t-SNE's exaggeration; 1.3, chosen by measurement:
 tighter clusters and more of each neighbourhood kept, on every seed; README, "Keeping neighbourhoods").
+The positives narrow as training goes: among the first 15 neighbours at the first epoch, the first 5
+at the last, linearly in between (chosen by measurement, likewise: more of each neighbourhood kept).
 A second loss, ``neg`` (each negative pushed away on its own, as UMAP does), is kept for comparison:
 ``bench/maps.py`` measures both. Imports only torch and numpy.
 """
@@ -27,6 +29,7 @@ from common.compute.training import Checkpoint, configure_numerics, epoch_order,
 
 LOSSES = ("infonce", "neg")
 ATTRACTION = 1.3  # chosen by measurement: README, "Keeping neighbourhoods"
+FINAL_POSITIVES = 5  # chosen by measurement: README, "Keeping neighbourhoods"
 
 
 def check_attraction(attraction: float) -> None:
@@ -44,7 +47,8 @@ class KeepConfig:
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0  # Adam (coupled, as the study's); 0: no decay
     seed: int = 0  # the initial weights, each epoch's order and each epoch's positives
-    positives: int = 15  # a positive is one of the anchor's first ``positives`` pixel-space neighbours
+    positives: int = 15  # at the first epoch a positive is one of the anchor's first ``positives`` neighbours,
+    final_positives: int = FINAL_POSITIVES  # narrowing linearly to the first ``final_positives`` by the last
     loss: str = "infonce"  # or "neg"
     attraction: float = ATTRACTION  # weight of the pull towards the positive (t-SNE's exaggeration); >= 1
 
@@ -52,9 +56,23 @@ class KeepConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {list(LOSSES)}")
         check_attraction(self.attraction)
-        for name in ("epochs", "batch_size", "positives"):
+        for name in ("epochs", "batch_size", "positives", "final_positives"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def columns(self) -> int:
+        """How many of each sample's nearest neighbours the training draws from: the table must hold them."""
+        return max(self.positives, self.final_positives)
+
+    def positives_at(self, epoch: int) -> int:
+        """Epoch ``epoch``'s (1-based) positives are among the first this many neighbours: ``positives`` at
+        the first epoch, ``final_positives`` at the last, linear in between (rounded half to even). Wide
+        positives first lay out the clusters; narrow ones last draw each sample beside its nearest few."""
+        if self.epochs == 1 or self.final_positives == self.positives:
+            return self.positives
+        frac = (epoch - 1) / (self.epochs - 1)
+        return int(round(self.positives + (self.final_positives - self.positives) * frac))
 
 
 def initial_encoder(seed: int) -> KeepingEncoder:
@@ -117,13 +135,13 @@ def train_keeping(
     on_epoch_end: Callable[[Checkpoint], None] | None = None,
 ) -> tuple[KeepingEncoder, Checkpoint]:
     """Train the encoder on ``x`` ((N, 784) in [-1, 1]) with ``nbr`` ((N, K) ids, each row the sample's
-    exact pixel-space neighbours, nearest first; K >= ``cfg.positives``). Seeded and resumable like the
+    exact pixel-space neighbours, nearest first; K >= ``cfg.columns``). Seeded and resumable like the
     autoencoders (a checkpoint after every epoch), on one thread so that no result depends on the
     machine's thread count. Returns the encoder (eval mode) and its checkpoint."""
     nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
     n = x.shape[0]
-    if nbr.shape[0] != n or nbr.shape[1] < cfg.positives:
-        raise ValueError(f"need a ({n}, >= {cfg.positives}) neighbour table, got {tuple(nbr.shape)}")
+    if nbr.shape[0] != n or nbr.shape[1] < cfg.columns:
+        raise ValueError(f"need a ({n}, >= {cfg.columns}) neighbour table, got {tuple(nbr.shape)}")
     configure_numerics()
     model = initial_encoder(cfg.seed)
     try:  # the fused kernel, as the autoencoders'
@@ -152,7 +170,7 @@ def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint,
     n = x.shape[0]
     for epoch in range(ck.epoch + 1, cfg.epochs + 1):
         order = epoch_order(n, cfg.seed, epoch)
-        positive = draw_positives(nbr, torch.arange(n), cfg.positives, cfg.seed, epoch)  # (N,): this epoch's
+        positive = draw_positives(nbr, torch.arange(n), cfg.positives_at(epoch), cfg.seed, epoch)  # (N,): this epoch's
         total, steps = 0.0, 0
         for b0 in range(0, n, cfg.batch_size):
             a = order[b0 : b0 + cfg.batch_size]

@@ -331,8 +331,10 @@ def keep_distance(cfg: StudyConfig) -> str:
 def keep_config(cfg: StudyConfig) -> KeepConfig:
     """relu_keep's recipe: the study's epochs, learning rate and seed; its own batch (256 anchors and their
     positives: the other 510 samples of a batch are each anchor's negatives), no weight decay, positives
-    among the first 15 neighbours (or K, when smaller), the pull weighted by keeping.ATTRACTION."""
-    return KeepConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, positives=min(KeepConfig.positives, cfg.k))
+    among the first 15 neighbours narrowing to the first keeping.FINAL_POSITIVES (each at most K), the
+    pull weighted by keeping.ATTRACTION."""
+    return KeepConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, positives=min(KeepConfig.positives, cfg.k),
+                      final_positives=min(KeepConfig.final_positives, cfg.k))
 
 
 def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
@@ -350,7 +352,7 @@ def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
         table = db.find_table(session=s, experiment_id=experiment_id, space=db.ORIGINAL, distance=distance)
         if table is None:
             raise RuntimeError(f"relu_keep needs the stored original/{distance} table, which is not complete")
-        nbr = db.load_table_ids(session=s, table_id=table.id, n=ds.n, k=table.k, cols=kcfg.positives)
+        nbr = db.load_table_ids(session=s, table_id=table.id, n=ds.n, k=table.k, cols=kcfg.columns)
     resume = Checkpoint.from_bytes(row.checkpoint) if row.checkpoint else None
     t0 = time.perf_counter()
     rt.progress.begin("train relu_keep", cfg.epochs, "epochs")
