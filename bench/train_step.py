@@ -1,11 +1,12 @@
-"""Training speed: one stack's epoch with the hand-written backward against autograd's, alone and
-as the study runs the two stacks side by side. Runs alternate (A, B, A, B, ...) because this machine's speed
+"""Training speed: one stack's epoch through autograd, through the hand-written backward as Python,
+and as training runs it (the same step compiled by TorchScript, one call a step), alone and as the
+study runs the two stacks side by side. Runs alternate (A, B, A, B, ...) because this machine's speed
 drifts by 10-20 % over minutes; medians are printed.
 
     python bench/train_step.py --data-dir ../shared/data [--repeat 3] [--batches 600]
     python bench/train_step.py --gemms      # only the step's five large matrix products, two BLAS
 
-Each stack epoch runs on one thread, as in the study. Both ways start from the same weights and the
+Each stack epoch runs on one thread, as in the study. Every way starts from the same weights and the
 script checks that they end on the same bits. ``--gemms`` times the five large products of a stack's
 step (two models, 100 samples) on one thread through torch (MKL on x86, what training uses) and
 through numpy (OpenBLAS in its wheels), and the first layer of a stack as one wide product: which BLAS
@@ -27,11 +28,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.compute import training  # noqa: E402
 from common.compute.data import load_dataset  # noqa: E402
 from common.compute.names import SEED_MODELS as MODEL_NAMES  # noqa: E402 - the autoencoders
 from common.compute.training import (  # noqa: E402
     ModelStack,
     TrainConfig,
+    _Group,
     _make_adam,
     configure_numerics,
     epoch_order,
@@ -41,13 +44,21 @@ from common.compute.training import (  # noqa: E402
 )
 
 
-def stack_epoch(names: list[str], x: torch.Tensor, order: torch.Tensor, batches: int, hand: bool):
-    stack = ModelStack(names, [initial_state(n, 0) for n in names])
+def stack_epoch(names: list[str], x: torch.Tensor, order: torch.Tensor, batches: int, way: str):
+    """One stack's ``batches`` steps on this thread: autograd, the hand-written backward as Python, or
+    the compiled step (``_Group.epoch``, as training runs it). Returns the seconds and the weights."""
+    states = [initial_state(n, 0) for n in names]
+    if way == "compiled":
+        group = _Group(names, states, TrainConfig(), torch.device("cpu"), None)
+        t0 = time.perf_counter()
+        group.epoch(x, order[: batches * 100], 100)
+        return time.perf_counter() - t0, [p.detach() for p in [*group.stack.W, *group.stack.b]]
+    stack = ModelStack(names, states)
     optim = _make_adam(stack, TrainConfig())
     t0 = time.perf_counter()
     for b0 in range(0, batches * 100, 100):
         batch = x.index_select(0, order[b0 : b0 + 100])
-        if hand:
+        if way == "hand-written":
             stack.losses_and_grads(batch)
         else:
             optim.zero_grad(set_to_none=True)
@@ -74,30 +85,37 @@ def main() -> None:
     x = load_dataset("mnist", a.data_dir, a.cache_dir).scaled()
     order = epoch_order(x.shape[0], 0, 1)
     print(f"one stack, one thread, {a.batches} steps of 100 (median of {a.repeat}):")
+    ways = ("autograd", "hand-written", "compiled")
     for names in training_groups(list(MODEL_NAMES)):
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[str, list[float]] = {w: [] for w in ways}
         for _ in range(a.repeat):
-            (t_auto, p_auto), (t_hand, p_hand) = (stack_epoch(names, x, order, a.batches, h) for h in (False, True))
-            assert all(torch.equal(p, q) for p, q in zip(p_auto, p_hand, strict=True)), "the bits differ"
-            times[False].append(t_auto)
-            times[True].append(t_hand)
-        auto, hand = statistics.median(times[False]), statistics.median(times[True])
-        print(f"  {' + '.join(names):22s} autograd {auto:6.2f} s   hand-written {hand:6.2f} s   "
-              f"ratio {hand / auto:.2f}   same bits: yes")
+            runs = {w: stack_epoch(names, x, order, a.batches, w) for w in ways}
+            ref = runs["autograd"][1]
+            assert all(torch.equal(p, q) for w in ways for p, q in zip(ref, runs[w][1], strict=True)), "bits differ"
+            for w in ways:
+                times[w].append(runs[w][0])
+        med = {w: statistics.median(t) for w, t in times.items()}
+        print(f"  {' + '.join(names):22s} " + "   ".join(f"{w} {t:6.2f} s" for w, t in med.items())
+              + "   same bits: yes")
     torch.set_num_threads(2)
-    hand_written = ModelStack.losses_and_grads
-    side: dict[bool, list[float]] = {False: [], True: []}
+    hand_written, compiled = ModelStack.losses_and_grads, training._cpu_step
+    ways = {"autograd": (autograd_losses_and_grads, None), "hand-written": (hand_written, None),
+            "compiled": (hand_written, compiled)}
+    side: dict[str, list[float]] = {w: [] for w in ways}
     for _ in range(a.repeat):
-        for hand in (False, True):
-            ModelStack.losses_and_grads = hand_written if hand else autograd_losses_and_grads
+        for way, (grads, step) in ways.items():
+            ModelStack.losses_and_grads = grads  # the Python step's gradients
+            training._cpu_step = step or (lambda: None)  # None: every step as Python
             ticks: list[float] = []
             train_group(list(MODEL_NAMES), x, TrainConfig(epochs=3), recon_ids=[0],
                         on_epoch_end=lambda _, ticks=ticks: ticks.append(time.perf_counter()))
-            side[hand] += [b - a_ for a_, b in zip(ticks, ticks[1:], strict=False)]  # epochs 2 and 3
-    ModelStack.losses_and_grads = hand_written
-    auto, hand = statistics.median(side[False]), statistics.median(side[True])
-    print(f"both stacks side by side, as the study trains (train_group, one epoch, median of {len(side[True])}):"
-          f"\n  autograd {auto:.2f} s   hand-written {hand:.2f} s   ratio {hand / auto:.2f}")
+            side[way] += [b - a_ for a_, b in zip(ticks, ticks[1:], strict=False)]  # epochs 2 and 3
+    ModelStack.losses_and_grads, training._cpu_step = hand_written, compiled
+    med = {w: statistics.median(t) for w, t in side.items()}
+    print(f"both stacks side by side, as the study trains (train_group, one epoch, median of "
+          f"{len(side['compiled'])}):\n  " + "   ".join(f"{w} {t:.2f} s" for w, t in med.items())
+          + f"   hand-written / autograd {med['hand-written'] / med['autograd']:.2f}"
+          + f"   compiled / hand-written {med['compiled'] / med['hand-written']:.2f}")
 
 
 def gemms(calls: int = 300) -> None:
@@ -143,8 +161,9 @@ def autograd_losses_and_grads(stack: ModelStack, x: torch.Tensor) -> torch.Tenso
     """The reference: the same losses and gradients through autograd."""
     for p in [*stack.W, *stack.b]:
         p.grad = None
-    loss = stack.losses(x)
-    loss.sum().backward()
+    with torch.enable_grad():  # the training loop runs under no_grad
+        loss = stack.losses(x)
+        loss.sum().backward()
     return loss.detach()
 
 if __name__ == "__main__":

@@ -127,6 +127,46 @@ def test_the_direct_fused_adam_step_equals_the_optimizers_bit_for_bit(x):
         assert torch.equal(a, b)
 
 
+def plain_epoch(stack: ModelStack, optim, x, order, batch_size: int) -> list[float]:
+    """The reference: an epoch of Python steps (losses_and_grads, optim.step); each model's mean loss."""
+    total, batches = torch.zeros(len(stack.names), dtype=torch.float64), 0
+    for b0 in range(0, x.shape[0], batch_size):
+        total += stack.losses_and_grads(x.index_select(0, order[b0:b0 + batch_size]))
+        optim.step()
+        batches += 1
+    return (total / batches).tolist()
+
+
+@pytest.mark.parametrize("names", [["linear_l1", "relu_l1"], ["linear_mse", "relu_mse"], list(MODEL_NAMES)])
+def test_the_compiled_cpu_step_equals_the_python_step_bit_for_bit(x, names):
+    """A CPU stack's epoch runs each step as one TorchScript call (_train_step compiled): gather, the
+    hand-written backward, the fused Adam, the loss sum. Two epochs of it, with a last partial batch,
+    and a third from a resumed optimizer, must land on the Python step's weights, moments, step counts
+    and mean losses to the last bit."""
+    from common.compute.training import _adam_load, _adam_slice, _cpu_step, _Group, _make_adam, epoch_order
+
+    assert _cpu_step() is not None  # TorchScript compiles it on the torch the project declares
+    cfg = TrainConfig(batch_size=64, seed=4)  # 500 samples: 7 full batches and one of 52
+    states = [initial_state(n, cfg.seed) for n in names]
+    group = _Group(names, states, cfg, torch.device("cpu"), None)
+    plain = ModelStack(names, states)
+    optim = _make_adam(plain, cfg)
+    for epoch in (1, 2, 3):
+        order = epoch_order(x.shape[0], cfg.seed, epoch)
+        if epoch == 3:  # as after a resume: a new group, the optimizer's state loaded, no .grad yet
+            slices = [_adam_slice(group.optim, group.stack, i) for i in range(len(names))]
+            group = _Group(names, [group.stack.state_of(i) for i in range(len(names))], cfg, torch.device("cpu"),
+                           None)
+            _adam_load(group.optim, group.stack, slices)
+        assert (group._compiled_step(x, torch.zeros(len(names), dtype=torch.float64)) is None) == (epoch == 1)
+        group.epoch(x, order, cfg.batch_size)
+        assert group.means == plain_epoch(plain, optim, x, order, cfg.batch_size)
+        for p, q in zip([*group.stack.W, *group.stack.b], [*plain.W, *plain.b], strict=True):
+            assert torch.equal(p, q)
+            a, b = group.optim.state[p], optim.state[q]
+            assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+
+
 def test_group_training_resumes_exactly(x):
     names = list(MODEL_NAMES)
     full = train_group(names, x, CFG, recon_ids=[0, 1])
@@ -162,12 +202,7 @@ def test_the_one_stack_step_of_the_gpu_path_equals_a_plain_loop_on_the_cpu(x):
     for epoch in (1, 2):
         order = epoch_order(x.shape[0], cfg.seed, epoch)
         group.epoch(x, order, cfg.batch_size)
-        total, batches = torch.zeros(4, dtype=torch.float64), 0
-        for b0 in range(0, x.shape[0], cfg.batch_size):
-            total += plain.losses_and_grads(x.index_select(0, order[b0:b0 + cfg.batch_size]))
-            optim.step()
-            batches += 1
-        assert group.means == (total / batches).tolist()
+        assert group.means == plain_epoch(plain, optim, x, order, cfg.batch_size)
         for p, q in zip([*group.stack.W, *group.stack.b], [*plain.W, *plain.b], strict=True):
             assert torch.equal(p, q)
     assert group.eager_steps == 14 and group.graph is None  # every full batch ran eagerly on the CPU
