@@ -236,9 +236,9 @@ def _train_step(x: Tensor, ids: Tensor, W: list[Tensor], b: list[Tensor], Wg: li
 def _cpu_step() -> Callable[..., None] | None:
     """:func:`_train_step` compiled by TorchScript, or None where this torch cannot compile it.
 
-    Compiled, a step is one call that releases the GIL for all of it: the two stacks' threads no longer
-    take turns over the Python between some 100 kernels a step (on a 2-core AMD EPYC Zen 3 the two
-    stacks side by side took 4.2 to 4.7 s an epoch as Python, 3.1 to 3.5 s compiled). The kernels and
+    Compiled, a step is one call that releases the GIL for all of its some 100 kernels: no interpreter
+    between them, nothing for the other stack's thread to wait on (bench/train_step.py on a 2-core AMD
+    EPYC Zen 3: both stacks side by side 3.97 s an epoch as Python, 3.24 s compiled). The kernels and
     operands are the same, so are the bits (tested against the Python step). TorchScript is deprecated
     from torch 2.14 on (its warning is silenced here); where it is gone the loop runs the Python step."""
     with _COMPILING:  # the stacks' threads ask at once; the warnings filter is the process's
