@@ -167,6 +167,57 @@ static inline void keep(state_t *st, Py_ssize_t r, int64_t key) {
 DEFINE_BODIES(i32, int32_t)
 DEFINE_BODIES(f32, float)
 
+/* The column pass with its 16-lane test in AVX2 intrinsics. GCC 12 vectorises the rows' test (a minimum
+ * against one limit) but not the portable column test (each lane against its own column's limit), and that
+ * test is most of the column pass's time. The same integers as the portable body: the float truncated to
+ * int32 as C converts it, a * g and the sum in wrapping 32-bit arithmetic, a signed compare; then only the
+ * lanes at or below their limit, in order. Used where the CPU has AVX2 (checked at run time). */
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define HAVE_COLS_AVX2 1
+#define LOAD_F32(p) _mm256_cvttps_epi32(_mm256_loadu_ps(p))
+#define LOAD_I32(p) _mm256_loadu_si256((const __m256i *)(p))
+#define DEFINE_COLS_AVX2(SUFFIX, T, LOAD)                                                                     \
+    __attribute__((target("avx2"))) static void cols_##SUFFIX##_avx2(                                         \
+        const T *G, Py_ssize_t ldg, Py_ssize_t b, Py_ssize_t col0, const int32_t *base, int32_t a,            \
+        const int64_t *rows, Py_ssize_t soff, Py_ssize_t jb, Py_ssize_t je, state_t *st) {                    \
+        const Py_ssize_t r0 = col0 - soff; /* state row of column 0 */                                        \
+        const __m256i va = _mm256_set1_epi32(a);                                                               \
+        for (Py_ssize_t i = 0; i < b; i++) {                                                                   \
+            const T *g = G + i * ldg;                                                                          \
+            const int32_t bi = base[rows[i]];                                                                  \
+            const __m256i vb = _mm256_set1_epi32(bi);                                                          \
+            const int32_t *lim = st->lim + r0;                                                                 \
+            Py_ssize_t j0 = jb;                                                                                \
+            for (; j0 + 16 <= je; j0 += 16) {                                                                  \
+                const __m256i s0 = _mm256_add_epi32(vb, _mm256_mullo_epi32(va, LOAD(g + j0)));                 \
+                const __m256i s1 = _mm256_add_epi32(vb, _mm256_mullo_epi32(va, LOAD(g + j0 + 8)));             \
+                const __m256i over0 = _mm256_cmpgt_epi32(s0, _mm256_loadu_si256((const __m256i *)(lim + j0))); \
+                const __m256i over1 =                                                                          \
+                    _mm256_cmpgt_epi32(s1, _mm256_loadu_si256((const __m256i *)(lim + j0 + 8)));               \
+                uint32_t lanes = ~((uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(over0)) |                  \
+                                   ((uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(over1)) << 8)) &          \
+                                 0xffffu;                                                                      \
+                while (lanes) { /* each lane a column of its own: a keep changes no other lane's limit */      \
+                    const Py_ssize_t j = j0 + __builtin_ctz(lanes);                                            \
+                    lanes &= lanes - 1;                                                                        \
+                    if (col0 + j == rows[i]) continue;                                                         \
+                    int64_t key = pack(bi + a * (int32_t)g[j], rows[i]);                                       \
+                    if (key < st->thr[r0 + j]) keep(st, r0 + j, key);                                          \
+                }                                                                                              \
+            }                                                                                                  \
+            for (; j0 < je; j0++) { /* the tail */                                                             \
+                if (col0 + j0 == rows[i]) continue;                                                            \
+                int64_t key = pack(bi + a * (int32_t)g[j0], rows[i]);                                          \
+                if (key < st->thr[r0 + j0]) keep(st, r0 + j0, key);                                            \
+            }                                                                                                  \
+        }                                                                                                      \
+    }
+
+DEFINE_COLS_AVX2(i32, int32_t, LOAD_I32)
+DEFINE_COLS_AVX2(f32, float, LOAD_F32)
+#endif
+
 static void finish_rows(const int64_t *srow, Py_ssize_t b, state_t *st, int32_t *out_vals, int32_t *out_ids) {
     const Py_ssize_t k = st->k;
     for (Py_ssize_t i = 0; i < b; i++) {
@@ -270,6 +321,12 @@ static PyObject *py_update_cols(PyObject *self, PyObject *args) {
     }
     if (!ids_ok(rows.buf, b, 0, n, "update_cols: a row id is out of range")) goto done;
     Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_COLS_AVX2
+    if (__builtin_cpu_supports("avx2")) {
+        if (f32) cols_f32_avx2((const float *)g.buf + g_off, ldg, b, col0, base.buf, a, rows.buf, soff, jb, je, &st);
+        else cols_i32_avx2((const int32_t *)g.buf + g_off, ldg, b, col0, base.buf, a, rows.buf, soff, jb, je, &st);
+    } else
+#endif
     if (f32) cols_f32((const float *)g.buf + g_off, ldg, b, col0, base.buf, a, rows.buf, soff, jb, je, &st);
     else cols_i32((const int32_t *)g.buf + g_off, ldg, b, col0, base.buf, a, rows.buf, soff, jb, je, &st);
     Py_END_ALLOW_THREADS
