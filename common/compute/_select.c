@@ -23,7 +23,8 @@
  *   finish(srow, k, buf, cnt, out_vals, out_ids)       the k kept of each state row, nearest first
  *   smallest(g, base, a, rows, n, k, out_vals, out_ids) one block of whole rows, start to finish
  * g is read from element g_off with a row stride of ldg elements. The GIL is released throughout;
- * callers split rows (update_rows) or columns (update_cols) between threads.
+ * callers split rows (update_rows) or columns (update_cols) between threads. update_cols runs its
+ * AVX2 body (cols_*_avx2, intrinsics) where the CPU has AVX2: the compiler vectorises the rows' test only.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
