@@ -239,23 +239,29 @@ def _cpu_step() -> Callable[..., None] | None:
     Compiled, a step is one call that releases the GIL for all of its some 100 kernels: no interpreter
     between them, nothing for the other stack's thread to wait on (bench/train_step.py on a 2-core AMD
     EPYC Zen 3: both stacks side by side 3.97 s an epoch as Python, 3.24 s compiled). The kernels and
-    operands are the same, so are the bits (tested against the Python step). TorchScript is deprecated
-    from torch 2.14 on (its warning is silenced here); where it is gone the loop runs the Python step."""
+    operands are the same, so are the bits (tested against the Python step)."""
+    return compiled(_train_step)
+
+
+def compiled(fn: Callable[..., object]) -> Callable[..., object] | None:
+    """``fn`` compiled by TorchScript (once per process), or None where this torch cannot compile it.
+    TorchScript is deprecated from torch 2.14 on: its warning is silenced here, and where it is gone the
+    callers run ``fn`` as Python, on the same bits."""
     with _COMPILING:  # the stacks' threads ask at once; the warnings filter is the process's
-        return _compile_step()
+        return _compile(fn)
 
 
 _COMPILING = threading.Lock()
 
 
 @functools.cache
-def _compile_step() -> Callable[..., None] | None:
+def _compile(fn: Callable[..., object]) -> Callable[..., object] | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.script(_train_step)
+            return torch.jit.script(fn)
     except Exception as exc:  # pragma: no cover - a torch without TorchScript
-        log.warning("training steps run as Python: TorchScript could not compile them (%s)", exc)
+        log.warning("%s runs as Python: TorchScript could not compile it (%s)", fn.__name__, exc)
         return None
 
 
@@ -267,7 +273,7 @@ def _make_adam(stack: ModelStack, cfg: TrainConfig) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _fused_adam(optim: torch.optim.Optimizer) -> dict | None:
+def fused_adam_args(optim: torch.optim.Optimizer) -> dict | None:
     """The fused Adam kernel's arguments for ``optim`` (its tensors, as lists, and its settings), or None
     unless it is a plain fused Adam over CPU tensors that all have their state (after its first step).
     Gather them again after the optimizer's state is replaced (a resume)."""
@@ -290,7 +296,7 @@ def _fused_step(optim: torch.optim.Optimizer) -> Callable[[], None]:
     """``optim.step`` for the CPU's fused Adam, without its Python around the kernel: the step counts
     raised by one, then the same ``_fused_adam_`` call on the same tensors (tested bit for bit). Any
     other optimizer, or one with no state yet, keeps ``step``."""
-    a = _fused_adam(optim)
+    a = fused_adam_args(optim)
     if a is None:
         return optim.step
     params, avgs, sqs, steps = a["params"], a["avgs"], a["sqs"], a["steps"]
@@ -379,7 +385,7 @@ class _Group:
     def _compiled_step(self, x: Tensor, total: Tensor) -> Callable[[Tensor], None] | None:
         """``step(ids)``: :func:`_train_step` compiled, over this stack's tensors; None while the optimizer
         has no state (its own first step makes it) or where there is no compiled step."""
-        step, adam = _cpu_step(), _fused_adam(self.optim)
+        step, adam = _cpu_step(), fused_adam_args(self.optim)
         if step is None or adam is None or x.device.type != "cpu":
             return None
         st = self.stack
