@@ -147,6 +147,36 @@ def test_training_is_seeded_and_resumes_to_the_same_bits(small):
     assert c3.losses == c1.losses and torch.equal(encode(m3, x), encode(m1, x))
 
 
+@pytest.mark.parametrize("attraction", [1.0, 1.3])
+def test_the_compiled_step_trains_to_the_same_bits_as_autograd(small, monkeypatch, attraction):
+    """The CPU runs each InfoNCE step as one compiled call with a hand-written backward: the same losses
+    and weights as autograd's step, with a partial last batch and through a resume."""
+    from common.compute import keeping
+
+    x, nbr = small
+    cfg = KeepConfig(epochs=3, batch_size=128, seed=3, attraction=attraction)  # 1000 = 7 x 128 + 104
+    calls = []
+    compiled_step = keeping._compiled_step
+
+    def counted(*args):
+        step = compiled_step(*args)
+        if step is None:
+            return None
+        return lambda ids, nb: calls.append(nb) or step(ids, nb)
+
+    monkeypatch.setattr(keeping, "_compiled_step", counted)
+    fast, fast_ck = train_keeping(x, nbr, cfg)
+    first = first_checkpoint(lambda hook: train_keeping(x, nbr, cfg, on_epoch_end=hook))
+    resumed, resumed_ck = train_keeping(x, nbr, cfg, resume=first)
+    assert len(calls) == (3 * 8 - 1) + (8 - 1) + (2 * 8 - 1) and 104 in calls  # all but each run's first step
+    monkeypatch.setattr(keeping, "_compiled_step", lambda *args: None)
+    plain, plain_ck = train_keeping(x, nbr, cfg)
+    assert fast_ck.losses == plain_ck.losses == resumed_ck.losses
+    for m in (fast, resumed):
+        for (name, a), b in zip(m.state_dict().items(), plain.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+
+
 def test_a_table_that_does_not_fit_is_refused(small):
     x, nbr = small
     with pytest.raises(ValueError, match=r"need a \(1000, >= 15\) neighbour table"):

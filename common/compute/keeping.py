@@ -5,7 +5,8 @@ loss instead of a reconstruction: each sample (the anchor) is pulled towards one
 pixel-space neighbours (the positive), drawn from the exact stored table, and pushed away from every
 other sample of the batch. Similarity in the code is the Cauchy kernel q(a, b) = 1 / (1 + |a - b|^2),
 t-SNE's; the loss is InfoNCE over the batch (a classification of the positive among all the batch's
-samples), which approaches t-SNE's objective as the batch grows (Damrich et al., ICLR 2023). The pull
+samples), which approaches t-SNE's objective as the batch grows (Damrich et al., ICLR 2023). On a CPU
+each InfoNCE step is one TorchScript call with the backward written out, on autograd's bits. The pull
 towards the positive is weighted by ``attraction`` (t-SNE's exaggeration; 1.3, chosen by measurement:
 tighter clusters and more of each neighbourhood kept, on every seed; README, "Keeping neighbourhoods").
 The positives narrow as training goes: among the first 15 neighbours at the first epoch, the first 5
@@ -25,7 +26,14 @@ import torch
 from torch import Tensor
 
 from common.compute.models import KeepingEncoder
-from common.compute.training import Checkpoint, configure_numerics, epoch_order, initial_state
+from common.compute.training import (
+    Checkpoint,
+    compiled,
+    configure_numerics,
+    epoch_order,
+    fused_adam_args,
+    initial_state,
+)
 
 LOSSES = ("infonce", "neg")
 ATTRACTION = 1.3  # chosen by measurement: README, "Keeping neighbourhoods"
@@ -168,6 +176,7 @@ def train_keeping(
 def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint, x: Tensor, nbr: Tensor,
             cfg: KeepConfig, on_epoch_end: Callable[[Checkpoint], None] | None) -> Checkpoint:
     n = x.shape[0]
+    fast = _compiled_step(model, optim, x, cfg)  # None until the optimizer has its state (a resume has it)
     for epoch in range(ck.epoch + 1, cfg.epochs + 1):
         order = epoch_order(n, cfg.seed, epoch)
         positive = draw_positives(nbr, torch.arange(n), cfg.positives_at(epoch), cfg.seed, epoch)  # (N,): this epoch's
@@ -176,11 +185,17 @@ def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint,
             a = order[b0 : b0 + cfg.batch_size]
             if a.shape[0] < 2:
                 continue  # one anchor has no negative
-            z = model(x[torch.cat([a, positive[a]])])
-            loss = keep_loss(z[: a.shape[0]], z[a.shape[0]:], cfg.loss, cfg.attraction)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
+            ids = torch.cat([a, positive[a]])
+            if fast is not None:  # the whole step in one call: the same kernels on the same operands
+                loss = fast(ids, a.shape[0])
+            else:
+                z = model(x.index_select(0, ids))
+                loss = keep_loss(z[: a.shape[0]], z[a.shape[0]:], cfg.loss, cfg.attraction)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                if steps == 0:  # the first step made the optimizer's state
+                    fast = _compiled_step(model, optim, x, cfg)
             total += loss.item()
             steps += 1
         ck = Checkpoint(epoch=epoch, model_state={k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -188,3 +203,106 @@ def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint,
         if on_epoch_end is not None:
             on_epoch_end(ck)
     return ck
+
+
+# The CPU's InfoNCE step as one plain function (:func:`_compiled_step` runs it compiled by TorchScript):
+# the encoder's forward, the loss, the backward that autograd runs for them, written out with the same
+# kernels on the same operands in the same order (so the same bits, tested), and the fused Adam kernel.
+# Compiled, a step has no interpreter between its some 80 kernels: 100 epochs fit the budget of one seed
+# model's 100 epochs again once those were compiled too (README, "Keeping neighbourhoods").
+
+
+def _layers_forward(batch: Tensor, W: list[Tensor], b: list[Tensor], one: float) -> list[Tensor]:
+    """[batch, each layer's output] through the encoder (nn.Linear is addmm(b, h, W.t()); ReLU but last).
+    ``one`` is 1: as an argument, not a constant, it keeps TorchScript from splitting each addmm into a
+    mm and an add, which rounds differently."""
+    hs = [batch]
+    for layer in range(len(W)):
+        h = torch.addmm(b[layer], hs[-1], W[layer].t(), beta=one)
+        if layer < len(W) - 1:
+            h = torch.relu(h)
+        hs.append(h)
+    return hs
+
+
+def _pow2_backward(g: Tensor, v: Tensor) -> Tensor:
+    """Autograd's backward of v.square() (pow(v, 2)): g * (2 * v)."""
+    return g * (v * 2)
+
+
+def _infonce_backprop(batch: Tensor, nb: int, W: list[Tensor], b: list[Tensor], Wg: list[Tensor], bg: list[Tensor],
+                      attraction: float, one: float = 1.0) -> Tensor:
+    """:func:`keep_loss` (``infonce``) of the encoded ``batch`` (its first ``nb`` rows the anchors, the rest
+    their positives) and its gradients written into ``Wg``, ``bg``, as autograd computes them."""
+    hs = _layers_forward(batch, W, b, one)
+    z = hs[-1]
+    a, p = z[:nb], z[nb:]
+    # forward, as keep_loss
+    d = a - p
+    s = d.square().sum(1)
+    pos = torch.log1p(s)
+    if attraction != 1.0:
+        pos = pos * attraction
+    c = torch.cat([a, p])
+    m = torch.addmm(c.square().sum(1)[None, :], a, c.t(), alpha=-2).add(a.square().sum(1, keepdim=True))
+    q = torch.reciprocal(1 + m.clamp(min=0))
+    rest = q.sum(1) - q.diagonal()
+    loss = (pos + torch.log(rest)).mean()
+    # backward: mean, log, the sum and the diagonal (whose gradients cancel on the diagonal), reciprocal
+    g_tot = torch.ones_like(rest) / nb
+    g_rest = g_tot / rest
+    g_q = torch.zeros_like(q).diagonal_scatter(-g_rest) + g_rest[:, None].expand(q.shape)
+    g_m = -g_q * (q * q)
+    g_m = torch.where(m > 0, g_m, torch.zeros_like(g_m))  # clamp(min=0)'s backward: 0 where m <= 0
+    g_asq = g_m.sum(1, keepdim=True).expand(a.shape)  # a.square().sum(1, keepdim=True)
+    g_a_mm = torch.mm(g_m, c) * -2.0
+    g_c = torch.mm(g_m.t(), a) * -2.0 + _pow2_backward(g_m.sum(0)[:, None].expand(c.shape), c)
+    g_s = (g_tot * attraction if attraction != 1.0 else g_tot) / (s + 1)
+    g_d = _pow2_backward(g_s[:, None].expand(d.shape), d)
+    g_a = ((_pow2_backward(g_asq, a) + g_a_mm) + g_c[:nb]) + g_d
+    g_p = g_c[nb:] + -g_d
+    g = torch.cat([g_a, g_p])
+    for layer in range(len(W) - 1, -1, -1):
+        torch.mm(g.t(), hs[layer], out=Wg[layer])
+        torch.sum(g, [0], out=bg[layer])
+        if layer > 0:
+            g = torch.ops.aten.threshold_backward(torch.mm(g, W[layer]), hs[layer], 0)
+    return loss
+
+
+def _infonce_step(x: Tensor, ids: Tensor, nb: int, W: list[Tensor], b: list[Tensor], Wg: list[Tensor],
+                  bg: list[Tensor], attraction: float, params: list[Tensor], grads: list[Tensor],
+                  avgs: list[Tensor], sqs: list[Tensor], steps: list[Tensor], lr: float, beta1: float,
+                  beta2: float, weight_decay: float, eps: float, one: float = 1.0) -> Tensor:
+    """One whole step: gather the batch, :func:`_infonce_backprop`, the fused Adam step (as
+    ``optim.step`` calls it). Returns the batch's loss."""
+    loss = _infonce_backprop(x.index_select(0, ids), nb, W, b, Wg, bg, attraction, one)
+    torch._foreach_add_(steps, 1)
+    torch.ops.aten._fused_adam_(params, grads, avgs, sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                                weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)
+    return loss
+
+
+def _compiled_step(model: KeepingEncoder, optim: torch.optim.Optimizer, x: Tensor,
+                   cfg: KeepConfig) -> Callable[[Tensor, int], Tensor] | None:
+    """``step(ids, anchors)``: :func:`_infonce_step` compiled, over the encoder's tensors; None while the
+    optimizer has no state (its first step makes it), for the ``neg`` loss, or where nothing compiles."""
+    adam = fused_adam_args(optim)
+    if cfg.loss != "infonce" or adam is None or x.device.type != "cpu":
+        return None
+    step = compiled(_infonce_step)
+    if step is None:  # pragma: no cover - a torch without TorchScript
+        return None
+    linears = [m for m in model.encoder if isinstance(m, torch.nn.Linear)]
+    W, b = [m.weight for m in linears], [m.bias for m in linears]
+    if any(p.grad is None for p in [*W, *b]):
+        return None
+    args = dict(adam, params=[p.detach() for p in adam["params"]], grads=[p.grad for p in adam["params"]],
+                W=[w.detach() for w in W], b=[v.detach() for v in b], Wg=[w.grad for w in W], bg=[v.grad for v in b],
+                attraction=float(cfg.attraction))
+
+    def fast(ids: Tensor, nb: int) -> Tensor:
+        with torch.no_grad():
+            return step(x, ids, nb, **args)
+
+    return fast
