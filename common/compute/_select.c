@@ -96,6 +96,12 @@ static inline void keep(state_t *st, Py_ssize_t r, int64_t key) {
     st->cnt[r] = c;
 }
 
+/* Offer row r the candidate (score, id): kept when its key is below the row's threshold. */
+static inline void offer(state_t *st, Py_ssize_t r, int32_t score, int64_t id) {
+    int64_t key = pack(score, id);
+    if (key < st->thr[r]) keep(st, r, key);
+}
+
 /* One body per element type: int32 blocks (int8 GEMM, SAD sums) and float32 blocks holding exact
  * integers (float32 GEMM), converted on the fly. The 16-wide loops are what the compiler vectorises. */
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
@@ -125,14 +131,12 @@ static inline void keep(state_t *st, Py_ssize_t r, int64_t key) {
                 if (mn > st->lim[r]) continue;                                                                 \
                 for (int t = 0; t < 16; t++) {                                                                 \
                     if (s[t] > st->lim[r] || j0 + t == self) continue;                                         \
-                    int64_t key = pack(s[t], col0 + j0 + t);                                                   \
-                    if (key < st->thr[r]) keep(st, r, key);                                                    \
+                    offer(st, r, s[t], col0 + j0 + t);                                                         \
                 }                                                                                              \
             }                                                                                                  \
             for (; j0 < m; j0++) { /* the tail */                                                              \
                 if (j0 == self) continue;                                                                      \
-                int64_t key = pack(bs[j0] + a * (int32_t)g[j0], col0 + j0);                                    \
-                if (key < st->thr[r]) keep(st, r, key);                                                        \
+                offer(st, r, bs[j0] + a * (int32_t)g[j0], col0 + j0);                                          \
             }                                                                                                  \
         }                                                                                                      \
     }                                                                                                          \
@@ -153,14 +157,12 @@ static inline void keep(state_t *st, Py_ssize_t r, int64_t key) {
                     const Py_ssize_t j = j0 + t;                                                               \
                     const int32_t s = bi + a * (int32_t)g[j];                                                  \
                     if (s > lim[j] || col0 + j == rows[i]) continue;                                           \
-                    int64_t key = pack(s, rows[i]);                                                            \
-                    if (key < st->thr[r0 + j]) keep(st, r0 + j, key);                                          \
+                    offer(st, r0 + j, s, rows[i]);                                                             \
                 }                                                                                              \
             }                                                                                                  \
             for (; j0 < je; j0++) {                                                                            \
                 if (col0 + j0 == rows[i]) continue;                                                            \
-                int64_t key = pack(bi + a * (int32_t)g[j0], rows[i]);                                          \
-                if (key < st->thr[r0 + j0]) keep(st, r0 + j0, key);                                            \
+                offer(st, r0 + j0, bi + a * (int32_t)g[j0], rows[i]);                                          \
             }                                                                                                  \
         }                                                                                                      \
     }
@@ -203,14 +205,12 @@ DEFINE_BODIES(f32, float)
                     const Py_ssize_t j = j0 + __builtin_ctz(lanes);                                            \
                     lanes &= lanes - 1;                                                                        \
                     if (col0 + j == rows[i]) continue;                                                         \
-                    int64_t key = pack(bi + a * (int32_t)g[j], rows[i]);                                       \
-                    if (key < st->thr[r0 + j]) keep(st, r0 + j, key);                                          \
+                    offer(st, r0 + j, bi + a * (int32_t)g[j], rows[i]);                                        \
                 }                                                                                              \
             }                                                                                                  \
             for (; j0 < je; j0++) { /* the tail */                                                             \
                 if (col0 + j0 == rows[i]) continue;                                                            \
-                int64_t key = pack(bi + a * (int32_t)g[j0], rows[i]);                                          \
-                if (key < st->thr[r0 + j0]) keep(st, r0 + j0, key);                                            \
+                offer(st, r0 + j0, bi + a * (int32_t)g[j0], rows[i]);                                          \
             }                                                                                                  \
         }                                                                                                      \
     }
