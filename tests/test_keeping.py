@@ -1,6 +1,7 @@
 """The neighbourhood-keeping encoder: its loss on cases worked out by hand, what training does to
 hand-made clusters and to real MNIST neighbourhoods, determinism and resume."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from common.compute.keeping import KeepConfig, cauchy_logits, draw_positives, initial_encoder, keep_loss, train_keeping
 from common.compute.neighbors import knn_rows, prepare
-from common.compute.training import encode
+from common.compute.training import encode, load_trained
 from tests.checkpoints import first_checkpoint
 
 
@@ -145,6 +146,41 @@ def test_training_is_seeded_and_resumes_to_the_same_bits(small):
     assert first.epoch == 1
     m3, c3 = train_keeping(x, nbr, cfg, resume=first)
     assert c3.losses == c1.losses and torch.equal(encode(m3, x), encode(m1, x))
+
+
+def test_the_encoder_sees_each_image_less_its_training_sets_mean_image(small):
+    x, nbr = small
+    model, ck = train_keeping(x, nbr, KeepConfig(epochs=1, batch_size=128))
+    assert torch.allclose(model.center, x.double().mean(0).float(), rtol=0, atol=1e-6)
+    assert torch.equal(ck.model_state["center"], model.center)
+    with torch.no_grad():
+        assert torch.equal(encode(model, x), model.encoder(x - model.center))  # what the stored codes are
+    assert not torch.equal(encode(model, x), encode(load_trained("relu_keep", _without_center(ck.model_state)), x))
+
+
+def _without_center(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k != "center"}
+
+
+def test_weights_and_checkpoints_stored_before_the_center_existed_keep_their_meaning(small, monkeypatch):
+    """relu_keep's weights stored before 2026-11-29 were trained on the image as it is: they load with a
+    center of 0 and give the codes they gave, and such a checkpoint resumes uncentred, to the bits of a
+    run that never centred."""
+    from common.compute import keeping
+
+    x, nbr = small
+    old = _without_center(initial_encoder(4).state_dict())
+    with torch.no_grad():
+        assert torch.equal(encode(load_trained("relu_keep", old), x), initial_encoder(4).encoder(x))
+    monkeypatch.setattr(keeping, "mean_image", lambda x: torch.zeros(x.shape[1]))  # as before the center
+    cfg = KeepConfig(epochs=3, batch_size=128, seed=4)
+    plain, plain_ck = train_keeping(x, nbr, cfg)
+    first = first_checkpoint(lambda hook: train_keeping(x, nbr, cfg, on_epoch_end=hook))
+    monkeypatch.undo()
+    first = dataclasses.replace(first, model_state=_without_center(first.model_state))
+    resumed, resumed_ck = train_keeping(x, nbr, cfg, resume=first)
+    assert resumed_ck.losses == plain_ck.losses and not resumed.center.any()
+    assert torch.equal(encode(resumed, x), encode(plain, x))
 
 
 @pytest.mark.parametrize("attraction", [1.0, 1.3])

@@ -3,6 +3,7 @@ encoder (common/compute/keeping.py). Imports only torch."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from common.compute.names import KEEP_MODELS, MODEL_NAMES
@@ -32,16 +33,30 @@ class Autoencoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 784)
         return self.decoder(self.encoder(x))
 
+    def encode(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 2)
+        return self.encoder(x)
+
 
 class KeepingEncoder(nn.Module):
-    """The seed's ReLU encoder alone (no decoder): ``encoder`` as in the autoencoders, so ``encode`` takes it."""
+    """The seed's ReLU encoder alone (no decoder): ``encoder`` as in the autoencoders. It sees each image
+    less ``center``, a fixed buffer: its training set's mean image (a shift of the input, which the first
+    layer's bias could absorb: the same functions, better conditioned to train). Weights stored before
+    the buffer existed load with a center of 0: the image as it is."""
 
     def __init__(self) -> None:
         super().__init__()
         self.encoder = _stack(WIDTHS, True, None)
+        self.register_buffer("center", torch.zeros(WIDTHS[0]))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 2)
-        return self.encoder(x)
+        return self.encoder(x - self.center)
+
+    def encode(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 2)
+        return self(x)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        state_dict.setdefault(prefix + "center", torch.zeros(WIDTHS[0]))  # stored before 2026-11-29: none
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def check_model_name(name: str) -> None:

@@ -572,7 +572,7 @@ def encode(model: nn.Module, x: Tensor, batch_size: int = 10_000) -> Tensor:
     if dev.type == "cpu":
         torch.set_num_threads(1)
     try:
-        out = [model.encoder(x[i : i + batch_size].to(dev)).cpu() for i in range(0, x.shape[0], batch_size)]
+        out = [model.encode(x[i : i + batch_size].to(dev)).cpu() for i in range(0, x.shape[0], batch_size)]
     finally:
         torch.set_num_threads(threads)
     return torch.cat(out).float()
