@@ -92,16 +92,17 @@ def seed_codes(args, x, x_test) -> dict[str, tuple[np.ndarray, np.ndarray | None
 
 
 def fit_to_map(x, target: np.ndarray, epochs: int):
-    """The seed's ReLU encoder regressed (MSE, Adam, batch 256, one thread) onto a 2-D map: an upper
-    bound for what this encoder, trained this long, can draw of that map."""
+    """The seed's ReLU encoder, fed as relu_keep's (each image less the mean image), regressed (MSE, Adam,
+    batch 256, one thread) onto a 2-D map: how much of that map this encoder, trained this long, draws."""
     import torch
 
-    from common.compute.keeping import initial_encoder
+    from common.compute.keeping import initial_encoder, mean_image
     from common.compute.training import epoch_order
 
     y = torch.from_numpy(np.asarray(target, np.float32))
     y = (y - y.mean(0)) / y.std()
     model = initial_encoder(0)
+    model.center.copy_(mean_image(x))
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -93,9 +93,9 @@ def initial_encoder(seed: int) -> KeepingEncoder:
 def mean_image(x: Tensor) -> Tensor:
     """``x``'s (N, 784) mean image, which the encoder subtracts from its input. MNIST's images lie in
     [-1, 1] with a background of -1: trained on them as they are, the first-layer units that learn to
-    weigh the background negatively fall below zero for every image and stay there (48 of 128 in the
-    first layer and 15 of 64 in the second after 100 epochs); centred, none in the first layer and 2 in
-    the second, and each neighbourhood keeps more (README, "Keeping neighbourhoods")."""
+    weigh the background negatively fall below zero for every image and stay there (48 or 49 of 128 in
+    the first layer and 16 or 17 of 64 in the second after 100 epochs); centred, none in the first layer
+    and 2 in the second, and each neighbourhood keeps more (README, "Keeping neighbourhoods")."""
     return x.mean(0)
 
 
