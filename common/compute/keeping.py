@@ -4,9 +4,10 @@ The seed's ReLU encoder (784-128-64-12-2, no activation on the code), fed each i
 set's mean image (:func:`mean_image`: without it a third of the first layer's units die), is trained
 with a contrastive loss instead of a reconstruction: each sample (the anchor) is pulled towards one
 of its nearest pixel-space neighbours (the positive), drawn from the exact stored table, and pushed
-away from every other sample of the batch. Similarity in the code is the Cauchy kernel q(a, b) = 1 / (1 + |a - b|^2),
-t-SNE's; the loss is InfoNCE over the batch (a classification of the positive among all the batch's
-samples), which approaches t-SNE's objective as the batch grows (Damrich et al., ICLR 2023). On a CPU
+away from every other sample of the batch. Similarity in the code is the Cauchy kernel
+q(a, b) = 1 / (1 + |a - b|^2), t-SNE's; the loss is InfoNCE over the batch (a classification of the
+positive among all the batch's samples), which approaches t-SNE's objective as the batch grows (Damrich
+et al., ICLR 2023). On a CPU
 each InfoNCE step is one TorchScript call with the backward written out, on autograd's bits. The pull
 towards the positive is weighted by ``attraction`` (t-SNE's exaggeration; 1.3, chosen by measurement:
 tighter clusters and more of each neighbourhood kept, on every seed; README, "Keeping neighbourhoods").
