@@ -3,13 +3,13 @@
     .venv/bin/pip install -e '.[maps]'
     .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
         [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
-        [--keep-final-positives 15,5] [--keep-seeds 0,1,2] [--keep-epochs 100]
+        [--keep-final-positives 15,5] [--keep-noise 0,0.3] [--keep-seeds 0,1,2] [--keep-epochs 100]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
 data set with --db, or trained here with --seed-epochs), the neighbourhood-keeping encoder
 (common/compute/keeping.py, trained here, one row per --keep-loss, --keep-attraction,
---keep-final-positives and --keep-seeds),
+--keep-final-positives, --keep-noise and --keep-seeds),
 PCA (2 components, scikit-learn), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
 defaults). Every map's own exact top-50 table (L2, the project's engine) is compared with the pixel
 space's: score@k for k = 5, 10, 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The
@@ -145,6 +145,8 @@ def main() -> None:
                     help="comma list: narrowing to the first N by the last epoch, a row each (default: relu_keep's)")
     ap.add_argument("--keep-attraction", default=None,
                     help="comma list of attraction weights, a row each (default: relu_keep's)")
+    ap.add_argument("--keep-noise", default=None,
+                    help="comma list of the anchors' noise (standard deviations), a row each (default: relu_keep's)")
     ap.add_argument("--keep-seeds", default="0", help="comma list of seeds, a row each: the spread of a recipe")
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
     ap.add_argument("--fit-epochs", type=int, default=100,
@@ -156,7 +158,7 @@ def main() -> None:
     import torch
 
     from common.compute.data import load_dataset
-    from common.compute.keeping import ATTRACTION, FINAL_POSITIVES, KeepConfig, train_keeping
+    from common.compute.keeping import ATTRACTION, FINAL_POSITIVES, NOISE, KeepConfig, train_keeping
     from common.compute.training import configure_numerics, encode
     from common.settings import get_settings
 
@@ -183,14 +185,16 @@ def main() -> None:
         pulls = [float(v) for v in args.keep_attraction.split(",")] if args.keep_attraction else [ATTRACTION]
         finals = ([int(v) for v in args.keep_final_positives.split(",")] if args.keep_final_positives
                   else [FINAL_POSITIVES])
+        noises = [float(v) for v in args.keep_noise.split(",")] if args.keep_noise else [NOISE]
         seeds = [int(v) for v in args.keep_seeds.split(",")]
-        for loss, pull, final, seed in itertools.product(args.keep_loss.split(","), pulls, finals, seeds):
+        for loss, pull, final, noise, seed in itertools.product(args.keep_loss.split(","), pulls, finals, noises,
+                                                                seeds):
             cfg = KeepConfig(epochs=args.keep_epochs, batch_size=args.keep_batch, positives=args.keep_positives,
-                             final_positives=final, loss=loss, attraction=pull, seed=seed)
+                             final_positives=final, loss=loss, attraction=pull, noise=noise, seed=seed)
             t0 = time.perf_counter()
             model, ck = train_keeping(x, pix, cfg)
             seconds = time.perf_counter() - t0
-            name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}"
+            name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}"
                     + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
             maps[name] = (encode(model, x).numpy(), encode(model, x_test).numpy(), seconds)

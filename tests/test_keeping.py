@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from common.compute.keeping import KeepConfig, cauchy_logits, draw_positives, initial_encoder, keep_loss, train_keeping
+from common.compute.keeping import (
+    KeepConfig,
+    _batch,
+    cauchy_logits,
+    draw_positives,
+    initial_encoder,
+    keep_loss,
+    noise_bank,
+    noise_offsets,
+    train_keeping,
+)
 from common.compute.neighbors import knn_rows, prepare
 from common.compute.training import encode, load_trained
 from tests.checkpoints import first_checkpoint
@@ -69,6 +79,13 @@ def test_config_refuses_bad_values():
         KeepConfig(final_positives=0)
     assert KeepConfig().attraction == 1.3  # relu_keep's, chosen by measurement (README)
     assert (KeepConfig().positives, KeepConfig().final_positives) == (15, 5)  # likewise
+    for bad in (-0.1, 10.5, float("nan")):
+        with pytest.raises(ValueError, match=r"noise must be in \[0, 10\]"):
+            KeepConfig(noise=bad)
+    with pytest.raises(ValueError, match="batch_size must be at most 2048 with noise"):
+        KeepConfig(batch_size=4096)
+    assert KeepConfig(batch_size=4096, noise=0).batch_size == 4096  # no bank, no limit
+    assert KeepConfig().noise == 0.3  # likewise
 
 
 def test_positives_narrow_linearly_from_first_to_last_epoch():
@@ -88,6 +105,35 @@ def test_positives_come_from_the_first_m_neighbours():
     assert all(10 * int(a) <= int(q) < 10 * int(a) + 3 for a, q in zip(anchors, p, strict=True))
     assert p[1] == p[4]  # one draw per sample and epoch
     assert torch.equal(p, draw_positives(nbr, anchors, 3, seed=0, epoch=1))
+
+
+def test_the_noise_is_on_the_anchors_only_and_drawn_from_the_seed():
+    x = torch.arange(12.0).reshape(4, 3)
+    center, noise = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([[0.5, -0.5, 2.0]])
+    batch = _batch(x, torch.tensor([2, 0, 3]), 1, center, noise)  # one anchor (row 2), two positives
+    assert batch.tolist() == [[5.5, 5.5, 9.0], [-1.0, 0.0, 1.0], [8.0, 9.0, 10.0]]
+    assert torch.equal(_batch(x, torch.tensor([2, 0]), 1, center, torch.empty(0, 3)), x[[2, 0]] - center)
+    bank = noise_bank(seed=0, noise=0.3)
+    assert bank.shape == (2048, 784) and abs(float(bank.std()) - 0.3) < 0.002 and abs(float(bank.mean())) < 0.002
+    assert torch.equal(bank, noise_bank(seed=0, noise=0.3)) and not torch.equal(bank, noise_bank(seed=1, noise=0.3))
+    offsets = noise_offsets(seed=0, epoch=1, steps=500, batch_size=256)
+    assert len(offsets) == 500 and 0 <= min(offsets) and max(offsets) <= 2048 - 256  # every run of rows fits
+    assert len(set(offsets)) > 300  # spread over the bank
+    assert offsets == noise_offsets(seed=0, epoch=1, steps=500, batch_size=256)  # what a resume draws
+    assert offsets != noise_offsets(seed=0, epoch=2, steps=500, batch_size=256)
+
+
+def test_noise_changes_the_training_and_none_draws_no_bank(small, monkeypatch):
+    from common.compute import keeping
+
+    x, nbr = small
+    cfg = KeepConfig(epochs=1, batch_size=128, noise=0)
+    quiet, quiet_ck = train_keeping(x, nbr, cfg)
+    noisy, noisy_ck = train_keeping(x, nbr, dataclasses.replace(cfg, noise=0.3))
+    assert noisy_ck.losses != quiet_ck.losses and not torch.equal(encode(noisy, x), encode(quiet, x))
+    monkeypatch.setattr(keeping, "noise_bank", None)  # noise 0 must not call it: the steps of before the noise
+    again, again_ck = train_keeping(x, nbr, cfg)
+    assert again_ck.losses == quiet_ck.losses and torch.equal(encode(again, x), encode(quiet, x))
 
 
 def _table(points: np.ndarray, k: int) -> np.ndarray:
@@ -183,14 +229,14 @@ def test_weights_and_checkpoints_stored_before_the_center_existed_keep_their_mea
     assert torch.equal(encode(resumed, x), encode(plain, x))
 
 
-@pytest.mark.parametrize("attraction", [1.0, 1.3])
-def test_the_compiled_step_trains_to_the_same_bits_as_autograd(small, monkeypatch, attraction):
+@pytest.mark.parametrize(("attraction", "noise"), [(1.0, 0.0), (1.3, 0.3)])
+def test_the_compiled_step_trains_to_the_same_bits_as_autograd(small, monkeypatch, attraction, noise):
     """The CPU runs each InfoNCE step as one compiled call with a hand-written backward: the same losses
-    and weights as autograd's step, with a partial last batch and through a resume."""
+    and weights as autograd's step, with a partial last batch and through a resume, with noise and without."""
     from common.compute import keeping
 
     x, nbr = small
-    cfg = KeepConfig(epochs=3, batch_size=128, seed=3, attraction=attraction)  # 1000 = 7 x 128 + 104
+    cfg = KeepConfig(epochs=3, batch_size=128, seed=3, attraction=attraction, noise=noise)  # 1000 = 7 x 128 + 104
     calls = []
     compiled_step = keeping._compiled_step
 
@@ -198,7 +244,7 @@ def test_the_compiled_step_trains_to_the_same_bits_as_autograd(small, monkeypatc
         step = compiled_step(*args)
         if step is None:
             return None
-        return lambda ids, nb: calls.append(nb) or step(ids, nb)
+        return lambda ids, nb, noise: calls.append(nb) or step(ids, nb, noise)
 
     monkeypatch.setattr(keeping, "_compiled_step", counted)
     fast, fast_ck = train_keeping(x, nbr, cfg)

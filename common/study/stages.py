@@ -332,7 +332,7 @@ def keep_config(cfg: StudyConfig) -> KeepConfig:
     """relu_keep's recipe: the study's epochs, learning rate and seed; its own batch (256 anchors and their
     positives: the other 510 samples of a batch are each anchor's negatives), no weight decay, positives
     among the first 15 neighbours narrowing to the first keeping.FINAL_POSITIVES (each at most K), the
-    pull weighted by keeping.ATTRACTION."""
+    pull weighted by keeping.ATTRACTION, each anchor's input with keeping.NOISE's noise."""
     return KeepConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, positives=min(KeepConfig.positives, cfg.k),
                       final_positives=min(KeepConfig.final_positives, cfg.k))
 
