@@ -29,6 +29,7 @@ import io
 import itertools
 import json
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -265,7 +266,7 @@ def figure(path: str, maps: dict, labels: np.ndarray) -> None:
     colours = TAB10[labels] / 255.0
     for ax, (name, (codes, _, _)) in zip(axes.flat, maps.items(), strict=False):
         ax.scatter(codes[:, 0], codes[:, 1], s=0.2, c=colours, linewidths=0, rasterized=True)
-        ax.set_title(name, fontsize=11)
+        ax.set_title("\n".join(textwrap.wrap(name, 34)), fontsize=10)  # a long row name on two lines
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in list(axes.flat)[len(maps):]:
