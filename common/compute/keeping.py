@@ -239,11 +239,8 @@ def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint,
             if a.shape[0] < 2:
                 continue  # one anchor has no negative
             ids = torch.cat([a, positive[a]])
-            if offsets is None:
-                noise = none
-            else:
-                o = offsets[b0 // cfg.batch_size]
-                noise = bank[o : o + a.shape[0]]
+            o = None if offsets is None else offsets[b0 // cfg.batch_size]
+            noise = none if o is None else bank[o : o + a.shape[0]]
             if fast is not None:  # the whole step in one call: the same kernels on the same operands
                 loss = fast(ids, a.shape[0], noise)
             else:
