@@ -325,3 +325,48 @@ def test_relu_keep_trains_on_the_stored_pixel_table_resumes_and_its_tables_are_e
         score = {v.k: v.value for v in db.load_metrics(session=s, experiment_id=clean, metric="score_at_k")
                  if v.space == "relu_keep"}
         assert set(score) == set(range(1, 51)) and 0 < score[20] <= 1
+
+
+def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_others(tmp_path, data_dir, monkeypatch):
+    """PCA, UMAP and t-SNE beside an autoencoder: fitted first, seeded by the study's seed (the codes of a
+    second experiment are the same bits), stored with no weights, and their tables equal brute force; a
+    missing library fails the experiment before anything is trained, naming the package to install."""
+    from common.compute import references
+    from common.study.stages import record_experiment, run_experiment, stage_data
+
+    f, runtime = in_process(tmp_path, data_dir)
+    cfg = StudyConfig(limit=1000, epochs=2, models=["relu_mse", "pca", "umap", "tsne"], k=50, ks=[5, 20],
+                      distances=["l2"], seed=3)
+    a, b = record_experiment(f, cfg), record_experiment(f, cfg)
+    for eid in (a, b):
+        run_experiment(runtime(), eid)
+    x = stage_data(runtime(), a).scaled().numpy()
+    with f() as s:
+        assert db.get_experiment(session=s, experiment_id=a).status == db.SUCCEEDED
+        rows = {m.name: m for m in db.list_models(session=s, experiment_id=a)}
+        again = {m.name: m.codes for m in db.list_models(session=s, experiment_id=b)}
+        assert set(rows) == {"relu_mse", "pca", "umap", "tsne"}
+        for name in ("pca", "umap", "tsne"):
+            row = rows[name]
+            assert row.weights is None and row.losses == [] and row.epochs_done == 1 and row.seconds > 0
+            assert row.codes == again[name]
+            np.testing.assert_array_equal(db.model_codes(row), references.fit_map(name, x, seed=3)[0])
+            table = db.find_table(session=s, experiment_id=a, space=name, distance="l2")
+            queries = np.random.default_rng(5).choice(1000, 10, replace=False)
+            want_ids, want_d = brute_rows(db.model_codes(row), queries, 50, "l2")
+            for q, wi, wd in zip(queries, want_ids, want_d, strict=True):
+                ids, _, dist = db.sample_neighbors(session=s, table_id=table.id, sample_id=int(q))
+                np.testing.assert_array_equal(ids, wi)
+                np.testing.assert_allclose(dist, wd, rtol=1e-5, atol=1e-6)
+        score = {(v.space, v.k): v.value for v in db.load_metrics(session=s, experiment_id=a, metric="score_at_k")}
+        assert score[("tsne", 5)] > score[("umap", 5)] > score[("pca", 5)] > 0  # as on full MNIST (0.56/0.44/0.09)
+
+    monkeypatch.setitem(references.EXTRA, "umap", ("aeknn_no_such_module", "umap-learn"))
+    failed = record_experiment(f, cfg)
+    with pytest.raises(references.MissingExtra):
+        run_experiment(runtime(), failed)
+    with f() as s:
+        exp = db.get_experiment(session=s, experiment_id=failed)
+        assert exp.status == db.FAILED and "umap needs umap-learn" in exp.error and "aeknn[maps]" in exp.error
+        models = {m.name: m for m in db.list_models(session=s, experiment_id=failed)}
+        assert models["pca"].codes is None and "relu_mse" not in models  # nothing fitted, nothing trained

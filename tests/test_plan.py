@@ -6,12 +6,15 @@ from common.study import plan
 
 
 def test_the_plan_orders_every_stage_after_what_it_needs():
-    assert plan.NAMES == ("data", "pixel tables", "train", "train keeping", "code tables", "metrics")
+    assert plan.NAMES == ("data", "reference maps", "pixel tables", "train", "train keeping", "code tables",
+                          "metrics")
     assert [s.name for s in plan.ready(set())] == ["data"]
-    assert [s.name for s in plan.ready({"data"})] == ["pixel tables", "train"]  # side by side on workers
-    assert [s.name for s in plan.ready({"data", "train"})] == ["pixel tables"]  # code tables wait for relu_keep
-    assert [s.name for s in plan.ready({"data", "pixel tables"})] == ["train", "train keeping"]
-    assert [s.name for s in plan.ready({"data", "pixel tables", "train", "train keeping"})] == ["code tables"]
+    assert [s.name for s in plan.ready({"data"})] == ["reference maps", "pixel tables", "train"]  # side by side
+    maps = {"data", "reference maps"}
+    assert [s.name for s in plan.ready(maps | {"train"})] == ["pixel tables"]  # code tables wait for relu_keep
+    assert [s.name for s in plan.ready(maps | {"pixel tables"})] == ["train", "train keeping"]
+    assert [s.name for s in plan.ready(maps | {"pixel tables", "train", "train keeping"})] == ["code tables"]
+    assert [s.name for s in plan.ready({"data", "pixel tables", "train", "train keeping"})] == ["reference maps"]
     assert plan.ready(set(plan.NAMES)) == []
 
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 from sqlalchemy import delete, func, select
 
+from common.compute.names import MODEL_NAMES
 from common.settings import get_settings
 from common.store import db as db
 from common.study.config import StudyConfig
@@ -23,7 +24,7 @@ from tests.services import REDIS_START, TcpProxy, Worker, fresh_database, wait_f
 pytestmark = pytest.mark.workers
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SMALL = {"limit": 2000, "epochs": 3}
-FIVE = {**SMALL, "models": ["linear_l1", "linear_mse", "relu_l1", "relu_mse", "relu_keep"]}
+EVERY = {**SMALL, "models": list(MODEL_NAMES)}  # the study's four, relu_keep and the reference maps
 
 
 # ---------------------------------------------------------------- helpers
@@ -154,10 +155,11 @@ def assert_same_results(got: dict, want: dict) -> None:
 
 
 def test_two_workers_share_the_job_and_match_the_in_process_run(stack, tmp_path_factory, data_dir):
-    # all five models: relu_keep's training is its own task, sent once the pixel tables are stored
+    # every model: relu_keep's training is its own task, sent once the pixel tables are stored, and the
+    # reference maps are fitted by theirs (seeded, so a worker fits the in-process run's bits)
     stack.worker("w1")
     stack.worker("w2")
-    eid = stack.submit(**FIVE)
+    eid = stack.submit(**EVERY)
     exp = stack.wait(eid)
     with stack.factory() as s:
         by = {w for (w,) in s.execute(select(db.ChunkRow.worker))}
@@ -165,10 +167,10 @@ def test_two_workers_share_the_job_and_match_the_in_process_run(stack, tmp_path_
     assert {w.split("@")[0] for w in by} == {"w1", "w2"}, by  # both workers computed chunks
     assert n_chunks > 20
     assert exp.attempts == 1
-    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **FIVE))
+    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **EVERY))
     with stack.factory() as s:
-        assert {i.kind for i in db.items_of(session=s, experiment_id=eid)} == {"data", "train", "keep", "chunk",
-                                                                                "metrics"}
+        assert {i.kind for i in db.items_of(session=s, experiment_id=eid)} == {"data", "train", "keep", "maps",
+                                                                                "chunk", "metrics"}
     status = stack.aeknn("status", str(eid)).stdout
     assert f"experiment {eid}: succeeded" in status and "epoch 3/3" in status and "complete" in status
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset
 from common.compute.models import is_autoencoder
+from common.compute.names import KEEP_MODELS, REFERENCE_MAPS
 from common.secrets import scrub
 from common.settings import Settings
 from common.store import db as db
@@ -36,6 +37,7 @@ from common.study.stages import (
     plan_table,
     stage_data,
     stage_keep,
+    stage_maps,
     stage_metrics,
     stage_train,
     table_points,
@@ -96,7 +98,9 @@ def _due(factory: sessionmaker[Session], settings: Settings, exp: db.Experiment)
         if stage == "train":  # the autoencoders
             return [] if trained([m for m in models if is_autoencoder(m)]) else [Due("train")]
         if stage == "train keeping":  # relu_keep, once the pixel tables are stored
-            return [] if trained([m for m in models if not is_autoencoder(m)]) else [Due("keep")]
+            return [] if trained([m for m in models if m in KEEP_MODELS]) else [Due("keep")]
+        if stage == "reference maps":
+            return [] if trained([m for m in models if m in REFERENCE_MAPS]) else [Due("maps")]
         if stage == "code tables":
             return [u for m in models for d in distances for u in chunks(m, rows[m].id, d, 2)]
         if stage == "metrics":
@@ -148,8 +152,8 @@ def _ensure(factory: sessionmaker[Session], settings: Settings, experiment_id: i
                         experiment_id, item.key, item.state, item.enqueued_at)
             item.state, item.enqueued_at = db.QUEUED, now
             item_id = item.id
-    task = {"data": jobs.PREPARE, "train": jobs.TRAIN, "keep": jobs.TRAIN_KEEP, "chunk": jobs.CHUNK,
-            "metrics": jobs.METRICS}[d.kind]
+    task = {"data": jobs.PREPARE, "train": jobs.TRAIN, "keep": jobs.TRAIN_KEEP, "maps": jobs.FIT_MAPS,
+            "chunk": jobs.CHUNK, "metrics": jobs.METRICS}[d.kind]
     send(task, item_id)
 
 
@@ -364,11 +368,11 @@ def do_data(factory, settings, item: db.WorkItem) -> None:
 
 
 def do_train(factory, settings, item: db.WorkItem) -> None:
-    """The autoencoders (item kind ``train``) or relu_keep (``keep``)."""
+    """The autoencoders (item kind ``train``), relu_keep (``keep``) or the reference maps (``maps``)."""
     check_live(factory, item.experiment_id)
     with factory() as s:
         names = list(db.get_experiment(session=s, experiment_id=item.experiment_id).config["models"])
-    stage = stage_keep if item.kind == "keep" else stage_train
+    stage = {"train": stage_train, "keep": stage_keep, "maps": stage_maps}[item.kind]
     stage(runtime(factory, settings, item.experiment_id), item.experiment_id,
           stored_dataset(factory, item.experiment_id), names)
 

@@ -96,6 +96,11 @@ def train_keeping(self, item_id: int, since: float | None = None) -> None:
     _run(self, item_id, pipeline.do_train, since)
 
 
+@app.task(name=jobs.FIT_MAPS, bind=True, max_retries=None)
+def fit_maps(self, item_id: int, since: float | None = None) -> None:
+    _run(self, item_id, pipeline.do_train, since)
+
+
 @app.task(name=jobs.CHUNK, bind=True, max_retries=None)
 def neighbor_chunk(self, item_id: int, since: float | None = None) -> None:
     _run(self, item_id, pipeline.do_chunk, since)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from common.compute.names import KEEP_MODELS, MODEL_NAMES
+from common.compute.names import MODEL_NAMES, REFERENCE_MAPS, SEED_MODELS
 
 WIDTHS = (784, 128, 64, 12, 2)
 
@@ -65,13 +65,16 @@ def check_model_name(name: str) -> None:
 
 
 def is_autoencoder(name: str) -> bool:
-    """One of the study's four (trained to reconstruct), not an encoder trained to keep neighbourhoods."""
+    """One of the study's four (trained to reconstruct), not an encoder trained to keep neighbourhoods
+    nor a reference map."""
     check_model_name(name)
-    return name not in KEEP_MODELS
+    return name in SEED_MODELS
 
 
 def build_model(name: str) -> nn.Module:
     """The architecture named by the first half of ``name`` (linear / relu); ``relu_keep``: the ReLU encoder."""
+    if name in REFERENCE_MAPS:
+        raise ValueError(f"{name} is a reference map (common/compute/references.py), not a network")
     if not is_autoencoder(name):
         return KeepingEncoder()
     return Autoencoder(relu=name.startswith("relu"))

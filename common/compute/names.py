@@ -2,7 +2,9 @@
 
 SEED_MODELS: tuple[str, ...] = ("linear_l1", "linear_mse", "relu_l1", "relu_mse")  # the study's four autoencoders
 KEEP_MODELS: tuple[str, ...] = ("relu_keep",)  # beyond the study: the seed's encoder trained to keep neighbourhoods
-MODEL_NAMES: tuple[str, ...] = SEED_MODELS + KEEP_MODELS
+# reference maps drawn by well-kept libraries, not trained here: read-only models (codes, no weights)
+REFERENCE_MAPS: tuple[str, ...] = ("pca", "umap", "tsne")
+MODEL_NAMES: tuple[str, ...] = SEED_MODELS + KEEP_MODELS + REFERENCE_MAPS
 DISTANCES: tuple[str, ...] = ("l1", "l2")
 # data set name -> (torchvision class name, training samples, test samples)
 DATASETS: dict[str, tuple[str, int, int]] = {

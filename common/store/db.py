@@ -156,7 +156,7 @@ class WorkItem(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(32))  # data | train | keep | chunk | metrics
+    kind: Mapped[str] = mapped_column(String(32))  # data | train | keep | maps | chunk | metrics
     table_id: Mapped[int | None] = mapped_column(Integer)
     start: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default=QUEUED)  # queued | running | done | failed
@@ -400,6 +400,12 @@ def save_trained(*, session: Session, model_id: int, weights: bytes, recon_ids: 
         weights=weights, recon_ids=recon_ids, recon_epoch=recon_epoch,
         reconstructions=None if reconstructions is None else reconstructions.astype("<f4").tobytes(),
         codes=codes.astype("<f4").tobytes(), seconds=seconds))
+
+
+def save_map(*, session: Session, model_id: int, codes: np.ndarray, seconds: float) -> None:
+    """A reference map's codes (common/compute/references.py): fitted once, so its one "epoch" is done."""
+    session.execute(update(ModelRow).where(ModelRow.id == model_id).values(
+        epochs_done=1, codes=codes.astype("<f4").tobytes(), seconds=seconds))
 
 
 def model_codes(row: ModelRow) -> np.ndarray:

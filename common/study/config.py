@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES, SEED_MODELS
+from common.compute.references import MIN_SAMPLES
 
 ModelName = StrEnum("ModelName", {n: n for n in MODEL_NAMES})
 Distance = StrEnum("Distance", {d: d for d in DISTANCES})
@@ -41,7 +42,9 @@ class StudyConfig(BaseModel):
     dataset: DatasetName = DatasetName.mnist
     limit: Int | None = Field(default=None, gt=0, description="use the first N training samples")
     models: list[ModelName] = Field(default_factory=lambda: [ModelName(n) for n in SEED_MODELS], min_length=1,
-                                    description="default: the study's four autoencoders; relu_keep on request")
+                                    description="default: the study's four autoencoders; on request relu_keep and the "
+                                                "reference maps pca, umap and tsne (the last two need the "
+                                                "maps extra where the study runs)")
     epochs: Int = Field(default=100, gt=0, le=MAX_EPOCHS)
     batch_size: Int = Field(default=100, gt=0, le=60_000)
     lr: Float = Field(default=1e-3, gt=0, le=MAX_LR, description="Adam learning rate, in (0, 10]")
@@ -81,6 +84,10 @@ class StudyConfig(BaseModel):
         if self.k >= self.n:
             raise ValueError(f"k: K={self.k} must be below the number of samples N={self.n} "
                              "(limit must exceed K)")
+        small = [f"{m.value} needs at least {MIN_SAMPLES[m.value]}" for m in self.models
+                 if self.n < MIN_SAMPLES.get(m.value, 0)]
+        if small:
+            raise ValueError(f"models: {'; '.join(small)} samples, got N={self.n}")
         bad = [k for k in self.ks if not 0 < k <= min(self.k, self.n - 2)]
         if bad:
             raise ValueError(f"ks: {bad} must each be in 1..K={self.k} (and below N-1)")

@@ -16,6 +16,7 @@ ADVANCE = "aeknn.advance"  # look at an experiment's state in the database and s
 PREPARE = "aeknn.prepare_data"
 TRAIN = "aeknn.train"
 TRAIN_KEEP = "aeknn.train_keeping"  # relu_keep, which needs the pixel tables first
+FIT_MAPS = "aeknn.fit_maps"  # the reference maps (PCA, UMAP, t-SNE)
 CHUNK = "aeknn.neighbor_chunk"
 METRICS = "aeknn.metrics"
 SWEEP = "aeknn.sweep"
@@ -25,7 +26,7 @@ BACKFILL = "aeknn.backfill_metrics"  # store every k of an experiment stored bef
 CONTROL, TRAIN_QUEUE, NEIGHBORS = "control", "train", "neighbors"
 QUEUES = (CONTROL, TRAIN_QUEUE, NEIGHBORS)
 ROUTES = {ADVANCE: CONTROL, PREPARE: CONTROL, METRICS: CONTROL, SWEEP: CONTROL, BACKFILL: CONTROL,
-          TRAIN: TRAIN_QUEUE, TRAIN_KEEP: TRAIN_QUEUE, CHUNK: NEIGHBORS}
+          TRAIN: TRAIN_QUEUE, TRAIN_KEEP: TRAIN_QUEUE, FIT_MAPS: TRAIN_QUEUE, CHUNK: NEIGHBORS}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -19,11 +19,14 @@ class Stage:
 
 PLAN: tuple[Stage, ...] = (
     Stage("data", (), "load, check and store the data set (once per data set and N)"),
+    Stage("reference maps", ("data",),
+          "fit the reference maps asked for (PCA, UMAP, t-SNE; common/compute/references.py): codes, no weights"),
     Stage("pixel tables", ("data",), "the pixel-space neighbour tables (shared by experiments on the same data)"),
     Stage("train", ("data",), "train the autoencoders side by side, with a checkpoint every epoch, then encode"),
     Stage("train keeping", ("pixel tables",),
           "train relu_keep, when asked for, on the stored pixel-space neighbours (common/compute/keeping.py)"),
-    Stage("code tables", ("train", "train keeping"), "the neighbour tables of each model's 2-D codes"),
+    Stage("code tables", ("reference maps", "train", "train keeping"),
+          "the neighbour tables of each model's 2-D codes"),
     Stage("metrics", ("pixel tables", "code tables"), "every metric at every k, from the stored tables"),
 )
 NAMES = tuple(s.name for s in PLAN)

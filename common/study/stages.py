@@ -30,7 +30,9 @@ from common.compute.devices import resolve_device
 from common.compute.keeping import KeepConfig, train_keeping
 from common.compute.kernels import describe_rate, throughput
 from common.compute.models import is_autoencoder
+from common.compute.names import REFERENCE_MAPS
 from common.compute.neighbors import NeighborTable, Space, knn_rows, plan_chunk, prepare, release_scratch
+from common.compute.references import check_available, fit_map
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.store import db as db
 from common.study import plan
@@ -340,7 +342,7 @@ def keep_config(cfg: StudyConfig) -> KeepConfig:
 def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
     """Train relu_keep (when the experiment has it) on its stored pixel-space table, resuming from its
     checkpoint; store its weights and codes. Stored already: nothing to do."""
-    if all(is_autoencoder(n) for n in names):
+    if "relu_keep" not in names:
         return
     cfg = load_config(rt.factory, experiment_id)
     with db.transaction(rt.factory) as s:
@@ -374,6 +376,27 @@ def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
     _store_trained(rt, row.id, model, x, time.perf_counter() - t0, recon_ids=[], recon_epoch=None,
                    reconstructions=None)
     _timed(rt, experiment_id, "train relu_keep", t0)
+
+
+def stage_maps(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
+    """Fit the reference maps the experiment asks for (PCA; UMAP and t-SNE with the maps extra), each
+    seeded by the study's seed, and store their codes: read-only models, no weights. Stored already:
+    nothing to do. A missing library fails here, before anything is trained."""
+    cfg = load_config(rt.factory, experiment_id)
+    names = [n for n in names if n in REFERENCE_MAPS]
+    with db.transaction(rt.factory) as s:
+        rows = {n: db.get_or_create_model(session=s, experiment_id=experiment_id, name=n) for n in names}
+    todo = [n for n in names if rows[n].codes is None]
+    check_available(todo)
+    x = ds.scaled().numpy()
+    for name in todo:
+        t0 = time.perf_counter()
+        rt.progress.begin(f"fit {name}", 1, "maps")
+        codes, _ = fit_map(name, x, seed=cfg.seed)
+        rt.progress.end()
+        with db.transaction(rt.factory) as s:
+            db.save_map(session=s, model_id=rows[name].id, codes=codes, seconds=time.perf_counter() - t0)
+        _timed(rt, experiment_id, f"fit {name}", t0)
 
 
 def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, distance: str) -> None:
@@ -440,6 +463,7 @@ class _Run:
         rt, eid, ctx = self.rt, self.id, self.ctx
         runners = {  # one per stage of common/study/plan.py
             "data": lambda: ctx.update(ds=stage_data(rt, eid)),
+            "reference maps": lambda: stage_maps(rt, eid, ctx["ds"], self.models),
             "pixel tables": lambda: self._tables("pixel"),
             "train": lambda: stage_train(rt, eid, ctx["ds"], self.models),
             "train keeping": lambda: stage_keep(rt, eid, ctx["ds"], self.models),

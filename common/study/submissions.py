@@ -9,6 +9,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute import kernels
+from common.compute.names import REFERENCE_MAPS
 from common.settings import Settings
 from common.store import db as db
 from common.study import jobs
@@ -119,7 +120,8 @@ def describe(session: Session, experiment_id: int) -> dict[str, Any] | None:
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     if exp is None:
         return None
-    models = [{"name": m.name, "epochs_done": m.epochs_done, "epochs": exp.config["epochs"],
+    models = [{"name": m.name, "epochs_done": m.epochs_done,
+               "epochs": 1 if m.name in REFERENCE_MAPS else exp.config["epochs"],  # a map is fitted once
                "loss": m.losses[-1] if m.losses else None, "trained": m.codes is not None}
               for m in db.list_models(session=session, experiment_id=experiment_id)]
     tables = []
