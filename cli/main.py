@@ -562,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist")
         sp.add_argument("--limit", type=int, help="use the first N training samples (default: all)")
         sp.add_argument("--models", type=_csv,
-                        help=f"comma list of {','.join(MODEL_NAMES)} (default: the study's four, all but relu_keep)")
+                        help=f"comma list of {','.join(MODEL_NAMES)} (default: the study's four; relu_keep "
+                             "and the reference maps pca, umap, tsne on request)")
         sp.add_argument("--epochs", type=int, help="default: 100")
         sp.add_argument("--batch-size", type=int, help="default: 100")
         sp.add_argument("--lr", type=float, help="default: 1e-3")

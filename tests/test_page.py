@@ -15,7 +15,7 @@ from tests.services import ApiServer
 
 CHROMIUM = "/usr/bin/chromium"
 CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20],
-                  models=["linear_l1", "linear_mse", "relu_l1", "relu_mse", "relu_keep"])
+                  models=["linear_l1", "linear_mse", "relu_l1", "relu_mse", "relu_keep", "pca", "umap", "tsne"])
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking", "--no-first-run", "--disable-extensions"]
 
@@ -178,6 +178,15 @@ def test_typed_id_and_a_deep_link_restore_the_same_view(page, browser, server, t
     assert other.input_value("#k") == "7" and other.input_value("#sample-id") == "42"
     other.screenshot(path=str(tmp_path / "deep-link.png"), full_page=True)
     other.context.close()
+
+
+@pytest.mark.parametrize("model", ["umap", "tsne"])
+def test_a_reference_map_is_shown_like_a_trained_model(page, server, model):
+    open_page(page, server["url"] + f"/?model={model}&sample=7&k=9")
+    wait_sample(page, 7)
+    assert page.input_value("#model") == model and model in page.inner_text("#title-encoded")
+    assert shown(page, "encoded") == wanted(server, 7, "encoded", "l2", 9, model=model)
+    assert page.query_selector(f"#t-score_at_k td[data-space='{model}']")  # in every metric table
 
 
 def test_bad_input_on_the_page_is_named_next_to_its_control(page, server):

@@ -104,7 +104,7 @@ def loss_png(request: Request, exp: ExperimentDep, session: SessionDep, factory:
     """The training loss per epoch: one panel per loss (L1, MSE), one curve per model."""
     def draw() -> bytes:
         rows = sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: MODEL_NAMES.index(m.name))
-        return plots.loss(exp.id, {m.name: list(m.losses or []) for m in rows})
+        return plots.loss(exp.id, {m.name: list(m.losses) for m in rows if m.losses})  # a reference map has none
 
     return _plot(request, exp, factory, "loss", "", draw)
 

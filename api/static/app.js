@@ -5,7 +5,8 @@
 
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const MODEL_COLOURS = { linear_l1: "#1f77b4", linear_mse: "#ff7f0e", relu_l1: "#2ca02c", relu_mse: "#d62728", relu_keep: "#9467bd" };
+const MODEL_COLOURS = { linear_l1: "#1f77b4", linear_mse: "#ff7f0e", relu_l1: "#2ca02c", relu_mse: "#d62728", relu_keep: "#9467bd",
+  pca: "#8c564b", umap: "#e377c2", tsne: "#7f7f7f" };  // the last three: reference maps (read-only)
 const PIXEL_MARK = "#e65c00"; // where a sample's pixel-space neighbours landed in the code space
 const $ = (id) => document.getElementById(id);
 
