@@ -10,9 +10,10 @@ Rows: the seed's four autoencoders (their codes and weights read from a finished
 data set with --db, or trained here with --seed-epochs), the neighbourhood-keeping encoder
 (common/compute/keeping.py, trained here, one row per --keep-loss, --keep-attraction,
 --keep-final-positives, --keep-noise and --keep-seeds),
-PCA (2 components, scikit-learn), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
-defaults). Every map's own exact top-50 table (L2, the project's engine) is compared with the pixel
-space's: score@k for k = 5, 10, 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The
+PCA (2 components, exact), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
+defaults), as the product fits them for an experiment that asks for them (common/compute/references.py;
+here unseeded, every core). Every map's own exact top-50 table (L2, the project's engine) is compared
+with the pixel space's: score@k for k = 5, 10, 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The
 test split (10,000 images) is scored the same way, neighbours among the test images in both spaces,
 for every method that maps an unseen image (all but t-SNE, which places only the samples it was fitted
 on), beside the first 10,000 training images scored among themselves (the same N: score@k depends on
@@ -156,7 +157,6 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    import torch
 
     from common.compute.data import load_dataset
     from common.compute.keeping import ATTRACTION, FINAL_POSITIVES, NOISE, KeepConfig, train_keeping
@@ -199,27 +199,17 @@ def main() -> None:
                     + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
             maps[name] = (encode(model, x).numpy(), encode(model, x_test).numpy(), seconds)
+    from common.compute.references import fit_map
+
     xs, xts = x.numpy(), x_test.numpy()
-    if "pca" in methods:
-        from sklearn.decomposition import PCA
-
-        t0 = time.perf_counter()
-        pca = PCA(2, random_state=0).fit(xs)
-        maps["PCA"] = (pca.transform(xs), pca.transform(xts), time.perf_counter() - t0)
-    if "umap" in methods:
-        import umap
-
-        t0 = time.perf_counter()
-        um = umap.UMAP(n_components=2)
-        emb = um.fit_transform(xs)
-        seconds = time.perf_counter() - t0
-        maps["UMAP"] = (emb, um.transform(xts), seconds)
+    for method, title in (("pca", "PCA"), ("umap", "UMAP"), ("tsne", "t-SNE")):
+        if method in methods:  # the product's reference maps, each library with its defaults on every core
+            t0 = time.perf_counter()
+            emb, transform = fit_map(method, xs, seed=None)
+            seconds = time.perf_counter() - t0  # the fit alone
+            maps[title] = (emb, None if transform is None else transform(xts), seconds)
     if "tsne" in methods:
-        from openTSNE import TSNE
-
-        t0 = time.perf_counter()
-        emb = np.asarray(TSNE(n_jobs=torch.get_num_threads(), random_state=0).fit(xs))
-        maps["t-SNE"] = (emb, None, time.perf_counter() - t0)
+        emb = maps["t-SNE"][0]
         if args.fit_epochs:  # how much of t-SNE's map the seed's encoder can draw at all
             t0 = time.perf_counter()
             model = fit_to_map(x, emb, args.fit_epochs)
