@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
+from common.compute.names import REFERENCE_MAPS
 from common.store import db as db
 from common.study.config import StudyConfig
 from tests.services import ApiServer
@@ -112,9 +113,10 @@ def test_tables_show_the_apis_values(page, server):
     assert seen == set(api)  # every value of the API is on the page, nothing else
     # the best model per column is marked: score@k at k=20 (ties at the shown precision both marked)
     best = page.eval_on_selector_all("#t-score_at_k td.best[data-k='20']", "tds => tds.map(t => t.dataset.value)")
-    top = max(v for (m, s, d, k), v in api.items() if m == "score_at_k" and k == "20")
+    top = max(v for (m, s, d, k), v in api.items() if m == "score_at_k" and k == "20" and s not in REFERENCE_MAPS)
     assert best and all(round(float(b), 4) == round(top, 4) for b in best)
-    # ... and never the pixel-space baseline row
+    # ... and never the pixel-space baseline row nor a reference map
+    assert not page.query_selector_all("#tables td.best[data-space='tsne'], #tables td.best[data-space='umap']")
     assert not page.query_selector_all("#t-knn_accuracy td.best[data-space='original']")
     assert not page.query_selector_all("#t-same_label_rate td.best[data-space='original']")
     assert page.query_selector_all("#t-knn_accuracy td.best")
@@ -227,8 +229,11 @@ def test_findings_charts_and_where_pixel_neighbours_landed(page, server, tmp_pat
     page.wait_for_selector("#findings[data-ready='1']")
     findings = page.inner_text("#findings")
     score = httpx.get(server["url"] + "/metrics/score_at_k", params={"k": "10"}).json()
-    best = max((r for r in score["rows"] if r["distance"] == "l2"), key=lambda r: r["values"]["10"])
+    rows = [r for r in score["rows"] if r["distance"] == "l2"]
+    best = max((r for r in rows if r["model"] not in REFERENCE_MAPS), key=lambda r: r["values"]["10"])
     assert f"{best['model']} keeps the most" in findings and f"{100 * best['values']['10']:.1f} %" in findings
+    tsne = next(r for r in rows if r["model"] == "tsne")  # the reference maps as yardsticks, after it
+    assert "the reference maps keep" in findings and f"{100 * tsne['values']['10']:.1f} % (tsne)" in findings
     assert "5-nearest-neighbour vote" in findings
     page.wait_for_selector("#charts[data-ready='1']")
     assert page.get_attribute("#charts", "data-points") == "50"  # score@k and R_NX at every k = 1..K

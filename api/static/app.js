@@ -6,7 +6,11 @@
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const MODEL_COLOURS = { linear_l1: "#1f77b4", linear_mse: "#ff7f0e", relu_l1: "#2ca02c", relu_mse: "#d62728", relu_keep: "#9467bd",
-  pca: "#8c564b", umap: "#e377c2", tsne: "#7f7f7f" };  // the last three: reference maps (read-only)
+  pca: "#8c564b", umap: "#e377c2", tsne: "#7f7f7f" };
+// fitted by well-kept libraries, not trained (REFERENCE_MAPS in common/compute/names.py): yardsticks, like
+// the pixel space, so the best marks and the findings go to the trained models
+const REFERENCE_MAPS = new Set(["pca", "umap", "tsne"]);
+const contestant = (name) => name !== "original" && !REFERENCE_MAPS.has(name);
 const PIXEL_MARK = "#e65c00"; // where a sample's pixel-space neighbours landed in the code space
 const $ = (id) => document.getElementById(id);
 
@@ -343,8 +347,10 @@ async function loadFindings() {
     api(`/metrics/knn_accuracy?experiment=${id}&k=5`), api(`/metrics/label_agreement?${q}`),
     api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, cfg.k)}`)]);
   if (id !== state.experiment) return;
-  const rows = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }))
+  const all = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }))
     .sort((a, b) => b.v - a.v);
+  const trained = all.filter((r) => contestant(r.model)), refs = all.filter((r) => !contestant(r.model));
+  const rows = trained.length ? trained : all;
   const best = rows[0], worst = rows[rows.length - 1];
   const pixel = acc.rows.find((r) => r.space === "original" && r.distance === d);
   const bestAcc = acc.rows.find((r) => r.space === best.model && r.distance === d);
@@ -364,6 +370,10 @@ async function loadFindings() {
     `A 5-nearest-neighbour vote finds the right label for ${pct(pixel.values["5"])} of the samples in pixel space ` +
     `and ${pct(bestAcc.values["5"])} in ${best.model}'s code.`,
   ];
+  if (trained.length && refs.length) {
+    sentences.push(`Fitted by well-kept libraries rather than trained, the reference maps keep ` +
+      `${refs.map((r) => `${pct(r.v)} (${r.model})`).join(", ")} of each ${k}-neighbourhood.`);
+  }
   $("findings-text").replaceChildren(...sentences.map((s) => el("li", { text: s })));
   $("findings").dataset.ready = "1";
 }
@@ -618,11 +628,11 @@ const rounded = (v) => Math.round(v * 1e4); // what is shown: ties within the sh
 
 function table(caption, id, header, rows, better) {
   // rows: [{name: [...cells], values: [numbers|null], attrs: [{...}]}]; better: "max" | "min" per column.
-  // The best mark goes to models only (the pixel-space baseline row is a reference, not a contestant).
+  // The best mark goes to trained models only (the pixel-space row and the reference maps are yardsticks).
   const cols = header.length - rows[0].name.length;
   const best = [];
   for (let j = 0; j < cols; j++) {
-    const vals = rows.filter((r) => r.name[0] !== "original").map((r) => r.values[j])
+    const vals = rows.filter((r) => contestant(r.name[0])).map((r) => r.values[j])
       .filter((v) => v !== null && v !== undefined).map(rounded);
     best.push(vals.length ? (better === "min" ? Math.min(...vals) : Math.max(...vals)) : null);
   }
@@ -632,7 +642,7 @@ function table(caption, id, header, rows, better) {
     ...rows.map((r) => el("tr", {},
       ...r.name.map((nm) => el("td", { class: "name", text: nm })),
       ...r.values.map((v, j) => {
-        const mark = v !== null && r.name[0] !== "original" && rounded(v) === best[j];
+        const mark = v !== null && contestant(r.name[0]) && rounded(v) === best[j];
         const td = el("td", { class: mark ? "best" : "", text: fmt(v) });
         if (v !== null && v !== undefined) td.dataset.value = v;
         for (const [key, val] of Object.entries(r.attrs[j])) td.dataset[key] = val;

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -70,5 +71,6 @@ def fit_map(name: str, x: np.ndarray, *, seed: int | None) -> tuple[np.ndarray, 
     if name == "umap":
         um = lib.UMAP(n_components=2, random_state=seed, n_jobs=jobs)
         return np.asarray(um.fit_transform(xs), np.float32), lambda rows: np.asarray(um.transform(rows), np.float32)
+    logging.getLogger("openTSNE").setLevel(logging.WARNING)  # not a line per phase among the study's own
     emb = lib.TSNE(n_jobs=jobs, random_state=0 if seed is None else seed).fit(xs)
     return np.asarray(emb, np.float32), None

@@ -393,6 +393,7 @@ def stage_maps(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
         t0 = time.perf_counter()
         rt.progress.begin(f"fit {name}", 1, "maps")
         codes, _ = fit_map(name, x, seed=cfg.seed)
+        rt.progress.advance(1)
         rt.progress.end()
         with db.transaction(rt.factory) as s:
             db.save_map(session=s, model_id=rows[name].id, codes=codes, seconds=time.perf_counter() - t0)
