@@ -381,7 +381,7 @@ def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
 def stage_maps(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
     """Fit the reference maps the experiment asks for (PCA; UMAP and t-SNE with the maps extra), each
     seeded by the study's seed, and store their codes: read-only models, no weights. Stored already:
-    nothing to do. A missing library fails here, before anything is trained."""
+    nothing to do. A missing library fails here, at once (the stage comes first after the data)."""
     cfg = load_config(rt.factory, experiment_id)
     names = [n for n in names if n in REFERENCE_MAPS]
     with db.transaction(rt.factory) as s:
