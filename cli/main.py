@@ -686,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step otherwise
-    from common.errors import DataError, Invalid, NotFound, NotReady
+    from common.errors import DataError, Invalid, MissingExtra, NotFound, NotReady
     from common.store.migrate import SchemaError
 
     try:
@@ -709,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except SchemaError as exc:
         print(f"aeknn: {exc}", file=sys.stderr)
+        return 1
+    except MissingExtra as exc:  # the experiment is kept (failed): resume goes on from what it stored
+        print(f"aeknn: {exc}; then `aeknn resume ID` continues the experiment", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("aeknn: interrupted; continue with `aeknn resume ID`", file=sys.stderr)

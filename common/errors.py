@@ -5,6 +5,10 @@ class DataError(RuntimeError):
     """A data file is missing, truncated or not what it should be; the message names it."""
 
 
+class MissingExtra(RuntimeError):
+    """A library that an optional feature needs is not installed here; the message names the package."""
+
+
 # The read side's errors (common/reads.py): the CLI turns them into exit codes, the API into statuses.
 class NotFound(LookupError):
     """An unknown experiment or sample (API 404)."""

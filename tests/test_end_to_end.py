@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -236,6 +237,21 @@ def test_run_refuses_bad_input_before_any_work(tmp_path, args, msg):
     assert not (tmp_path / "bad.db").exists()  # nothing was written
 
 
+def test_run_without_a_maps_library_names_it_and_how_to_go_on(tmp_path, data_dir):
+    (tmp_path / "site").mkdir()  # umap-learn as good as uninstalled: `import umap` fails, find_spec says None
+    (tmp_path / "site" / "sitecustomize.py").write_text("import sys\nsys.modules['umap'] = None\n")
+    url = f"sqlite:///{tmp_path / 'maps.db'}"
+    cmd = [sys.executable, "-m", "cli", "run", "--limit", "300", "--epochs", "1", "--k", "20", "--ks", "5",
+           "--models", "relu_mse,umap", "--db", url, "--data-dir", str(data_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{os.getcwd()}"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "umap needs umap-learn, not installed here: pip install 'aeknn[maps]'" in proc.stderr
+    assert "`aeknn resume ID` continues the experiment" in proc.stderr
+    status = aeknn("status", "1", env_db=url).stdout
+    assert "experiment 1: failed" in status and "umap needs umap-learn" in status
+
+
 def in_process(tmp_path, data_dir):
     """A SQLite database in tmp_path and a function that makes a Runtime over it (with an epoch hook)."""
     from common.study.stages import Runtime
@@ -330,7 +346,8 @@ def test_relu_keep_trains_on_the_stored_pixel_table_resumes_and_its_tables_are_e
 def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_others(tmp_path, data_dir, monkeypatch):
     """PCA, UMAP and t-SNE beside an autoencoder: fitted first, seeded by the study's seed (the codes of a
     second experiment are the same bits), stored with no weights, and their tables equal brute force; a
-    missing library fails the experiment before anything is trained, naming the package to install."""
+    missing library fails the experiment before anything is trained, naming the package to install, and
+    once it is there the experiment resumes to the same result."""
     from common.compute import references
     from common.study.stages import record_experiment, run_experiment, stage_data
 
@@ -370,3 +387,9 @@ def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_other
         assert exp.status == db.FAILED and "umap needs umap-learn" in exp.error and "aeknn[maps]" in exp.error
         models = {m.name: m for m in db.list_models(session=s, experiment_id=failed)}
         assert models["pca"].codes is None and "relu_mse" not in models  # nothing fitted, nothing trained
+    monkeypatch.undo()
+    run_experiment(runtime(), failed)
+    with f() as s:
+        assert db.get_experiment(session=s, experiment_id=failed).status == db.SUCCEEDED
+        assert {m.name: m.codes for m in db.list_models(session=s, experiment_id=failed)} == \
+            {m.name: m.codes for m in db.list_models(session=s, experiment_id=a)}

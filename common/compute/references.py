@@ -20,14 +20,11 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from common.compute.names import REFERENCE_MAPS
+from common.errors import MissingExtra
 
 EXTRA = {"umap": ("umap", "umap-learn"), "tsne": ("openTSNE", "openTSNE")}  # module, package (the "maps" extra)
 MIN_SAMPLES = {"umap": 4}  # fewer: its spectral start fails (measured: 3 fail, 4 and up fit)
 Transform = Callable[[np.ndarray], np.ndarray]  # unseen rows -> their 2-D codes
-
-
-class MissingExtra(RuntimeError):
-    """The library a reference map needs is not installed here."""
 
 
 def pca(x: np.ndarray) -> tuple[np.ndarray, Transform]:
