@@ -13,8 +13,8 @@ data set with --db, or trained here with --seed-epochs), the neighbourhood-keepi
 PCA (2 components, exact), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
 defaults), as the product fits them for an experiment that asks for them (common/compute/references.py;
 here unseeded, every core). Every map's own exact top-50 table (L2, the project's engine) is compared
-with the pixel space's: score@k for k = 5, 10, 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines them. The
-test split (10,000 images) is scored the same way, neighbours among the test images in both spaces,
+with the pixel space's: score@k for k = 5, 10, 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines
+them. The test split (10,000 images) is scored the same way, neighbours among the test images in both spaces,
 for every method that maps an unseen image (all but t-SNE, which places only the samples it was fitted
 on), beside the first 10,000 training images scored among themselves (the same N: score@k depends on
 how many samples share the map). A last row regresses the seed's encoder onto t-SNE's map
@@ -156,7 +156,6 @@ def main() -> None:
     ap.add_argument("--figure", default=None, help="write the maps side by side to this PNG")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-
 
     from common.compute.data import load_dataset
     from common.compute.keeping import ATTRACTION, FINAL_POSITIVES, NOISE, KeepConfig, train_keeping
