@@ -189,6 +189,20 @@ def test_a_reference_map_is_shown_like_a_trained_model(page, server, model):
     assert page.input_value("#model") == model and model in page.inner_text("#title-encoded")
     assert shown(page, "encoded") == wanted(server, 7, "encoded", "l2", 9, model=model)
     assert page.query_selector(f"#t-score_at_k td[data-space='{model}']")  # in every metric table
+    # each neighbour's distance is readable whole, not cut to "0.0…" (a 2-D map's distances are small), in
+    # both columns and at both distances (L1's pixel distances pass 100)
+    for distance in ("l2", "l1"):
+        page.select_option("#distance", distance)
+        want = wanted(server, 7, "original", distance, 9)
+        for _ in range(100):  # until the thumbnails are this distance's (10 s at most)
+            if shown(page, "original") == want:
+                break
+            page.wait_for_timeout(100)
+        assert shown(page, "original") == want
+        cut = page.eval_on_selector_all(
+            "#nbrs-encoded .dist, #nbrs-original .dist",
+            "ds => ds.filter(d => d.scrollWidth > d.clientWidth).map(d => d.textContent)")
+        assert cut == [], distance
 
 
 def test_bad_input_on_the_page_is_named_next_to_its_control(page, server):

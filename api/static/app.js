@@ -72,6 +72,9 @@ function el(tag, attrs = {}, ...children) {
 
 const fmt = (v) => (v === null || v === undefined ? "–" : v.toFixed(4));
 const pct = (v) => `${(100 * v).toFixed(1)} %`;
+// a neighbour's distance whole in a thumbnail's 34 px ("123", "12.5", "0.62", "0.018", "5e-3"); exact in its title
+const thumbDistance = (v) => (v >= 100 ? String(Math.round(v)) : v >= 10 ? v.toFixed(1)
+  : v >= 0.01 ? Number(v.toPrecision(2)).toString() : v === 0 ? "0" : v.toExponential(0));
 const short = (v) => (v === 0 ? "0" : Math.abs(v) < 1e-3 ? v.toExponential(2) : Number(v.toPrecision(3)).toString());
 const imageUrl = (id, scale = 2) => `/samples/${id}/image.png?experiment=${state.experiment}&scale=${scale}`;
 
@@ -575,7 +578,7 @@ function thumb(nb, own, shared) {
                         title: `#${nb.id} (rank ${nb.rank}, distance ${nb.distance})` },
     el("img", { src: imageUrl(nb.id), alt: `sample ${nb.id}`, loading: "lazy" }),
     el("span", { class: "label", text: String(nb.label) }), " · ",
-    el("span", { class: "dist", text: short(nb.distance) }));
+    el("span", { class: "dist", text: thumbDistance(nb.distance) }));
   t.addEventListener("click", () => selectSample(nb.id));
   return t;
 }
