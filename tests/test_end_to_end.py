@@ -349,6 +349,7 @@ def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_other
     missing library fails the experiment before anything is trained, naming the package to install, and
     once it is there the experiment resumes to the same result."""
     from common.compute import references
+    from common.errors import MissingExtra
     from common.study.stages import record_experiment, run_experiment, stage_data
 
     f, runtime = in_process(tmp_path, data_dir)
@@ -380,7 +381,7 @@ def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_other
 
     monkeypatch.setitem(references.EXTRA, "umap", ("aeknn_no_such_module", "umap-learn"))
     failed = record_experiment(f, cfg)
-    with pytest.raises(references.MissingExtra):
+    with pytest.raises(MissingExtra):
         run_experiment(runtime(), failed)
     with f() as s:
         exp = db.get_experiment(session=s, experiment_id=failed)

@@ -8,7 +8,8 @@ import pytest
 
 from common.compute import references
 from common.compute.models import build_model, is_autoencoder
-from common.compute.references import MissingExtra, check_available, fit_map
+from common.compute.references import check_available, fit_map
+from common.errors import MissingExtra
 from common.study.config import StudyConfig
 
 # rows (a, b, 0) + 5: variance 10/6 along the first axis, 2/6 along the second, none along the third
