@@ -18,7 +18,14 @@ build() {  # name, then mmdebstrap options, then --change lines after --
     return
   fi
   local t0=$SECONDS
-  mmdebstrap --variant=minbase --quiet "${opts[@]}" "$SUITE" - | docker import "${changes[@]}" - "$name" >/dev/null
+  # docker import tags whatever the pipe gave it, an empty stream too: a failed mmdebstrap (missing, or no
+  # mirror) must not leave an empty image behind for the next run to keep
+  if ! mmdebstrap --variant=minbase --quiet "${opts[@]}" "$SUITE" - | docker import "${changes[@]}" - "$name" >/dev/null
+  then
+    docker rmi -f "$name" >/dev/null 2>&1 || true
+    echo "image $name: mmdebstrap failed (apt-get install mmdebstrap; a Debian mirror must answer)" >&2
+    exit 1
+  fi
   echo "image $name: built from Debian $SUITE in $((SECONDS - t0)) s" >&2
 }
 
