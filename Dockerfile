@@ -10,6 +10,7 @@ ARG BUILD_IMAGE=${BASE_IMAGE}
 FROM ${BUILD_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG PIP_ARGS=""
+ARG EXTRAS=maps
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # gcc builds the optional C kernels (common/compute/*.c); the package falls back to a portable path without it
 RUN command -v gcc >/dev/null || (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -17,11 +18,12 @@ RUN command -v gcc >/dev/null || (apt-get update && apt-get install -y --no-inst
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# 1. the dependencies alone, read from pyproject.toml: a code change does not reinstall torch
-COPY pyproject.toml ./
+# 1. the dependencies alone, read from pyproject.toml, so a code change does not reinstall torch; with them
+#    those of the extras in EXTRAS (maps: umap-learn and openTSNE, which the reference maps umap and tsne
+#    need; EXTRAS="" leaves them out, a smaller image in which pca is the one reference map that fits)
+COPY pyproject.toml docker/requirements.py ./
 COPY docker/wheels /wheels
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
+RUN python requirements.py "${EXTRAS}" > requirements.txt \
     && pip install ${PIP_ARGS} --extra-index-url "${TORCH_INDEX}" -r requirements.txt
 # 2. the project itself
 COPY setup.py README.md ./
@@ -39,7 +41,9 @@ RUN cd /opt/venv/lib/python3*/site-packages \
     && strip --strip-unneeded torch/lib/libtorch_cpu.so \
     && find /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} + \
     && cd / && python -c "import torch, scipy.spatial, matplotlib.pyplot, PIL.Image, api.main, cli.main, worker.tasks, \
-common.study.stages, common.study.scoring, common.compute.neighbors; torch.ones(2) @ torch.ones(2)"
+common.study.stages, common.study.scoring, common.compute.neighbors; torch.ones(2) @ torch.ones(2)" \
+    && if [ -n "${EXTRAS}" ]; then python -c "import importlib; from common.compute.references import EXTRA; \
+[importlib.import_module(module) for module, _ in EXTRA.values()]"; fi
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \

@@ -3,8 +3,9 @@
 1. up with a small init study; follow it over HTTP from the host to `succeeded`; read a sample's
    neighbours and the score@k table;
 2. down (volumes kept) and up again: the results are still there and no second study starts;
-3. scale worker-neighbors to 2, submit a second study, `docker kill` one neighbours container mid-job,
-   and see the study finish with every table complete;
+3. scale worker-neighbors to 2, submit a second study (relu_mse and the reference maps pca, umap and
+   tsne, fitted by the image's maps extra), `docker kill` one neighbours container mid-job, and see the
+   study finish with every table complete and every model scored;
 4. down -v, and remove the images it built (KEEP_IMAGES=1 keeps them).
 Before that: the Docker daemon is started when it is not running, base images are built from Debian's
 packages when the registry cannot be reached (docker/local-images.sh), with the wheels from this
@@ -30,6 +31,7 @@ PORT = int(os.environ.get("COMPOSE_TEST_PORT", "18080"))
 API = f"http://127.0.0.1:{PORT}"
 DATA = Path(os.environ.get("AEKNN_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
 TAG = "ci"
+MAPS = ["pca", "umap", "tsne"]  # every reference map (common/compute/names.py): the image carries the maps extra
 timings: list[tuple[str, float]] = []
 
 
@@ -197,9 +199,11 @@ def main() -> None:
             init = compose("logs", "init", capture=True).stdout
             assert "already submitted" in init, init[-2000:]
 
-        with step("3. two neighbour workers, one killed mid-job: the study finishes, every table complete"):
+        with step("3. two neighbour workers, one killed mid-job: the study, with the reference maps fitted in "
+                  "the image, finishes, every table complete"):
             compose("up", "-d", "--scale", "worker-neighbors=2")
-            status, body = post("/experiments", {"limit": 3000, "epochs": 1, "seed": 1})
+            status, body = post("/experiments", {"limit": 3000, "epochs": 1, "seed": 1,
+                                                 "models": ["relu_mse", *MAPS]})
             assert status == 202, body
             eid = body["id"]
             wait_for("chunks under way", lambda: 0 < get(f"/experiments/{eid}")["chunks_done"], 300, every=1)
@@ -208,6 +212,10 @@ def main() -> None:
             done = wait_for(f"experiment {eid} to succeed", lambda: finished(eid), 420, every=3)
             assert all(t["complete"] and t["chunks_done"] == t["chunks_total"] for t in done["tables"]), done["tables"]
             assert done["chunks_done"] == done["chunks_total"] > 0
+            rows = get(f"/metrics/score_at_k?experiment={eid}")["rows"]
+            assert sorted({r["model"] for r in rows}) == sorted(["relu_mse", *MAPS]), rows
+            assert all(v is not None for r in rows for v in r["values"].values()), rows
+            print(f"   {', '.join(MAPS)} fitted in the image, each scored", flush=True)
     except BaseException:
         print(compose("ps", check=False, capture=True).stdout, flush=True)
         for service in ("init", "api", "control", "worker-train", "worker-neighbors", "postgres"):

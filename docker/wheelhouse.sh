@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-deps=$("$PY" -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+deps=$("$PY" docker/requirements.py "${EXTRAS-maps}")  # the Dockerfile's EXTRAS, its default too
 t0=$SECONDS
 # shellcheck disable=SC2086
 # async-timeout: redis needs it below Python 3.11.3, which this machine's pip (a later 3.11) would skip

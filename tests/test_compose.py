@@ -89,6 +89,25 @@ def test_dockerfile_shape():
     assert "HEALTHCHECK" in text and "/health" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "*.db"} <= set(ignored)
+    assert re.search(r"^ARG EXTRAS=maps$", text, re.M)  # the reference maps umap and tsne fit in the image
+
+
+def image_requirements(extras: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["python3", "docker/requirements.py", extras], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+
+
+def test_image_requirements_are_pyprojects():
+    """What the Dockerfile and docker/wheelhouse.sh install: the dependencies, plus the extras asked for."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert image_requirements("").stdout.split() == project["dependencies"]
+    assert image_requirements("maps").stdout.split() == project["dependencies"] + project["optional-dependencies"][
+        "maps"]
+    for wrong in ("dev", "mapz"):  # the test tools are no part of the image; a misspelling is named
+        p = image_requirements(wrong)
+        assert p.returncode == 1 and f"EXTRAS: {wrong!r} is not an extra the image takes" in p.stderr, p.stderr
 
 
 def test_every_setting_is_documented():
