@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-deps=$("$PY" docker/requirements.py "${EXTRAS-maps}")  # the Dockerfile's EXTRAS, its default too
+deps=$("$PY" docker/requirements.py "${AEKNN_EXTRAS-maps}")  # what compose builds with (the Dockerfile's EXTRAS)
 t0=$SECONDS
 # shellcheck disable=SC2086
 # async-timeout: redis needs it below Python 3.11.3, which this machine's pip (a later 3.11) would skip
