@@ -18,6 +18,10 @@ from common.compute.keeping import (
     keep_loss,
     noise_bank,
     noise_offsets,
+    place,
+    place_step,
+    refine,
+    refine_step,
     train_keeping,
 )
 from common.compute.neighbors import knn_rows, prepare
@@ -286,3 +290,90 @@ def test_the_study_caps_the_positives_at_its_table_k():
     assert (keep_config(StudyConfig()).positives, keep_config(StudyConfig()).final_positives) == (15, 5)
     small = keep_config(StudyConfig(k=3, ks=[1, 3]))  # a table of 3 neighbours: positives among them all
     assert (small.positives, small.final_positives, small.columns) == (3, 3, 3)
+
+
+def test_the_refinements_gradient_is_autograds_of_the_same_loss():
+    # free codes, a batch whose ids repeat (an anchor that is another's positive, a positive twice):
+    # the hand-written gradient of each row, summed over its appearances, is autograd's of keep_loss
+    z = torch.randn(12, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    ids = torch.tensor([0, 1, 2, 3, 4, 1, 5, 5, 6, 7])  # anchors 0..4, positives 1, 5, 5, 6, 7
+    loss, rows, g = refine_step(z, ids, 5, 1.0)
+    leaf = z.clone().requires_grad_()
+    c = leaf[ids]
+    want = keep_loss(c[:5], c[5:], "infonce", 1.0)
+    want.backward()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-12)
+    assert rows.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    torch.testing.assert_close(g, leaf.grad[rows], rtol=1e-10, atol=1e-12)
+    # at pull weight 1.3 too
+    leaf.grad = None
+    keep_loss(leaf[ids][:5], leaf[ids][5:], "infonce", 1.3).backward()
+    torch.testing.assert_close(refine_step(z, ids, 5, 1.3)[2], leaf.grad[rows], rtol=1e-10, atol=1e-12)
+
+
+def test_placing_an_unseen_codes_gradient_is_autograds():
+    # by hand: one new code at (0,0), its positive at (1,0), one other candidate at (0,2):
+    # loss = log(1+1) + log(1/2 + 1/5); the map's codes do not move
+    y, pos, others = torch.zeros(1, 2, dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64), \
+        torch.tensor([[0.0, 2.0]], dtype=torch.float64)
+    loss, g = place_step(y, pos, others)
+    assert loss.item() == pytest.approx(math.log(2) + math.log(0.7), rel=1e-12)
+    leaf = y.clone().requires_grad_()
+    q = 1 / (1 + torch.cdist(leaf, torch.cat([pos, others])).square())
+    (torch.log1p((leaf - pos).square().sum(1)) + torch.log(q.sum(1))).mean().backward()
+    torch.testing.assert_close(g, leaf.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_refining_keeps_two_clusters_apart_and_draws_listed_neighbours_nearer():
+    # two clusters of 60 samples, each a line in "pixel space" (sample i of a cluster at position i):
+    # each sample's listed neighbours are its 8 nearest along its line. The codes start as two blobs,
+    # each sample at a random place in its cluster's: the codes' own 8 nearest share about 8/60 of
+    # the list. Refining draws each sample beside its listed ones and keeps the two clusters apart
+    rng = np.random.default_rng(0)
+    pos = np.arange(120) % 60
+    nbr = np.stack([np.argsort(np.abs(pos - pos[i]) + 1000 * ((np.arange(120) >= 60) != (i >= 60))
+                               + 1e-3 * np.arange(120), kind="stable")[1:9] for i in range(120)])
+    codes = rng.normal(size=(120, 2)).astype(np.float32)
+    codes[60:, 0] += 8
+    overlap = lambda c: np.mean([len(set(a) & set(b)) / 8 for a, b in zip(_table(c, 8), nbr, strict=True)])  # noqa: E731
+    cfg = KeepConfig(batch_size=32, positives=8, final_positives=4)
+    out, losses = refine(codes, nbr, cfg, 60)
+    cluster = np.arange(120) >= 60
+    assert (cluster[_table(out, 8)] == cluster[:, None]).mean() > 0.99
+    assert overlap(codes) < 0.25 and overlap(out) > 0.5
+    assert losses[-1] < losses[0]
+    again, again_losses = refine(codes, nbr, cfg, 60)  # seeded: the same bits
+    assert np.array_equal(again, out) and again_losses == losses
+
+
+def test_placing_unseen_samples_draws_them_to_their_neighbours_and_leaves_the_map_alone():
+    # a map of two clusters, around (0, 0) and (10, 0); three new samples start between them (as an
+    # encoder would put them: near, not on, their place), listed beside cluster B, A and B
+    rng = np.random.default_rng(1)
+    ref = np.concatenate([rng.normal(size=(50, 2)), rng.normal(size=(50, 2)) + [10, 0]]).astype(np.float32)
+    nbr = np.array([[50 + j for j in range(5)], list(range(5)), [60 + j for j in range(5)]])
+    start = np.array([[6, 1], [4, 1], [6, -1]], np.float32)
+    before = ref.copy()
+    cfg = KeepConfig(batch_size=2, positives=5, final_positives=5)
+    out = place(start, ref, nbr, cfg, 100, lr=0.1)
+    assert np.array_equal(ref, before)
+    listed = lambda c: np.linalg.norm(c[:, None, :] - ref[nbr], axis=2).mean(1)  # noqa: E731
+    assert (listed(out) < 0.8 * listed(start)).all()
+    side = np.linalg.norm(out[:, None, :] - np.array([[0, 0], [10, 0]])[None], axis=2).argmin(1)
+    assert side.tolist() == [1, 0, 1] and (np.abs(out[:, 0] - [10, 0, 10]) < 2.5).all()
+    # an unseen sample may list another unseen one (ids past the map's rows): it follows it
+    out2 = place(np.array([[6, 0], [5, 3]], np.float32), ref, np.array([[50] * 5, [100] * 5]), cfg, 100, lr=0.1)
+    assert np.linalg.norm(out2[1] - out2[0]) < 0.5 * np.linalg.norm([1, 3])
+
+
+def test_the_study_refines_the_map_for_its_epochs_after_a_share_of_them_on_the_encoder():
+    from common.study.config import StudyConfig
+    from common.study.stages import keep_config
+
+    assert (keep_config(StudyConfig()).epochs, keep_config(StudyConfig()).refine_epochs) == (60, 100)
+    assert (keep_config(StudyConfig(epochs=1)).epochs, keep_config(StudyConfig(epochs=1)).refine_epochs) == (1, 1)
+    for bad, match in (({"refine_epochs": -1}, "refine_epochs must be at least 0"),
+                       ({"refine_lr": 0.0}, r"refine_lr must be in \(0, 1\]"),
+                       ({"refine_lr": float("nan")}, "refine_lr must be in")):
+        with pytest.raises(ValueError, match=match):
+            KeepConfig(**bad)

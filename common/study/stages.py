@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset, load_dataset, reconstruction_ids
 from common.compute.devices import resolve_device
-from common.compute.keeping import KeepConfig, train_keeping
+from common.compute.keeping import ENCODER_SHARE, KeepConfig, keep_map, train_keeping
 from common.compute.kernels import describe_rate, throughput
 from common.compute.models import is_autoencoder
 from common.compute.names import REFERENCE_MAPS
@@ -313,15 +313,17 @@ def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) 
 
 
 def _store_trained(rt: Runtime, model_id: int, model: torch.nn.Module, x: torch.Tensor, seconds: float, *,
-                   recon_ids: list[int], recon_epoch: int | None, reconstructions: torch.Tensor | None) -> None:
-    """A trained model's weights, reconstructions and the code of every sample, in one transaction."""
+                   recon_ids: list[int], recon_epoch: int | None, reconstructions: torch.Tensor | None,
+                   codes: np.ndarray | None = None) -> None:
+    """A trained model's weights, reconstructions and the code of every sample (``codes``, else the
+    model's encoding of ``x``), in one transaction."""
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     with db.transaction(rt.factory) as s:
         db.save_trained(session=s, model_id=model_id, weights=buf.getvalue(), recon_ids=recon_ids,
                         recon_epoch=recon_epoch,
                         reconstructions=None if reconstructions is None else reconstructions.numpy(),
-                        codes=encode(model, x).numpy(), seconds=seconds)
+                        codes=encode(model, x).numpy() if codes is None else codes, seconds=seconds)
 
 
 def keep_distance(cfg: StudyConfig) -> str:
@@ -331,12 +333,15 @@ def keep_distance(cfg: StudyConfig) -> str:
 
 
 def keep_config(cfg: StudyConfig) -> KeepConfig:
-    """relu_keep's recipe: the study's epochs, learning rate and seed; its own batch (256 anchors and their
-    positives: the other 510 samples of a batch are each anchor's negatives), no weight decay, positives
-    among the first 15 neighbours narrowing to the first keeping.FINAL_POSITIVES (each at most K), the
-    pull weighted by keeping.ATTRACTION, each anchor's input with keeping.NOISE's noise."""
-    return KeepConfig(epochs=cfg.epochs, lr=cfg.lr, seed=cfg.seed, positives=min(KeepConfig.positives, cfg.k),
-                      final_positives=min(KeepConfig.final_positives, cfg.k))
+    """relu_keep's recipe: the encoder trained keeping.ENCODER_SHARE of the study's epochs (at least 1), at
+    its learning rate and seed; its own batch (256 anchors and their positives: the other 510 samples of a
+    batch are each anchor's negatives), no weight decay, positives among the first 15 neighbours
+    narrowing to the first keeping.FINAL_POSITIVES (each at most K), the pull weighted by
+    keeping.ATTRACTION, each anchor's input with keeping.NOISE's noise; then its codes refined for the
+    study's epochs (the two together take about one seed model's time)."""
+    return KeepConfig(epochs=max(1, round(cfg.epochs * ENCODER_SHARE)), lr=cfg.lr, seed=cfg.seed,
+                      positives=min(KeepConfig.positives, cfg.k),
+                      final_positives=min(KeepConfig.final_positives, cfg.k), refine_epochs=cfg.epochs)
 
 
 def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
@@ -357,7 +362,7 @@ def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
         nbr = db.load_table_ids(session=s, table_id=table.id, n=ds.n, k=table.k, cols=kcfg.columns)
     resume = Checkpoint.from_bytes(row.checkpoint) if row.checkpoint else None
     t0 = time.perf_counter()
-    rt.progress.begin("train relu_keep", cfg.epochs, "epochs")
+    rt.progress.begin("train relu_keep", kcfg.epochs, "epochs")
     if resume is not None:
         log.info("experiment %d: resuming relu_keep from epoch %d", experiment_id, resume.epoch)
         rt.progress.advance(resume.epoch)
@@ -373,8 +378,9 @@ def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
     x = ds.scaled()
     model, _ = train_keeping(x, nbr, kcfg, resume=resume, on_epoch_end=on_epoch_end)
     rt.progress.end()
+    codes = keep_map(model, x, nbr, kcfg)  # not checkpointed: a resume after the last epoch redoes the same bits
     _store_trained(rt, row.id, model, x, time.perf_counter() - t0, recon_ids=[], recon_epoch=None,
-                   reconstructions=None)
+                   reconstructions=None, codes=codes)
     _timed(rt, experiment_id, "train relu_keep", t0)
 
 
