@@ -4,12 +4,15 @@
     .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
         [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
         [--keep-final-positives 15,5] [--keep-noise 0,0.3] [--keep-seeds 0,1,2] [--keep-epochs 100]
+        [--keep-refine 0,100]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
 data set with --db, or trained here with --seed-epochs), the neighbourhood-keeping encoder
 (common/compute/keeping.py, trained here, one row per --keep-loss, --keep-attraction,
---keep-final-positives, --keep-noise and --keep-seeds),
+--keep-final-positives, --keep-noise, --keep-refine and --keep-seeds: the encoder trained for the
+product's share of --keep-epochs and its map refined for --keep-refine epochs, or at 0 the encoder alone
+for all --keep-epochs; unseen images placed on the refined map as keeping.place does),
 PCA (2 components, exact), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
 defaults), as the product fits them for an experiment that asks for them (common/compute/references.py;
 here unseeded, every core). Every map's own exact top-50 table (L2, the project's engine) is compared
@@ -49,6 +52,13 @@ def exact_table(points: np.ndarray, k: int, budget: int = 1 << 30) -> np.ndarray
 
     space = prepare(points, "l2")
     return knn_rows(space, 0, points.shape[0], k, memory_budget=budget).ids
+
+
+def exact_table_rows(points: np.ndarray, start: int, stop: int, k: int, budget: int = 1 << 30) -> np.ndarray:
+    """Rows start..stop's k nearest other rows among all ``points``, exact, L2."""
+    from common.compute.neighbors import knn_rows, prepare
+
+    return knn_rows(prepare(points, "l2"), start, stop, k, memory_budget=budget).ids
 
 
 def scores(pixel_table: np.ndarray, points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -149,6 +159,9 @@ def main() -> None:
                     help="comma list of attraction weights, a row each (default: relu_keep's)")
     ap.add_argument("--keep-noise", default=None,
                     help="comma list of the anchors' noise (standard deviations), a row each (default: relu_keep's)")
+    ap.add_argument("--keep-refine", default=None,
+                    help="comma list of the map's refinement epochs, a row each (0: the encoder alone; "
+                         "default: --keep-epochs, as the product)")
     ap.add_argument("--keep-seeds", default="0", help="comma list of seeds, a row each: the spread of a recipe")
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
     ap.add_argument("--fit-epochs", type=int, default=100,
@@ -158,7 +171,16 @@ def main() -> None:
     args = ap.parse_args()
 
     from common.compute.data import load_dataset
-    from common.compute.keeping import ATTRACTION, FINAL_POSITIVES, NOISE, KeepConfig, train_keeping
+    from common.compute.keeping import (
+        ATTRACTION,
+        ENCODER_SHARE,
+        FINAL_POSITIVES,
+        NOISE,
+        KeepConfig,
+        keep_map,
+        place,
+        train_keeping,
+    )
     from common.compute.training import configure_numerics, encode
     from common.settings import get_settings
 
@@ -187,17 +209,28 @@ def main() -> None:
                   else [FINAL_POSITIVES])
         noises = [float(v) for v in args.keep_noise.split(",")] if args.keep_noise else [NOISE]
         seeds = [int(v) for v in args.keep_seeds.split(",")]
-        for loss, pull, final, noise, seed in itertools.product(args.keep_loss.split(","), pulls, finals, noises,
-                                                                seeds):
-            cfg = KeepConfig(epochs=args.keep_epochs, batch_size=args.keep_batch, positives=args.keep_positives,
-                             final_positives=final, loss=loss, attraction=pull, noise=noise, seed=seed)
+        refines = [int(v) for v in args.keep_refine.split(",")] if args.keep_refine else [args.keep_epochs]
+        joint = None  # each test image's nearest among the training and test images, for placing it
+        for loss, pull, final, noise, refine, seed in itertools.product(
+                args.keep_loss.split(","), pulls, finals, noises, refines, seeds):
+            epochs = max(1, round(args.keep_epochs * ENCODER_SHARE)) if refine else args.keep_epochs
+            cfg = KeepConfig(epochs=epochs, batch_size=args.keep_batch, positives=args.keep_positives,
+                             final_positives=final, loss=loss, attraction=pull, noise=noise, seed=seed,
+                             refine_epochs=refine)
             t0 = time.perf_counter()
             model, ck = train_keeping(x, pix, cfg)
+            codes = keep_map(model, x, pix, cfg)
             seconds = time.perf_counter() - t0
-            name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}"
-                    + (f", seed {seed})" if len(seeds) > 1 else ")"))
+            codes_test = encode(model, x_test).numpy()
+            if refine:
+                if joint is None:
+                    both = np.concatenate([train.images, test.images])
+                    joint = exact_table_rows(both, train.n, both.shape[0], cfg.columns)
+                codes_test = place(codes_test, codes, joint, cfg, refine)
+            name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, "
+                    f"{epochs}+{refine} ep" + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
-            maps[name] = (encode(model, x).numpy(), encode(model, x_test).numpy(), seconds)
+            maps[name] = (codes, codes_test, seconds)
     from common.compute.references import fit_map
 
     xs, xts = x.numpy(), x_test.numpy()
