@@ -29,7 +29,7 @@ A second loss, ``neg`` (each negative pushed away on its own, as UMAP does), is 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -427,35 +427,41 @@ def refine(codes: np.ndarray | Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig
     positives narrowing from ``cfg.positives`` to ``cfg.final_positives`` over ``epochs`` epochs of
     ``cfg.batch_size`` anchors, Adam (``lr``) on each step's rows only; seeded by ``cfg.seed``, on one
     thread. Returns the refined codes (float32) and each epoch's mean loss."""
-    nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
     z = torch.tensor(np.asarray(codes), dtype=torch.float32)
-    n = z.shape[0]
+    m1, m2, t = torch.zeros_like(z), torch.zeros_like(z), 0
+    losses = []
+    for _, order, positive in _free_epochs(z.shape[0], nbr, cfg, epochs):
+        total, steps = 0.0, 0
+        for b0 in range(0, z.shape[0], cfg.batch_size):
+            a = order[b0 : b0 + cfg.batch_size]
+            if a.shape[0] < 2:
+                continue
+            loss, rows, g = refine_step(z, torch.cat([a, positive[a]]), a.shape[0], 1.0)
+            t += 1
+            _adam_rows(z, m1, m2, rows, g, t, lr)
+            total += float(loss)
+            steps += 1
+        losses.append(total / max(1, steps))
+    return z.numpy(), losses
+
+
+def _free_epochs(n: int, nbr: np.ndarray | Tensor, cfg: KeepConfig,
+                 epochs: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(epoch, its order of the n free points, each point's positive) for ``epochs`` epochs, the positives
+    narrowing as ``cfg``'s over these epochs; seeded by ``cfg.seed`` apart from the encoder's draws; the
+    caller's steps run on one thread."""
+    nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
     if nbr.shape[0] != n or nbr.shape[1] < cfg.columns:
         raise ValueError(f"need a ({n}, >= {cfg.columns}) neighbour table, got {tuple(nbr.shape)}")
     sched = KeepConfig(epochs=max(1, epochs), positives=cfg.positives, final_positives=cfg.final_positives)
-    m1, m2 = torch.zeros_like(z), torch.zeros_like(z)
-    t = 0
-    losses = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for epoch in range(1, epochs + 1):
-            order = epoch_order(n, cfg.seed, epoch + REFINE_SEED)
-            positive = draw_positives(nbr, torch.arange(n), sched.positives_at(epoch), cfg.seed, epoch + REFINE_SEED)
-            total, steps = 0.0, 0
-            for b0 in range(0, n, cfg.batch_size):
-                a = order[b0 : b0 + cfg.batch_size]
-                if a.shape[0] < 2:
-                    continue
-                loss, rows, g = refine_step(z, torch.cat([a, positive[a]]), a.shape[0], 1.0)
-                t += 1
-                _adam_rows(z, m1, m2, rows, g, t, lr)
-                total += float(loss)
-                steps += 1
-            losses.append(total / max(1, steps))
+            yield epoch, epoch_order(n, cfg.seed, epoch + REFINE_SEED), draw_positives(
+                nbr, torch.arange(n), sched.positives_at(epoch), cfg.seed, epoch + REFINE_SEED)
     finally:
         torch.set_num_threads(threads)
-    return z.numpy(), losses
 
 
 def _adam_rows(z: Tensor, m1: Tensor, m2: Tensor, rows: Tensor, g: Tensor, t: int, lr: float) -> None:
@@ -494,27 +500,15 @@ def place(codes: np.ndarray | Tensor, reference: np.ndarray | Tensor, nbr: np.nd
     ones: an unseen sample's neighbours may be training samples or other unseen ones; positives narrowing
     as :func:`refine`'s) and pushed from every other positive of its batch and as many random training
     samples; the map does not move. Seeded by ``cfg.seed``, one thread. Returns (M, 2) float32."""
-    nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
     ref = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
     y = torch.tensor(np.asarray(codes), dtype=torch.float32)
-    n = y.shape[0]
-    if nbr.shape[0] != n or nbr.shape[1] < cfg.columns:
-        raise ValueError(f"need a ({n}, >= {cfg.columns}) neighbour table, got {tuple(nbr.shape)}")
-    sched = KeepConfig(epochs=max(1, epochs), positives=cfg.positives, final_positives=cfg.final_positives)
     m1, m2, t = torch.zeros_like(y), torch.zeros_like(y), 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for epoch in range(1, epochs + 1):
-            order = epoch_order(n, cfg.seed, epoch + REFINE_SEED)
-            positive = draw_positives(nbr, torch.arange(n), sched.positives_at(epoch), cfg.seed, epoch + REFINE_SEED)
-            g_others = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch + REFINE_SEED + 17)
-            for b0 in range(0, n, cfg.batch_size):
-                a = order[b0 : b0 + cfg.batch_size]
-                others = ref.index_select(0, torch.randint(0, ref.shape[0], (a.shape[0],), generator=g_others))
-                _, g = place_step(y.index_select(0, a), torch.cat([ref, y]).index_select(0, positive[a]), others)
-                t += 1
-                _adam_rows(y, m1, m2, a, g, t, lr)
-    finally:
-        torch.set_num_threads(threads)
+    for epoch, order, positive in _free_epochs(y.shape[0], nbr, cfg, epochs):
+        g_others = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch + REFINE_SEED + 17)
+        for b0 in range(0, y.shape[0], cfg.batch_size):
+            a = order[b0 : b0 + cfg.batch_size]
+            others = ref.index_select(0, torch.randint(0, ref.shape[0], (a.shape[0],), generator=g_others))
+            _, g = place_step(y.index_select(0, a), torch.cat([ref, y]).index_select(0, positive[a]), others)
+            t += 1
+            _adam_rows(y, m1, m2, a, g, t, lr)
     return y.numpy()
