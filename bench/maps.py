@@ -4,7 +4,7 @@
     .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
         [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
         [--keep-final-positives 15,5] [--keep-noise 0,0.3] [--keep-seeds 0,1,2] [--keep-epochs 100]
-        [--keep-refine 0,100]
+        [--keep-refine 0,100] [--place-epochs 300]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--keep-refine", default=None,
                     help="comma list of the map's refinement epochs, a row each (0: the encoder alone; "
                          "default: --keep-epochs, as the product)")
+    ap.add_argument("--place-epochs", type=int, default=None,
+                    help="epochs to place the test images on a refined map (default: keeping.PLACE_EPOCHS)")
     ap.add_argument("--keep-seeds", default="0", help="comma list of seeds, a row each: the spread of a recipe")
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
     ap.add_argument("--fit-epochs", type=int, default=100,
@@ -173,6 +175,8 @@ def main() -> None:
         ENCODER_SHARE,
         FINAL_POSITIVES,
         NOISE,
+        PLACE_EPOCHS,
+        PLACE_POSITIVES,
         KeepConfig,
         keep_map,
         place,
@@ -222,8 +226,9 @@ def main() -> None:
             if refine:
                 if joint is None:
                     both = np.concatenate([train.images, test.images])
-                    joint = exact_table_rows(both, train.n, both.shape[0], cfg.columns)
-                codes_test = place(codes_test, codes, joint, cfg, refine)
+                    joint = exact_table_rows(both, train.n, both.shape[0], PLACE_POSITIVES)
+                codes_test = place(codes_test, codes, joint, cfg,
+                                   PLACE_EPOCHS if args.place_epochs is None else args.place_epochs)
             name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, "
                     f"{epochs}+{refine} ep" + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)

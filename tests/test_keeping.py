@@ -13,12 +13,14 @@ from common.compute.keeping import (
     KeepConfig,
     _batch,
     cauchy_logits,
+    draw_among,
     draw_positives,
     initial_encoder,
     keep_loss,
     noise_bank,
     noise_offsets,
     place,
+    place_positives,
     place_step,
     refine,
     refine_step,
@@ -346,6 +348,28 @@ def test_refining_keeps_two_clusters_apart_and_draws_listed_neighbours_nearer():
     assert np.array_equal(again, out) and again_losses == losses
 
 
+def test_an_unseen_sample_is_pulled_to_its_first_neighbours_and_to_the_unseen_samples_that_list_it():
+    # a map of 4 rows (ids 0..3); 3 unseen samples (ids 4, 5, 6), m = 2. Sample 0 lists map rows 1, 2;
+    # sample 1 lists map row 3 and unseen sample 0 (id 4); sample 2 lists unseen samples 1 (id 5) and 0
+    # (id 4), then map row 0 (beyond m). By hand: sample 0 gets 1, 2 and, back from 1 and 2, ids 5, 6;
+    # sample 1 gets 3, 4 and, back from 2, id 6; sample 2 gets 4, 5 and nothing back (none lists it).
+    nbr = np.array([[1, 2, 0], [3, 4, 0], [5, 4, 0]])
+    ptr, ids = place_positives(nbr, 4, 2)
+    lists = [ids[ptr[i]:ptr[i + 1]].tolist() for i in range(3)]
+    assert lists == [[1, 2, 5, 6], [3, 4, 6], [4, 5]]
+    # a pair listed both ways is kept once: samples 0 and 1 list each other
+    ptr, ids = place_positives(np.array([[5], [4]]), 4, 1)
+    assert [ids[ptr[i]:ptr[i + 1]].tolist() for i in range(2)] == [[5], [4]]
+    # each draw is one of the sample's own, every one of them drawn in time, seeded
+    ptr, ids = place_positives(nbr, 4, 2)
+    draws = torch.stack([draw_among(ptr, ids, 0, e) for e in range(200)])
+    for i in range(3):
+        assert set(draws[:, i].tolist()) == set(lists[i])
+    assert torch.equal(draw_among(ptr, ids, 0, 5), draw_among(ptr, ids, 0, 5))
+    with pytest.raises(ValueError, match=r"need a \(3, >= 4\) neighbour table"):
+        place_positives(nbr, 4, 4)
+
+
 def test_placing_unseen_samples_draws_them_to_their_neighbours_and_leaves_the_map_alone():
     # a map of two clusters, around (0, 0) and (10, 0); three new samples start between them (as an
     # encoder would put them: near, not on, their place), listed beside cluster B, A and B
@@ -355,14 +379,15 @@ def test_placing_unseen_samples_draws_them_to_their_neighbours_and_leaves_the_ma
     start = np.array([[6, 1], [4, 1], [6, -1]], np.float32)
     before = ref.copy()
     cfg = KeepConfig(batch_size=2, positives=5, final_positives=5)
-    out = place(start, ref, nbr, cfg, 100, lr=0.1)
+    out = place(start, ref, nbr, cfg, 100, lr=0.1, positives=5)
     assert np.array_equal(ref, before)
     listed = lambda c: np.linalg.norm(c[:, None, :] - ref[nbr], axis=2).mean(1)  # noqa: E731
     assert (listed(out) < 0.8 * listed(start)).all()
     side = np.linalg.norm(out[:, None, :] - np.array([[0, 0], [10, 0]])[None], axis=2).argmin(1)
     assert side.tolist() == [1, 0, 1] and (np.abs(out[:, 0] - [10, 0, 10]) < 2.5).all()
     # an unseen sample may list another unseen one (ids past the map's rows): it follows it
-    out2 = place(np.array([[6, 0], [5, 3]], np.float32), ref, np.array([[50] * 5, [100] * 5]), cfg, 100, lr=0.1)
+    out2 = place(np.array([[6, 0], [5, 3]], np.float32), ref, np.array([[50] * 5, [100] * 5]), cfg, 100, lr=0.1,
+                 positives=5)
     assert np.linalg.norm(out2[1] - out2[0]) < 0.5 * np.linalg.norm([1, 3])
 
 

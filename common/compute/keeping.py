@@ -54,6 +54,8 @@ NOISE = 0.3  # chosen by measurement: README, "Keeping neighbourhoods"
 NOISE_ROWS = 2048  # the noise bank: each step's anchors take a run of its rows at a seeded offset
 ENCODER_SHARE = 0.6  # of the study's epochs the encoder trains; the map's refinement takes the study's epochs
 REFINE_LR = 0.03  # Adam on the free codes; chosen by measurement: README, "Keeping neighbourhoods"
+PLACE_POSITIVES = 10  # an unseen sample's first neighbours it may be pulled to; chosen by measurement (README)
+PLACE_EPOCHS = 300  # epochs to place unseen samples; chosen by measurement: README, "Keeping neighbourhoods"
 REFINE_SEED = 7_919  # the refinement's draws differ from the encoder's: epoch e draws as epoch e + 7,919 would
 
 
@@ -428,9 +430,13 @@ def refine(codes: np.ndarray | Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig
     ``cfg.batch_size`` anchors, Adam (``lr``) on each step's rows only; seeded by ``cfg.seed``, on one
     thread. Returns the refined codes (float32) and each epoch's mean loss."""
     z = torch.tensor(np.asarray(codes), dtype=torch.float32)
+    nbr = _table(nbr, z.shape[0], cfg.columns)
+    sched = KeepConfig(epochs=max(1, epochs), positives=cfg.positives, final_positives=cfg.final_positives)
+    every = torch.arange(z.shape[0])
     m1, m2, t = torch.zeros_like(z), torch.zeros_like(z), 0
     losses = []
-    for _, order, positive in _free_epochs(z.shape[0], nbr, cfg, epochs):
+    for _, order, positive in _free_epochs(z.shape[0], cfg, epochs, lambda e: draw_positives(
+            nbr, every, sched.positives_at(e), cfg.seed, e + REFINE_SEED)):
         total, steps = 0.0, 0
         for b0 in range(0, z.shape[0], cfg.batch_size):
             a = order[b0 : b0 + cfg.batch_size]
@@ -445,23 +451,25 @@ def refine(codes: np.ndarray | Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig
     return z.numpy(), losses
 
 
-def _free_epochs(n: int, nbr: np.ndarray | Tensor, cfg: KeepConfig,
-                 epochs: int) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """(epoch, its order of the n free points, each point's positive) for ``epochs`` epochs, the positives
-    narrowing as ``cfg``'s over these epochs; seeded by ``cfg.seed`` apart from the encoder's draws; the
-    caller's steps run on one thread."""
-    nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
-    if nbr.shape[0] != n or nbr.shape[1] < cfg.columns:
-        raise ValueError(f"need a ({n}, >= {cfg.columns}) neighbour table, got {tuple(nbr.shape)}")
-    sched = KeepConfig(epochs=max(1, epochs), positives=cfg.positives, final_positives=cfg.final_positives)
+def _free_epochs(n: int, cfg: KeepConfig, epochs: int,
+                 positives: Callable[[int], Tensor]) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(epoch, its order of the n free points, each point's positive: ``positives(epoch)``) for ``epochs``
+    epochs, the order seeded by ``cfg.seed`` apart from the encoder's; the caller's steps run on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for epoch in range(1, epochs + 1):
-            yield epoch, epoch_order(n, cfg.seed, epoch + REFINE_SEED), draw_positives(
-                nbr, torch.arange(n), sched.positives_at(epoch), cfg.seed, epoch + REFINE_SEED)
+            yield epoch, epoch_order(n, cfg.seed, epoch + REFINE_SEED), positives(epoch)
     finally:
         torch.set_num_threads(threads)
+
+
+def _table(nbr: np.ndarray | Tensor, n: int, columns: int) -> Tensor:
+    """``nbr`` as a (n, K) id tensor, refused unless K >= ``columns``."""
+    nbr = torch.as_tensor(np.asarray(nbr), dtype=torch.long)
+    if nbr.ndim != 2 or nbr.shape[0] != n or nbr.shape[1] < columns:
+        raise ValueError(f"need a ({n}, >= {columns}) neighbour table, got {tuple(nbr.shape)}")
+    return nbr
 
 
 def _adam_rows(z: Tensor, m1: Tensor, m2: Tensor, rows: Tensor, g: Tensor, t: int, lr: float) -> None:
@@ -492,18 +500,48 @@ def place_step(y: Tensor, pos: Tensor, others: Tensor) -> tuple[Tensor, Tensor]:
     return loss, g
 
 
+def place_positives(nbr: np.ndarray | Tensor, n_map: int, m: int) -> tuple[Tensor, Tensor]:
+    """Each unseen sample's positives, as (ptr (M + 1,), ids): sample i's are ids[ptr[i]:ptr[i + 1]], ids into
+    the map's ``n_map`` rows and then the M unseen ones. They are its first ``m`` neighbours in ``nbr``
+    ((M, K), nearest first) and every unseen sample that lists it among its own first ``m``: among unseen
+    samples the pull goes both ways, as among the map's (where an anchor's positive is pulled towards it
+    too); a map row does not move, so it pulls only the samples it is listed by. Each pair once."""
+    nbr = _table(nbr, np.asarray(nbr).shape[0], m)[:, :m]
+    rows = nbr.shape[0]
+    src = torch.arange(rows).repeat_interleave(m)
+    dst = nbr.reshape(-1)
+    back = dst >= n_map  # an unseen neighbour: the pull back to the sample that listed it
+    src, dst = torch.cat([src, dst[back] - n_map]), torch.cat([dst, src[back] + n_map])
+    pairs = torch.unique(src * (n_map + rows) + dst)  # sorted by sample, then by id
+    ptr = torch.zeros(rows + 1, dtype=torch.long)
+    ptr[1:] = torch.cumsum(torch.bincount(pairs // (n_map + rows), minlength=rows), 0)
+    return ptr, pairs % (n_map + rows)
+
+
+def draw_among(ptr: Tensor, ids: Tensor, seed: int, epoch: int) -> Tensor:
+    """One of each sample's positives (``place_positives``), uniformly, seeded by (seed, epoch): (M,) ids."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+    count = ptr[1:] - ptr[:-1]
+    col = (torch.rand(count.shape[0], generator=g, dtype=torch.float64) * count).long()
+    return ids[ptr[:-1] + torch.minimum(col, count - 1)]
+
+
 def place(codes: np.ndarray | Tensor, reference: np.ndarray | Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig,
-          epochs: int, lr: float = REFINE_LR) -> np.ndarray:
+          epochs: int, lr: float = REFINE_LR, positives: int = PLACE_POSITIVES) -> np.ndarray:
     """Unseen samples onto a refined map: their encoder codes ``codes`` (M, 2) moved as free points under
     the same loss against the map's fixed codes ``reference`` (N, 2), each pulled towards one of its
-    nearest samples (``nbr``: (M, K) ids, nearest first, into the map's N rows and then the M unseen
-    ones: an unseen sample's neighbours may be training samples or other unseen ones; positives narrowing
-    as :func:`refine`'s) and pushed from every other positive of its batch and as many random training
-    samples; the map does not move. Seeded by ``cfg.seed``, one thread. Returns (M, 2) float32."""
+    positives (:func:`place_positives`: its first ``positives`` neighbours in ``nbr`` ((M, K) ids, nearest
+    first, into the map's N rows and then the M unseen ones: an unseen sample's neighbours may be training
+    samples or other unseen ones) and the unseen samples that list it) and pushed from every other
+    positive of its batch and as many random map samples; the map does not move. Unseen samples placed
+    together so pull each other as the map's samples did; one placed alone has only the map's. Seeded by
+    ``cfg.seed``, one thread. Returns (M, 2) float32."""
     ref = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
     y = torch.tensor(np.asarray(codes), dtype=torch.float32)
+    ptr, ids = place_positives(_table(nbr, y.shape[0], positives), ref.shape[0], positives)
     m1, m2, t = torch.zeros_like(y), torch.zeros_like(y), 0
-    for epoch, order, positive in _free_epochs(y.shape[0], nbr, cfg, epochs):
+    for epoch, order, positive in _free_epochs(y.shape[0], cfg, epochs,
+                                               lambda e: draw_among(ptr, ids, cfg.seed, e + REFINE_SEED)):
         g_others = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch + REFINE_SEED + 17)
         for b0 in range(0, y.shape[0], cfg.batch_size):
             a = order[b0 : b0 + cfg.batch_size]
