@@ -21,7 +21,8 @@ score@10; README, "Keeping neighbourhoods").
 After training, the map is refined (:func:`refine`): the encoder's codes of the training images, moved as
 free 2-D points under the same loss, keep each image's nearest few far better than any function of this
 size draws them (chosen by measurement; README, "Keeping neighbourhoods"); :func:`place` puts unseen
-images on a refined map the same way, the map held still.
+images on a refined map the same way, the map held still and the unseen images pulling each other both
+ways, as the map's images did (chosen by measurement, likewise).
 A second loss, ``neg`` (each negative pushed away on its own, as UMAP does), is kept for comparison:
 ``bench/maps.py`` measures both. Imports only torch and numpy.
 """
