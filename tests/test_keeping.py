@@ -13,6 +13,7 @@ from common.compute.keeping import (
     KeepConfig,
     _batch,
     cauchy_logits,
+    cauchy_q,
     draw_among,
     draw_positives,
     initial_encoder,
@@ -24,6 +25,7 @@ from common.compute.keeping import (
     place_step,
     refine,
     refine_step,
+    squared_distances,
     train_keeping,
 )
 from common.compute.neighbors import knn_rows, prepare
@@ -346,6 +348,18 @@ def test_refining_keeps_two_clusters_apart_and_draws_listed_neighbours_nearer():
     assert losses[-1] < losses[0]
     again, again_losses = refine(codes, nbr, cfg, 60)  # seeded: the same bits
     assert np.array_equal(again, out) and again_losses == losses
+
+
+def test_the_free_points_kernel_is_the_losss_kernel_to_the_bit():
+    # cauchy_q works in place on one buffer; the values must be keep_loss's q exactly, or the refinement's
+    # codes would move with the rewrite: random codes, coincident ones (rounding may put their d^2 below 0:
+    # the clamp) and far ones (q near 0)
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(64, 2, generator=g) * 30
+    z = torch.cat([a[:8], torch.randn(120, 2, generator=g) * 30, a[:8] + 1e-4])
+    q = cauchy_q(a, z)
+    assert torch.equal(q, torch.reciprocal(1 + squared_distances(a, z)))
+    assert ((q > 0) & (q <= 1)).all() and q[:8, :8].diagonal().gt(0.99).all()
 
 
 def test_an_unseen_sample_is_pulled_to_its_first_neighbours_and_to_the_unseen_samples_that_list_it():
