@@ -392,7 +392,7 @@ def test_placing_unseen_samples_draws_them_to_their_neighbours_and_leaves_the_ma
     nbr = np.array([[50 + j for j in range(5)], list(range(5)), [60 + j for j in range(5)]])
     start = np.array([[6, 1], [4, 1], [6, -1]], np.float32)
     before = ref.copy()
-    cfg = KeepConfig(batch_size=2, positives=5, final_positives=5)
+    cfg = KeepConfig(batch_size=2)  # place takes its positives from its own argument
     out = place(start, ref, nbr, cfg, 100, lr=0.1, positives=5)
     assert np.array_equal(ref, before)
     listed = lambda c: np.linalg.norm(c[:, None, :] - ref[nbr], axis=2).mean(1)  # noqa: E731

@@ -132,10 +132,16 @@ def mean_image(x: Tensor) -> Tensor:
     return x.mean(0)
 
 
+def _pair_terms(a: Tensor, z: Tensor) -> Tensor:
+    """|a_i|^2 + |z_j|^2 - 2 a_i.z_j for every pair, unclamped (rounding may put it below 0): one small matrix
+    product, no (B, M, 2) temporary; the one (B, M) buffer is the addmm's, added to in place (addmm's
+    backward keeps its inputs, not its output, so autograd allows it)."""
+    return torch.addmm(z.square().sum(1)[None, :], a, z.T, alpha=-2).add_(a.square().sum(1, keepdim=True))
+
+
 def squared_distances(a: Tensor, z: Tensor) -> Tensor:
-    """|a_i - z_j|^2 for every pair, as |a_i|^2 + |z_j|^2 - 2 a_i.z_j (one small matrix product, no (B, M, 2)
-    temporary), clamped at 0 against rounding: (B, 2), (M, 2) -> (B, M)."""
-    return torch.addmm(z.square().sum(1)[None, :], a, z.T, alpha=-2).add(a.square().sum(1, keepdim=True)).clamp(min=0)
+    """|a_i - z_j|^2 for every pair, clamped at 0 against rounding: (B, 2), (M, 2) -> (B, M)."""
+    return _pair_terms(a, z).clamp(min=0)
 
 
 def cauchy_q(a: Tensor, z: Tensor) -> Tensor:
@@ -143,8 +149,7 @@ def cauchy_q(a: Tensor, z: Tensor) -> Tensor:
     same operations as ``torch.reciprocal(1 + squared_distances(a, z))`` on the same operands, so the same
     bits, but in place on one (B, M) buffer: on the free points' steps the three fresh buffers of that size
     cost a fifth of the refinement's time (README, "Keeping neighbourhoods")."""
-    return (torch.addmm(z.square().sum(1)[None, :], a, z.T, alpha=-2).add_(a.square().sum(1, keepdim=True))
-            .clamp_(min=0).add_(1).reciprocal_())
+    return _pair_terms(a, z).clamp_(min=0).add_(1).reciprocal_()
 
 
 def cauchy_logits(a: Tensor, z: Tensor) -> Tensor:
