@@ -334,7 +334,7 @@ def _ping(r) -> bool:
 
 def test_redis_down_at_submit_is_a_clear_error_and_keeps_nothing(stack):
     proc = stack.aeknn("submit", "--limit", "2000", "--broker", "redis://127.0.0.1:1/0", check=False)
-    assert proc.returncode == 3 and "unreachable" in proc.stderr
+    assert proc.returncode == 2 and "unreachable" in proc.stderr and "Traceback" not in proc.stderr
     with stack.factory() as s:
         assert s.scalar(select(func.count()).select_from(db.Experiment)) == 0
 
@@ -423,12 +423,50 @@ def test_cancel_stops_within_one_task_and_keeps_the_database_consistent(stack):
     with stack.factory() as s:
         assert db.list_models(session=s, experiment_id=eid)[0].epochs_done == epochs  # nothing runs on
     assert stack.experiment(eid).status == db.CANCELLED
+    assert_every_item_closed(stack, eid)
+    (train,) = stack.items(eid, "train")  # the one that was running: closed by its worker as it stopped
+    assert train.state == db.CANCELLED and train.error == "stopped: experiment cancelled"
     assert "cancelled" in stack.aeknn("status", str(eid)).stdout
     assert stack.aeknn("cancel", str(eid)).stdout.strip() == f"experiment {eid}: cancelled"  # idempotent
     done = stack.submit(**SMALL)
     stack.wait(done)  # the worker is free for the next job
     late = stack.aeknn("cancel", str(done), check=False)
     assert late.returncode == 1 and "succeeded" in late.stdout  # a finished job is not cancelled
+
+
+def assert_every_item_closed(stack, eid: int) -> None:
+    """No work item of the experiment is left queued or running, and each closed one says when."""
+    wait_for(lambda: all(i.state in db.CLOSED for i in stack.items(eid)), 30, "every work item to close")
+    items = stack.items(eid)
+    assert items and all(i.finished_at is not None for i in items), [(i.key, i.state) for i in items]
+
+
+@pytest.mark.parametrize("space", ["original", "relu_mse"])
+def test_a_cancel_among_the_chunks_closes_every_work_item(stack, space):
+    """Cancelled while the pixel tables' chunks (original) or the code tables' chunks run: the queued
+    chunks close at once, the running one when it ends, and a chunk delivered later runs nothing."""
+    from common.study import submissions
+
+    stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"  # ~450 pixel chunks, ~150 code chunks
+    stack.worker("w1")
+    eid = stack.submit(limit=6000, epochs=1, models="relu_mse", distances="l2")
+
+    def chunks_of_space_done() -> bool:
+        with stack.factory() as s:
+            tables = {t.id: t.space for t in db.experiment_tables(session=s, experiment_id=eid)}
+        done = [i for i in stack.items(eid, "chunk") if tables.get(i.table_id) == space and i.state == db.DONE]
+        return len(done) >= 2
+
+    wait_for(chunks_of_space_done, 180, f"the {space} table's chunks to run", every=0.05)
+    assert submissions.cancel(stack.factory, eid) == db.CANCELLED  # what `aeknn cancel` and the API call
+    assert_every_item_closed(stack, eid)
+    states = {i.state for i in stack.items(eid, "chunk")}
+    assert db.CANCELLED in states and db.DONE in states, states  # some ran, the rest were closed unrun
+    with stack.factory() as s:  # a chunk is whole or absent: its rows and its done-mark commit together
+        for t in db.experiment_tables(session=s, experiment_id=eid):
+            rows = s.scalar(select(func.count()).select_from(db.NeighborRow).where(db.NeighborRow.table_id == t.id))
+            done = db.done_chunks(session=s, table_id=t.id)
+            assert rows == sum(stop - start for start, stop in db.table_chunks(t) if start in done)
 
 
 def Checkpoint_epoch(m) -> int:  # noqa: N802

@@ -183,11 +183,18 @@ def advance(factory: sessionmaker[Session], settings: Settings, experiment_id: i
 
 def sweep(factory: sessionmaker[Session], settings: Settings, send: Send) -> list[int]:
     """Advance every queued or running experiment: whatever the broker lost is sent again. Experiments
-    stored before every k of their metrics was get a worker to fill them in."""
+    stored before every k of their metrics was get a worker to fill them in. A stopped experiment's
+    items still open are closed (queued ones at once, running ones once their heartbeat is lost)."""
     with factory() as s:
         ids = db.active_experiment_ids(
             session=s, submitting_before=db.utcnow() - dt.timedelta(seconds=settings.stale_after))
         old = db.experiments_missing_k(session=s)
+        stopped = db.open_items_of_stopped(session=s)
+    for experiment_id in stopped:  # items a stop left open: queued ones never ran, running ones lost their worker
+        with db.transaction(factory) as s:
+            db.close_items(session=s, experiment_id=experiment_id, states=(db.QUEUED, db.RUNNING),
+                           reason="closed by the sweeper: its experiment had stopped",
+                           beat_before=db.utcnow() - dt.timedelta(seconds=settings.lost_after))
     for experiment_id in ids:
         advance(factory, settings, experiment_id, send)
     for experiment_id in old:
@@ -211,6 +218,8 @@ def backfill(factory: sessionmaker[Session], experiment_id: int) -> None:
 
 
 def _fail(factory: sessionmaker[Session], experiment_id: int, item_id: int, reason: str) -> None:
+    """The item failed, and with it the experiment: its other queued items are closed too (running
+    ones close themselves within one task, see :func:`run_item`)."""
     with db.transaction(factory) as s:
         item = s.get(db.WorkItem, item_id)
         item.state, item.error, item.finished_at = db.FAILED, reason, db.utcnow()
@@ -218,6 +227,7 @@ def _fail(factory: sessionmaker[Session], experiment_id: int, item_id: int, reas
         if exp.status not in TERMINAL:
             db.update_experiment(session=s, experiment_id=experiment_id, status=db.FAILED, error=reason,
                                  finished_at=db.utcnow())
+        db.close_items(session=s, experiment_id=experiment_id, reason=f"experiment failed: {item.key}")
     log.error("experiment %d: FAILED: %s", experiment_id, reason)
 
 
@@ -287,8 +297,11 @@ def run_item(factory: sessionmaker[Session], settings: Settings, item_id: int,
             return None
         experiment_id = item.experiment_id
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
-        if item.state in (db.DONE, db.FAILED) or exp.status in TERMINAL:
-            return None  # a repeated delivery, or the experiment stopped: nothing to do
+        if item.state in db.CLOSED:
+            return None  # a repeated delivery: nothing to do
+        if exp.status in TERMINAL:  # the experiment stopped before this ran: close it unrun
+            item.state, item.finished_at, item.error = db.CANCELLED, db.utcnow(), f"experiment {exp.status} first"
+            return None
         if not retrying or item.attempts == 0:
             item.attempts += 1
         attempts = item.attempts
@@ -305,8 +318,12 @@ def run_item(factory: sessionmaker[Session], settings: Settings, item_id: int,
     try:
         with _Heartbeat(factory, item_id, settings.heartbeat_every):
             body(item)
-    except Cancelled:
+    except Cancelled as exc:
         log.info("experiment %d: stopped: %s", experiment_id, item.key)
+        with db.transaction(factory) as s:
+            it = s.get(db.WorkItem, item_id)
+            if it.state not in db.CLOSED:
+                it.state, it.finished_at, it.error = db.CANCELLED, db.utcnow(), f"stopped: experiment {exc}"
         return None
     except transient as exc:
         try:  # best effort: the database may be what is down

@@ -159,7 +159,8 @@ class WorkItem(Base):
     kind: Mapped[str] = mapped_column(String(32))  # data | train | keep | maps | chunk | metrics
     table_id: Mapped[int | None] = mapped_column(Integer)
     start: Mapped[int | None] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), default=QUEUED)  # queued | running | done | failed
+    # queued | running, then closed: done | failed | cancelled (its experiment stopped first)
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     enqueued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
@@ -613,6 +614,7 @@ def load_metrics(*, session: Session, experiment_id: int, metric: str | None = N
 # ---------------------------------------------------------------- work items (the Celery path)
 
 DONE = "done"
+CLOSED = (DONE, FAILED, CANCELLED)  # a work item's endings; each sets finished_at
 
 
 def item_key(*, experiment_id: int, kind: str, table_id: int | None = None, start: int | None = None) -> str:
@@ -633,6 +635,26 @@ def add_item(*, session: Session, experiment_id: int, kind: str, table_id: int |
     session.add(item)
     session.flush()
     return item
+
+
+def close_items(*, session: Session, experiment_id: int, reason: str, states: tuple[str, ...] = (QUEUED,),
+                beat_before: dt.datetime | None = None) -> int:
+    """Close an experiment's open items in ``states`` as cancelled, naming ``reason`` (for running items,
+    only those whose heartbeat is older than ``beat_before``: their worker is gone). Returns how many."""
+    from sqlalchemy import or_
+
+    cond = [WorkItem.experiment_id == experiment_id, WorkItem.state.in_(states)]
+    if beat_before is not None:
+        cond.append(or_(WorkItem.heartbeat_at.is_(None), WorkItem.heartbeat_at < beat_before))
+    return session.execute(update(WorkItem).where(*cond).values(state=CANCELLED, finished_at=utcnow(),
+                                                                error=reason)).rowcount
+
+
+def open_items_of_stopped(*, session: Session) -> list[int]:
+    """Experiments that stopped (failed or cancelled) with a work item still open."""
+    return list(session.scalars(select(WorkItem.experiment_id).join(Experiment)
+                                .where(Experiment.status.in_([FAILED, CANCELLED]),
+                                       WorkItem.state.in_([QUEUED, RUNNING])).distinct()))
 
 
 def items_of(*, session: Session, experiment_id: int) -> list[WorkItem]:

@@ -92,18 +92,19 @@ def _wait_until_sent(factory: sessionmaker[Session], experiment_id: int) -> int:
             exp = db.get_experiment(session=s, experiment_id=experiment_id)
             status = None if exp is None else exp.status
         if status is None:
-            raise jobs.BrokerUnavailable("not submitted: the same study was being submitted at the same moment "
+            raise jobs.BrokerUnavailable("the same study was being submitted at the same moment "
                                          "and its first task could not be sent (the broker is unreachable)")
         if status != db.SUBMITTING:
             return experiment_id
         if time.monotonic() > deadline:
-            raise jobs.BrokerUnavailable(f"not submitted: experiment {experiment_id} is still being submitted "
+            raise jobs.BrokerUnavailable(f"experiment {experiment_id} is still being submitted "
                                          "by another request; try again")
         time.sleep(0.05)
 
 
 def cancel(factory: sessionmaker[Session], experiment_id: int) -> str | None:
-    """Cancel a queued or running experiment. Returns its status afterwards (None if unknown)."""
+    """Cancel a queued or running experiment. Returns its status afterwards (None if unknown). Its queued
+    work items close with it; a running one closes when its worker stops it, within one task."""
     with db.transaction(factory) as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         if exp is None:
@@ -111,6 +112,7 @@ def cancel(factory: sessionmaker[Session], experiment_id: int) -> str | None:
         if exp.status in db.PENDING:
             db.update_experiment(session=s, experiment_id=experiment_id, status=db.CANCELLED,
                                  error="cancelled by request", finished_at=db.utcnow())
+            db.close_items(session=s, experiment_id=experiment_id, reason="cancelled by request")
             return db.CANCELLED
         return exp.status
 
