@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterator
 from functools import lru_cache
@@ -23,29 +24,45 @@ async def get_settings_dep(request: Request) -> Settings:  # async: no thread ho
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def _carries(request: Request, keys: list[str]) -> bool:
-    """Whether the request carries one of ``keys`` (compared in constant time): ``Authorization: Bearer
-    <key>``, or for reads from the web page, its ``aeknn_key`` cookie (an <img> sends no header)."""
+READ_COOKIE = "aeknn_read"  # set by POST /session: HttpOnly, SameSite=Strict, opens reads only
+
+
+def read_token(read_key: str) -> str:
+    """What the page's cookie holds: derived from the read key, so the cookie is never a key itself and
+    nothing read from it opens a write."""
+    return hmac.new(read_key.encode(), b"aeknn: the page's read cookie, v1", hashlib.sha256).hexdigest()
+
+
+def _bearer(request: Request) -> str:
+    """The token of ``Authorization: Bearer <token>``, or "" for any other header or none."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = token.strip() if scheme.lower() == "bearer" else request.cookies.get("aeknn_key", "")
-    if not given:
-        return False
-    return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys if k)
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _one_of(given: str, keys: list[str]) -> bool:
+    """Whether ``given`` is one of the non-empty ``keys`` (compared in constant time)."""
+    return bool(given) and any(hmac.compare_digest(given.encode(), k.encode()) for k in keys if k)
+
+
+def bearer_opens_reads(request: Request, settings: Settings) -> bool:
+    return _one_of(_bearer(request), [settings.read_key, settings.api_key])
 
 
 async def require_write(request: Request, settings: SettingsDep) -> None:
-    """Writes need AEKNN_API_KEY when one is set, in the Authorization header (never a cookie: a page on
-    another site could make a browser send that)."""
-    if settings.api_key and "authorization" not in request.headers:
-        raise unauthorized("this write needs the API key: send Authorization: Bearer <AEKNN_API_KEY>")
-    if settings.api_key and not _carries(request, [settings.api_key]):
+    """Writes need AEKNN_API_KEY when one is set, as ``Authorization: Bearer <key>`` and in no other way:
+    no other scheme, and never a cookie (a page on another site could make a browser send that)."""
+    if settings.api_key and not _one_of(_bearer(request), [settings.api_key]):
         raise unauthorized("this write needs the API key: send Authorization: Bearer <AEKNN_API_KEY>")
 
 
 async def require_read(request: Request, settings: SettingsDep) -> None:
-    """Reads are open unless AEKNN_READ_KEY is set; then they need it (or the API key)."""
-    if settings.read_key and not _carries(request, [settings.read_key, settings.api_key]):
-        raise unauthorized("reads need a key here: send Authorization: Bearer <AEKNN_READ_KEY>")
+    """Reads are open unless AEKNN_READ_KEY is set; then they need either key as a Bearer token, or the
+    read cookie that POST /session sets (an <img> sends no header)."""
+    if not settings.read_key or bearer_opens_reads(request, settings):
+        return
+    if _one_of(request.cookies.get(READ_COOKIE, ""), [read_token(settings.read_key)]):
+        return
+    raise unauthorized("reads need a key here: send Authorization: Bearer <AEKNN_READ_KEY>")
 
 
 @lru_cache(maxsize=8)

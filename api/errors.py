@@ -81,15 +81,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for e in exc.errors():
-            loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            parts.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid')}")
-        return _json(422, "invalid", "; ".join(parts))
+        return _json(422, "invalid", "; ".join(dict.fromkeys(describe_validation(e) for e in exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _json(exc.status_code, f"http_{exc.status_code}", str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of every route at this path, not the first route's alone
+            headers["Allow"] = allowed_methods(request)
+        return _json(exc.status_code, f"http_{exc.status_code}", str(exc.detail), headers or None)
 
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
@@ -105,6 +104,62 @@ def install(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:  # never a bare 500 page
         log.exception("unexpected error")
         return _json(500, "internal", f"{type(exc).__name__}: internal error")
+
+
+def describe_validation(e: dict) -> str:
+    """One validation error in words, naming the field: ``lr: nan is not a finite number ...``."""
+    loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    where = ".".join(loc) or "body"
+    if e.get("type") == "json_invalid":  # api/bodies.py says what is wrong with the body
+        return f"body: {(e.get('ctx') or {}).get('error', 'not valid JSON')}"
+    if e.get("type") == "finite_number":  # JSON has no NaN or infinities; Python's json reads them
+        value = e.get("input")
+        named = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(str(value), repr(value))
+        return f"{where}: {named} is not a finite number; give a finite number"
+    msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {msg}"
+
+
+def _routes(app) -> list:
+    """Every route of the app, those of included routers too (FastAPI 0.16x keeps them nested)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # an older FastAPI copies included routes into the app's own list
+        return list(app.router.routes)
+    return list(iter_route_contexts(app.router.routes))
+
+
+def allowed_methods(request: Request) -> str:
+    """The Allow header of a 405: the methods of every route whose path matches, HEAD wherever GET is."""
+    methods: set[str] = set()
+    for route in _routes(request.app):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and getattr(route, "methods", None) and regex.match(request.url.path):
+            methods |= set(route.methods)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered wherever GET is, as GET's status and headers without its body
+    (FastAPI routes declare GET alone)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return None
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class BodyLimit:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
+from fastapi import Query
 from pydantic import AfterValidator, BaseModel, Field
 
-from common.study.config import StudyConfig
+from common.study.config import MAX_K, StudyConfig
 
 # The database stores UTC without an offset; RFC 3339 (OpenAPI's date-time) wants one.
 UTCDatetime = Annotated[dt.datetime, AfterValidator(lambda v: v if v.tzinfo else v.replace(tzinfo=dt.UTC))]
+
+
+_K = r"(?:1000|[1-9][0-9]{0,2})"  # 1..MAX_K, as a pattern can say it
+assert MAX_K == 1000
+KsQ = Annotated[str | None, Query(
+    max_length=200, pattern=rf"^ *(all|{_K}( *- *{_K})?( *, *{_K}( *- *{_K})?)*) *$",
+    description="k values, each at most the experiment's K: a comma list, ranges a-b (1-200) or `all` (1..K); "
+                "default: the experiment's own ks")]
 
 
 class ExperimentCreate(StudyConfig):

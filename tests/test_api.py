@@ -270,7 +270,7 @@ def test_an_experiment_stored_before_every_k_is_filled_by_a_worker_not_by_a_read
 def test_csv_by_accept_header_or_format(api):
     r = api.get("/metrics/score_at_k", headers={"Accept": "text/csv"})
     assert r.headers["content-type"].startswith("text/csv")
-    assert r.text.splitlines()[0] == "model,distance,k=5,k=10,k=20,k=50"
+    assert r.text.splitlines()[0] == "model,distance,k=5,k=10,k=20"  # the experiment's own ks
     assert api.get("/metrics/label_agreement?format=csv&k=5").text.startswith("model,distance,k,original_rate")
 
 
@@ -307,7 +307,7 @@ def test_sample_codes_image_and_plots(api, study, mnist):
     ("/metrics/score_at_k?k=abc", 422, "k"),
     ("/metrics/score_at_k?k=51", 422, "must each be in 1..50"),
     ("/metrics/score_at_k/by_label?k=51", 422, "k: [51] must each be in 1..50"),
-    ("/metrics/score_at_k/by_label?k=9223372036854775808", 422, "must each be in 1..50"),
+    ("/metrics/score_at_k/by_label?k=9223372036854775808", 422, "k: Input should be less than or equal to 1000"),
     ("/experiments/1/plots/latent.png?model=vae", 422, "model"),
     ("/nowhere", 404, "Not Found"),
 ])
@@ -523,9 +523,10 @@ def test_a_key_reused_for_another_study_is_422(api, queue):
     ({"ks": list(range(1, 40))}, "ks: List should have at most 32 items"),
     ({"lr": 1e308}, "lr: Input should be less than or equal to 10"),
     ({"weight_decay": 5}, "weight_decay: Input should be less than or equal to 1"),
-    ({"epochs": True}, "epochs: Input should be a valid integer"),
+    ({"epochs": True}, "epochs: must be a number, not a boolean"),
     ({"lr": True}, "lr: Input should be a valid number"),
-    ({"k": "20"}, "k: Input should be a valid integer"),
+    ({"k": "20"}, "k: must be a number, not a string"),
+    ({"epochs": 2.5}, "epochs: Input should be a valid integer, got a number with a fractional part"),
 ])
 def test_absurd_sizes_are_refused_naming_the_field(api, queue, body, words):
     r = api.post("/experiments", json=body)
@@ -597,9 +598,123 @@ def test_a_failed_experiments_error_shows_no_sql():
     assert "SELECT" not in words and "12345" not in words
 
 
-def test_the_page_cookie_opens_reads_but_never_writes(study):
-    c = TestClient(create_app_with(study, api_key="k-writes-123", read_key="k-reads-456"))
-    c.cookies.set("aeknn_key", "k-reads-456")
+API_KEY, READ_KEY = "k-writes-123", "k-reads-456"
+
+
+def test_writes_take_the_bearer_api_key_and_nothing_else_whatever_cookies_come_along(study, queue):
+    """Every write route, every header scheme x key, every cookie: only `Bearer <API key>` passes (a
+    passing request is then refused for its body or state, so nothing is queued)."""
+    from api.deps import READ_COOKIE, read_token
+
+    c = TestClient(create_app_with(study, api_key=API_KEY, read_key=READ_KEY))
+    writes = [("/experiments", {"limit": 100}, 422), (f"/experiments/{study['id']}/cancel", None, 409),
+              ("/sweeps", {"grid": {}}, 422), ("/sweeps/999/cancel", None, 404)]
+    headers = [None] + [f"{scheme} {key}" for scheme in ("Bearer", "bearer", "Token", "Basic")
+                        for key in (API_KEY, READ_KEY, "wrong")]
+    cookies = [{}, {READ_COOKIE: read_token(READ_KEY)}, {READ_COOKIE: API_KEY}, {"aeknn_key": API_KEY},
+               {"aeknn_key": READ_KEY}]
+    seen = 0
+    for path, body, passed in writes:
+        for header in headers:
+            for jar in cookies:
+                c.cookies.clear()
+                for name, value in jar.items():
+                    c.cookies.set(name, value)
+                r = c.post(path, json=body, headers={"Authorization": header} if header else {})
+                opens = header is not None and header.lower() == f"bearer {API_KEY}".lower() \
+                    and header.split()[1] == API_KEY
+                assert r.status_code == (passed if opens else 401), (path, header, jar, r.text)
+                seen += 1
+    assert seen == 4 * 13 * 5 and queue.llen("control") == 0
+
+
+def test_the_read_cookie_is_httponly_strict_and_opens_reads_only(study, queue):
+    c = TestClient(create_app_with(study, api_key=API_KEY, read_key=READ_KEY))
+    assert c.post("/session").status_code == 401
+    assert c.post("/session", headers={"Authorization": "Basic " + READ_KEY}).status_code == 401
+    r = c.post("/session", headers={"Authorization": f"Bearer {READ_KEY}"})
+    assert r.status_code == 204
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict") and "Path=/" in cookie
+    value = cookie.split(";")[0].split("=", 1)[1]
+    assert value not in (READ_KEY, API_KEY)  # the cookie holds no key
     assert c.get("/samples/3/image.png").status_code == 200  # an <img> sends the cookie, not a header
-    c.cookies.set("aeknn_key", "k-writes-123")
+    assert c.get("/metrics/score_at_k").status_code == 200
     assert c.post("/experiments", json={"limit": 1000, "seed": 3}).status_code == 401  # writes: the header only
+    assert c.post(f"/experiments/{study['id']}/cancel").status_code == 401
+    assert c.delete("/session").status_code == 204
+    c.cookies.clear()
+    assert c.get("/metrics/score_at_k").status_code == 401
+    assert queue.llen("control") == 0
+
+
+@pytest.mark.parametrize("body, words", [
+    (b'{"lr": NaN}', "lr: NaN is not a finite number"),
+    (b'{"weight_decay": -Infinity}', "weight_decay: -Infinity is not a finite number"),
+    (b'{"lr": 1e999}', "lr: Infinity is not a finite number"),
+    (b'{"base": {"lr": NaN}, "grid": {"seed": [0]}}', "base.lr: NaN is not a finite number"),
+    (b'{"lr": 0.001, "lr": 0.002}', "the key 'lr' appears twice"),
+    (b'{"seed": "\xff"}', "not UTF-8 text"),
+    (b'{"seed": ' + b"9" * 5000 + b"}", "a number of 5000 digits"),
+    (b"[" * 100_000, "nested too deeply"),
+    (b"{", "not valid JSON: Expecting property name"),
+    (b"epochs=3", "not valid JSON: Expecting value"),
+])
+def test_every_unparseable_body_is_one_422_saying_why(api, queue, body, words):
+    paths = ("/experiments", "/sweeps")  # a body neither can parse
+    if "is not a finite number" in words:  # these name a field of one route's body
+        paths = ("/sweeps",) if b"grid" in body else ("/experiments",)
+    for path in paths:
+        r = api.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json() == {"code": "invalid", "message": r.json()["message"]}, r.text
+        assert words in r.json()["message"] and "body: body" not in r.json()["message"], r.text
+    assert queue.llen("control") == 0
+
+
+def test_a_nan_from_a_client_that_writes_it_as_a_number_is_named(study):
+    from pydantic import ValidationError
+
+    from common.study.config import StudyConfig
+
+    with pytest.raises(ValidationError, match="finite number"):
+        StudyConfig(lr=float("nan"))
+
+
+def test_405_names_every_allowed_method_and_head_answers_where_get_does(api, study):
+    r = api.delete("/experiments")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, POST" and r.json()["code"] == "http_405"
+    assert api.put(f"/experiments/{study['id']}/cancel").headers["allow"] == "POST"
+    assert api.request("TRACE", "/metrics/score_at_k").headers["allow"] == "GET, HEAD"
+    for path in ("/metrics/score_at_k", f"/experiments/{study['id']}/plots/loss.png", "/samples/3/neighbors",
+                 "/samples/3/image.png", "/health", "/"):
+        get, head = api.get(path), api.head(path)
+        assert head.status_code == get.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        assert head.headers.get("etag") == get.headers.get("etag"), path
+    assert api.head("/experiments/999").status_code == 404
+
+
+def test_a_model_or_distance_the_experiment_lacks_is_404_naming_what_it_has(api):
+    r = api.get("/samples/3/neighbors", params={"model": "tsne"})
+    assert r.status_code == 404 and "has no model 'tsne'" in r.json()["message"]
+    assert "linear_l1, linear_mse, relu_l1, relu_mse" in r.json()["message"]
+    assert api.get("/experiments/1/codes?model=relu_keep").status_code in (404,)
+
+
+def test_metric_tables_default_to_the_experiments_own_ks(api, study):
+    assert api.get("/metrics/score_at_k").json()["k"] == CFG.ks
+    assert api.get("/metrics/score_at_k?k=20-5").json()["k"] == list(range(5, 21))  # a range either way
+
+
+def test_a_submission_stalled_behind_another_says_not_submitted_once(study, queue, monkeypatch):
+    from common.study import submissions
+
+    monkeypatch.setattr(submissions, "WAIT_FOR_SUBMITTER", 0.3)
+    body = StudyConfig(limit=1000, seed=77).as_json()
+    with db.transaction(study["factory"]) as s:  # another request's submission, still sending its task
+        stalled = db.create_experiment(session=s, config=body, idempotency_key="stalled", status=db.SUBMITTING)
+    r = client(study).post("/experiments", json={"limit": 1000, "seed": 77}, headers={"Idempotency-Key": "stalled"})
+    assert r.status_code == 503 and r.json()["message"].count("not submitted") == 1, r.text
+    assert f"experiment {stalled} is still being submitted" in r.json()["message"]
+    with db.transaction(study["factory"]) as s:
+        s.delete(db.get_experiment(session=s, experiment_id=stalled))

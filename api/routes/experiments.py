@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
 
+from api.bodies import StrictJSONRoute
 from api.deps import ExperimentDep, FactoryDep, SessionDep, SettingsDep, require_read, require_write
 from api.errors import ERROR_RESPONSES, AppError, conflict, invalid, not_found
 from api.schemas import ExperimentCreate, ExperimentPage, ExperimentPublic, ExperimentSummary
@@ -14,7 +15,7 @@ from common.study import jobs
 from common.study import submissions as experiments
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES,
-                   dependencies=[Depends(require_read)])
+                   route_class=StrictJSONRoute, dependencies=[Depends(require_read)])
 ERRORS = {404: {"model": None}, 409: {"model": None}, 422: {"model": None}}
 
 

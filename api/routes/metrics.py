@@ -21,20 +21,18 @@ from api.schemas import (
     AgreementTable,
     ByLabelRow,
     ByLabelTable,
+    KsQ,
     ScoreTable,
     SpaceRow,
     ValuesRow,
 )
-from common.compute.names import BY_LABEL_K, DEFAULT_KS
+from common.compute.names import BY_LABEL_K
 from common.study import reads
+from common.study.config import MAX_K
 
 router = APIRouter(prefix="/metrics", tags=["metrics"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
 ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest succeeded experiment")]
-KsQ = Annotated[str, Query(max_length=200, description="k values, each at most K: a comma list, ranges a-b "
-                           "(1-200) or `all` (1..K)", pattern=r"^\s*(all|\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}"
-                           r"(\s*-\s*\d{1,6})?)*)\s*$")]
-DEFAULT_K_TEXT = ",".join(map(str, DEFAULT_KS))
 CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 
 
@@ -62,14 +60,15 @@ def _respond(request: Request, fmt: Format | None, model: BaseModel, header: lis
     return response
 
 
-def _prepare(session, experiment: int | None, k: str) -> tuple[reads.Finished, list[int]]:
+def _prepare(session, experiment: int | None, k: str | None) -> tuple[reads.Finished, list[int]]:
+    """The experiment and the k columns asked for (by default its own ks)."""
     exp = reads.finished(session, experiment)
-    return exp, reads.parse_ks(k, exp.top_k)
+    return exp, reads.parse_ks(k, exp.top_k) if k else reads.check_ks(list(exp.config["ks"]), exp.top_k)
 
 
 def _values_table(metric: str):
     def endpoint(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                 k: KsQ = DEFAULT_K_TEXT, format: Format | None = None):  # noqa: A002
+                 k: KsQ = None, format: Format | None = None):  # noqa: A002
         exp, ks = _prepare(session, experiment, k)
         rows = [ValuesRow(model=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
                 for r in reads.value_rows(session, exp, metric, ks)]
@@ -88,7 +87,7 @@ router.add_api_route("/r_nx", _values_table("r_nx"), methods=["GET"], response_m
 
 @router.get("/score_at_k/by_label", response_model=ByLabelTable, responses=CSV)
 def score_at_k_by_label(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                        k: Annotated[int, Query(ge=1)] = BY_LABEL_K, format: Format | None = None):  # noqa: A002
+                        k: Annotated[int, Query(ge=1, le=MAX_K)] = BY_LABEL_K, format: Format | None = None):  # noqa: A002
     """score@k over the samples of each label (table 2: the study shows k = 20; every k up to K is stored)."""
     exp = reads.finished(session, experiment)
     rows = [ByLabelRow(**r) for r in reads.by_label_rows(session, exp, k)]
@@ -101,7 +100,7 @@ def score_at_k_by_label(request: Request, session: SessionDep, experiment: Exper
 
 @router.get("/label_agreement", response_model=AgreementTable, responses=CSV)
 def label_agreement(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                    k: KsQ = DEFAULT_K_TEXT, format: Format | None = None):  # noqa: A002
+                    k: KsQ = None, format: Format | None = None):  # noqa: A002
     """Same-label rates before and after encoding, their change (enc - orig) and mean |change| (tables 3, 4)."""
     exp, ks = _prepare(session, experiment, k)
     rows = [AgreementRow(**r) for r in reads.agreement_rows(session, exp, ks)]
@@ -113,7 +112,7 @@ def label_agreement(request: Request, session: SessionDep, experiment: Experimen
 
 @router.get("/knn_accuracy", response_model=AccuracyTable, responses=CSV)
 def knn_accuracy(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                 k: KsQ = DEFAULT_K_TEXT, format: Format | None = None):  # noqa: A002
+                 k: KsQ = None, format: Format | None = None):  # noqa: A002
     """Leave-one-out kNN accuracy@k of every space (ties go to the nearest label)."""
     exp, ks = _prepare(session, experiment, k)
     rows = [SpaceRow(space=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})

@@ -6,27 +6,56 @@ from __future__ import annotations
 import csv
 import io
 import json
+from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from api.bodies import StrictJSONRoute
 from api.deps import FactoryDep, SessionDep, SettingsDep, require_read, require_write
 from api.errors import ERROR_RESPONSES, AppError
+from api.schemas import ExperimentCreate, KsQ
 from common.study import jobs, reads, submissions, sweeps
+from common.study.config import StudyConfig
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES, dependencies=[Depends(require_read)])
-KsQ = Annotated[str, Query(max_length=200, description="k values: a comma list, ranges a-b, or `all`",
-                           pattern=r"^\s*(all|\d{1,6}(\s*-\s*\d{1,6})?(\s*,\s*\d{1,6}(\s*-\s*\d{1,6})?)*)\s*$")]
+router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES, route_class=StrictJSONRoute,
+                   dependencies=[Depends(require_read)])
+
+
+def _values_of(field: str):
+    """A list of values of one StudyConfig field, each checked as that field is (its schema says so)."""
+    info = StudyConfig.model_fields[field]
+    one = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+    return Annotated[list[one],  # absent means not varied; null is not a list of values
+                     Field(None, min_length=1, json_schema_extra={"uniqueItems": True})]
+
+
+SweepGrid = create_model("SweepGrid", __config__=ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1}),
+                         __doc__=f"field -> its values (at most {sweeps.MAX_POINTS} points in all); the last "
+                                 "field given varies fastest",
+                         **{f: _values_of(f) for f in sweeps.GRID_FIELDS})
 
 
 class SweepCreate(BaseModel):
     """A base study (every field optional: the seed study) and a grid over some of its fields."""
 
     model_config = ConfigDict(extra="forbid")
-    base: dict[str, Any] = Field(default_factory=dict, description="StudyConfig fields: POST /experiments' body")
-    grid: dict[str, list[Any]] = Field(description=f"field -> its values; fields: {', '.join(sweeps.GRID_FIELDS)}; "
-                                                   f"at most {sweeps.MAX_POINTS} points in all")
+    base: ExperimentCreate = Field(default_factory=ExperimentCreate, description="POST /experiments' body")
+    grid: SweepGrid = Field(description=f"fields: {', '.join(sweeps.GRID_FIELDS)}")
+
+    @field_validator("grid", mode="wrap")
+    @classmethod
+    def _in_given_order(cls, value: Any, handler) -> dict[str, list]:
+        """Checked as SweepGrid, kept as a dict in the order given (the expansion's order)."""
+        checked = handler(value).model_dump(mode="json", exclude_none=True)
+        if not checked:
+            raise ValueError("empty; give at least one field and its values, e.g. {\"seed\": [0, 1, 2]}")
+        return {f: checked[f] for f in value if f in checked}
+
+    def base_fields(self) -> dict[str, Any]:
+        """The base study's fields as given (the others take the study's defaults)."""
+        return self.base.model_dump(mode="json", exclude_unset=True)
 
 
 class SweepPoint(BaseModel):
@@ -76,6 +105,9 @@ class SweepTable(BaseModel):
     rows: list[SweepRow]
 
 
+SweepMetric = StrEnum("SweepMetric", {m: m for m in sweeps.METRICS})
+
+
 def _public(session, sweep_id: int) -> SweepPublic:
     info = sweeps.describe(session, sweep_id)
     base = f"/sweeps/{sweep_id}"
@@ -90,7 +122,7 @@ def create_sweep(body: SweepCreate, factory: FactoryDep, settings: SettingsDep,
     """Expand the grid (refused whole, naming the field and value, if a point is not a valid study), record
     one experiment per point (reusing any earlier experiment with the same config) and queue the new ones."""
     try:
-        sweep_id, _ = sweeps.create(factory, settings, body.base, body.grid, queue=True,
+        sweep_id, _ = sweeps.create(factory, settings, body.base_fields(), body.grid, queue=True,
                                     idempotency_key=idempotency_key)
     except jobs.BrokerUnavailable as exc:
         raise AppError("unavailable", f"not submitted: {exc}") from None
@@ -133,13 +165,14 @@ def cancel_sweep(sweep_id: int, factory: FactoryDep) -> SweepPublic:
 
 @router.get("/{sweep_id}/metrics/{metric}", response_model=SweepTable,
             responses={200: {"content": {"application/json": {}, "text/csv": {}}}})
-def sweep_metric(request: Request, sweep_id: int, metric: str, session: SessionDep, k: KsQ = "5,10,20,50",
+def sweep_metric(request: Request, sweep_id: int, metric: SweepMetric, session: SessionDep, k: KsQ = None,
                  format: str | None = Query(None, pattern="^(json|csv)$")) -> Response:  # noqa: A002
     """One metric table of the sweep: for each grid point (seeds aside), space, distance and k, the mean,
     sd, min and max over the seeds that succeeded, and n. score_at_k_by_label is at k = 20 (the first k given)."""
     info = sweeps.describe(session, sweep_id)
-    ks = reads.parse_ks(k, reads.top_k(int(info["base"]["k"]), 10**9))
-    rows = sweeps.aggregate(session, sweep_id, metric, ks, label_k=ks[0])
+    top = reads.top_k(int(info["base"]["k"]), 10**9)
+    ks = reads.parse_ks(k, top) if k else reads.check_ks(list(info["base"]["ks"]), top)
+    rows = sweeps.aggregate(session, sweep_id, metric.value, ks, label_k=ks[0])
     if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -149,5 +182,5 @@ def sweep_metric(request: Request, sweep_id: int, metric: str, session: SessionD
             w.writerow([*[json.dumps(r["point"][f]) for f in fields], r["space"], r["distance"], r["k"],
                         r.get("label", ""), r["mean"], r["sd"], r["min"], r["max"], r["n"]])
         return Response(buf.getvalue(), media_type="text/csv")
-    return Response(SweepTable(sweep=sweep_id, metric=metric, k=ks, rows=[SweepRow(**r) for r in rows])
+    return Response(SweepTable(sweep=sweep_id, metric=metric.value, k=ks, rows=[SweepRow(**r) for r in rows])
                     .model_dump_json(), media_type="application/json")

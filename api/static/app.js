@@ -25,7 +25,7 @@ window.aeknn = app;
 
 async function api(path, kind = "json") {
   let r = await fetch(path);
-  if (r.status === 401 && askForKey()) r = await fetch(path);  // a server with AEKNN_READ_KEY set
+  if (r.status === 401 && await askForKey()) r = await fetch(path);  // a server with AEKNN_READ_KEY set
   if (!r.ok) {
     let msg = `${r.status} ${r.statusText}`;
     try { msg = (await r.json()).message || msg; } catch (e) { /* not JSON */ }
@@ -36,13 +36,13 @@ async function api(path, kind = "json") {
   return kind === "json" ? r.json() : r.arrayBuffer();
 }
 
-// A key, asked for once when the server answers 401, kept in a same-site cookie for this tab's session
-// (a cookie, so that the digits' <img> requests carry it too).
-function askForKey() {
+// A key, asked for once when the server answers 401, traded at POST /session for an HttpOnly cookie that
+// opens reads only (a cookie, so that the digits' <img> requests carry it too; no script can read it).
+async function askForKey() {
   const key = window.prompt("This aeknn server needs a key (AEKNN_READ_KEY or AEKNN_API_KEY):");
   if (!key) return false;
-  document.cookie = `aeknn_key=${encodeURIComponent(key.trim())}; path=/; SameSite=Strict`;
-  return true;
+  const r = await fetch("/session", { method: "POST", headers: { Authorization: `Bearer ${key.trim()}` } });
+  return r.ok;
 }
 
 function say(text) { // the page-wide message (problems that belong to no one control)

@@ -6,11 +6,10 @@ before any work starts. Every default is the seed study's setting (STUDY.md).
 
 from __future__ import annotations
 
-import math
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES, SEED_MODELS
 from common.compute.references import MIN_SAMPLES
@@ -31,17 +30,29 @@ MAX_KS = 32  # k columns of the metric tables (every k up to K is stored anyway)
 MAX_LR = 10.0  # Adam's step size: far above anything that trains
 MAX_WEIGHT_DECAY = 1.0  # at 1 every step halves the weights' pull: nothing is left to learn
 
-# Numbers are numbers: strict, so JSON true/false or "5" is refused, not read as 1/0 or 5.
-Int = Annotated[int, Field(strict=True)]
-Float = Annotated[float, Field(strict=True)]
+
+
+def _a_number(v: object) -> object:
+    if isinstance(v, bool | str):
+        raise ValueError(f"must be a number, not {'a boolean' if isinstance(v, bool) else 'a string'}")
+    return v
+
+
+# Numbers are numbers: JSON true/false or "5" is refused, not read as 1/0 or 5. A whole number written
+# 2603.0 is an integer (as JSON Schema says), 2603.5 is not. NaN and infinities are refused by name.
+Int = Annotated[int, BeforeValidator(_a_number)]
+Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: DatasetName = DatasetName.mnist
-    limit: Int | None = Field(default=None, gt=0, description="use the first N training samples")
+    limit: Annotated[int, Field(gt=0, le=max(size for _, size, _ in DATASETS.values())),
+                     BeforeValidator(_a_number)] | None = Field(
+        default=None, description="use the first N training samples")
     models: list[ModelName] = Field(default_factory=lambda: [ModelName(n) for n in SEED_MODELS], min_length=1,
+                                    json_schema_extra={"uniqueItems": True},
                                     description="default: the study's four autoencoders; on request relu_keep and the "
                                                 "reference maps pca, umap and tsne (the last two need the "
                                                 "maps extra where the study runs)")
@@ -50,18 +61,13 @@ class StudyConfig(BaseModel):
     lr: Float = Field(default=1e-3, gt=0, le=MAX_LR, description="Adam learning rate, in (0, 10]")
     weight_decay: Float = Field(default=1e-3, ge=0, le=MAX_WEIGHT_DECAY, description="Adam weight decay, in [0, 1]")
     k: Int = Field(default=DEFAULT_K, gt=0, le=MAX_K, description="K: neighbours kept per sample (at most 1000)")
-    distances: list[Distance] = Field(default_factory=lambda: list(Distance), min_length=1)
+    distances: list[Distance] = Field(default_factory=lambda: list(Distance), min_length=1,
+                                      json_schema_extra={"uniqueItems": True})
     seed: Int = Field(default=0, ge=0, lt=2**31)
-    ks: list[Int] = Field(default_factory=lambda: list(DEFAULT_KS), min_length=1, max_length=MAX_KS,
-                          description="the k columns of the metric tables shown by default, each <= K "
-                                      "(every k up to K is stored)")
-
-    @field_validator("lr", "weight_decay")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+    ks: list[Annotated[int, Field(gt=0, le=MAX_K), BeforeValidator(_a_number)]] = Field(
+        default_factory=lambda: list(DEFAULT_KS), min_length=1, max_length=MAX_KS,
+        json_schema_extra={"uniqueItems": True},
+        description="the k columns of the metric tables shown by default, each <= K (every k up to K is stored)")
 
     @field_validator("models", "distances", "ks")
     @classmethod

@@ -163,12 +163,14 @@ def check_sample(exp: Finished | db.Experiment, n: int, sample_id: int) -> None:
 
 def check_model(exp: Finished | db.Experiment, model: str) -> None:
     if model not in exp.config["models"]:
-        raise Invalid(f"model: experiment {exp.id} has no model {model!r} (it has {exp.config['models']})")
+        raise NotFound(f"model: experiment {exp.id} has no model {model!r} (its models: "
+                       f"{', '.join(exp.config['models'])})")
 
 
 def check_distance(exp: Finished | db.Experiment, distance: str) -> None:
     if distance not in exp.config["distances"]:
-        raise Invalid(f"distance: experiment {exp.id} has no {distance} tables (it has {exp.config['distances']})")
+        raise NotFound(f"distance: experiment {exp.id} has no {distance} tables (its distances: "
+                       f"{', '.join(exp.config['distances'])})")
 
 
 def check_ks(ks: list[int], top: int, field: str = "k") -> list[int]:
@@ -186,10 +188,8 @@ def parse_ks(text: str, top: int, field: str = "k") -> list[int]:
         if part == "all":
             ks.extend(range(1, top + 1))
         elif "-" in part.strip("-") and all(p.isdigit() for p in part.split("-")):
-            lo, hi = (int(x) for x in part.split("-"))
-            if hi < lo:
-                raise Invalid(f"{field}: range {part} must run upwards")
-            ks.extend(range(lo, hi + 1))
+            a, b = (int(x) for x in part.split("-"))
+            ks.extend(range(min(a, b), max(a, b) + 1))  # 50-5 is 5..50
         elif part.isdigit():
             ks.append(int(part))
         elif part:
