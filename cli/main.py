@@ -106,6 +106,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     from common import secrets
 
     secrets.install(settings)  # no password of theirs in any message or log line of this process
+    args.settings = settings  # for main's messages: which database or broker could not be reached
     return settings
 
 
@@ -236,7 +237,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         experiment_id = experiments.submit(_factory(settings), settings, cfg)
     except jobs.BrokerUnavailable as exc:
         print(f"aeknn submit: not submitted: {exc}", file=sys.stderr)
-        return 3
+        return 2
     print(experiment_id)
     return 0
 
@@ -282,10 +283,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Replace this process with a Celery worker (the workers import torch; this CLI does not)."""
     import os
 
-    from common.study.jobs import QUEUES
+    from common.study.jobs import QUEUES, BrokerUnavailable, check_broker
 
     settings = _settings(args)
     _factory(settings).kw["bind"].dispose()  # refuse a database at another schema revision, before starting
+    try:
+        check_broker(settings)  # a worker that could never receive a task says so now, in one line
+    except BrokerUnavailable as exc:
+        print(f"aeknn worker: {exc}", file=sys.stderr)
+        return 2
     env = dict(os.environ, AEKNN_DATABASE_URL=settings.database_url, AEKNN_BROKER_URL=settings.broker_url,
                AEKNN_DEVICE=settings.device, AEKNN_MEMORY_BUDGET=str(settings.memory_budget))
     if args.data_dir:
@@ -414,7 +420,7 @@ def cmd_resend(args: argparse.Namespace) -> int:
             jobs.send(app, jobs.ADVANCE, experiment_id)
     except jobs.BrokerUnavailable as exc:
         print(f"aeknn resend: {exc}", file=sys.stderr)
-        return 3
+        return 2
     print(f"advanced {len(ids)} experiment(s): {ids}")
     return 0
 
@@ -489,7 +495,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         experiment_id = experiments.submit(factory, settings, cfg, idempotency_key=key)
     except jobs.BrokerUnavailable as exc:
         print(f"aeknn init: not submitted: {exc}", file=sys.stderr)
-        return 3
+        return 2
     what = "already submitted" if known is not None else "submitted"
     print(f"schema at {rev}; init study {what}: experiment {experiment_id}", flush=True)
     return 0
@@ -530,6 +536,23 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     for nb in found["neighbors"]:  # distances with their significant digits (a collapsed code's are tiny)
         print(f"{nb['rank']:>4}  {nb['id']:>6}  {nb['label']:>5}  {nb['distance']:>12.6g}")
     return 0
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    """The database URL this command used, without its password."""
+    from common.secrets import redact
+
+    settings = getattr(args, "settings", None) or get_settings()
+    return redact(settings.database_url)
+
+
+def _database_problem(args: argparse.Namespace, exc: BaseException) -> str:
+    """One line: which database (no password), and the driver's own first line of what went wrong."""
+    from common.secrets import scrub
+
+    orig = getattr(exc, "orig", None) or exc
+    first = next((line.strip() for line in str(orig).splitlines() if line.strip()), type(orig).__name__)
+    return scrub(f"the database at {_database_url(args)} cannot be used: {first}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -686,11 +709,19 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration step otherwise
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
     from common.errors import DataError, Invalid, MissingExtra, NotFound, NotReady
     from common.store.migrate import SchemaError
 
     try:
         return args.func(args)
+    except DBAPIError as exc:  # unreachable, refused, not a database: the driver's first line says which
+        print(f"aeknn {args.command}: {_database_problem(args, exc)}", file=sys.stderr)
+        return 2
+    except ArgumentError as exc:  # a URL SQLAlchemy cannot use (an unknown driver, say)
+        print(f"aeknn {args.command}: cannot open the database at {_database_url(args)}: {exc}", file=sys.stderr)
+        return 2
     except _Usage as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -73,6 +73,24 @@ def broker_client(settings: Settings):
     return app
 
 
+def check_broker(settings: Settings, wait: float = 10.0) -> None:
+    """BrokerUnavailable unless the broker answers within ``wait`` seconds (tried every second)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    app = broker_client(settings)
+    while True:
+        try:
+            with app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+            return
+        except Exception as exc:  # kombu/redis raise several kinds; all mean "not reachable"
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(f"the broker at {redact(settings.broker_url)} is unreachable: "
+                                        f"{scrub(str(exc))}") from exc
+            time.sleep(1.0)
+
+
 def send(app, name: str, *args: Any) -> None:
     """Send a task by name; BrokerUnavailable when the broker cannot be reached (no endless retry)."""
     try:
