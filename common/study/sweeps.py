@@ -37,7 +37,7 @@ def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
         StudyConfig(**base)
     except ValidationError as exc:
         e = exc.errors()[0]
-        raise Invalid(f"base.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
+        raise Invalid(f"base.{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}") from None
     if not grid:
         raise Invalid("grid: empty; give at least one field and its values, e.g. {\"seed\": [0, 1, 2]}")
     for field, values in grid.items():
@@ -59,7 +59,7 @@ def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
         except ValidationError as exc:
             e = exc.errors()[0]
             field = ".".join(str(p) for p in e["loc"]) or "config"
-            raise Invalid(f"grid point {json.dumps(point)}: {field}: {e['msg']}") from None
+            raise Invalid(f"grid point {json.dumps(point)}: {field}: {e['msg'].removeprefix('Value error, ')}") from None
     return configs
 
 
