@@ -137,7 +137,7 @@ def _runtime(settings: Settings, factory):
     from common.compute.training import configure_numerics  # imports torch: only for the commands that compute
 
     configure_numerics()  # before any torch operation starts a thread pool
-    from common.study.stages import Runtime
+    from common.study.runtime import Runtime
 
     return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
                    device=settings.device, memory_budget=settings.memory_budget, kernel=settings.kernel,
@@ -201,7 +201,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     settings = _settings(args)
     factory = _factory(settings)
-    from common.study.stages import record_experiment, run_experiment
+    from common.study.run import run_experiment
+    from common.study.stages import record_experiment
 
     experiment_id = record_experiment(factory, cfg)
     log.info("experiment %d: %s", experiment_id, cfg.as_json())
@@ -218,7 +219,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if exp is None:
         print(f"aeknn resume: no experiment {args.experiment}", file=sys.stderr)
         return 1
-    from common.study.stages import run_experiment
+    from common.study.run import run_experiment
 
     run_experiment(_runtime(settings, factory), args.experiment)
     _print_tables(factory, args.experiment, "table")
@@ -349,7 +350,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"({info['total'] - len(new)} reused){', queued for the workers' if args.submit else ''}", flush=True)
         if args.submit:
             return 0
-    from common.study.stages import run_experiments
+    from common.study.run import run_experiments
 
     rt = _runtime(settings, factory)
     with factory() as s:

@@ -24,7 +24,9 @@ DOWN = "redis://127.0.0.1:1/0"  # nothing listens there
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def study(request, tmp_path_factory, data_dir):
-    from common.study.stages import Runtime, record_experiment, run_experiment
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
+    from common.study.stages import record_experiment
 
     url = (f"sqlite:///{tmp_path_factory.mktemp('api') / 'api.db'}" if request.param == "sqlite"
            else fresh_database("aeknn_api"))

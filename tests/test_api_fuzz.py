@@ -26,7 +26,9 @@ BROKER = "redis://127.0.0.1:6379/15"  # a test database of the machine's Redis, 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data_dir):
-    from common.study.stages import Runtime, record_experiment, run_experiment
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
+    from common.study.stages import record_experiment
 
     where = tmp_path_factory.mktemp("fuzz")
     url = f"sqlite:///{where / 'fuzz.db'}"

@@ -254,7 +254,7 @@ def test_run_without_a_maps_library_names_it_and_how_to_go_on(tmp_path, data_dir
 
 def in_process(tmp_path, data_dir):
     """A SQLite database in tmp_path and a function that makes a Runtime over it (with an epoch hook)."""
-    from common.study.stages import Runtime
+    from common.study.runtime import Runtime
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'r.db'}")
     db.init_db(engine)
@@ -273,7 +273,8 @@ def stop_at(model: str, epoch: int):
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, data_dir):
     """Stopped after the first epoch, resumed: equal to a run that never stopped."""
-    from common.study.stages import record_experiment, run_experiment
+    from common.study.run import run_experiment
+    from common.study.stages import record_experiment
 
     f, runtime = in_process(tmp_path, data_dir)
     cfg = StudyConfig(limit=1000, epochs=3, models=["linear_mse", "relu_mse"], k=50, ks=[5, 20])
@@ -313,7 +314,8 @@ def test_relu_keep_trains_on_the_stored_pixel_table_resumes_and_its_tables_are_e
     import torch
 
     from common.compute.training import encode, load_trained
-    from common.study.stages import record_experiment, run_experiment
+    from common.study.run import run_experiment
+    from common.study.stages import record_experiment
 
     f, runtime = in_process(tmp_path, data_dir)
     cfg = StudyConfig(limit=1000, epochs=3, models=["relu_mse", "relu_keep"], k=50, ks=[5, 20], distances=["l2"])
@@ -359,7 +361,8 @@ def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_other
     once it is there the experiment resumes to the same result."""
     from common.compute import references
     from common.errors import MissingExtra
-    from common.study.stages import record_experiment, run_experiment, stage_data
+    from common.study.run import run_experiment
+    from common.study.stages import record_experiment, stage_data
 
     f, runtime = in_process(tmp_path, data_dir)
     cfg = StudyConfig(limit=1000, epochs=2, models=["relu_mse", "pca", "umap", "tsne"], k=50, ks=[5, 20],

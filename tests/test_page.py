@@ -23,7 +23,9 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-us
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, data_dir):
-    from common.study.stages import Runtime, record_experiment, run_experiment
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
+    from common.study.stages import record_experiment
 
     folder = tmp_path_factory.mktemp("page")
     url = f"sqlite:///{folder / 'page.db'}"
@@ -324,7 +326,8 @@ def test_a_running_experiment_shows_live_progress(page, server):
 def test_a_sweep_shows_mean_and_spread_per_grid_point(page, server, data_dir, tmp_path):
     from common.settings import Settings
     from common.study import sweeps
-    from common.study.stages import Runtime, run_experiment
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
 
     engine = db.make_engine(server["db"])
     f = db.session_factory(engine)

@@ -27,7 +27,7 @@ def test_a_stage_placed_before_its_needs_is_refused(monkeypatch):
 def test_both_paths_run_every_stage_of_the_plan():
     import inspect
 
-    from common.study import stages
+    from common.study import run as stages
     from worker import pipeline
 
     run = inspect.getsource(stages._Run.stages)

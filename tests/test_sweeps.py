@@ -49,7 +49,8 @@ def test_a_grid_expands_in_order_with_the_base_behind_every_point():
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory, data_dir):
     """A 2 x 2 sweep run in one process, then the same sweep again (everything reused)."""
-    from common.study.stages import Runtime, run_experiments
+    from common.study.run import run_experiments
+    from common.study.runtime import Runtime
 
     url = f"sqlite:///{tmp_path_factory.mktemp('sweep') / 's.db'}"
     engine = db.make_engine(url)
@@ -118,8 +119,10 @@ def test_a_tail_process_that_dies_stops_the_sweep_and_marks_the_experiment_besid
     experiment 2 trains: both end failed, saying why, and a resume finishes both from what is stored."""
     import signal
 
-    from common.study import stages
-    from common.study.stages import Runtime, record_experiment, run_experiments
+    from common.study import run as stages
+    from common.study.run import run_experiments
+    from common.study.runtime import Runtime
+    from common.study.stages import record_experiment
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'f.db'}")
     db.init_db(engine)

@@ -7,7 +7,8 @@ import numpy as np
 
 from common.compute.neighbors import exact_knn, prepare
 from common.store import db as db
-from common.study.stages import Runtime, _build_table, build_chunk
+from common.study.runtime import Runtime
+from common.study.tables import build_chunk, build_table
 
 
 def _table(f, images, labels, k, chunk):
@@ -35,7 +36,7 @@ def test_a_half_written_table_is_finished_by_the_sweep_to_the_same_rows(engine, 
         def note(self, text): notes.append(text)
 
     rt = Runtime(factory=f, data_dir=tmp_path, cache_dir=tmp_path, device="cpu", kernel="f32", progress=Notes())
-    _build_table(rt, experiment_id=eid, table=table, points=images, labels=labels, title="original l2")
+    build_table(rt, experiment_id=eid, table=table, points=images, labels=labels, title="original l2")
     want = exact_knn(images, k=60, distance="l2")
     with f() as s:
         t = db.get_table(session=s, table_id=table.id)
@@ -61,7 +62,7 @@ def test_a_table_computed_by_workers_on_different_paths_says_so(engine, mnist):
     _, table = _table(f, images, labels, 20, 200)
     build_chunk(f, table, prepare(images, "l2", kernel="f32"), labels, 0)
     build_chunk(f, table, prepare(images, "l2", kernel="torch"), labels, 200)
-    from common.study.stages import finish_table
+    from common.study.tables import finish_table
 
     assert finish_table(f, table.id, seconds=1.0)
     with f() as s:

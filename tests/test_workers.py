@@ -53,7 +53,9 @@ _references: dict[str, dict] = {}
 
 def reference(tmp_path_factory, data_dir, **fields) -> dict:
     """The same study run in one process (SQLite), once per config."""
-    from common.study.stages import Runtime, record_experiment, run_experiment
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
+    from common.study.stages import record_experiment
 
     cfg = StudyConfig(**fields)
     key = repr(sorted(cfg.as_json().items()))
@@ -221,7 +223,7 @@ def test_worker_killed_among_the_chunks_loses_and_repeats_nothing(stack, tmp_pat
 def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
     """Two deliveries of one chunk racing on PostgreSQL: one commits, the other skips; same via Celery."""
     from common.compute.neighbors import prepare
-    from common.study.stages import build_chunk, table_points
+    from common.study.tables import build_chunk, table_points
 
     stack.worker("w1")
     eid = stack.submit(**SMALL)

@@ -30,18 +30,9 @@ from common.settings import Settings
 from common.store import db as db
 from common.study import jobs, plan
 from common.study.config import StudyConfig
-from common.study.stages import (
-    Runtime,
-    build_chunk,
-    finish_table,
-    plan_table,
-    stage_data,
-    stage_keep,
-    stage_maps,
-    stage_metrics,
-    stage_train,
-    table_points,
-)
+from common.study.runtime import Runtime
+from common.study.stages import stage_data, stage_keep, stage_maps, stage_metrics, stage_train
+from common.study.tables import build_chunk, finish_table, plan_table, table_points
 
 log = logging.getLogger(__name__)
 Send = Callable[..., None]  # send(task_name, *args)
@@ -399,7 +390,7 @@ _space_cache: dict[int, tuple] = {}
 
 def do_chunk(factory, settings, item: db.WorkItem) -> None:
     """One chunk of a neighbour table; its rows and done-mark commit together (item.worker computed it)."""
-    from common.study.stages import prepare_space
+    from common.study.tables import prepare_space
 
     check_live(factory, item.experiment_id)
     cached = _space_cache.get(item.table_id)
