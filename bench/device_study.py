@@ -35,6 +35,7 @@ from common.compute.data import load_dataset, reconstruction_ids  # noqa: E402
 from common.compute.devices import resolve_device  # noqa: E402
 from common.compute.names import SEED_MODELS as MODEL_NAMES  # noqa: E402 - the autoencoders
 from common.compute.neighbors import exact_knn, knn_rows, plan_chunk, prepare  # noqa: E402
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET  # noqa: E402
 from common.compute.training import (  # noqa: E402
     TrainConfig,
     configure_numerics,
@@ -47,7 +48,9 @@ KS = (5, 10, 20, 50)
 
 
 def _size(text: str) -> int:
-    return int(float(text[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[text[-1].upper()])
+    from common.compute.sizes import parse_size  # noqa: PLC0415
+
+    return parse_size(text)
 
 
 def say(text: str) -> None:
@@ -65,7 +68,7 @@ def main() -> None:
     ap.add_argument("--stages", default="data,pixels,train,codes,metrics")
     ap.add_argument("--codes", choices=["device", "cpu", "both"], default="both",
                     help="where the 2-D tables are computed (both: each timed, the device's are kept)")
-    ap.add_argument("--memory-budget", type=_size, default=1 << 30)
+    ap.add_argument("--memory-budget", type=_size, default=DEFAULT_MEMORY_BUDGET)
     ap.add_argument("--check", type=int, default=2000, help="rows of each table recomputed on the CPU")
     ap.add_argument("--reference", type=Path, help="a CPU run's losses, JSON {model: [loss per epoch]}")
     ap.add_argument("--repeat-train", type=int, default=0, help="epochs trained twice to check determinism")

@@ -42,16 +42,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET  # noqa: E402
+
 KS = (5, 10, 20, 50)
 SEED_MODELS = ("linear_l1", "linear_mse", "relu_l1", "relu_mse")
 
 
-def exact_table(points: np.ndarray, k: int, budget: int = 1 << 30) -> np.ndarray:
+def exact_table(points: np.ndarray, k: int, budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray:
     """Each row's k nearest other rows, exact, L2 (the engine every table of the product uses)."""
     return exact_table_rows(points, 0, points.shape[0], k, budget)
 
 
-def exact_table_rows(points: np.ndarray, start: int, stop: int, k: int, budget: int = 1 << 30) -> np.ndarray:
+def exact_table_rows(points: np.ndarray, start: int, stop: int, k: int,
+                     budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray:
     """Rows start..stop's k nearest other rows among all ``points``, exact, L2."""
     from common.compute.neighbors import knn_rows, prepare
 

@@ -28,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET, parse_size  # noqa: E402
+
 
 def _rss_mb(field: str = "VmRSS") -> float:
     """This process's resident memory (VmRSS) or its peak (VmHWM), MiB. Not ru_maxrss: Linux carries a
@@ -155,7 +157,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="aeknn-bench-"))
 
-    def measure(tool: str, space: str, dist: str, budget: int = 1 << 30, scaled: bool = False) -> dict:
+    def measure(tool: str, space: str, dist: str, budget: int = DEFAULT_MEMORY_BUDGET, scaled: bool = False) -> dict:
         runs = []
         for r in range(a.repeat):
             out = tmp / f"{tool}-{space}-{dist}-{budget}-{r}.npy"
@@ -209,7 +211,7 @@ def main() -> None:
           "working memory MiB | budget MiB |")
     print("| --- | --- | --- | --- | --- | --- |")
     for b in [b for b in a.budgets.split(",") if b]:
-        budget = int(float(b[:-1]) * {"M": 1 << 20, "G": 1 << 30}[b[-1]])
+        budget = parse_size(b)
         m = measure("ours", "pixels", "l2", budget)
         print(f"| {b} | {m['seconds']:.1f} | {m['extra_mb']:.0f} | {table_mb:.0f} | {m['extra_mb'] - table_mb:.0f} | "
               f"{budget / (1 << 20):.0f} |", flush=True)

@@ -40,16 +40,13 @@ def _db_url(text: str) -> str:
 
 
 def _size(text: str) -> int:
-    """Bytes, with an optional K/M/G suffix (binary): 256M, 1G, 1073741824."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    """A size for --memory-budget (common/compute/sizes.py reads it, as it reads AEKNN_MEMORY_BUDGET)."""
+    from common.compute.sizes import parse_size
+
     try:
-        value = int(float(t[:-1] if t[-1:] in "KMG" else t) * mult)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 256M or 1G)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"memory budget must be positive, got {text!r}")
-    return value
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class TqdmProgress:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET, parse_size
 
 
 class Settings(BaseSettings):
@@ -25,8 +27,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     # Writable folder where the data files are staged for torchvision (links, extracted copies).
     cache_dir: Path = Path(".aeknn-cache")
-    # Working memory for one chunk of neighbour rows, in bytes (default 1 GiB).
-    memory_budget: int = Field(default=1 << 30, gt=0)
+    # Working memory for one chunk of neighbour rows: bytes, or a size such as 256M or 1G (default 1 GiB).
+    memory_budget: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MEMORY_BUDGET, gt=0)
     # auto = CUDA when present, else the CPU.
     device: str = "auto"
     # How pixel tables are computed: auto = the fastest exact path here, measured once per machine and

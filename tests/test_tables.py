@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.compute.neighbors import exact_knn, prepare
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET
 from common.store import db as db
 from common.study.runtime import Runtime
 from common.study.tables import build_chunk, build_table
@@ -26,7 +27,7 @@ def test_a_half_written_table_is_finished_by_the_sweep_to_the_same_rows(engine, 
     eid, table = _table(f, images, labels, 60, 170)  # chunks of 170 rows: panels straddle them
     space = prepare(images, "l2", kernel="f32")
     for start in (170, 680):  # two chunks stored earlier, out of order (a worker, or a stopped run)
-        assert build_chunk(f, table, space, labels, start)
+        assert build_chunk(f, table, space, labels, start, memory_budget=DEFAULT_MEMORY_BUDGET)
     notes: list[str] = []
 
     class Notes:
@@ -60,8 +61,8 @@ def test_a_table_computed_by_workers_on_different_paths_says_so(engine, mnist):
     f = db.session_factory(engine)
     images, labels = mnist.images[:400], mnist.labels[:400]
     _, table = _table(f, images, labels, 20, 200)
-    build_chunk(f, table, prepare(images, "l2", kernel="f32"), labels, 0)
-    build_chunk(f, table, prepare(images, "l2", kernel="torch"), labels, 200)
+    build_chunk(f, table, prepare(images, "l2", kernel="f32"), labels, 0, memory_budget=DEFAULT_MEMORY_BUDGET)
+    build_chunk(f, table, prepare(images, "l2", kernel="torch"), labels, 200, memory_budget=DEFAULT_MEMORY_BUDGET)
     from common.study.tables import finish_table
 
     assert finish_table(f, table.id, seconds=1.0)

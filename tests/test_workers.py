@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import delete, func, select
 
 from common.compute.names import MODEL_NAMES
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET
 from common.settings import get_settings
 from common.store import db as db
 from common.study.config import StudyConfig
@@ -243,7 +244,8 @@ def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
 
     def deliver():
         barrier.wait()
-        results.append(build_chunk(stack.factory, table, space, labels, 0, worker="racer"))
+        results.append(build_chunk(stack.factory, table, space, labels, 0, worker="racer",
+                                   memory_budget=DEFAULT_MEMORY_BUDGET))
 
     threads = [threading.Thread(target=deliver) for _ in range(2)]
     [t.start() for t in threads]

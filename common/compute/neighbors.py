@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from common.compute import kernels
 from common.compute.names import DISTANCES
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET
 
 try:  # the compiled SAD kernel; without it the portable path gives the same integers
     from common.compute import _l1
@@ -665,32 +667,74 @@ def knn_of(space: Space, rows: Tensor, k: int) -> NeighborTable:
     return NeighborTable(ids.cpu().numpy().astype(np.int32), dist.cpu().numpy())
 
 
+def table_rows(space: Space, k: int, memory_budget: int, chunks: list[tuple[int, int]], *, sweep: bool = True
+               ) -> Iterator[tuple[int, NeighborTable, float, float | None]]:
+    """The one way to compute a table's rows: the ``(start, stop)`` chunks asked for, in order, each as
+    (start, its rows, compute seconds, billions of units of work or None).
+
+    One sweep from the first chunk on where the space has a whole-table sweep whose state fits the budget
+    and the last chunk ends the table (each block of the distance matrix is read once for two row sets;
+    rows of chunks not asked for in between are computed and dropped); otherwise chunk by chunk, each in
+    blocks the budget allows on this space's device. The rows are the same either way (exact);
+    ``sweep=False`` forces the chunks (the tests compare the two)."""
+    if not chunks:
+        return
+    n = space.n
+    if sweep and chunks[-1][1] == n and space.sweep_panel(k, memory_budget, chunks[0][0]) is not None:
+        yield from _swept(space, k, memory_budget, chunks)
+        return
+    for start, stop in chunks:
+        t0 = time.perf_counter()
+        part = knn_rows(space, start, stop, k, memory_budget)
+        yield start, part, time.perf_counter() - t0, space.work_of(stop - start, n)
+
+
+def _swept(space: Space, k: int, memory_budget: int, chunks: list[tuple[int, int]]
+           ) -> Iterator[tuple[int, NeighborTable, float, float | None]]:
+    """The chunks (in order, the last ending the table) cut from one sweep's blocks, each block's time and
+    work shared among its rows."""
+    n, start = space.n, chunks[0][0]
+    ids, dist = np.empty((0, k), np.int32), np.empty((0, k), np.float32)
+    secs, work = np.empty(0), np.empty(0)  # per pending row: its share of its block's time and work
+    pos = start  # the row that ids[0] holds
+    blocks = space.sweep(k, memory_budget, start)
+    for c0, c1 in chunks:
+        while pos + len(ids) < c1:
+            t0 = time.perf_counter()
+            i0, part = next(blocks)
+            b = len(part.ids)
+            w = space.work_of(b, n - i0 + start)  # the sweep scores these rows against i0..N and 0..start
+            secs = np.concatenate([secs, np.full(b, (time.perf_counter() - t0) / b)])
+            work = np.concatenate([work, np.full(b, np.nan if w is None else w / b)])
+            ids, dist = np.concatenate([ids, part.ids]), np.concatenate([dist, part.distances])
+        skip, r = c0 - pos, c1 - c0  # rows of chunks not asked for, then this chunk's
+        ids, dist, secs, work = ids[skip:], dist[skip:], secs[skip:], work[skip:]
+        w = float(work[:r].sum())
+        yield c0, NeighborTable(ids[:r], dist[:r]), float(secs[:r].sum()), None if np.isnan(w) else w
+        ids, dist, secs, work, pos = ids[r:], dist[r:], secs[r:], work[r:], c1
+
+
 def exact_knn(
     points: np.ndarray,
     *,
     k: int,
     distance: str,
-    memory_budget: int = 1 << 30,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     device: str | torch.device = "cpu",
     chunk: int | None = None,
     kernel: str | None = None,
     cache_dir: str | None = None,
 ) -> NeighborTable:
-    """The full table for ``points`` ((N, D), uint8 pixels or float codes): (N, k) ids and distances.
-
-    A whole sweep where the space has one and its state fits the budget; otherwise (or with ``chunk``
-    given) chunk by chunk."""
+    """The full table for ``points`` ((N, D), uint8 pixels or float codes): (N, k) ids and distances, by
+    :func:`table_rows` (``chunk`` given: chunks of that many rows, no sweep)."""
     space = prepare(points, distance, device, kernel=kernel, cache_dir=cache_dir)
     n = space.n
     _check_k(k, n)
+    step = chunk or space.chunk(k, memory_budget)
     ids = np.empty((n, k), np.int32)
     dist = np.empty((n, k), np.float32)
-    if chunk is None and space.sweep_panel(k, memory_budget) is not None:
-        parts = space.sweep(k, memory_budget)
-    else:
-        step = chunk or space.chunk(k, memory_budget)
-        parts = ((s, knn_rows(space, s, min(n, s + step), k)) for s in range(0, n, step))
-    for start, part in parts:
+    for start, part, _, _ in table_rows(space, k, memory_budget, [(s, min(n, s + step)) for s in range(0, n, step)],
+                                        sweep=chunk is None):
         ids[start:start + len(part.ids)], dist[start:start + len(part.ids)] = part.ids, part.distances
     release_scratch()
     return NeighborTable(ids, dist)

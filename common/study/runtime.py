@@ -10,6 +10,8 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET
+
 log = logging.getLogger("common.study.stages")
 
 
@@ -45,7 +47,7 @@ class Runtime:
     data_dir: Path
     cache_dir: Path
     device: str = "auto"
-    memory_budget: int = 1 << 30
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
     kernel: str = "auto"  # the pixel tables' path: auto (fastest measured) or forced (common/kernels.py)
     progress: Progress = field(default_factory=LogProgress)
     on_epoch_end: object = None  # optional callable(model_name, Checkpoint), e.g. to stop a run

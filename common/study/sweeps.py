@@ -59,7 +59,8 @@ def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
         except ValidationError as exc:
             e = exc.errors()[0]
             field = ".".join(str(p) for p in e["loc"]) or "config"
-            raise Invalid(f"grid point {json.dumps(point)}: {field}: {e['msg'].removeprefix('Value error, ')}") from None
+            why = e["msg"].removeprefix("Value error, ")
+            raise Invalid(f"grid point {json.dumps(point)}: {field}: {why}") from None
     return configs
 
 

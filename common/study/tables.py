@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.devices import resolve_device
 from common.compute.kernels import describe_rate, throughput
-from common.compute.neighbors import NeighborTable, Space, knn_rows, plan_chunk, prepare, release_scratch
+from common.compute.neighbors import NeighborTable, Space, plan_chunk, prepare, release_scratch, table_rows
 from common.store import db as db
 from common.study.runtime import Runtime
 
@@ -70,44 +69,16 @@ def store_chunk(factory: sessionmaker[Session], table: db.TableRow, labels: np.n
 
 
 def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
-                start: int, worker: str | None = None, store_seconds: list[float] | None = None,
-                memory_budget: int | None = None) -> bool:
+                start: int, *, memory_budget: int, worker: str | None = None) -> bool:
     """Compute one chunk (its rows against every point) and store it; False when already stored.
     ``memory_budget``: the computing process's own, which sizes the blocks its device computes at once."""
     with factory() as s:
         if start in db.done_chunks(session=s, table_id=table.id):
             return False
     stop = min(table.n, start + table.chunk_size)
-    t0 = time.perf_counter()
-    part = knn_rows(space, start, stop, table.k, memory_budget)
-    return store_chunk(factory, table, labels, start, part, worker=worker, path=space.path,
-                       seconds=time.perf_counter() - t0, work=space.work_of(stop - start, table.n),
-                       store_seconds=store_seconds)
-
-
-def swept_chunks(space: Space, table: db.TableRow, start: int, memory_budget: int
-                 ) -> Iterator[tuple[int, NeighborTable, float, float | None]]:
-    """The table's chunks from ``start`` on, computed by the space's whole-table sweep (each block of
-    the distance matrix read once for two row sets): (start, rows, compute seconds, work) per chunk."""
-    n, k = table.n, table.k
-    ids, dist = np.empty((0, k), np.int32), np.empty((0, k), np.float32)
-    secs, work = np.empty(0), np.empty(0)  # per pending row: its share of its block's time and work
-    sweep = space.sweep(k, memory_budget, start)
-    for c0, c1 in db.table_chunks(table):
-        if c0 < start:
-            continue
-        while len(ids) < c1 - c0:
-            t0 = time.perf_counter()
-            i0, part = next(sweep)
-            b = len(part.ids)
-            w = space.work_of(b, n - i0 + start)  # the sweep scores these rows against i0..N and 0..start
-            secs = np.concatenate([secs, np.full(b, (time.perf_counter() - t0) / b)])
-            work = np.concatenate([work, np.full(b, np.nan if w is None else w / b)])
-            ids, dist = np.concatenate([ids, part.ids]), np.concatenate([dist, part.distances])
-        r = c1 - c0
-        w = float(work[:r].sum())
-        yield c0, NeighborTable(ids[:r], dist[:r]), float(secs[:r].sum()), None if np.isnan(w) else w
-        ids, dist, secs, work = ids[r:], dist[r:], secs[r:], work[r:]
+    ((_, part, seconds, work),) = table_rows(space, table.k, memory_budget, [(start, stop)])
+    return store_chunk(factory, table, labels, start, part, worker=worker, path=space.path, seconds=seconds,
+                       work=work)
 
 
 def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float | None = None) -> bool:
@@ -123,9 +94,10 @@ def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float |
 
 
 def build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points: np.ndarray,
-                 labels: np.ndarray, title: str) -> None:
+                labels: np.ndarray, title: str) -> None:
     """Every chunk not yet stored, in this process; a table left half-written continues where it was.
-    Pixel tables go in one sweep from the first missing chunk on where the budget holds its state.
+    The engine decides how (common/compute/neighbors.py, ``table_rows``): one sweep from the first missing
+    chunk on where it can (a half-written table included), chunk by chunk otherwise.
     Records the seconds spent storing its rows as the timing "store <title>", and says how it was computed."""
     t0 = time.perf_counter()
     stored: list[float] = []
@@ -136,16 +108,10 @@ def build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points: 
     todo = [(a, b) for a, b in chunks if a not in done]
     rt.progress.begin(title, table.n, "rows")
     rt.progress.advance(table.n - sum(b - a for a, b in todo))
-    if todo and space.sweep_panel(table.k, rt.memory_budget, todo[0][0]) is not None:
-        for start, part, seconds, work in swept_chunks(space, table, todo[0][0], rt.memory_budget):
-            if start not in done:
-                store_chunk(rt.factory, table, labels, start, part, path=space.path, seconds=seconds, work=work,
-                            store_seconds=stored)
-            rt.progress.advance(len(part.ids))
-    else:
-        for start, stop in todo:
-            build_chunk(rt.factory, table, space, labels, start, store_seconds=stored, memory_budget=rt.memory_budget)
-            rt.progress.advance(stop - start)
+    for start, part, seconds, work in table_rows(space, table.k, rt.memory_budget, todo):
+        store_chunk(rt.factory, table, labels, start, part, path=space.path, seconds=seconds, work=work,
+                    store_seconds=stored)
+        rt.progress.advance(len(part.ids))
     rt.progress.end()
     release_scratch()
     finish_table(rt.factory, table.id, seconds=time.perf_counter() - t0)
