@@ -370,7 +370,7 @@ def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_other
     a, b = record_experiment(f, cfg), record_experiment(f, cfg)
     for eid in (a, b):
         run_experiment(runtime(), eid)
-    x = stage_data(runtime(), a).scaled().numpy()
+    x = stage_data(runtime(), a, cfg).scaled().numpy()
     with f() as s:
         assert db.get_experiment(session=s, experiment_id=a).status == db.SUCCEEDED
         rows = {m.name: m for m in db.list_models(session=s, experiment_id=a)}

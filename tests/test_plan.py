@@ -19,22 +19,26 @@ def test_the_plan_orders_every_stage_after_what_it_needs():
 
 
 def test_a_stage_placed_before_its_needs_is_refused(monkeypatch):
-    monkeypatch.setattr(plan, "PLAN", (plan.Stage("metrics", ("data",), "x"), plan.Stage("data", (), "y")))
+    monkeypatch.setattr(plan, "PLAN", (plan.Stage("metrics", ("data",), "x", print, print),
+                                       plan.Stage("data", (), "y", print, print)))
     with pytest.raises(AssertionError, match="'metrics' comes before \\['data'\\]"):
         plan._check()
 
 
-def test_both_paths_run_every_stage_of_the_plan():
+def test_one_dispatch_table_holds_every_stage():
+    """Every stage carries both of its ways to run; no module dispatches on a stage's name any more (the
+    in-process run and the workers each loop over plan.PLAN; tests/test_workers.py checks that the two
+    store the same bytes)."""
     import inspect
 
-    from common.study import run as stages
+    from common.study import run
     from worker import pipeline
 
-    run = inspect.getsource(stages._Run.stages)
-    due = inspect.getsource(pipeline._due)
-    for name in plan.NAMES:
-        assert f'"{name}":' in run, f"the in-process run has no runner for stage {name!r}"
-        assert f'stage == "{name}"' in due, f"the workers' advance lists no work for stage {name!r}"
+    assert all(callable(s.run) and callable(s.pending) for s in plan.PLAN)
+    for module in (run, pipeline):
+        source = inspect.getsource(module)
+        named = [name for name in plan.NAMES if f'== "{name}"' in source or f'"{name}": lambda' in source]
+        assert not named, f"{module.__name__} dispatches on stage names {named}"
 
 
 def test_the_tail_that_overlaps_the_next_training_ends_the_plan(monkeypatch):

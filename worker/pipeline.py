@@ -15,7 +15,6 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import update
@@ -23,16 +22,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset
-from common.compute.models import is_autoencoder
-from common.compute.names import KEEP_MODELS, REFERENCE_MAPS
 from common.secrets import scrub
 from common.settings import Settings
 from common.store import db as db
 from common.study import jobs, plan
-from common.study.config import StudyConfig
+from common.study.plan import Due
 from common.study.runtime import Runtime
-from common.study.stages import stage_data, stage_keep, stage_maps, stage_metrics, stage_train
-from common.study.tables import build_chunk, finish_table, plan_table, table_points
+from common.study.stages import load_config, stage_data, stage_keep, stage_maps, stage_metrics, stage_train
+from common.study.tables import build_chunk, table_points
 
 log = logging.getLogger(__name__)
 Send = Callable[..., None]  # send(task_name, *args)
@@ -43,63 +40,13 @@ class Cancelled(Exception):
     """The experiment was cancelled (or failed elsewhere) while this task ran."""
 
 
-@dataclass(frozen=True)
-class Due:
-    kind: str
-    table_id: int | None = None
-    start: int | None = None
-
-
 # ---------------------------------------------------------------- deciding what is due
 
 
 def _due(factory: sessionmaker[Session], settings: Settings, exp: db.Experiment) -> tuple[list[Due], str, bool]:
     """What must run next, the stage to show, and whether everything is finished: the plan's stages
     (common/study/plan.py) whose needs are done each list their work that is not done yet."""
-    cfg = StudyConfig.model_validate(exp.config)
-    distances = [d.value for d in cfg.distances]
-    models = [m.value for m in cfg.models]
-    ctx: dict = {}
-
-    def dataset() -> tuple[int, int, dict[str, db.ModelRow]]:
-        if not ctx:
-            with factory() as s:
-                ds = s.get(db.DatasetRow, exp.dataset_id)
-                ctx.update(n=ds.n, dim=len(ds.images) // ds.n,
-                           rows={m.name: m for m in db.list_models(session=s, experiment_id=exp.id)})
-        return ctx["n"], ctx["dim"], ctx["rows"]
-
-    def chunks(space: str, model_id: int | None, d: str, width: int) -> list[Due]:
-        n = dataset()[0]
-        table = plan_table(factory, dataset_id=exp.dataset_id, space=space, model_id=model_id, distance=d,
-                           k=cfg.k, n=n, dim=width, memory_budget=settings.memory_budget, device="cpu")
-        if table.complete or finish_table(factory, table.id):
-            return []
-        with factory() as s:
-            done = db.done_chunks(session=s, table_id=table.id)
-        return [Due("chunk", table.id, start) for start, _ in db.table_chunks(table) if start not in done]
-
-    def work(stage: str) -> list[Due]:  # the stage's units not done yet ([] = the stage is done)
-        if stage == "data":
-            return [] if exp.dataset_id is not None else [Due("data")]
-        if stage == "pixel tables":
-            return [u for d in distances for u in chunks(db.ORIGINAL, None, d, dataset()[1])]
-        rows = dataset()[2]
-        trained = lambda names: all(m in rows and rows[m].codes is not None for m in names)  # noqa: E731
-        if stage == "train":  # the autoencoders
-            return [] if trained([m for m in models if is_autoencoder(m)]) else [Due("train")]
-        if stage == "train keeping":  # relu_keep, once the pixel tables are stored
-            return [] if trained([m for m in models if m in KEEP_MODELS]) else [Due("keep")]
-        if stage == "reference maps":
-            return [] if trained([m for m in models if m in REFERENCE_MAPS]) else [Due("maps")]
-        if stage == "code tables":
-            return [u for m in models for d in distances for u in chunks(m, rows[m].id, d, 2)]
-        if stage == "metrics":
-            with factory() as s:
-                item = db.get_item(session=s, experiment_id=exp.id, kind="metrics")
-            return [] if item is not None and item.state == db.DONE else [Due("metrics")]
-        raise AssertionError(f"no work listed for stage {stage!r}")
-
+    stored = plan.Stored(factory, exp, settings.memory_budget)
     done: set[str] = set()
     due: list[Due] = []
     shown: list[str] = []
@@ -108,7 +55,7 @@ def _due(factory: sessionmaker[Session], settings: Settings, exp: db.Experiment)
         if not now:
             break
         for stage in now:
-            units = work(stage.name)
+            units = stage.pending(stored)
             if units:
                 due += units
                 shown.append(stage.name)
@@ -372,17 +319,16 @@ def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Datase
 
 def do_data(factory, settings, item: db.WorkItem) -> None:
     check_live(factory, item.experiment_id)
-    stage_data(runtime(factory, settings, item.experiment_id), item.experiment_id)
+    stage_data(runtime(factory, settings, item.experiment_id), item.experiment_id,
+               load_config(factory, item.experiment_id))
 
 
 def do_train(factory, settings, item: db.WorkItem) -> None:
     """The autoencoders (item kind ``train``), relu_keep (``keep``) or the reference maps (``maps``)."""
     check_live(factory, item.experiment_id)
-    with factory() as s:
-        names = list(db.get_experiment(session=s, experiment_id=item.experiment_id).config["models"])
     stage = {"train": stage_train, "keep": stage_keep, "maps": stage_maps}[item.kind]
-    stage(runtime(factory, settings, item.experiment_id), item.experiment_id,
-          stored_dataset(factory, item.experiment_id), names)
+    stage(runtime(factory, settings, item.experiment_id), item.experiment_id, load_config(factory, item.experiment_id),
+          stored_dataset(factory, item.experiment_id))
 
 
 _space_cache: dict[int, tuple] = {}

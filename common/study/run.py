@@ -14,16 +14,7 @@ from common.compute.data import load_dataset
 from common.store import db as db
 from common.study import plan
 from common.study.runtime import Runtime
-from common.study.stages import (
-    load_config,
-    stage_code_table,
-    stage_data,
-    stage_keep,
-    stage_maps,
-    stage_metrics,
-    stage_pixel_table,
-    stage_train,
-)
+from common.study.stages import load_config
 
 
 class _Run:
@@ -32,10 +23,7 @@ class _Run:
 
     def __init__(self, rt: Runtime, experiment_id: int) -> None:
         self.rt, self.id = rt, experiment_id
-        cfg = load_config(rt.factory, experiment_id)
-        self.distances = [d.value for d in cfg.distances]
-        self.models = [m.value for m in cfg.models]
-        self.ctx: dict = {}
+        self.ctx = plan.InProcess(rt, experiment_id, load_config(rt.factory, experiment_id))
         self.t0 = time.perf_counter()
 
     def start(self) -> None:
@@ -45,37 +33,13 @@ class _Run:
                                  attempts=exp.attempts + 1, started_at=exp.started_at or db.utcnow())
         self.t0 = time.perf_counter()
 
-    def _stage(self, name: str) -> None:
-        with db.transaction(self.rt.factory) as s:
-            db.update_experiment(session=s, experiment_id=self.id, stage=name)
-
-    def _tables(self, space: str) -> None:
-        rt, eid = self.rt, self.id
-        for name in ([db.ORIGINAL] if space == "pixel" else self.models):
-            for d in self.distances:
-                self._stage(f"table {name} {d}")
-                if name == db.ORIGINAL:
-                    stage_pixel_table(rt, eid, self.ctx["ds"], d)
-                else:
-                    stage_code_table(rt, eid, self.ctx["ds"], name, d)
-
     def stages(self, names: tuple[str, ...]) -> None:
         """The plan's stages among ``names``, in the plan's order; on any error the experiment is failed."""
-        rt, eid, ctx = self.rt, self.id, self.ctx
-        runners = {  # one per stage of common/study/plan.py
-            "data": lambda: ctx.update(ds=stage_data(rt, eid)),
-            "reference maps": lambda: stage_maps(rt, eid, ctx["ds"], self.models),
-            "pixel tables": lambda: self._tables("pixel"),
-            "train": lambda: stage_train(rt, eid, ctx["ds"], self.models),
-            "train keeping": lambda: stage_keep(rt, eid, ctx["ds"], self.models),
-            "code tables": lambda: self._tables("code"),
-            "metrics": lambda: stage_metrics(rt, eid),
-        }
         try:
             for st in plan.PLAN:
                 if st.name in names:
-                    self._stage(st.name)
-                    runners[st.name]()
+                    self.ctx.show(st.name)
+                    st.run(self.ctx)
         except BaseException as exc:
             self.fail("interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}")
             raise
@@ -132,8 +96,8 @@ def _tail_process(url: str, fields: dict, experiment_id: int, elapsed: float) ->
         rt = Runtime(factory=db.session_factory(engine), progress=_NoteLines(experiment_id), **fields)
         run = _Run(rt, experiment_id)
         run.t0 -= elapsed  # the experiment's total counts its training too
-        cfg = load_config(rt.factory, experiment_id)  # the data set its "data" stage loaded (from the cache)
-        run.ctx["ds"] = load_dataset(cfg.dataset.value, rt.data_dir, rt.cache_dir, cfg.limit)
+        cfg = run.ctx.cfg  # the data set its "data" stage loaded (from the cache)
+        run.ctx.ds = load_dataset(cfg.dataset.value, rt.data_dir, rt.cache_dir, cfg.limit)
         run.stages(plan.TAIL)
         run.finish()
     finally:

@@ -53,9 +53,8 @@ def _timed(rt: Runtime, experiment_id: int, stage: str, t0: float) -> None:
 # ---------------------------------------------------------------- stages
 
 
-def stage_data(rt: Runtime, experiment_id: int) -> Dataset:
+def stage_data(rt: Runtime, experiment_id: int, cfg: StudyConfig) -> Dataset:
     """Load the data set and store it (labels, pixels) once per (data set, N)."""
-    cfg = load_config(rt.factory, experiment_id)
     t0 = time.perf_counter()
     ds = load_dataset(cfg.dataset.value, rt.data_dir, rt.cache_dir, cfg.limit)
     with db.transaction(rt.factory) as s:
@@ -65,9 +64,8 @@ def stage_data(rt: Runtime, experiment_id: int) -> Dataset:
     return ds
 
 
-def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: str) -> None:
+def stage_pixel_table(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset, distance: str) -> None:
     """The pixel-space table, shared by every experiment on the same (data set, N, distance, K)."""
-    cfg = load_config(rt.factory, experiment_id)
     t0 = time.perf_counter()
     with rt.factory() as s:
         dataset_id = db.get_experiment(session=s, experiment_id=experiment_id).dataset_id
@@ -81,11 +79,10 @@ def stage_pixel_table(rt: Runtime, experiment_id: int, ds: Dataset, distance: st
     _timed(rt, experiment_id, f"table original {distance}", t0)
 
 
-def stage_train(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
-    """Train the models side by side (resuming from their checkpoints), then store each one's
+def stage_train(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -> None:
+    """Train the autoencoders side by side (resuming from their checkpoints), then store each one's
     weights, reconstructions and codes. A model already stored is not trained again."""
-    cfg = load_config(rt.factory, experiment_id)
-    names = [n for n in names if is_autoencoder(n)]  # relu_keep: stage_keep, once the pixel tables are stored
+    names = [m.value for m in cfg.models if is_autoencoder(m.value)]  # relu_keep: stage_keep, after the pixels
     with db.transaction(rt.factory) as s:
         rows = {n: db.get_or_create_model(session=s, experiment_id=experiment_id, name=n) for n in names}
     todo = [n for n in names if rows[n].codes is None]
@@ -159,12 +156,11 @@ def keep_config(cfg: StudyConfig) -> KeepConfig:
                       final_positives=min(KeepConfig.final_positives, cfg.k), refine_epochs=cfg.epochs)
 
 
-def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
+def stage_keep(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -> None:
     """Train relu_keep (when the experiment has it) on its stored pixel-space table, resuming from its
     checkpoint; store its weights and codes. Stored already: nothing to do."""
-    if "relu_keep" not in names:
+    if "relu_keep" not in [m.value for m in cfg.models]:
         return
-    cfg = load_config(rt.factory, experiment_id)
     with db.transaction(rt.factory) as s:
         row = db.get_or_create_model(session=s, experiment_id=experiment_id, name="relu_keep")
     if row.codes is not None:
@@ -199,12 +195,11 @@ def stage_keep(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
     _timed(rt, experiment_id, "train relu_keep", t0)
 
 
-def stage_maps(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -> None:
+def stage_maps(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -> None:
     """Fit the reference maps the experiment asks for (PCA; UMAP and t-SNE with the maps extra), each
     seeded by the study's seed, and store their codes: read-only models, no weights. Stored already:
     nothing to do. A missing library fails here, at once (the stage comes first after the data)."""
-    cfg = load_config(rt.factory, experiment_id)
-    names = [n for n in names if n in REFERENCE_MAPS]
+    names = [m.value for m in cfg.models if m.value in REFERENCE_MAPS]
     with db.transaction(rt.factory) as s:
         rows = {n: db.get_or_create_model(session=s, experiment_id=experiment_id, name=n) for n in names}
     todo = [n for n in names if rows[n].codes is None]
@@ -221,8 +216,9 @@ def stage_maps(rt: Runtime, experiment_id: int, ds: Dataset, names: list[str]) -
         _timed(rt, experiment_id, f"fit {name}", t0)
 
 
-def stage_code_table(rt: Runtime, experiment_id: int, ds: Dataset, name: str, distance: str) -> None:
-    cfg = load_config(rt.factory, experiment_id)
+def stage_code_table(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset, name: str,
+                     distance: str) -> None:
+    """A model's code-space table (2-D codes, exact float rule)."""
     t0 = time.perf_counter()
     with db.transaction(rt.factory) as s:
         dataset_id = db.get_experiment(session=s, experiment_id=experiment_id).dataset_id
