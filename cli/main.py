@@ -78,28 +78,21 @@ class TqdmProgress:
         tqdm.write(text, file=sys.stderr)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    s = get_settings()
-    updates = {}
-    if getattr(args, "db", None):
-        updates["database_url"] = args.db
-    if getattr(args, "data_dir", None):
-        updates["data_dir"] = Path(args.data_dir)
-    if getattr(args, "device", None):
-        updates["device"] = args.device
-    if getattr(args, "memory_budget", None):
-        updates["memory_budget"] = args.memory_budget
-    if getattr(args, "kernel", None):
-        from common.compute.kernels import parse_spec
+FLAGS = {"database_url": "--db", "data_dir": "--data-dir", "device": "--device", "memory_budget": "--memory-budget",
+         "kernel": "--kernel", "broker_url": "--broker"}  # settings a command's flags override
 
-        try:
-            parse_spec(args.kernel)
-        except ValueError as exc:
-            raise SystemExit(f"aeknn: invalid --kernel: {exc}") from None
-        updates["kernel"] = args.kernel
-    if getattr(args, "broker", None):
-        updates["broker_url"] = args.broker
-    settings = s.model_copy(update=updates)
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings: the environment's (AEKNN_*), with this command's flags over them, validated the same
+    way (a bad --kernel is refused as a bad AEKNN_KERNEL would be, naming the flag)."""
+    given = {f: getattr(args, flag.lstrip("-").replace("-", "_"), None) for f, flag in FLAGS.items()}
+    try:
+        settings = Settings(**{f: v for f, v in given.items() if v is not None})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = str(e["loc"][0]) if e["loc"] else "setting"
+        where = FLAGS[field] if given.get(field) is not None else f"AEKNN_{field.upper()}"
+        raise _Usage(f"aeknn: invalid {where}: {e['msg'].removeprefix('Value error, ')}") from None
     from common import secrets
 
     secrets.install(settings)  # no password of theirs in any message or log line of this process
@@ -136,9 +129,7 @@ def _runtime(settings: Settings, factory):
     configure_numerics()  # before any torch operation starts a thread pool
     from common.study.runtime import Runtime
 
-    return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
-                   device=settings.device, memory_budget=settings.memory_budget, kernel=settings.kernel,
-                   progress=TqdmProgress())
+    return Runtime.from_settings(settings, factory, progress=TqdmProgress())
 
 
 def _print_tables(factory, experiment_id: int | None, fmt: str = "table", k: str | None = None,

@@ -303,9 +303,7 @@ def runtime(factory: sessionmaker[Session], settings: Settings, experiment_id: i
     def stop_if_cancelled(name: str, ck) -> None:  # noqa: ANN001 - called after every epoch
         check_live(factory, experiment_id)
 
-    return Runtime(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir,
-                   device=settings.device, memory_budget=settings.memory_budget, kernel=settings.kernel,
-                   on_epoch_end=stop_if_cancelled)
+    return Runtime.from_settings(settings, factory, on_epoch_end=stop_if_cancelled)
 
 
 def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Dataset:

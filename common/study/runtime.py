@@ -11,6 +11,7 @@ from typing import Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.sizes import DEFAULT_MEMORY_BUDGET
+from common.settings import Settings
 
 log = logging.getLogger("common.study.stages")
 
@@ -51,3 +52,9 @@ class Runtime:
     kernel: str = "auto"  # the pixel tables' path: auto (fastest measured) or forced (common/kernels.py)
     progress: Progress = field(default_factory=LogProgress)
     on_epoch_end: object = None  # optional callable(model_name, Checkpoint), e.g. to stop a run
+
+    @classmethod
+    def from_settings(cls, settings: Settings, factory: sessionmaker[Session], **kw) -> Runtime:
+        """The runtime the (validated) settings describe: what the CLI and the workers both build."""
+        return cls(factory=factory, data_dir=settings.data_dir, cache_dir=settings.cache_dir, device=settings.device,
+                   memory_budget=settings.memory_budget, kernel=settings.kernel, **kw)
