@@ -1,0 +1,395 @@
+"""The ``aeknn`` commands, one function each: arguments are turned into settings and a :class:`StudyConfig`
+at once; nothing passes argparse namespaces on into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cli.show import TqdmProgress, Usage, print_sweep, print_tables
+from common.settings import Settings, get_settings
+from common.store import db as db
+
+log = logging.getLogger("aeknn")
+
+
+FLAGS = {"database_url": "--db", "data_dir": "--data-dir", "device": "--device", "memory_budget": "--memory-budget",
+         "kernel": "--kernel", "broker_url": "--broker"}  # settings a command's flags override
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings: the environment's (AEKNN_*), with this command's flags over them, validated the same
+    way (a bad --kernel is refused as a bad AEKNN_KERNEL would be, naming the flag)."""
+    given = {f: getattr(args, flag.lstrip("-").replace("-", "_"), None) for f, flag in FLAGS.items()}
+    try:
+        settings = Settings(**{f: v for f, v in given.items() if v is not None})
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = str(e["loc"][0]) if e["loc"] else "setting"
+        where = FLAGS[field] if given.get(field) is not None else f"AEKNN_{field.upper()}"
+        raise Usage(f"aeknn: invalid {where}: {e['msg'].removeprefix('Value error, ')}") from None
+    from common import secrets
+
+    secrets.install(settings)  # no password of theirs in any message or log line of this process
+    args.settings = settings  # for main's messages: which database or broker could not be reached
+    return settings
+
+
+def _factory(settings: Settings):
+    engine = db.make_engine(settings.database_url)
+    db.init_db(engine)
+    return db.session_factory(engine)
+
+
+def _read_factory(settings: Settings, cmd: str):
+    """The database a read command reads: it must exist (a read never creates one, least of all an empty
+    file in the wrong folder)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).is_file():
+        raise Usage(f"aeknn {cmd}: no database at {url.database} (--db {settings.database_url}): run `aeknn run` "
+                     "first, or point --db (AEKNN_DATABASE_URL) at the database that holds the study")
+    return _factory(settings)
+
+
+def _runtime(settings: Settings, factory):
+    from common.compute.training import configure_numerics  # imports torch: only for the commands that compute
+
+    configure_numerics()  # before any torch operation starts a thread pool
+    from common.study.runtime import Runtime
+
+    return Runtime.from_settings(settings, factory, progress=TqdmProgress())
+
+
+def _config(args: argparse.Namespace, cmd: str):
+    """The StudyConfig the options ask for, or None after printing what is wrong with them."""
+    from common.study.config import StudyConfig
+
+    fields = {"dataset": args.dataset, "limit": args.limit, "models": args.models, "epochs": args.epochs,
+              "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "k": args.k,
+              "distances": args.distances, "seed": args.seed, "ks": args.ks}
+    try:
+        return StudyConfig(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "config"
+            print(f"aeknn {cmd}: invalid {where}: {e['msg']}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args, "run")
+    if cfg is None:
+        return 2
+    settings = _settings(args)
+    factory = _factory(settings)
+    from common.study.run import run_experiment
+    from common.study.stages import record_experiment
+
+    experiment_id = record_experiment(factory, cfg)
+    log.info("experiment %d: %s", experiment_id, cfg.as_json())
+    run_experiment(_runtime(settings, factory), experiment_id)
+    print_tables(factory, experiment_id, "table")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    factory = _factory(settings)
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=args.experiment)
+    if exp is None:
+        print(f"aeknn resume: no experiment {args.experiment}", file=sys.stderr)
+        return 1
+    from common.study.run import run_experiment
+
+    run_experiment(_runtime(settings, factory), args.experiment)
+    print_tables(factory, args.experiment, "table")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from common.study import jobs
+    from common.study import submissions as experiments
+
+    cfg = _config(args, "submit")
+    if cfg is None:
+        return 2
+    settings = _settings(args)
+    try:
+        experiment_id = experiments.submit(_factory(settings), settings, cfg)
+    except jobs.BrokerUnavailable as exc:
+        print(f"aeknn submit: not submitted: {exc}", file=sys.stderr)
+        return 2
+    print(experiment_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from common.study import submissions as experiments
+
+    factory = _read_factory(_settings(args), "status")
+    with factory() as s:
+        info = experiments.describe(s, args.experiment)
+    if info is None:
+        print(f"aeknn status: no experiment {args.experiment}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    print(f"experiment {info['id']}: {info['status']}  stage: {info['stage'] or '-'}  attempts: {info['attempts']}")
+    if info["error"]:
+        print(f"error: {info['error']}")
+    for m in info["models"]:
+        loss = "-" if m["loss"] is None else f"{m['loss']:.4f}"
+        print(f"  model {m['name']:<10} epoch {m['epochs_done']}/{m['epochs']}  loss {loss}")
+    for t in info["tables"]:
+        print(f"  table {t['space']:<10} {t['distance']}  chunks {t['chunks_done']}/{t['chunks_total']}"
+              f"{'  complete' if t['complete'] else ''}")
+    if info["timings"]:
+        print("  timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in info["timings"].items()))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from common.study import submissions as experiments
+
+    status = experiments.cancel(_read_factory(_settings(args), "cancel"), args.experiment)
+    if status is None:
+        print(f"aeknn cancel: no experiment {args.experiment}", file=sys.stderr)
+        return 1
+    print(f"experiment {args.experiment}: {status}")
+    return 0 if status == "cancelled" else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Replace this process with a Celery worker (the workers import torch; this CLI does not)."""
+    import os
+
+    from common.study.jobs import QUEUES, BrokerUnavailable, check_broker
+
+    settings = _settings(args)
+    _factory(settings).kw["bind"].dispose()  # refuse a database at another schema revision, before starting
+    try:
+        check_broker(settings)  # a worker that could never receive a task says so now, in one line
+    except BrokerUnavailable as exc:
+        print(f"aeknn worker: {exc}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, AEKNN_DATABASE_URL=settings.database_url, AEKNN_BROKER_URL=settings.broker_url,
+               AEKNN_DEVICE=settings.device, AEKNN_MEMORY_BUDGET=str(settings.memory_budget))
+    if args.data_dir:
+        env["AEKNN_DATA_DIR"] = str(Path(args.data_dir).resolve())
+    if args.concurrency > 1 and not settings.worker_threads:  # share the cores between the pool processes
+        env["AEKNN_WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.concurrency))
+    queues = ",".join(args.queues or QUEUES)
+    cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queues,
+           "-c", str(args.concurrency), "-n", args.name, "--loglevel", args.loglevel,
+           "--without-gossip", "--without-mingle"]
+    if args.beat:  # the sweeper: sends again what the broker lost (one beat per deployment is enough)
+        cmd += ["--beat", "--schedule", str(settings.cache_dir / "celerybeat-schedule")]
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def _sweep_grid(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(base, grid) from the options: a grid field given several comma-separated values varies; the
+    other study options are the base."""
+    grid_opts = {"seed": args.seeds, "weight_decay": args.weight_decay, "lr": args.lr, "epochs": args.epochs,
+                 "batch_size": args.batch_size, "dataset": args.dataset}
+    grid = {k: v for k, v in grid_opts.items() if v is not None}
+    base = {k: v for k, v in {"limit": args.limit, "models": args.models, "k": args.k,
+                              "distances": args.distances, "ks": args.ks}.items() if v is not None}
+    return base, grid
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """A sweep: expand, record, then run its experiments here one after another (or queue them)."""
+    from common.study import sweeps
+
+    settings = _settings(args)
+    if args.cancel is not None:
+        n = sweeps.cancel(_read_factory(settings, "sweep"), args.cancel)
+        print(f"sweep {args.cancel}: {n} experiment(s) cancelled")
+        return 0
+    if args.status is not None:
+        with _read_factory(settings, "sweep")() as s:
+            info = sweeps.describe(s, args.status)
+        print(f"sweep {info['id']}: {info['status']}, {info['done']}/{info['total']} experiments succeeded")
+        for p in info["points"]:
+            print(f"  {json.dumps(p['config'])}: experiment {p['experiment']} {p['status']}"
+                  f"{' (reused)' if p['reused'] else ''}")
+        return 0
+    factory = _factory(settings)
+    if args.resume is not None:
+        sweep_id = args.resume
+    else:
+        base, grid = _sweep_grid(args)
+        sweep_id, new = sweeps.create(factory, settings, base, grid, queue=args.submit)
+        with factory() as s:
+            info = sweeps.describe(s, sweep_id)
+        print(f"sweep {sweep_id}: {info['total']} grid points, {len(new)} new experiments "
+              f"({info['total'] - len(new)} reused){', queued for the workers' if args.submit else ''}", flush=True)
+        if args.submit:
+            return 0
+    from common.study.run import run_experiments
+
+    rt = _runtime(settings, factory)
+    with factory() as s:
+        todo = [e.id for _, e in sweeps.points(s, sweep_id)[1] if e.status not in (db.SUCCEEDED, db.CANCELLED)]
+    print(f"sweep {sweep_id}: experiments {', '.join(map(str, dict.fromkeys(todo)))}", flush=True)
+    run_experiments(rt, list(dict.fromkeys(todo)))
+    print_sweep(factory, sweep_id, "table")
+    return 0
+
+
+def cmd_resend(args: argparse.Namespace) -> int:
+    """Advance every unfinished experiment once: what the broker lost is sent again."""
+    from common.store import db as db_
+    from common.study import jobs
+
+    settings = _settings(args)
+    factory = _factory(settings)
+    app = jobs.broker_client(settings)
+    with factory() as s:
+        ids = db_.active_experiment_ids(session=s)
+    try:
+        for experiment_id in ids:
+            jobs.send(app, jobs.ADVANCE, experiment_id)
+    except jobs.BrokerUnavailable as exc:
+        print(f"aeknn resend: {exc}", file=sys.stderr)
+        return 2
+    print(f"advanced {len(ids)} experiment(s): {ids}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The REST API under uvicorn, over the same database as `aeknn run`."""
+    import os
+
+    import uvicorn
+
+    settings = _settings(args)
+    _factory(settings)  # create the tables if the database is new
+    os.environ["AEKNN_DATABASE_URL"] = settings.database_url  # for uvicorn's worker processes
+    os.environ["AEKNN_BROKER_URL"] = settings.broker_url
+    get_settings.cache_clear()
+    host, port = args.host or settings.host, args.port or settings.port
+    base = f"http://{host}:{port}"
+    print(f"aeknn API: {base}   docs: {base}/docs   tables: {base}/metrics/score_at_k   "
+          f"neighbours: {base}/samples/0/neighbors?space=encoded&k=20", flush=True)
+    uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=args.workers,
+                log_level="warning")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """Schema migrations: upgrade, current, stamp."""
+    from common.store import migrate
+
+    settings = _settings(args)
+    engine = db.make_engine(settings.database_url)
+    where = engine.url.render_as_string(hide_password=True)
+    try:
+        if args.action == "upgrade":
+            before = migrate.current(engine)
+            after = migrate.upgrade(engine, args.revision)
+            print(f"{where}: {'already at' if before == after else f'upgraded from {before} to'} {after}")
+        elif args.action == "current":
+            status, rev = migrate.state(engine)
+            print(f"{where}: {rev or '-'} ({status}; this aeknn's newest revision is {migrate.head()})")
+            return 0 if status == "head" else 1
+        else:
+            migrate.stamp(engine, args.revision)
+            print(f"{where}: stamped {migrate.current(engine)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Apply the migrations, then submit the init study once (what the compose file's init service
+    runs): the same study is never submitted twice, however often this runs."""
+    import hashlib
+
+    from common.store import migrate
+    from common.study import jobs
+    from common.study import submissions as experiments
+    from common.study.config import StudyConfig
+
+    settings = _settings(args)
+    engine = db.make_engine(settings.database_url)
+    rev = migrate.upgrade(engine)
+    try:
+        cfg = StudyConfig(**settings.init_study)
+    except ValidationError as exc:
+        print(f"aeknn init: invalid AEKNN_INIT_STUDY: {exc}", file=sys.stderr)
+        return 2
+    key = "init:" + hashlib.sha256(json.dumps(cfg.as_json(), sort_keys=True).encode()).hexdigest()[:24]
+    factory = db.session_factory(engine)
+    with factory() as s:
+        known = db.experiment_by_key(session=s, idempotency_key=key)
+    try:
+        experiment_id = experiments.submit(factory, settings, cfg, idempotency_key=key)
+    except jobs.BrokerUnavailable as exc:
+        print(f"aeknn init: not submitted: {exc}", file=sys.stderr)
+        return 2
+    what = "already submitted" if known is not None else "submitted"
+    print(f"schema at {rev}; init study {what}: experiment {experiment_id}", flush=True)
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.backfill:
+        from common.study.scoring import backfill
+
+        done = backfill(_read_factory(settings, "metrics"), args.experiment)
+        print(f"every k stored for experiment(s) {', '.join(map(str, done)) or 'none (nothing to fill)'}")
+        return 0
+    if args.sweep is not None:
+        print_sweep(_read_factory(settings, "metrics"), args.sweep, args.format, args.k)
+        return 0
+    print_tables(_read_factory(settings, "metrics"), args.experiment, args.format, args.k, args.table, args.out)
+    return 0
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from common.study import reads
+
+    factory = _read_factory(_settings(args), "neighbors")
+    with factory() as s:
+        exp = reads.finished(s, args.experiment)
+        found = reads.neighbors(s, exp, args.sample_id, space=args.space, model=args.model, distance=args.distance,
+                                k=args.k)
+    space = "original" if args.space == "original" else args.model
+    print(f"experiment {exp.id}  sample {args.sample_id} (label {found['sample']['label']})  space {space}  "
+          f"distance {args.distance}  k {args.k}")
+    print(f"{'rank':>4}  {'id':>6}  {'label':>5}  {'distance':>12}")
+    for nb in found["neighbors"]:  # distances with their significant digits (a collapsed code's are tiny)
+        print(f"{nb['rank']:>4}  {nb['id']:>6}  {nb['label']:>5}  {nb['distance']:>12.6g}")
+    return 0
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """The database URL this command used, without its password."""
+    from common.secrets import redact
+
+    settings = getattr(args, "settings", None) or get_settings()
+    return redact(settings.database_url)
+
+
+def database_problem(args: argparse.Namespace, exc: BaseException) -> str:
+    """One line: which database (no password), and the driver's own first line of what went wrong."""
+    from common.secrets import scrub
+
+    orig = getattr(exc, "orig", None) or exc
+    first = next((line.strip() for line in str(orig).splitlines() if line.strip()), type(orig).__name__)
+    return scrub(f"the database at {database_url(args)} cannot be used: {first}")
