@@ -13,8 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import unauthorized
 from common.settings import Settings
-from common.store import db as db
-from common.study import reads
+from common.study import database, reads
 
 
 async def get_settings_dep(request: Request) -> Settings:  # async: no thread hop for a lookup
@@ -67,9 +66,7 @@ async def require_read(request: Request, settings: SettingsDep) -> None:
 
 @lru_cache(maxsize=8)
 def _factory(url: str) -> sessionmaker[Session]:
-    engine = db.make_engine(url, pre_ping=False)
-    db.init_db(engine)
-    return db.session_factory(engine)
+    return database.open_database(url, pre_ping=False)  # its reads are one round trip: no ping before
 
 
 def get_factory_for(settings: Settings) -> sessionmaker[Session]:
@@ -86,7 +83,8 @@ FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
 @lru_cache(maxsize=8)
 def _read_factory(url: str) -> sessionmaker[Session]:
     """Sessions for single-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
-    return db.session_factory(_factory(url).kw["bind"].execution_options(isolation_level="AUTOCOMMIT"))
+    return sessionmaker(_factory(url).kw["bind"].execution_options(isolation_level="AUTOCOMMIT"),
+                        expire_on_commit=False)
 
 
 def read_factory_for(settings: Settings) -> sessionmaker[Session]:
@@ -108,8 +106,8 @@ def get_db(factory: FactoryDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def experiment_or_404(experiment_id: int, session: SessionDep) -> db.Experiment:
+def experiment_or_404(experiment_id: int, session: SessionDep) -> reads.Experiment:
     return reads.experiment(session, experiment_id)  # NotFound: 404
 
 
-ExperimentDep = Annotated[db.Experiment, Depends(experiment_or_404)]
+ExperimentDep = Annotated[reads.Experiment, Depends(experiment_or_404)]

@@ -28,6 +28,7 @@ class ExperimentCreate(StudyConfig):
 
 class ModelProgress(BaseModel):
     name: str
+    kind: str = Field(description="trained (an autoencoder, relu_keep) or reference map (PCA, UMAP, t-SNE)")
     epochs_done: int
     epochs: int
     loss: float | None
@@ -185,6 +186,16 @@ class CodesOut(BaseModel):
 class LossOut(BaseModel):
     experiment: int
     losses: dict[str, list[float]]  # model -> mean loss of each epoch
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: str = Field(description="trained, or reference map (a yardstick, like the pixel space)")
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelInfo]  # every model a study may ask for, in the study's order
+    default: str  # the model a read shows when none is named
 
 
 class HealthOut(BaseModel):

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from cli.show import TqdmProgress, Usage, print_sweep, print_tables
 from common.settings import Settings, get_settings
-from common.store import db as db
 
 log = logging.getLogger("aeknn")
 
@@ -41,22 +40,22 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _factory(settings: Settings):
-    engine = db.make_engine(settings.database_url)
-    db.init_db(engine)
-    return db.session_factory(engine)
+    """The database a command writes to (its schema created when it is empty)."""
+    from common.study.database import open_database
+
+    return open_database(settings.database_url)
 
 
 def _read_factory(settings: Settings, cmd: str):
-    """The database a read command reads: it must exist (a read never creates one, least of all an empty
-    file in the wrong folder)."""
-    from sqlalchemy.engine import make_url
+    """The database a read command reads: it must exist and hold a study; a read creates and changes nothing
+    (least of all an empty file in the wrong folder)."""
+    from common.errors import NotFound
+    from common.study.database import open_existing
 
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-            and not Path(url.database).is_file():
-        raise Usage(f"aeknn {cmd}: no database at {url.database} (--db {settings.database_url}): run `aeknn run` "
-                     "first, or point --db (AEKNN_DATABASE_URL) at the database that holds the study")
-    return _factory(settings)
+    try:
+        return open_existing(settings.database_url)
+    except NotFound as exc:  # a database this command cannot read: exit 2, as any database it cannot use
+        raise Usage(f"aeknn {cmd}: {exc}") from None
 
 
 def _runtime(settings: Settings, factory):
@@ -101,13 +100,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from common.study import reads
+
     settings = _settings(args)
     factory = _factory(settings)
     with factory() as s:
-        exp = db.get_experiment(session=s, experiment_id=args.experiment)
-    if exp is None:
-        print(f"aeknn resume: no experiment {args.experiment}", file=sys.stderr)
-        return 1
+        reads.experiment(s, args.experiment)  # NotFound: exit 1, naming it
     from common.study.run import run_experiment
 
     run_experiment(_runtime(settings, factory), args.experiment)
@@ -176,7 +174,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from common.study.jobs import QUEUES, BrokerUnavailable, check_broker
 
     settings = _settings(args)
-    _factory(settings).kw["bind"].dispose()  # refuse a database at another schema revision, before starting
+    from common.study.database import close
+
+    close(_factory(settings))  # refuse a database at another schema revision, before starting
     try:
         check_broker(settings)  # a worker that could never receive a task says so now, in one line
     except BrokerUnavailable as exc:
@@ -243,7 +243,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     rt = _runtime(settings, factory)
     with factory() as s:
-        todo = [e.id for _, e in sweeps.points(s, sweep_id)[1] if e.status not in (db.SUCCEEDED, db.CANCELLED)]
+        todo = sweeps.unfinished(s, sweep_id)
     print(f"sweep {sweep_id}: experiments {', '.join(map(str, dict.fromkeys(todo)))}", flush=True)
     run_experiments(rt, list(dict.fromkeys(todo)))
     print_sweep(factory, sweep_id, "table")
@@ -252,14 +252,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_resend(args: argparse.Namespace) -> int:
     """Advance every unfinished experiment once: what the broker lost is sent again."""
-    from common.store import db as db_
     from common.study import jobs
+    from common.study import submissions as experiments
 
     settings = _settings(args)
-    factory = _factory(settings)
+    ids = experiments.active(_factory(settings))
     app = jobs.broker_client(settings)
-    with factory() as s:
-        ids = db_.active_experiment_ids(session=s)
     try:
         for experiment_id in ids:
             jobs.send(app, jobs.ADVANCE, experiment_id)
@@ -292,25 +290,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     """Schema migrations: upgrade, current, stamp."""
-    from common.store import migrate
+    from common.secrets import redact
+    from common.study import database
 
     settings = _settings(args)
-    engine = db.make_engine(settings.database_url)
-    where = engine.url.render_as_string(hide_password=True)
-    try:
-        if args.action == "upgrade":
-            before = migrate.current(engine)
-            after = migrate.upgrade(engine, args.revision)
-            print(f"{where}: {'already at' if before == after else f'upgraded from {before} to'} {after}")
-        elif args.action == "current":
-            status, rev = migrate.state(engine)
-            print(f"{where}: {rev or '-'} ({status}; this aeknn's newest revision is {migrate.head()})")
-            return 0 if status == "head" else 1
-        else:
-            migrate.stamp(engine, args.revision)
-            print(f"{where}: stamped {migrate.current(engine)}")
-    finally:
-        engine.dispose()
+    where = redact(settings.database_url)
+    if args.action == "upgrade":
+        before, after = database.upgrade(settings.database_url, args.revision)
+        print(f"{where}: {'already at' if before == after else f'upgraded from {before} to'} {after}")
+    elif args.action == "current":
+        status, rev, newest = database.schema_state(settings.database_url)
+        print(f"{where}: {rev or '-'} ({status}; this aeknn's newest revision is {newest})")
+        return 0 if status == "head" else 1
+    else:
+        print(f"{where}: stamped {database.stamp(settings.database_url, args.revision)}")
     return 0
 
 
@@ -319,23 +312,20 @@ def cmd_init(args: argparse.Namespace) -> int:
     runs): the same study is never submitted twice, however often this runs."""
     import hashlib
 
-    from common.store import migrate
-    from common.study import jobs
+    from common.study import database, jobs
     from common.study import submissions as experiments
     from common.study.config import StudyConfig
 
     settings = _settings(args)
-    engine = db.make_engine(settings.database_url)
-    rev = migrate.upgrade(engine)
+    _, rev = database.upgrade(settings.database_url)
     try:
         cfg = StudyConfig(**settings.init_study)
     except ValidationError as exc:
         print(f"aeknn init: invalid AEKNN_INIT_STUDY: {exc}", file=sys.stderr)
         return 2
     key = "init:" + hashlib.sha256(json.dumps(cfg.as_json(), sort_keys=True).encode()).hexdigest()[:24]
-    factory = db.session_factory(engine)
-    with factory() as s:
-        known = db.experiment_by_key(session=s, idempotency_key=key)
+    factory = database.open_database(settings.database_url)
+    known = experiments.by_key(factory, key)
     try:
         experiment_id = experiments.submit(factory, settings, cfg, idempotency_key=key)
     except jobs.BrokerUnavailable as exc:

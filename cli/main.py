@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from cli.commands import database_problem, database_url
 from cli.parser import build_parser
 from cli.show import Usage
-from common.store import db as db
 
 __all__ = ["build_parser", "main"]
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy.exc import ArgumentError, DBAPIError
 
     from common.errors import DataError, Invalid, MissingExtra, NotFound, NotReady
-    from common.store.migrate import SchemaError
+    from common.study.database import SchemaError
 
     try:
         return args.func(args)

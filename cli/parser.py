@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from cli import commands as c
-from common.store import db as db
 
 
 def _csv(text: str) -> list[str]:

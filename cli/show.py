@@ -8,8 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from common.store import db as db
-
 log = logging.getLogger("aeknn")
 
 
@@ -50,13 +48,12 @@ def print_tables(factory, experiment_id: int | None, fmt: str = "table", k: str 
                   table: str | None = None, out: str | None = None) -> None:
     """The study's tables of a finished experiment (the same rows the API serves) at the config's ks or
     ``k``; CSV is one table (``table``) on stdout, or one file per table in the folder ``out``."""
-    from common.compute.names import BY_LABEL_K
     from common.study import reads, report
 
     with factory() as s:
         exp = reads.finished(s, experiment_id)
         ks = reads.parse_ks(k, exp.top_k, "--k") if k else reads.check_ks(list(exp.config["ks"]), exp.top_k)
-        tables = report.study_tables(s, exp, ks, min(BY_LABEL_K, exp.top_k))
+        tables = report.study_tables(s, exp, ks, reads.by_label_k(exp.top_k))
     names = [t.name for t in tables]
     if table is not None:
         if table not in names:
@@ -83,26 +80,19 @@ def print_tables(factory, experiment_id: int | None, fmt: str = "table", k: str 
 
 def print_sweep(factory, sweep_id: int, fmt: str, k: str | None = None) -> None:
     """The sweep's aggregated tables: for each grid point, mean ± sd over the seeds."""
-    from common.study import reads, sweeps
+    from common.study import reads, report, sweeps
 
     with factory() as s:
         info = sweeps.describe(s, sweep_id)
-        top = min(int(info["base"]["k"]), 10**9)
-        ks = reads.parse_ks(k, top, "--k") if k else list(info["base"]["ks"])
-        tables = {m: sweeps.aggregate(s, sweep_id, m, ks, label_k=min(20, top))
+        top = reads.top_k(int(info["base"]["k"]), 10**9)
+        ks = reads.parse_ks(k, top, "--k") if k else reads.check_ks(list(info["base"]["ks"]), top)
+        tables = {m: sweeps.aggregate(s, sweep_id, m, ks, label_k=reads.by_label_k(top))
                   for m in ("score_at_k", "knn_accuracy", "label_agreement_change", "r_nx")}
     if fmt == "json":
         print(json.dumps({"sweep": info, "k": ks, "tables": tables}, indent=1, default=str))
         return
-    if fmt == "csv":
-        import csv
-
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["metric", *info["grid"], "space", "distance", "k", "mean", "sd", "min", "max", "n"])
-        for m, rows in tables.items():
-            for r in rows:
-                w.writerow([m, *[json.dumps(r["point"].get(f)) if f in r["point"] else "" for f in info["grid"]],
-                            r["space"], r["distance"], r["k"], r["mean"], r["sd"], r["min"], r["max"], r["n"]])
+    if fmt == "csv":  # the API's columns (common/study/report.py), each row led by its metric
+        print(report.csv_of_many([report.sweep_table(info["grid"], m, rows) for m, rows in tables.items()]), end="")
         return
     varied = [f for f in info["grid"] if f != "seed"]
     print(f"sweep {sweep_id}: {info['status']}, {info['done']}/{info['total']} experiments; mean ± sd over seeds "

@@ -577,13 +577,20 @@ def test_finished_answers_carry_an_etag_and_revalidate_to_304(api, study):
     assert csv_r.headers["etag"] != api.get(f"/metrics/score_at_k?experiment={eid}").headers["etag"]
 
 
-def test_a_plot_is_drawn_once_then_served_as_stored(api, study):
+def test_a_plot_is_drawn_once_per_process_and_a_get_writes_nothing(api, study):
+    from api.routes import plots
+
     eid = study["id"]
-    first = api.get(f"/experiments/{eid}/plots/latent.png?model=relu_mse")
     with study["factory"]() as s:
-        stored = db.get_plot(session=s, experiment_id=eid, name="latent", model="relu_mse")
-    assert stored == first.content and first.content[:4] == b"\x89PNG"
-    assert api.get(f"/experiments/{eid}/plots/latent.png?model=relu_mse").content == stored
+        rows_before = s.query(db.PlotRow).count()
+    first = api.get(f"/experiments/{eid}/plots/latent.png?model=relu_mse")
+    assert first.status_code == 200 and first.content[:4] == b"\x89PNG"
+    key = next(k for k in plots._drawn if k[1:] == (eid, "latent", "relu_mse"))
+    plots._drawn[key] = b"\x89PNG kept"  # the second read is served from the process's cache, not drawn again
+    assert api.get(f"/experiments/{eid}/plots/latent.png?model=relu_mse").content == b"\x89PNG kept"
+    del plots._drawn[key]
+    with study["factory"]() as s:
+        assert s.query(db.PlotRow).count() == rows_before  # no GET wrote to the database
 
 
 def test_a_failed_experiments_error_shows_no_sql():

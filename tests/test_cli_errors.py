@@ -47,8 +47,13 @@ def test_an_unknown_driver_and_a_file_that_is_no_database_are_one_line(tmp_path)
     one_clear_line(aeknn("metrics", "--db", "postgresql+nosuchdriver://x/y"), "nosuchdriver")
     text = tmp_path / "notes.txt"
     text.write_text("not a database\n")
-    one_clear_line(aeknn("metrics", "--db", str(text)), "not a database")
+    one_clear_line(aeknn("metrics", "--db", str(text)), "is not a SQLite database")
     assert text.read_text() == "not a database\n"
+    empty = tmp_path / "empty.db"  # a read once turned an empty file into an 819,200-byte database
+    empty.touch()
+    for command in (["metrics"], ["neighbors", "3", "--space", "original"], ["status", "1"]):
+        one_clear_line(aeknn(*command, "--db", str(empty)), "is not a SQLite database")
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "notes.txt"]
 
 
 @pytest.mark.parametrize("command", [["submit", "--limit", "300"], ["worker"]])

@@ -7,7 +7,7 @@ import os
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.settings import get_settings
-from common.store import db as db
+from common.study.database import open_database
 
 _factory: sessionmaker[Session] | None = None
 _pid: int | None = None
@@ -17,9 +17,7 @@ def factory() -> sessionmaker[Session]:
     """This process's session factory (a new engine in each process, never one shared across a fork)."""
     global _factory, _pid
     if _factory is None or _pid != os.getpid():
-        engine = db.make_engine(get_settings().database_url)
-        db.init_db(engine)
-        _factory, _pid = db.session_factory(engine), os.getpid()
+        _factory, _pid = open_database(get_settings().database_url), os.getpid()
     return _factory
 
 

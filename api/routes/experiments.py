@@ -10,8 +10,7 @@ from api.bodies import StrictJSONRoute
 from api.deps import ExperimentDep, FactoryDep, SessionDep, SettingsDep, require_read, require_write
 from api.errors import ERROR_RESPONSES, AppError, conflict, invalid, not_found
 from api.schemas import ExperimentCreate, ExperimentPage, ExperimentPublic, ExperimentSummary
-from common.store import db as db
-from common.study import jobs
+from common.study import jobs, reads
 from common.study import submissions as experiments
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=ERROR_RESPONSES,
@@ -55,7 +54,7 @@ def create_experiment(body: ExperimentCreate, factory: FactoryDep, settings: Set
 def list_experiments(session: SessionDep, page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
                      per_page: Annotated[int, Query(ge=1, le=100)] = 20) -> ExperimentPage:
     """Experiments, newest first."""
-    rows, total = db.list_experiments(session=session, offset=(page - 1) * per_page, limit=per_page)
+    rows, total = reads.experiment_page(session, page=page, per_page=per_page)
     return ExperimentPage(items=[ExperimentSummary(id=e.id, status=e.status, stage=e.stage, created_at=e.created_at,
                                                    started_at=e.started_at, finished_at=e.finished_at,
                                                    config=e.config, links=links(e.id)) for e in rows],
@@ -72,7 +71,7 @@ def get_experiment(exp: ExperimentDep, session: SessionDep) -> ExperimentPublic:
 def cancel_experiment(exp: ExperimentDep, factory: FactoryDep) -> ExperimentPublic:
     """Stop a queued or running experiment within one task."""
     status = experiments.cancel(factory, exp.id)
-    if status != db.CANCELLED:
+    if status != "cancelled":
         raise conflict(f"experiment {exp.id} is {status}: only a queued or running experiment can be cancelled")
     with factory() as s:
         return public(s, exp.id)

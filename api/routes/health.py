@@ -1,4 +1,5 @@
-"""Liveness for compose health checks: the database and the broker answer."""
+"""What this server is: its models (GET /models), and whether its database and broker answer (GET /health,
+for compose health checks)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import FactoryDep, SettingsDep
-from api.schemas import HealthOut
+from api.schemas import HealthOut, ModelInfo, ModelsOut
+from common.compute.names import DEFAULT_MODEL, MODEL_NAMES, model_kind
 
 router = APIRouter(tags=["health"])
+
+
+@router.get("/models", response_model=ModelsOut)
+def models() -> ModelsOut:
+    """Every model a study may ask for (POST /experiments' "models"), whether it is trained or a reference
+    map, and the one a read shows when none is named: what the web page builds its colours and marks from."""
+    return ModelsOut(models=[ModelInfo(name=n, kind=model_kind(n)) for n in MODEL_NAMES], default=DEFAULT_MODEL)
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})

@@ -4,8 +4,6 @@ default; CSV with `Accept: text/csv` or `?format=csv`."""
 
 from __future__ import annotations
 
-import csv
-import io
 from enum import StrEnum
 from typing import Annotated
 
@@ -26,8 +24,7 @@ from api.schemas import (
     SpaceRow,
     ValuesRow,
 )
-from common.compute.names import BY_LABEL_K
-from common.study import reads
+from common.study import reads, report
 from common.study.config import MAX_K
 
 router = APIRouter(prefix="/metrics", tags=["metrics"], responses=ERROR_RESPONSES,
@@ -41,19 +38,16 @@ class Format(StrEnum):
     csv = "csv"
 
 
-def _respond(request: Request, fmt: Format | None, model: BaseModel, header: list[str], rows: list[list],
+def _respond(request: Request, fmt: Format | None, model: BaseModel, table: report.Table,
              explicit: bool) -> Response:
-    """JSON or CSV; immutable (a finished experiment's stored values), so with an ETag."""
+    """JSON (``model``) or CSV (``table``, laid out by common/study/report.py as the CLI's is); immutable (a
+    finished experiment's stored values), so with an ETag."""
     wants_csv = fmt == Format.csv or (fmt is None and "text/csv" in request.headers.get("accept", ""))
 
     def make() -> Response:
         if not wants_csv:
             return cache.json_response(model)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(header)
-        w.writerows([["" if c is None else c for c in r] for r in rows])
-        return Response(buf.getvalue(), media_type="text/csv")
+        return Response(report.csv_of(table), media_type="text/csv")
 
     response = cache.immutable(request, model.experiment, explicit, make)
     response.headers["Vary"] = "Accept"
@@ -70,11 +64,11 @@ def _values_table(metric: str):
     def endpoint(request: Request, session: SessionDep, experiment: ExperimentQ = None,
                  k: KsQ = None, format: Format | None = None):  # noqa: A002
         exp, ks = _prepare(session, experiment, k)
+        found = reads.value_rows(session, exp, metric, ks)
         rows = [ValuesRow(model=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
-                for r in reads.value_rows(session, exp, metric, ks)]
+                for r in found]
         return _respond(request, format, ScoreTable(experiment=exp.id, k=ks, rows=rows),
-                        ["model", "distance", *[f"k={x}" for x in ks]],
-                        [[r.model, r.distance, *r.values.values()] for r in rows], experiment is not None)
+                        report.values_table(metric, found, ks), experiment is not None)
     return endpoint
 
 
@@ -87,15 +81,14 @@ router.add_api_route("/r_nx", _values_table("r_nx"), methods=["GET"], response_m
 
 @router.get("/score_at_k/by_label", response_model=ByLabelTable, responses=CSV)
 def score_at_k_by_label(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                        k: Annotated[int, Query(ge=1, le=MAX_K)] = BY_LABEL_K, format: Format | None = None):  # noqa: A002
+                        k: Annotated[int | None, Query(ge=1, le=MAX_K, description="default: 20, or K where smaller")]
+                        = None, format: Format | None = None):  # noqa: A002
     """score@k over the samples of each label (table 2: the study shows k = 20; every k up to K is stored)."""
     exp = reads.finished(session, experiment)
-    rows = [ByLabelRow(**r) for r in reads.by_label_rows(session, exp, k)]
-    labels = sorted({lab for r in rows for lab in r.by_label}, key=int)
-    return _respond(request, format, ByLabelTable(experiment=exp.id, k=k, rows=rows),
-                    ["model", "distance", "k", *labels],
-                    [[r.model, r.distance, r.k, *[r.by_label.get(lab) for lab in labels]] for r in rows],
-                    experiment is not None)
+    k = reads.by_label_k(exp.top_k) if k is None else k
+    found = reads.by_label_rows(session, exp, k)
+    return _respond(request, format, ByLabelTable(experiment=exp.id, k=k, rows=[ByLabelRow(**r) for r in found]),
+                    report.by_label_table(found, k), experiment is not None)
 
 
 @router.get("/label_agreement", response_model=AgreementTable, responses=CSV)
@@ -103,11 +96,9 @@ def label_agreement(request: Request, session: SessionDep, experiment: Experimen
                     k: KsQ = None, format: Format | None = None):  # noqa: A002
     """Same-label rates before and after encoding, their change (enc - orig) and mean |change| (tables 3, 4)."""
     exp, ks = _prepare(session, experiment, k)
-    rows = [AgreementRow(**r) for r in reads.agreement_rows(session, exp, ks)]
-    return _respond(request, format, AgreementTable(experiment=exp.id, k=ks, rows=rows),
-                    ["model", "distance", "k", "original_rate", "encoded_rate", "change", "abs_change"],
-                    [[r.model, r.distance, r.k, r.original_rate, r.encoded_rate, r.change, r.abs_change]
-                     for r in rows], experiment is not None)
+    found = reads.agreement_rows(session, exp, ks)
+    return _respond(request, format, AgreementTable(experiment=exp.id, k=ks, rows=[AgreementRow(**r) for r in found]),
+                    report.agreement_table(found), experiment is not None)
 
 
 @router.get("/knn_accuracy", response_model=AccuracyTable, responses=CSV)
@@ -115,8 +106,8 @@ def knn_accuracy(request: Request, session: SessionDep, experiment: ExperimentQ 
                  k: KsQ = None, format: Format | None = None):  # noqa: A002
     """Leave-one-out kNN accuracy@k of every space (ties go to the nearest label)."""
     exp, ks = _prepare(session, experiment, k)
+    found = reads.value_rows(session, exp, "knn_accuracy", ks)
     rows = [SpaceRow(space=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
-            for r in reads.value_rows(session, exp, "knn_accuracy", ks)]
+            for r in found]
     return _respond(request, format, AccuracyTable(experiment=exp.id, k=ks, rows=rows),
-                    ["space", "distance", *[f"k={x}" for x in ks]],
-                    [[r.space, r.distance, *r.values.values()] for r in rows], experiment is not None)
+                    report.values_table("knn_accuracy", found, ks), experiment is not None)

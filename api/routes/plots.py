@@ -1,56 +1,60 @@
 """The study's plots as PNG and the data behind them as JSON. A finished experiment's plots are drawn
-once and stored; its answers carry an ETag and Cache-Control (api/cache.py)."""
+once per process and kept in memory (a GET writes nothing); its answers carry an ETag and Cache-Control
+(api/cache.py)."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from api import cache
-from api.deps import ExperimentDep, FactoryDep, SessionDep, require_read
+from api.deps import ExperimentDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES, conflict
 from api.schemas import CodesOut, LossOut
-from common.compute.names import MODEL_NAMES
-from common.store import db as db
 from common.study import plots, reads
-from common.study.config import ModelName
+from common.study.config import DEFAULT_MODEL_NAME, ModelName
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["plots"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
 PNG = {200: {"content": {"image/png": {}}}}
 
 
-def _models(session, exp: db.Experiment, model: ModelName | None) -> list[db.ModelRow]:
-    if model is not None:
-        return [reads.model_row(session, exp, model.value)]
-    rows = [m for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None]
-    if not rows:
-        raise conflict(f"experiment {exp.id} has no trained model yet")
-    return sorted(rows, key=lambda m: MODEL_NAMES.index(m.name))
-
-
-def _finished(request: Request, exp: db.Experiment, make) -> Response:
+def _finished(request: Request, exp: reads.Experiment, make) -> Response:
     """A finished experiment's answer is immutable (ETag, Cache-Control); a running one's is not kept."""
-    if exp.status != db.SUCCEEDED:
+    if not reads.is_final(exp):
         response = make()
         response.headers["Cache-Control"] = "no-store"
         return response
     return cache.immutable(request, exp.id, True, make)
 
 
-def _plot(request: Request, exp: db.Experiment, factory, name: str, model: str, draw) -> Response:
-    """The stored PNG of a finished experiment (drawn and stored on first use); a running one's, drawn."""
+# A GET never writes: a finished experiment's plot is drawn once per process and kept here (at most
+# MAX_DRAWN of them, the least recently used go first), or read where an older aeknn stored it.
+MAX_DRAWN = 64
+_drawn: OrderedDict[tuple, bytes] = OrderedDict()
+_drawn_lock = threading.Lock()
+
+
+def _plot(request: Request, exp: reads.Experiment, session, name: str, model: str, draw) -> Response:
+    """The PNG of a finished experiment (stored by an older aeknn, or drawn once here); a running one's, drawn."""
     def make() -> Response:
-        if exp.status != db.SUCCEEDED:
+        if not reads.is_final(exp):
             return Response(draw(), media_type="image/png")
-        with factory() as s:
-            png = db.get_plot(session=s, experiment_id=exp.id, name=name, model=model)
+        key = (request.app.state.settings.database_url, exp.id, name, model)
+        with _drawn_lock:
+            png = _drawn.get(key)
+            if png is not None:
+                _drawn.move_to_end(key)
         if png is None:
-            png = draw()
-            with db.transaction(factory) as s:
-                db.save_plot(session=s, experiment_id=exp.id, name=name, model=model, png=png)
+            png = reads.stored_plot(session, exp, name, model) or draw()
+            with _drawn_lock:
+                _drawn[key] = png
+                while len(_drawn) > MAX_DRAWN:
+                    _drawn.popitem(last=False)
         return Response(png, media_type="image/png")
 
     return _finished(request, exp, make)
@@ -59,8 +63,7 @@ def _plot(request: Request, exp: db.Experiment, factory, name: str, model: str, 
 @router.get("/loss", response_model=LossOut)
 def loss(exp: ExperimentDep, session: SessionDep) -> LossOut:
     """The mean loss of every finished epoch, per model (grows while training runs)."""
-    return LossOut(experiment=exp.id, losses={m.name: list(m.losses or [])
-                                              for m in db.list_models(session=session, experiment_id=exp.id)})
+    return LossOut(experiment=exp.id, losses=reads.losses(session, exp))
 
 
 def _shortest(codes: np.ndarray) -> list[list[float]]:
@@ -69,12 +72,12 @@ def _shortest(codes: np.ndarray) -> list[list[float]]:
 
 
 @router.get("/codes", response_model=CodesOut)
-def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelName = ModelName.relu_mse):
+def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelName = DEFAULT_MODEL_NAME):
     """Every sample's id, label and 2-D code under one model, each code exactly its float32."""
     row = reads.model_row(session, exp, model.value)
 
     def make() -> Response:
-        c = db.model_codes(row)
+        c = reads.codes(row)
         body = {"experiment": exp.id, "model": model.value, "ids": list(range(len(c))),
                 "labels": reads.labels(session, exp.dataset_id).tolist(), "codes": _shortest(c)}
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
@@ -85,13 +88,13 @@ def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: Mode
 @router.get("/codes.bin", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
 def codes_bin(request: Request, exp: ExperimentDep, session: SessionDep,
-              model: ModelName = ModelName.relu_mse) -> Response:
+              model: ModelName = DEFAULT_MODEL_NAME) -> Response:
     """The same as /codes, packed for the web page's map: N x 2 float32 codes (little-endian, row-major),
     then N uint8 labels. Sample i is row i. N is in the X-Count header."""
     row = reads.model_row(session, exp, model.value)
 
     def make() -> Response:
-        c = np.ascontiguousarray(db.model_codes(row), dtype="<f4")
+        c = np.ascontiguousarray(reads.codes(row), dtype="<f4")
         labels = reads.labels(session, exp.dataset_id)
         return Response(c.tobytes() + labels.astype(np.uint8).tobytes(), media_type="application/octet-stream",
                         headers={"X-Count": str(len(c))})
@@ -100,32 +103,31 @@ def codes_bin(request: Request, exp: ExperimentDep, session: SessionDep,
 
 
 @router.get("/plots/loss.png", response_class=Response, responses=PNG)
-def loss_png(request: Request, exp: ExperimentDep, session: SessionDep, factory: FactoryDep) -> Response:
+def loss_png(request: Request, exp: ExperimentDep, session: SessionDep) -> Response:
     """The training loss per epoch: one panel per loss (L1, MSE), one curve per model."""
     def draw() -> bytes:
-        rows = sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: MODEL_NAMES.index(m.name))
-        return plots.loss(exp.id, {m.name: list(m.losses) for m in rows if m.losses})  # a reference map has none
+        return plots.loss(exp.id, {name: ls for name, ls in reads.losses(session, exp).items() if ls})
 
-    return _plot(request, exp, factory, "loss", "", draw)
+    return _plot(request, exp, session, "loss", "", draw)
 
 
 @router.get("/plots/latent.png", response_class=Response, responses=PNG)
-def latent_png(request: Request, exp: ExperimentDep, session: SessionDep, factory: FactoryDep,
-               model: ModelName | None = None) -> Response:
+def latent_png(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelName | None = None) -> Response:
     """The 2-D codes of all samples coloured by label (one panel per model, or the one asked for)."""
-    rows = _models(session, exp, model)
+    rows = reads.trained_models(session, exp, model.value if model else None)
 
     def draw() -> bytes:
-        return plots.latent([(m.name, db.model_codes(m)) for m in rows], reads.labels(session, exp.dataset_id))
+        return plots.latent([(m.name, reads.codes(m)) for m in rows], reads.labels(session, exp.dataset_id))
 
-    return _plot(request, exp, factory, "latent", model.value if model else "", draw)
+    return _plot(request, exp, session, "latent", model.value if model else "", draw)
 
 
 @router.get("/plots/reconstructions.png", response_class=Response, responses=PNG)
-def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDep, factory: FactoryDep,
+def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDep,
                         model: ModelName | None = None) -> Response:
     """Originals (top row) and each model's reconstructions at epoch 90 (or the last)."""
-    rows = [m for m in _models(session, exp, model) if m.reconstructions is not None]
+    rows = [m for m in reads.trained_models(session, exp, model.value if model else None)
+            if m.reconstructions is not None]
     if not rows:
         raise conflict(f"experiment {exp.id} has no reconstructions yet")
 
@@ -136,4 +138,4 @@ def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDe
             (f"{m.name} (epoch {m.recon_epoch})", np.frombuffer(m.reconstructions, "<f4").reshape(len(ids), -1))
             for m in rows])
 
-    return _plot(request, exp, factory, "reconstructions", model.value if model else "", draw)
+    return _plot(request, exp, session, "reconstructions", model.value if model else "", draw)

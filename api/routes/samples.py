@@ -13,9 +13,8 @@ from api import cache
 from api.deps import ReadFactoryDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES
 from api.schemas import NeighborsOut, SampleOut
-from common.store import db
 from common.study import reads
-from common.study.config import Distance, ModelName, Space
+from common.study.config import DEFAULT_MODEL_NAME, Distance, ModelName, Space
 
 router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
@@ -24,7 +23,7 @@ ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest
 
 @router.get("/{sample_id}/neighbors", response_model=NeighborsOut)
 async def neighbors(request: Request, sample_id: int, factory: ReadFactoryDep, space: Space = Space.encoded,
-                    model: ModelName = ModelName.relu_mse, distance: Distance = Distance.l2,
+                    model: ModelName = DEFAULT_MODEL_NAME, distance: Distance = Distance.l2,
                     k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
                     experiment: ExperimentQ = None) -> Response:
     """The sample's k nearest neighbours in pixel space (original) or in a model's code space.
@@ -51,9 +50,7 @@ def neighbors_response(request: Request, factory: sessionmaker[Session], sample_
 def sample(sample_id: int, session: SessionDep, experiment: ExperimentQ = None) -> SampleOut:
     """The sample's label and its 2-D code under each model."""
     exp = reads.finished(session, experiment)
-    reads.check_sample(exp, exp.n, sample_id)
-    codes = {m.name: [float(v) for v in db.model_codes(m)[sample_id]]
-             for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None}
+    codes = reads.sample_codes(session, exp, sample_id)
     return SampleOut(experiment=exp.id, id=sample_id, label=int(reads.labels(session, exp.dataset_id)[sample_id]),
                      codes=codes)
 

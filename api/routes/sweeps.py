@@ -3,9 +3,6 @@ mean, standard deviation, minimum and maximum over its seeds (common/study/sweep
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -16,7 +13,7 @@ from api.bodies import StrictJSONRoute
 from api.deps import FactoryDep, SessionDep, SettingsDep, require_read, require_write
 from api.errors import ERROR_RESPONSES, AppError
 from api.schemas import ExperimentCreate, KsQ
-from common.study import jobs, reads, submissions, sweeps
+from common.study import jobs, reads, report, submissions, sweeps
 from common.study.config import StudyConfig
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"], responses=ERROR_RESPONSES, route_class=StrictJSONRoute,
@@ -168,19 +165,13 @@ def cancel_sweep(sweep_id: int, factory: FactoryDep) -> SweepPublic:
 def sweep_metric(request: Request, sweep_id: int, metric: SweepMetric, session: SessionDep, k: KsQ = None,
                  format: str | None = Query(None, pattern="^(json|csv)$")) -> Response:  # noqa: A002
     """One metric table of the sweep: for each grid point (seeds aside), space, distance and k, the mean,
-    sd, min and max over the seeds that succeeded, and n. score_at_k_by_label is at k = 20 (the first k given)."""
+    sd, min and max over the seeds that succeeded, and n. score_at_k_by_label is at k = 20 (or K where
+    smaller), as in an experiment's tables."""
     info = sweeps.describe(session, sweep_id)
     top = reads.top_k(int(info["base"]["k"]), 10**9)
     ks = reads.parse_ks(k, top) if k else reads.check_ks(list(info["base"]["ks"]), top)
-    rows = sweeps.aggregate(session, sweep_id, metric.value, ks, label_k=ks[0])
+    rows = sweeps.aggregate(session, sweep_id, metric.value, ks, label_k=reads.by_label_k(top))
     if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        fields = [f for f in info["grid"] if f != "seed"]
-        w.writerow([*fields, "space", "distance", "k", "label", "mean", "sd", "min", "max", "n"])
-        for r in rows:
-            w.writerow([*[json.dumps(r["point"][f]) for f in fields], r["space"], r["distance"], r["k"],
-                        r.get("label", ""), r["mean"], r["sd"], r["min"], r["max"], r["n"]])
-        return Response(buf.getvalue(), media_type="text/csv")
+        return Response(report.csv_of(report.sweep_table(info["grid"], metric.value, rows)), media_type="text/csv")
     return Response(SweepTable(sweep=sweep_id, metric=metric.value, k=ks, rows=[SweepRow(**r) for r in rows])
                     .model_dump_json(), media_type="application/json")

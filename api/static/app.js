@@ -5,16 +5,28 @@
 
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const MODEL_COLOURS = { linear_l1: "#1f77b4", linear_mse: "#ff7f0e", relu_l1: "#2ca02c", relu_mse: "#d62728", relu_keep: "#9467bd",
-  pca: "#8c564b", umap: "#e377c2", tsne: "#7f7f7f" };
-// fitted by well-kept libraries, not trained (REFERENCE_MAPS in common/compute/names.py): yardsticks, like
-// the pixel space, so the best marks and the findings go to the trained models
-const REFERENCE_MAPS = new Set(["pca", "umap", "tsne"]);
+// The models, their kinds and the default come from GET /models (common/compute/names.py); each model's
+// colour is the palette's entry at its place in that list, so a model keeps its colour on every page.
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                 "#bcbd22", "#17becf", "#393b79", "#637939"];
+const MODEL_COLOURS = {};
+// fitted by well-kept libraries, not trained ("reference map" in GET /models): yardsticks, like the pixel
+// space, so the best marks and the findings go to the trained models
+const REFERENCE_MAPS = new Set();
 const contestant = (name) => name !== "original" && !REFERENCE_MAPS.has(name);
+
+async function loadModels() {
+  const { models, default: fallback } = await api("/models");
+  models.forEach((m, i) => {
+    MODEL_COLOURS[m.name] = PALETTE[i % PALETTE.length];
+    if (m.kind === "reference map") REFERENCE_MAPS.add(m.name);
+  });
+  if (state.model === null) state.model = fallback;
+}
 const PIXEL_MARK = "#e65c00"; // where a sample's pixel-space neighbours landed in the code space
 const $ = (id) => document.getElementById(id);
 
-const state = { experiment: null, model: "relu_mse", sample: null, distance: "l2", k: 10, ks: null };
+const state = { experiment: null, model: null, sample: null, distance: "l2", k: 10, ks: null };
 const app = {
   state, exp: null, codes: null, view: null, frameTimes: [], poll: null, experiments: [],
   nbrs: { original: [], encoded: [] }, hover: null, seq: 0, linkProblems: [],
@@ -849,7 +861,8 @@ async function main() {
   setupControls();
   setupMap();
   loadSweeps().catch((e) => note("sweep", e.message));
-  if ((await loadExperiments()) === null) { document.body.dataset.ready = "1"; return; }
+  const [found] = await Promise.all([loadExperiments(), loadModels()]);
+  if (found === null) { document.body.dataset.ready = "1"; return; }
   if (app.linkProblems.length) say(`This link asks for what does not exist: ${app.linkProblems.join("; ")}.`);
   await selectExperiment(state.experiment);
 }

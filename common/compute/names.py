@@ -5,6 +5,12 @@ KEEP_MODELS: tuple[str, ...] = ("relu_keep",)  # beyond the study: the seed's en
 # reference maps drawn by well-kept libraries, not trained here: read-only models (codes, no weights)
 REFERENCE_MAPS: tuple[str, ...] = ("pca", "umap", "tsne")
 MODEL_NAMES: tuple[str, ...] = SEED_MODELS + KEEP_MODELS + REFERENCE_MAPS
+DEFAULT_MODEL = "relu_mse"  # the model a read shows when none is named (the study's best of its four)
+
+
+def model_kind(name: str) -> str:
+    """``trained`` (an autoencoder, relu_keep) or ``reference map`` (fitted by a library, no weights)."""
+    return "reference map" if name in REFERENCE_MAPS else "trained"
 DISTANCES: tuple[str, ...] = ("l1", "l2")
 # data set name -> (torchvision class name, training samples, test samples)
 DATASETS: dict[str, tuple[str, int, int]] = {

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.compute.names import MODEL_NAMES
+from common.compute.names import BY_LABEL_K, MODEL_NAMES
 from common.errors import Invalid, NotFound, NotReady
 from common.store import db
 
@@ -51,6 +51,11 @@ class Finished:
 
 def top_k(k: int, n: int) -> int:
     return min(k, n - 2)
+
+
+def by_label_k(top: int) -> int:
+    """The k of score@k by label when none is asked for: the study's 20, or the largest k stored below it."""
+    return min(BY_LABEL_K, top)
 
 
 _lock = threading.Lock()
@@ -287,3 +292,52 @@ def model_row(session: Session, exp: Finished | db.Experiment, model: str) -> db
     if row is None or row.codes is None:
         raise NotReady(f"experiment {exp.id}: model {model} is not trained yet")
     return row
+
+
+# ---------------------------------------------------------------- what the routes and commands show
+
+Experiment = db.Experiment  # the stored experiment (its status, config, timings): for type hints
+
+
+def is_final(exp: Finished | db.Experiment) -> bool:
+    """Whether the experiment succeeded: its answers never change from then on."""
+    return isinstance(exp, Finished) or exp.status == db.SUCCEEDED
+
+
+def experiment_page(session: Session, *, page: int, per_page: int) -> tuple[list[db.Experiment], int]:
+    """One page of experiments, newest first, and how many there are."""
+    return db.list_experiments(session=session, offset=(page - 1) * per_page, limit=per_page)
+
+
+def trained_models(session: Session, exp: Finished | db.Experiment, model: str | None = None) -> list[db.ModelRow]:
+    """The model asked for, or every model of the experiment with codes, in the study's order; NotReady when
+    none is trained yet."""
+    if model is not None:
+        return [model_row(session, exp, model)]
+    rows = [m for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None]
+    if not rows:
+        raise NotReady(f"experiment {exp.id} has no trained model yet")
+    return sorted(rows, key=lambda m: MODEL_NAMES.index(m.name))
+
+
+def codes(row: db.ModelRow) -> np.ndarray:
+    """A model's (N, 2) float32 codes."""
+    return db.model_codes(row)
+
+
+def sample_codes(session: Session, exp: Finished, sample_id: int) -> dict[str, list[float]]:
+    """A sample's code under each model of the experiment that has codes."""
+    check_sample(exp, exp.n, sample_id)
+    return {m.name: [float(v) for v in db.model_codes(m)[sample_id]]
+            for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None}
+
+
+def losses(session: Session, exp: Finished | db.Experiment) -> dict[str, list[float]]:
+    """The mean loss of every finished epoch, per model (a reference map has none)."""
+    rows = sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: MODEL_NAMES.index(m.name))
+    return {m.name: list(m.losses or []) for m in rows}
+
+
+def stored_plot(session: Session, exp: Finished | db.Experiment, name: str, model: str) -> bytes | None:
+    """A plot an older aeknn drew and stored, if there is one."""
+    return db.get_plot(session=session, experiment_id=exp.id, name=name, model=model)

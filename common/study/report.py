@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,32 +17,60 @@ class Table:
     rows: list[list[Any]]
 
 
+TITLES = {
+    "score_at_k": "score@k: share of each pixel-space k-neighbourhood kept in the code space",
+    "knn_accuracy": "kNN accuracy@k (leave-one-out majority vote, ties to the nearest)",
+    "r_nx": "R_NX(k): score@k corrected for chance",
+    "label_agreement": "same-label rate of the k neighbours: original, encoded, change (enc - orig), mean |change|",
+}
+
+
+def values_table(metric: str, rows: list[dict], ks: list[int]) -> Table:
+    """score_at_k, r_nx or knn_accuracy (common/study/reads.py's value_rows): a row per space and distance,
+    a column per k."""
+    first = "space" if metric == "knn_accuracy" else "model"
+    return Table(metric, TITLES[metric], [first, "distance", *[f"k={k}" for k in ks]],
+                 [[r["space"], r["distance"], *[r["values"][k] for k in ks]] for r in rows])
+
+
+def by_label_table(rows: list[dict], k: int) -> Table:
+    """score@k by label (reads.by_label_rows): a row per model and distance, with its k, a column per label."""
+    labels = sorted({lab for r in rows for lab in r["by_label"]}, key=int)
+    return Table("score_at_k_by_label", f"score@{k} by label", ["model", "distance", "k", *labels],
+                 [[r["model"], r["distance"], r["k"], *[r["by_label"].get(lab) for lab in labels]] for r in rows])
+
+
+def agreement_table(rows: list[dict]) -> Table:
+    """Both same-label rates, their change and its mean absolute value (reads.agreement_rows)."""
+    cols = ["model", "distance", "k", "original_rate", "encoded_rate", "change", "abs_change"]
+    return Table("label_agreement", TITLES["label_agreement"], cols, [[r[c] for c in cols] for r in rows])
+
+
 def study_tables(session, exp, ks: list[int], by_label_k: int) -> list[Table]:
-    """The study's tables of a finished experiment (common/reads.py), at the k columns ``ks`` and score@k
-    by label at ``by_label_k``: the same rows the API serves."""
+    """The study's tables of a finished experiment (common/study/reads.py), at the k columns ``ks`` and
+    score@k by label at ``by_label_k``: the same rows, and the same columns, the API serves."""
     from common.study import reads
 
-    kcols = [f"k={k}" for k in ks]
+    return [values_table("score_at_k", reads.value_rows(session, exp, "score_at_k", ks), ks),
+            by_label_table(reads.by_label_rows(session, exp, by_label_k), by_label_k),
+            agreement_table(reads.agreement_rows(session, exp, ks)),
+            values_table("knn_accuracy", reads.value_rows(session, exp, "knn_accuracy", ks), ks),
+            values_table("r_nx", reads.value_rows(session, exp, "r_nx", ks), ks)]
 
-    def rows(metric: str) -> list[list[Any]]:
-        return [[r["space"], r["distance"], *r["values"].values()] for r in reads.value_rows(session, exp, metric, ks)]
 
-    tables: list[Table] = []
-    tables.append(Table("score_at_k", "score@k: share of each pixel-space k-neighbourhood kept in the code space",
-                        ["model", "distance", *kcols], rows("score_at_k")))
-    by = reads.by_label_rows(session, exp, by_label_k)
-    labels = sorted({lab for r in by for lab in r["by_label"]}, key=int)
-    tables.append(Table("score_at_k_by_label", f"score@{by_label_k} by label", ["model", "distance", *labels],
-                        [[r["model"], r["distance"], *[r["by_label"].get(lab) for lab in labels]] for r in by]))
-    tables.append(Table(
-        "label_agreement", "same-label rate of the k neighbours: original, encoded, change (enc - orig), mean |change|",
-        ["model", "distance", "k", "original_rate", "encoded_rate", "change", "abs_change"],
-        [[r["model"], r["distance"], r["k"], r["original_rate"], r["encoded_rate"], r["change"], r["abs_change"]]
-         for r in reads.agreement_rows(session, exp, ks)]))
-    tables.append(Table("knn_accuracy", "kNN accuracy@k (leave-one-out majority vote, ties to the nearest)",
-                        ["space", "distance", *kcols], rows("knn_accuracy")))
-    tables.append(Table("r_nx", "R_NX(k): score@k corrected for chance", ["model", "distance", *kcols], rows("r_nx")))
-    return tables
+def sweep_table(grid: dict[str, list], metric: str, rows: list[dict]) -> Table:
+    """One metric of a sweep (common/study/sweeps.py's aggregate): a row per grid point (seeds aside),
+    space, distance, k and label (score@k by label), with the mean, sd, min, max and n over the seeds."""
+    varied = [f for f in grid if f != "seed"]
+    return Table(metric, f"{metric}: mean, sd, min and max over the seeds",
+                 [*varied, "space", "distance", "k", "label", "mean", "sd", "min", "max", "n"],
+                 [[*[json.dumps(r["point"][f]) for f in varied], r["space"], r["distance"], r["k"], r.get("label"),
+                   r["mean"], r["sd"], r["min"], r["max"], r["n"]] for r in rows])
+
+
+def csv_of_many(tables: list[Table]) -> str:
+    """Tables with the same columns as one CSV, each row led by its table's name (column ``metric``)."""
+    return csv_of(Table("", "", ["metric", *tables[0].columns], [[t.name, *r] for t in tables for r in t.rows]))
 
 
 def csv_of(table: Table) -> str:

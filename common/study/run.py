@@ -12,7 +12,7 @@ import time
 
 from common.compute.data import load_dataset
 from common.store import db as db
-from common.study import plan
+from common.study import database, plan
 from common.study.runtime import Runtime
 from common.study.stages import load_config
 
@@ -91,9 +91,9 @@ def _tail_process(url: str, fields: dict, experiment_id: int, elapsed: float) ->
     from common.compute.training import configure_numerics
 
     configure_numerics()
-    engine = db.make_engine(url)
+    factory = database.open_database(url)
     try:
-        rt = Runtime(factory=db.session_factory(engine), progress=_NoteLines(experiment_id), **fields)
+        rt = Runtime(factory=factory, progress=_NoteLines(experiment_id), **fields)
         run = _Run(rt, experiment_id)
         run.t0 -= elapsed  # the experiment's total counts its training too
         cfg = run.ctx.cfg  # the data set its "data" stage loaded (from the cache)
@@ -101,12 +101,12 @@ def _tail_process(url: str, fields: dict, experiment_id: int, elapsed: float) ->
         run.stages(plan.TAIL)
         run.finish()
     finally:
-        engine.dispose()
+        database.close(factory)
 
 
 def _start_tail(rt: Runtime, experiment_id: int, elapsed: float):
     """A process (spawned: no copy of this one's threads or torch state) that runs ``_tail_process``."""
-    url = rt.factory.kw["bind"].url.render_as_string(hide_password=False)  # through a pipe, never in argv
+    url = database.url_of(rt.factory)  # through a pipe, never in argv
     fields = {f.name: getattr(rt, f.name) for f in dataclasses.fields(rt)
               if f.name not in ("factory", "progress", "on_epoch_end")}
     proc = multiprocessing.get_context("spawn").Process(

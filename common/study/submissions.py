@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute import kernels
-from common.compute.names import REFERENCE_MAPS
+from common.compute.names import REFERENCE_MAPS, model_kind
 from common.settings import Settings
 from common.store import db as db
 from common.study import jobs
@@ -50,8 +50,6 @@ def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConf
         db.serialize(session=s, name="submit")
         found = _existing(s, body, idempotency_key)
         if found is None:
-            from common.study.sweeps import pending_submissions
-
             pending = pending_submissions(s)  # a sweep's experiments count once
             if pending >= settings.max_pending:
                 raise TooManyPending(pending, settings.max_pending)
@@ -70,6 +68,29 @@ def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConf
         s.execute(update(db.Experiment).where(db.Experiment.id == experiment_id,
                                               db.Experiment.status == db.SUBMITTING).values(status=db.QUEUED))
     return experiment_id
+
+
+def by_key(factory: sessionmaker[Session], key: str) -> int | None:
+    """The experiment submitted with this Idempotency-Key, if any."""
+    with factory() as s:
+        return db.experiment_by_key(session=s, idempotency_key=key)
+
+
+def active(factory: sessionmaker[Session]) -> list[int]:
+    """The experiments queued or running."""
+    with factory() as s:
+        return db.active_experiment_ids(session=s)
+
+
+def pending_submissions(s: Session) -> int:
+    """Pending experiments, a sweep's counting once: what AEKNN_MAX_PENDING bounds."""
+    in_sweeps = select(db.SweepPoint.experiment_id)
+    alone = s.scalars(select(db.Experiment.id).where(db.Experiment.status.in_(db.PENDING),
+                                                     db.Experiment.id.not_in(in_sweeps))).all()
+    sweeps = s.scalars(select(db.SweepPoint.sweep_id)
+                       .join(db.Experiment, db.Experiment.id == db.SweepPoint.experiment_id)
+                       .where(db.Experiment.status.in_(db.PENDING)).distinct()).all()
+    return len(alone) + len(sweeps)
 
 
 def _existing(s: Session, body: dict[str, Any], key: str | None) -> int | None:
@@ -122,7 +143,7 @@ def describe(session: Session, experiment_id: int) -> dict[str, Any] | None:
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     if exp is None:
         return None
-    models = [{"name": m.name, "epochs_done": m.epochs_done,
+    models = [{"name": m.name, "kind": model_kind(m.name), "epochs_done": m.epochs_done,
                "epochs": 1 if m.name in REFERENCE_MAPS else exp.config["epochs"],  # a map is fitted once
                "loss": m.losses[-1] if m.losses else None, "trained": m.codes is not None}
               for m in db.list_models(session=session, experiment_id=experiment_id)]

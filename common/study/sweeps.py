@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.errors import Invalid, NotFound
 from common.settings import Settings
 from common.store import db
-from common.study import jobs
+from common.study import jobs, submissions
 from common.study.config import StudyConfig
 
 GRID_FIELDS = ("dataset", "models", "epochs", "batch_size", "lr", "weight_decay", "seed")
@@ -64,6 +64,12 @@ def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
     return configs
 
 
+def unfinished(session: Session, sweep_id: int) -> list[int]:
+    """The sweep's experiments that have not succeeded and were not cancelled, each once, in order."""
+    return list(dict.fromkeys(e.id for _, e in points(session, sweep_id)[1]
+                              if e.status not in (db.SUCCEEDED, db.CANCELLED)))
+
+
 def group_key(config: dict[str, Any], grid: dict[str, list]) -> dict[str, Any]:
     """What a grid point is, seeds aside: its values of the varied fields other than the seed."""
     return {f: config[f] for f in grid if f != "seed"}
@@ -76,8 +82,6 @@ def create(factory: sessionmaker[Session], settings: Settings, base: dict[str, A
 
     A point whose config matches an experiment that succeeded or is pending reuses it. A sweep counts as
     one submission against AEKNN_MAX_PENDING (common/study/submissions.py)."""
-    from common.study.submissions import TooManyPending
-
     configs = expand(base, grid)
     new: list[int] = []
     with db.transaction(factory) as s:
@@ -89,9 +93,9 @@ def create(factory: sessionmaker[Session], settings: Settings, base: dict[str, A
                     raise Invalid(f"Idempotency-Key {idempotency_key!r} was used for another sweep ({found.id})")
                 return found.id, []
         if queue:
-            pending = pending_submissions(s)
+            pending = submissions.pending_submissions(s)
             if pending >= settings.max_pending:
-                raise TooManyPending(pending, settings.max_pending)
+                raise submissions.TooManyPending(pending, settings.max_pending)
         known = {json.dumps(e.config, sort_keys=True): e.id for e in s.scalars(
             select(db.Experiment).where(db.Experiment.status.in_([*db.PENDING, db.SUCCEEDED]))
             .order_by(db.Experiment.id))}
@@ -122,17 +126,6 @@ def create(factory: sessionmaker[Session], settings: Settings, base: dict[str, A
             s.execute(update(db.Experiment).where(db.Experiment.id.in_(new),
                                                   db.Experiment.status == db.SUBMITTING).values(status=db.QUEUED))
     return sweep_id, new
-
-
-def pending_submissions(s: Session) -> int:
-    """Pending experiments, a sweep's counting once: what AEKNN_MAX_PENDING bounds."""
-    in_sweeps = select(db.SweepPoint.experiment_id)
-    alone = s.scalars(select(db.Experiment.id).where(db.Experiment.status.in_(db.PENDING),
-                                                     db.Experiment.id.not_in(in_sweeps))).all()
-    sweeps = s.scalars(select(db.SweepPoint.sweep_id)
-                       .join(db.Experiment, db.Experiment.id == db.SweepPoint.experiment_id)
-                       .where(db.Experiment.status.in_(db.PENDING)).distinct()).all()
-    return len(alone) + len(sweeps)
 
 
 def points(s: Session, sweep_id: int) -> tuple[db.SweepRow, list[tuple[db.SweepPoint, db.Experiment]]]:
@@ -178,13 +171,11 @@ def describe(s: Session, sweep_id: int) -> dict[str, Any]:
 
 def cancel(factory: sessionmaker[Session], sweep_id: int) -> int:
     """Cancel every pending experiment this sweep made (reused ones belong to whoever made them)."""
-    from common.study.submissions import cancel as cancel_experiment
-
     with factory() as s:
         _, rows = points(s, sweep_id)
         mine = [e.id for p, e in rows if not p.reused and e.status in db.PENDING]
     for eid in mine:
-        cancel_experiment(factory, eid)
+        submissions.cancel(factory, eid)
     return len(mine)
 
 
