@@ -88,16 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     common_opts(sm, compute=False, broker=True)
     sm.set_defaults(func=c.cmd_submit)
 
-    st = sub.add_parser("status", help="an experiment's state: stage, epochs, chunks, attempts, error")
-    st.add_argument("experiment", type=int)
-    st.add_argument("--format", choices=["text", "json"], default="text")
-    common_opts(st, compute=False)
-    st.set_defaults(func=c.cmd_status)
+    def on_one_experiment(name: str, helptext: str, func, compute: bool) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("experiment", type=int)
+        common_opts(sp, compute=compute)
+        sp.set_defaults(func=func)
+        return sp
 
-    cn = sub.add_parser("cancel", help="cancel a queued or running experiment")
-    cn.add_argument("experiment", type=int)
-    common_opts(cn, compute=False)
-    cn.set_defaults(func=c.cmd_cancel)
+    st = on_one_experiment("status", "an experiment's state: stage, epochs, chunks, attempts, error", c.cmd_status,
+                           compute=False)
+    st.add_argument("--format", choices=["text", "json"], default="text")
+    on_one_experiment("cancel", "cancel a queued or running experiment", c.cmd_cancel, compute=False)
 
     wk = sub.add_parser("worker", help="start a Celery worker (celery -A worker.celery_app worker ...)")
     wk.add_argument("--queues", type=_csv, help="comma list of control,train,neighbors (default: all)")
@@ -151,10 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     common_opts(ini, compute=False, broker=True)
     ini.set_defaults(func=c.cmd_init)
 
-    res = sub.add_parser("resume", help="continue a stopped experiment where it stopped")
-    res.add_argument("experiment", type=int)
-    common_opts(res, compute=True)
-    res.set_defaults(func=c.cmd_resume)
+    on_one_experiment("resume", "continue a stopped experiment where it stopped", c.cmd_resume, compute=True)
 
     met = sub.add_parser("metrics", help="print the metric tables of a stored experiment")
     met.add_argument("--experiment", type=int, help="the experiment's id (default: the latest succeeded one)")

@@ -176,3 +176,17 @@ class ApiServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=15)
+
+
+def study_in_process(url: str, config, data_dir: Path, cache_dir: Path) -> tuple[int, object]:
+    """A study run whole in this process (as `aeknn run` does) into the database at ``url``: its id and
+    the session factory (the caller disposes of ``factory.kw["bind"]`` when done)."""
+    from common.study.database import open_database
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
+    from common.study.stages import record_experiment
+
+    factory = open_database(url)
+    eid = record_experiment(factory, config)
+    run_experiment(Runtime(factory=factory, data_dir=data_dir, cache_dir=cache_dir, device="cpu"), eid)
+    return eid, factory

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from common.store import db as db
 from common.study.config import StudyConfig
-from tests.services import ApiServer
+from tests.services import ApiServer, study_in_process
 
 HERE = Path(__file__).resolve().parent
 BROKER = "redis://127.0.0.1:6379/15"  # a test database of the machine's Redis, emptied after
@@ -26,18 +25,10 @@ BROKER = "redis://127.0.0.1:6379/15"  # a test database of the machine's Redis, 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data_dir):
-    from common.study.run import run_experiment
-    from common.study.runtime import Runtime
-    from common.study.stages import record_experiment
-
     where = tmp_path_factory.mktemp("fuzz")
     url = f"sqlite:///{where / 'fuzz.db'}"
-    engine = db.make_engine(url)
-    db.init_db(engine)
-    f = db.session_factory(engine)
-    eid = record_experiment(f, StudyConfig(limit=300, epochs=1, k=20, ks=[5, 10]))
-    run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=where / "c", device="cpu"), eid)
-    engine.dispose()
+    _, factory = study_in_process(url, StudyConfig(limit=300, epochs=1, k=20, ks=[5, 10]), data_dir, where / "c")
+    factory.kw["bind"].dispose()
     server = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": BROKER, "AEKNN_API_KEY": "",
                         "AEKNN_READ_KEY": ""}, where)
     yield server, where

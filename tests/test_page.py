@@ -12,7 +12,7 @@ import pytest
 from common.compute.names import REFERENCE_MAPS
 from common.store import db as db
 from common.study.config import StudyConfig
-from tests.services import ApiServer
+from tests.services import ApiServer, study_in_process
 
 CHROMIUM = "/usr/bin/chromium"
 CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20],
@@ -23,18 +23,10 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-us
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, data_dir):
-    from common.study.run import run_experiment
-    from common.study.runtime import Runtime
-    from common.study.stages import record_experiment
-
     folder = tmp_path_factory.mktemp("page")
     url = f"sqlite:///{folder / 'page.db'}"
-    engine = db.make_engine(url)
-    db.init_db(engine)
-    f = db.session_factory(engine)
-    eid = record_experiment(f, CFG)
-    run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=folder / "cache", device="cpu"), eid)
-    engine.dispose()
+    eid, factory = study_in_process(url, CFG, data_dir, folder / "cache")
+    factory.kw["bind"].dispose()
     api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
     yield {"url": api.url, "id": eid, "db": url}
     api.stop()
