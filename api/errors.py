@@ -116,6 +116,10 @@ def describe_validation(e: dict) -> str:
         value = e.get("input")
         named = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(str(value), repr(value))
         return f"{where}: {named} is not a finite number; give a finite number"
+    if e.get("type") == "string_pattern_mismatch":  # the pattern is for machines: say the form in words
+        form = {"k": "a whole number, a comma list such as 5,10,20, ranges a-b, or all (each k at most 1000)",
+                "model": "a model's name: letters, digits, _ . and -", "format": "json or csv"}
+        return f"{where}: {e.get('input')!r} is not {form.get(str(loc[-1]) if loc else '', 'of the expected form')}"
     msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{where}: {msg}"
 

@@ -11,15 +11,17 @@ before. The route stays the reference: its validation, its error shapes, its doc
 from __future__ import annotations
 
 import inspect
+import re
 
 from starlette.requests import Request
 
 from api import deps
 from api.routes.samples import neighbors, neighbors_response
-from common.study.config import Distance, ModelName, Space
+from common.study.config import Distance, Space
 
 PREFIX, SUFFIX = "/samples/", "/neighbors"
-CHOICES = {"space": frozenset(Space), "model": frozenset(ModelName), "distance": frozenset(Distance)}
+CHOICES = {"space": frozenset(Space), "distance": frozenset(Distance)}
+MODEL = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the route's pattern: which models exist, the read decides
 # the route's own defaults, as a query would spell them
 DEFAULTS = {name: None if p.default is None else str(p.default)
             for name, p in inspect.signature(neighbors).parameters.items()
@@ -55,6 +57,8 @@ def parse(path: str, query: bytes) -> dict | None:
     for name, allowed in CHOICES.items():
         if given[name] not in allowed:
             return None
+    if given["model"] is not None and not MODEL.fullmatch(given["model"]):
+        return None
     k = _count(given["k"])
     experiment = None if given["experiment"] is None else _count(given["experiment"])
     if k is None or (given["experiment"] is not None and experiment is None):

@@ -22,6 +22,12 @@ KsQ = Annotated[str | None, Query(
                 "default: the experiment's own ks")]
 
 
+ModelQ = Annotated[str | None, Query(
+    max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+    description="one of the experiment's models (GET /experiments/{id} lists them); default: relu_mse where "
+                "the experiment has it, else its first")]
+
+
 class ExperimentCreate(StudyConfig):
     """Every field optional: the seed study is the default. Unknown fields are refused."""
 

@@ -31,10 +31,13 @@ server=$!
 reader=
 trap 'kill $server ${reader:-} 2>/dev/null; pkill -f "port $port" 2>/dev/null || true; rm -f "$lua"' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/samples/0/neighbors" >/dev/null && break; sleep 0.5; done
-wrk -t2 -c16 -d2s -s "$lua" "http://127.0.0.1:$port" >/dev/null  # warm the caches
+# wrk counts error answers as throughput: a run with any is a failure, not a figure
+checked_wrk() { out=$(wrk "$@"); echo "$out"; if grep -q "Non-2xx or 3xx responses" <<<"$out"; then
+  echo "api_load: the API answered errors (above): these figures do not measure reads" >&2; exit 1; fi; }
+checked_wrk -t2 -c16 -d2s -s "$lua" "http://127.0.0.1:$port" >/dev/null  # warm the caches
 echo "## 1. neighbours alone"
 echo "database: ${url%%:*}  samples: $n  uvicorn workers: 2  wrk: 2 threads, 16 connections, ${secs}s"
-wrk -t2 -c16 -d"${secs}s" --latency -s "$lua" "http://127.0.0.1:$port"
+checked_wrk -t2 -c16 -d"${secs}s" --latency -s "$lua" "http://127.0.0.1:$port"
 
 echo; echo "## 2. neighbours while another client reads metric tables at new k"
 (
@@ -47,7 +50,7 @@ echo; echo "## 2. neighbours while another client reads metric tables at new k"
 ) &
 reader=$!
 : > /tmp/aeknn-bench-reader.log
-wrk -t2 -c16 -d"${secs}s" --latency -s "$lua" "http://127.0.0.1:$port"
+checked_wrk -t2 -c16 -d"${secs}s" --latency -s "$lua" "http://127.0.0.1:$port"
 kill $reader 2>/dev/null || true; reader=
 awk '{n++; s[$1]++; if ($2 > m) m = $2} END {printf "metric reads meanwhile: %d, statuses:", n; for (c in s) printf " %s x%d", c, s[c]; printf ", slowest %.3f s\n", m}' /tmp/aeknn-bench-reader.log
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cli.show import TqdmProgress, Usage, print_sweep, print_tables
+from cli.show import TqdmProgress, Usage, print_experiments, print_sweep, print_tables
 from common.settings import Settings, get_settings
 
 log = logging.getLogger("aeknn")
@@ -25,6 +25,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     """The settings: the environment's (AEKNN_*), with this command's flags over them, validated the same
     way (a bad --kernel is refused as a bad AEKNN_KERNEL would be, naming the flag)."""
     given = {f: getattr(args, flag.lstrip("-").replace("-", "_"), None) for f, flag in FLAGS.items()}
+    if given["database_url"] is None:  # aeknn --db x.db metrics: the flag before the command
+        given["database_url"] = getattr(args, "db_before", None)
     try:
         settings = Settings(**{f: v for f, v in given.items() if v is not None})
     except ValidationError as exc:
@@ -348,6 +350,15 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         print_sweep(_read_factory(settings, "metrics"), args.sweep, args.format, args.k)
         return 0
     print_tables(_read_factory(settings, "metrics"), args.experiment, args.format, args.k, args.table, args.out)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """The stored experiments, newest first: id, status, stage, data, models, epochs, seed, K, created."""
+    from common.study import reads
+
+    with _read_factory(_settings(args), "list")() as s:
+        print_experiments(*reads.experiment_lines(s, max(1, min(args.limit, 1000))), args.format)
     return 0
 
 

@@ -36,6 +36,15 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("aeknn")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 class _Parser(argparse.ArgumentParser):
     """A mistyped option is one line (what is wrong, and where the help is), exit 2; no usage dump."""
 
@@ -48,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="aeknn", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"aeknn {_version()}")
+    # --db before the command too (aeknn --db x.db metrics); the command's own --db wins when both are given
+    p.add_argument("--db", dest="db_before", type=_db_url, help="database URL or SQLite file, for any command")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common_opts(sp: argparse.ArgumentParser, compute: bool, broker: bool = False) -> None:
@@ -167,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="store every k of experiments made before every k was (all, or --experiment)")
     common_opts(met, compute=False)
     met.set_defaults(func=c.cmd_metrics)
+
+    ls = sub.add_parser("list", help="the stored experiments, newest first: status, models, key settings")
+    ls.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
+    ls.add_argument("--format", choices=["table", "json"], default="table")
+    common_opts(ls, compute=False)
+    ls.set_defaults(func=c.cmd_list)
 
     nb = sub.add_parser("neighbors", help="print one sample's nearest neighbours")
     nb.add_argument("sample_id", type=int, help="the sample's id (its index in the training split)")

@@ -119,3 +119,16 @@ def print_sweep(factory, sweep_id: int, fmt: str, k: str | None = None) -> None:
 def mean_sd(row: dict) -> str:
     """``mean ± sd``; one run has no spread to show, so its sd is a dash."""
     return f"{row['mean']:.4f} ± " + (f"{row['sd']:.4f}" if row["sd"] is not None else "-")
+
+
+def print_experiments(items: list[dict], total: int, fmt: str) -> None:
+    """`aeknn list`: one line an experiment (or JSON)."""
+    if fmt == "json":
+        print(json.dumps({"total": total, "experiments": items}, indent=1))
+        return
+    print(f"{total} experiment(s){f', the newest {len(items)}' if len(items) < total else ''}")
+    cols = ["id", "status", "dataset", "n", "epochs", "seed", "k", "created_at", "models"]
+    cells = [cols] + [[",".join(i[c]) if c == "models" else str(i[c]) for c in cols] for i in items]
+    widths = [max(len(r[j]) for r in cells) for j in range(len(cols))]
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())

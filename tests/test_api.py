@@ -88,10 +88,10 @@ def test_neighbors_over_http_equal_brute_force(api, study, mnist):
 
 
 @pytest.mark.parametrize("path, query, want", [
-    ("/samples/3/neighbors", b"", {"sample_id": 3, "space": "encoded", "model": "relu_mse", "distance": "l2",
-                                   "k": 20, "experiment": None}),
+    ("/samples/3/neighbors", b"", {"sample_id": 3, "space": "encoded", "model": None, "distance": "l2",
+                                   "k": 20, "experiment": None}),  # the model: the experiment's default
     ("/samples/0/neighbors", b"space=original&distance=l1&k=50&experiment=2",
-     {"sample_id": 0, "space": "original", "model": "relu_mse", "distance": "l1", "k": 50, "experiment": 2}),
+     {"sample_id": 0, "space": "original", "model": None, "distance": "l1", "k": 50, "experiment": 2}),
     ("/samples/12/neighbors", b"model=linear_l1", {"sample_id": 12, "space": "encoded", "model": "linear_l1",
                                                    "distance": "l2", "k": 20, "experiment": None}),
 ])
@@ -105,7 +105,7 @@ def test_hot_path_reads_plain_requests(path, query, want):
     ("/samples/3/neighbors/", b""), ("/samples/-1/neighbors", b""), ("/samples/3.0/neighbors", b""),
     ("/samples/\u0663/neighbors", b""), ("/samples/1234567890/neighbors", b""), ("/samples/3", b""),
     ("/samples/3/neighbors", b"k=0"), ("/samples/3/neighbors", b"k=2.0"), ("/samples/3/neighbors", b"k="),
-    ("/samples/3/neighbors", b"k=5&k=6"), ("/samples/3/neighbors", b"model=vae"),
+    ("/samples/3/neighbors", b"k=5&k=6"), ("/samples/3/neighbors", b"model=a,b"),
     ("/samples/3/neighbors", b"space=latent"), ("/samples/3/neighbors", b"distance=cosine"),
     ("/samples/3/neighbors", b"experiment=0"), ("/samples/3/neighbors", b"experiment="),
     ("/samples/3/neighbors", b"colour=red"), ("/samples/3/neighbors", b"k=%32"), ("/samples/3/neighbors", b"k"),
@@ -299,18 +299,20 @@ def test_sample_codes_image_and_plots(api, study, mnist):
     ("/experiments/999", 404, "no experiment 999"),
     ("/samples/800/neighbors", 404, "sample 800 is not in experiment"),
     ("/samples/-1/neighbors", 404, "sample -1"),
-    ("/samples/3/neighbors?model=vae", 422, "model"),
+    ("/samples/3/neighbors?model=vae", 404, "has no model 'vae' (its models: linear_l1, linear_mse, relu_l1, "
+                                            "relu_mse)"),
+    ("/samples/3/neighbors?model=a,b", 422, "model: 'a,b' is not a model's name"),
     ("/samples/3/neighbors?space=latent", 422, "space"),
     ("/samples/3/neighbors?distance=cosine", 422, "distance"),
     ("/samples/3/neighbors?k=0", 422, "k"),
     ("/samples/3/neighbors?k=51", 422, "k: must be in 1..50 (the table's K)"),
     ("/samples/3/neighbors?experiment=999", 404, "no experiment 999"),
     ("/metrics/score_at_k?k=0", 422, "k"),
-    ("/metrics/score_at_k?k=abc", 422, "k"),
+    ("/metrics/score_at_k?k=abc", 422, "k: 'abc' is not a whole number, a comma list such as 5,10,20"),
     ("/metrics/score_at_k?k=51", 422, "must each be in 1..50"),
     ("/metrics/score_at_k/by_label?k=51", 422, "k: [51] must each be in 1..50"),
     ("/metrics/score_at_k/by_label?k=9223372036854775808", 422, "k: Input should be less than or equal to 1000"),
-    ("/experiments/1/plots/latent.png?model=vae", 422, "model"),
+    ("/experiments/1/plots/latent.png?model=vae", 404, "has no model 'vae'"),
     ("/nowhere", 404, "Not Found"),
 ])
 def test_bad_reads_get_the_error_shape(api, path, status, words):
@@ -727,3 +729,21 @@ def test_a_submission_stalled_behind_another_says_not_submitted_once(study, queu
     assert f"experiment {stalled} is still being submitted" in r.json()["message"]
     with db.transaction(study["factory"]) as s:
         s.delete(db.get_experiment(session=s, experiment_id=stalled))
+
+
+def test_every_default_follows_the_experiment_it_reads(tmp_path, data_dir):
+    """The design card's own call, GET /samples/<id>/neighbors?space=encoded&k=20, on a database whose
+    latest experiment trained other models than relu_mse: its first model in the study's order, not a 422."""
+    from tests.services import study_in_process
+
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    eid, factory = study_in_process(url, StudyConfig(limit=300, epochs=1, k=20, ks=[5], models=["pca", "linear_mse"]),
+                                    data_dir, tmp_path / "c")
+    factory.kw["bind"].dispose()
+    c = TestClient(create_app_with({"url": url}))
+    r = c.get("/samples/3/neighbors?space=encoded&k=20")
+    assert r.status_code == 200 and r.json()["model"] == "linear_mse" and r.json()["experiment"] == eid, r.text
+    assert c.get(f"/experiments/{eid}/codes").json()["model"] == "linear_mse"
+    assert c.get(f"/experiments/{eid}/codes.bin").status_code == 200
+    nope = c.get("/samples/3/neighbors?model=relu_mse")
+    assert nope.status_code == 404 and "its models: linear_mse, pca" in nope.json()["message"]

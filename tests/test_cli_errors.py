@@ -60,3 +60,25 @@ def test_an_unknown_driver_and_a_file_that_is_no_database_are_one_line(tmp_path)
 def test_an_unreachable_broker_is_one_line_and_exit_2(tmp_path, command):
     db = f"sqlite:///{tmp_path / 'a.db'}"
     one_clear_line(aeknn(*command, "--db", db, "--broker", DEAD_REDIS), "redis://:***@127.0.0.1:1/0", "unreachable")
+
+
+def test_version_list_and_db_before_or_after_the_command(tmp_path, data_dir):
+    from common.study.config import StudyConfig
+    from tests.services import study_in_process
+
+    version = aeknn("--version")
+    assert version.returncode == 0 and version.stdout.startswith("aeknn ")
+    db = tmp_path / "s.db"
+    eid, factory = study_in_process(f"sqlite:///{db}", StudyConfig(limit=300, epochs=1, k=20, ks=[5],
+                                                                  models=["linear_mse"]), data_dir, tmp_path / "c")
+    factory.kw["bind"].dispose()
+    before, after = aeknn("--db", str(db), "list"), aeknn("list", "--db", str(db))
+    assert before.returncode == after.returncode == 0 and before.stdout == after.stdout, before.stderr
+    lines = before.stdout.splitlines()
+    assert lines[0] == "1 experiment(s)" and lines[1].split()[:3] == ["id", "status", "dataset"]
+    assert lines[2].split()[:4] == [str(eid), "succeeded", "mnist", "300"] and lines[2].endswith("linear_mse")
+    csv_before = aeknn("--db", str(db), "metrics", "--format", "csv", "--table", "score_at_k")
+    assert csv_before.returncode == 0 and csv_before.stdout.splitlines()[0] == "model,distance,k=5"
+    missing = tmp_path / "nowhere.db"
+    one_clear_line(aeknn("--db", str(missing), "list"), "no database at")
+    assert not missing.exists()

@@ -14,9 +14,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from api import cache
 from api.deps import ExperimentDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES, conflict
-from api.schemas import CodesOut, LossOut
+from api.schemas import CodesOut, LossOut, ModelQ
 from common.study import plots, reads
-from common.study.config import DEFAULT_MODEL_NAME, ModelName
 
 router = APIRouter(prefix="/experiments/{experiment_id}", tags=["plots"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
@@ -72,13 +71,13 @@ def _shortest(codes: np.ndarray) -> list[list[float]]:
 
 
 @router.get("/codes", response_model=CodesOut)
-def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelName = DEFAULT_MODEL_NAME):
+def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelQ = None):
     """Every sample's id, label and 2-D code under one model, each code exactly its float32."""
-    row = reads.model_row(session, exp, model.value)
+    row = reads.model_row(session, exp, model)
 
     def make() -> Response:
         c = reads.codes(row)
-        body = {"experiment": exp.id, "model": model.value, "ids": list(range(len(c))),
+        body = {"experiment": exp.id, "model": row.name, "ids": list(range(len(c))),
                 "labels": reads.labels(session, exp.dataset_id).tolist(), "codes": _shortest(c)}
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
@@ -88,10 +87,10 @@ def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: Mode
 @router.get("/codes.bin", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
 def codes_bin(request: Request, exp: ExperimentDep, session: SessionDep,
-              model: ModelName = DEFAULT_MODEL_NAME) -> Response:
+              model: ModelQ = None) -> Response:
     """The same as /codes, packed for the web page's map: N x 2 float32 codes (little-endian, row-major),
     then N uint8 labels. Sample i is row i. N is in the X-Count header."""
-    row = reads.model_row(session, exp, model.value)
+    row = reads.model_row(session, exp, model)
 
     def make() -> Response:
         c = np.ascontiguousarray(reads.codes(row), dtype="<f4")
@@ -112,21 +111,21 @@ def loss_png(request: Request, exp: ExperimentDep, session: SessionDep) -> Respo
 
 
 @router.get("/plots/latent.png", response_class=Response, responses=PNG)
-def latent_png(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelName | None = None) -> Response:
+def latent_png(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelQ = None) -> Response:
     """The 2-D codes of all samples coloured by label (one panel per model, or the one asked for)."""
-    rows = reads.trained_models(session, exp, model.value if model else None)
+    rows = reads.trained_models(session, exp, model)
 
     def draw() -> bytes:
         return plots.latent([(m.name, reads.codes(m)) for m in rows], reads.labels(session, exp.dataset_id))
 
-    return _plot(request, exp, session, "latent", model.value if model else "", draw)
+    return _plot(request, exp, session, "latent", model or "", draw)
 
 
 @router.get("/plots/reconstructions.png", response_class=Response, responses=PNG)
 def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDep,
-                        model: ModelName | None = None) -> Response:
+                        model: ModelQ = None) -> Response:
     """Originals (top row) and each model's reconstructions at epoch 90 (or the last)."""
-    rows = [m for m in reads.trained_models(session, exp, model.value if model else None)
+    rows = [m for m in reads.trained_models(session, exp, model)
             if m.reconstructions is not None]
     if not rows:
         raise conflict(f"experiment {exp.id} has no reconstructions yet")
@@ -138,4 +137,4 @@ def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDe
             (f"{m.name} (epoch {m.recon_epoch})", np.frombuffer(m.reconstructions, "<f4").reshape(len(ids), -1))
             for m in rows])
 
-    return _plot(request, exp, session, "reconstructions", model.value if model else "", draw)
+    return _plot(request, exp, session, "reconstructions", model or "", draw)

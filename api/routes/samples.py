@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import cache
 from api.deps import ReadFactoryDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES
-from api.schemas import NeighborsOut, SampleOut
+from api.schemas import ModelQ, NeighborsOut, SampleOut
 from common.study import reads
-from common.study.config import DEFAULT_MODEL_NAME, Distance, ModelName, Space
+from common.study.config import Distance, Space
 
 router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
@@ -23,18 +23,19 @@ ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest
 
 @router.get("/{sample_id}/neighbors", response_model=NeighborsOut)
 async def neighbors(request: Request, sample_id: int, factory: ReadFactoryDep, space: Space = Space.encoded,
-                    model: ModelName = DEFAULT_MODEL_NAME, distance: Distance = Distance.l2,
+                    model: ModelQ = None, distance: Distance = Distance.l2,
                     k: Annotated[int, Query(ge=1, description="at most the table's K")] = 20,
                     experiment: ExperimentQ = None) -> Response:
     """The sample's k nearest neighbours in pixel space (original) or in a model's code space.
 
     The hot path: a plain request is answered below the framework by the same function
     (api/hotpath.py); this route answers the rest and is the reference for validation and errors."""
-    return neighbors_response(request, factory, sample_id, space=space.value, model=model.value,
+    return neighbors_response(request, factory, sample_id, space=space.value, model=model,
                               distance=distance.value, k=k, experiment=experiment)
 
 
-def neighbors_response(request: Request, factory: sessionmaker[Session], sample_id: int, *, space: str, model: str,
+def neighbors_response(request: Request, factory: sessionmaker[Session], sample_id: int, *, space: str,
+                       model: str | None,
                        distance: str, k: int, experiment: int | None) -> Response:
     """The experiment and its tables are looked up once per process (common/study/reads.py), the row is
     one primary-key read (sub-millisecond, so it runs on the event loop instead of hopping to a thread),

@@ -11,11 +11,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DEFAULT_MODEL, DISTANCES, MODEL_NAMES, SEED_MODELS
+from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES, SEED_MODELS
 from common.compute.references import MIN_SAMPLES
 
 ModelName = StrEnum("ModelName", {n: n for n in MODEL_NAMES})
-DEFAULT_MODEL_NAME = ModelName(DEFAULT_MODEL)  # what a read shows when no model is named
 Distance = StrEnum("Distance", {d: d for d in DISTANCES})
 DatasetName = StrEnum("DatasetName", {d.replace("-", "_"): d for d in DATASETS})
 

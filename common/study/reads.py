@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.compute.names import BY_LABEL_K, MODEL_NAMES
+from common.compute.names import BY_LABEL_K, DEFAULT_MODEL, MODEL_NAMES
 from common.errors import Invalid, NotFound, NotReady
 from common.store import db
 
@@ -166,10 +166,21 @@ def check_sample(exp: Finished | db.Experiment, n: int, sample_id: int) -> None:
         raise NotFound(f"sample {sample_id} is not in experiment {exp.id} (ids 0..{n - 1})")
 
 
+def default_model(exp: Finished | db.Experiment) -> str:
+    """The model a read shows when none is named: the study's default where the experiment has it, else
+    the experiment's first in the study's order (every default follows the experiment it reads)."""
+    models = exp.config["models"]
+    return DEFAULT_MODEL if DEFAULT_MODEL in models else sorted(models, key=_study_order)[0]
+
+
+def _study_order(name: str) -> tuple[int, str]:
+    return (MODEL_NAMES.index(name), name) if name in MODEL_NAMES else (len(MODEL_NAMES), name)
+
+
 def check_model(exp: Finished | db.Experiment, model: str) -> None:
     if model not in exp.config["models"]:
         raise NotFound(f"model: experiment {exp.id} has no model {model!r} (its models: "
-                       f"{', '.join(exp.config['models'])})")
+                       f"{', '.join(sorted(exp.config['models'], key=_study_order))})")
 
 
 def check_distance(exp: Finished | db.Experiment, distance: str) -> None:
@@ -210,6 +221,7 @@ def neighbors(session: Session, exp: Finished, sample_id: int, *, space: str, mo
     """A sample's k nearest in pixel space (``space`` "original") or in a model's code space: its id and
     label, then k rows of rank, id, label and distance."""
     check_sample(exp, exp.n, sample_id)
+    model = default_model(exp) if model is None else model
     name = db.ORIGINAL if space == "original" else model
     if space != "original":
         check_model(exp, model)
@@ -285,8 +297,10 @@ def by_label_rows(session: Session, exp: Finished, k: int) -> list[dict]:
             for m, d in exp.pairs()]
 
 
-def model_row(session: Session, exp: Finished | db.Experiment, model: str) -> db.ModelRow:
-    """A trained model of an experiment (its codes, weights, reconstructions), or Invalid / NotReady."""
+def model_row(session: Session, exp: Finished | db.Experiment, model: str | None) -> db.ModelRow:
+    """A trained model of an experiment (its codes, weights, reconstructions; by default the experiment's
+    default model), or NotFound / NotReady."""
+    model = default_model(exp) if model is None else model
     check_model(exp, model)
     row = next((m for m in db.list_models(session=session, experiment_id=exp.id) if m.name == model), None)
     if row is None or row.codes is None:
@@ -307,6 +321,15 @@ def is_final(exp: Finished | db.Experiment) -> bool:
 def experiment_page(session: Session, *, page: int, per_page: int) -> tuple[list[db.Experiment], int]:
     """One page of experiments, newest first, and how many there are."""
     return db.list_experiments(session=session, offset=(page - 1) * per_page, limit=per_page)
+
+
+def experiment_lines(session: Session, limit: int) -> tuple[list[dict], int]:
+    """The newest ``limit`` experiments, each as its id, status, stage, data, models and key settings; and
+    how many there are."""
+    rows, total = experiment_page(session, page=1, per_page=limit)
+    return [{"id": e.id, "status": e.status, "stage": e.stage, "created_at": str(e.created_at)[:19],
+             "dataset": e.config["dataset"], "n": e.config.get("limit") or "all", "models": e.config["models"],
+             "epochs": e.config["epochs"], "seed": e.config["seed"], "k": e.config["k"]} for e in rows], total
 
 
 def trained_models(session: Session, exp: Finished | db.Experiment, model: str | None = None) -> list[db.ModelRow]:
