@@ -197,6 +197,7 @@ class LossOut(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     kind: str = Field(description="trained, or reference map (a yardstick, like the pixel space)")
+    reconstructs: bool = Field(description="whether it has a decoder, so reconstructions to show")
 
 
 class ModelsOut(BaseModel):

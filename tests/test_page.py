@@ -225,11 +225,97 @@ def test_bad_input_on_the_page_is_named_next_to_its_control(page, server):
     ("sample=5000", "sample=5000 is outside 0..799"),
     ("ks=5,abc", "ks=5,abc is not a comma list"),
 ])
-def test_an_invalid_deep_link_is_named_and_the_link_kept(page, server, query, words):
+def test_an_invalid_deep_link_is_named_then_the_url_says_what_is_shown(page, server, query, words):
     page.goto(f"{server['url']}/?{query}")
     page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     assert words in page.inner_text("#message") and page.is_visible("#message")
-    assert urlparse(page.url).query == query  # the link the user followed is not rewritten
+    q = parse_qs(urlparse(page.url).query)  # the URL says what the page shows, not what the link asked
+    assert q["experiment"] == [str(server["id"])] and "ks" not in q and "sample" not in q
+    for key in ("model", "distance", "k"):
+        assert q[key] == [page.input_value(f"#{key}")], key
+    page.select_option("#distance", "l1")  # the next change clears the message
+    page.wait_for_function("document.getElementById('message').hidden")
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, data_dir):
+    """A server whose latest experiment trained other models than the first (and than relu_mse)."""
+    folder = tmp_path_factory.mktemp("two")
+    url = f"sqlite:///{folder / 'two.db'}"
+    ids = []
+    for models, seed in ((["relu_mse", "linear_l1"], 0), (["pca"], 2), (["pca", "linear_mse"], 1)):
+        eid, factory = study_in_process(url, StudyConfig(limit=300, epochs=1, k=20, ks=[5, 10], models=models,
+                                                         seed=seed), data_dir, folder / "cache")
+        factory.kw["bind"].dispose()
+        ids.append(eid)
+    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
+    yield {"url": api.url, "first": ids[0], "maps_only": ids[1], "latest": ids[2]}
+    api.stop()
+
+
+def query_of(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def test_a_plain_visit_and_a_switch_of_experiment_blame_no_link(page, two):
+    open_page(page, two["url"] + "/")
+    assert not page.is_visible("#message"), page.inner_text("#message")
+    assert query_of(page)["experiment"] == str(two["latest"])
+    assert page.input_value("#model") == query_of(page)["model"] == "linear_mse"  # its first in the study's order
+    page.select_option("#experiment", str(two["first"]))
+    page.wait_for_function(f"document.body.dataset.ready === '1' && window.aeknn.exp && window.aeknn.exp.id === "
+                           f"{two['first']}", timeout=30_000)
+    page.wait_for_selector("#map[data-ready='1']", timeout=30_000)
+    assert not page.is_visible("#message"), page.inner_text("#message")
+    assert query_of(page)["experiment"] == str(two["first"]) and page.input_value("#model") == "relu_mse"
+    assert query_of(page)["model"] == "relu_mse"
+
+
+def test_summaries_follow_the_numbers_and_a_box_that_cannot_be_drawn_says_why(page, server, two):
+    open_page(page, server["url"] + "/")
+    assert page.evaluate("[trend(0.949, 0.951), trend(0.951, 0.949), trend(0.5, 0.5)]") == [
+        "rises from", "falls from", "stays at"]
+    findings = page.inner_text("#findings-text")
+    assert ("rises from" in findings) != ("falls from" in findings) or "stays at" in findings
+    # each column: the best trained model marked; a reference map above it marked as the best of all
+    r = httpx.get(f"{server['url']}/metrics/score_at_k", params={"k": ",".join(map(str, CFG.ks))}).json()
+    for k in CFG.ks:  # a column compares every row of it: each model at each distance
+        vals = {(row["model"], row["distance"]): row["values"][str(k)] for row in r["rows"]}
+        trained = max(v for (m, _), v in vals.items() if m not in REFERENCE_MAPS)
+        overall = max(vals.values())
+        cells = page.query_selector_all(f"#t-score_at_k td[data-k='{k}']")
+        shown_best = [float(c.get_attribute("data-value")) for c in cells if c.get_attribute("class") == "best"]
+        shown_over = [float(c.get_attribute("data-value")) for c in cells
+                      if c.get_attribute("class") == "best-overall"]
+        assert shown_best and all(round(v, 4) == round(trained, 4) for v in shown_best), (k, shown_best)
+        if round(overall, 4) > round(trained, 4):
+            assert shown_over and all(round(v, 4) == round(overall, 4) for v in shown_over), (k, shown_over)
+        else:
+            assert not shown_over, (k, shown_over)
+    # an experiment of reference maps alone: the reconstructions box says why it is empty, no broken image
+    open_page(page, f"{two['url']}/?experiment={two['maps_only']}")
+    assert "no reconstructions" in page.inner_text("#recon-wait") and page.is_hidden("#recon")
+
+
+def test_back_and_forward_walk_through_the_selections(page, server):
+    open_page(page, server["url"] + "/")
+    for sample in (3, 4, 5):
+        page.fill("#sample-id", str(sample))
+        page.press("#sample-id", "Enter")
+        wait_sample(page, sample)
+    page.select_option("#distance", "l1")
+    page.wait_for_function("new URLSearchParams(location.search).get('distance') === 'l1'")
+    page.go_back()
+    page.wait_for_function("new URLSearchParams(location.search).get('distance') === 'l2'")
+    assert page.input_value("#distance") == "l2"
+    for sample in (4, 3):
+        page.go_back()
+        wait_sample(page, sample)
+        assert query_of(page)["sample"] == str(sample) and page.input_value("#sample-id") == str(sample)
+        assert shown(page, "original") == wanted(server, sample, "original", "l2", 10)
+    page.go_forward()
+    wait_sample(page, 4)
+    assert query_of(page)["sample"] == "4" and not page.is_visible("#message")
 
 
 def test_findings_charts_and_where_pixel_neighbours_landed(page, server, tmp_path):
@@ -264,9 +350,12 @@ def test_findings_charts_and_where_pixel_neighbours_landed(page, server, tmp_pat
         const [x, y] = aeknn.screenOf({nearest_id}).map(v => Math.round(v * c.width / c.getBoundingClientRect().width));
         for (let dx = -5; dx <= 5; dx++) for (let dy = -5; dy <= 5; dy++) {{
           const p = g.getImageData(x + dx, y + dy, 1, 1).data;
-          if (p[0] === 230 && p[1] === 92 && p[2] === 0) return true; }}
+          if (p[0] === 180 && p[1] === 0 && p[2] === 126) return true; }}
         return false; }})()""")
-    assert colour  # the orange square of the nearest pixel-space neighbour
+    assert colour  # the magenta square of the nearest pixel-space neighbour (#b4007e)
+    labels = page.evaluate("COLOURS")  # no label is drawn in the mark's colour, nor near it
+    assert all(sum(abs(int(c[i:i + 2], 16) - v) for i, v in zip((1, 3, 5), (180, 0, 126), strict=True)) > 120
+               for c in labels), labels
     page.screenshot(path=str(tmp_path / "findings.png"), full_page=True)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from api.deps import FactoryDep, SettingsDep
 from api.schemas import HealthOut, ModelInfo, ModelsOut
-from common.compute.names import DEFAULT_MODEL, MODEL_NAMES, model_kind
+from common.compute.names import DEFAULT_MODEL, MODEL_NAMES, SEED_MODELS, model_kind
 
 router = APIRouter(tags=["health"])
 
@@ -18,7 +18,8 @@ router = APIRouter(tags=["health"])
 def models() -> ModelsOut:
     """Every model a study may ask for (POST /experiments' "models"), whether it is trained or a reference
     map, and the one a read shows when none is named: what the web page builds its colours and marks from."""
-    return ModelsOut(models=[ModelInfo(name=n, kind=model_kind(n)) for n in MODEL_NAMES], default=DEFAULT_MODEL)
+    return ModelsOut(models=[ModelInfo(name=n, kind=model_kind(n), reconstructs=n in SEED_MODELS) for n in MODEL_NAMES],
+                     default=DEFAULT_MODEL)
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": HealthOut}})

@@ -1,6 +1,8 @@
 // The aeknn page: plain JavaScript, no dependencies. Every number it shows comes from the REST API.
 // The view (experiment, model, sample, distance, k, the tables' k columns) lives in the URL's query, so a
-// view can be shared; a value in a link that does not exist is named in a message, and the link is kept.
+// view can be shared, and every selection is a history entry (Back and Forward walk the trail). A value
+// that a typed link asks for and the experiment lacks is named once in a message; the page's own choices
+// (a model the next experiment lacks, say) fall back quietly. The URL always says what is shown.
 "use strict";
 
 const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -13,6 +15,7 @@ const MODEL_COLOURS = {};
 // fitted by well-kept libraries, not trained ("reference map" in GET /models): yardsticks, like the pixel
 // space, so the best marks and the findings go to the trained models
 const REFERENCE_MAPS = new Set();
+const RECONSTRUCTS = new Set();  // the models with a decoder (GET /models): the ones with reconstructions
 const contestant = (name) => name !== "original" && !REFERENCE_MAPS.has(name);
 
 async function loadModels() {
@@ -20,10 +23,23 @@ async function loadModels() {
   models.forEach((m, i) => {
     MODEL_COLOURS[m.name] = PALETTE[i % PALETTE.length];
     if (m.kind === "reference map") REFERENCE_MAPS.add(m.name);
+    if (m.reconstructs) RECONSTRUCTS.add(m.name);
   });
+  app.modelOrder = models.map((m) => m.name);
+  app.defaultModel = fallback;
   if (state.model === null) state.model = fallback;
 }
-const PIXEL_MARK = "#e65c00"; // where a sample's pixel-space neighbours landed in the code space
+
+// The experiment's model to show when the one in the state is not among its models: the default where
+// it has it, else its first in the study's order.
+function fallbackModel(cfg) {
+  if (cfg.models.includes(app.defaultModel)) return app.defaultModel;
+  const order = (m) => { const i = (app.modelOrder || []).indexOf(m); return i < 0 ? 1e9 : i; };
+  return [...cfg.models].sort((a, b) => order(a) - order(b))[0];
+}
+// where a sample's pixel-space neighbours landed in the code space: a deep magenta that no label's colour is
+// near (label 1's orange hid the old #e65c00), drawn over a white halo so it reads on every label
+const PIXEL_MARK = "#b4007e";
 const $ = (id) => document.getElementById(id);
 
 const state = { experiment: null, model: null, sample: null, distance: "l2", k: 10, ks: null };
@@ -130,43 +146,56 @@ function readUrl() { // raw values; checked against the experiment once it is kn
   app.linkProblems = problems;
 }
 
-function writeUrl() {
+// The URL of what is shown: a new history entry for a selection (``push``), else the current one rewritten.
+// Any change of the view clears a message about the link it came from.
+function writeUrl(push = false) {
   const q = new URLSearchParams();
   for (const key of ["experiment", "model", "sample", "distance", "k"]) {
     if (state[key] !== null && state[key] !== undefined) q.set(key, state[key]);
   }
   if (state.ks) q.set("ks", state.ks.join(","));
-  history.replaceState(null, "", `${location.pathname}?${q}`);
+  const url = `${location.pathname}?${q}`;
+  if (push && url !== `${location.pathname}${location.search}`) history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
   app.linkProblems = [];
+  if (push && app.linkBanner) { say(""); app.linkBanner = false; }
 }
 
-// A link's values that this experiment does not have: named, replaced for the view, the URL kept.
+// Values the experiment does not have are replaced for the view. Only those a typed link asked for
+// (app.link, read once on load) are named in a message; the page's own state falls back quietly.
 function checkLink(cfg, n) {
   const problems = [...app.linkProblems];
+  const asked = (key) => Object.prototype.hasOwnProperty.call(app.link || {}, key);
+  const complain = (key, text) => { if (asked(key)) problems.push(text); };
   if (!cfg.models.includes(state.model)) {
-    problems.push(`model=${state.model} is not a model of experiment ${state.experiment} ` +
-                  `(${cfg.models.join(", ")}): showing ${cfg.models[cfg.models.length - 1]}`);
-    state.model = cfg.models[cfg.models.length - 1];
+    const shown = fallbackModel(cfg);
+    complain("model", `model=${state.model} is not a model of experiment ${state.experiment} ` +
+                      `(${cfg.models.join(", ")}): showing ${shown}`);
+    state.model = shown;
   }
   if (!cfg.distances.includes(state.distance)) {
-    problems.push(`distance=${state.distance} is not one of ${cfg.distances.join(", ")}: showing ` +
-                  `${cfg.distances[cfg.distances.length - 1]}`);
-    state.distance = cfg.distances[cfg.distances.length - 1];
+    const shown = cfg.distances[cfg.distances.length - 1];
+    complain("distance", `distance=${state.distance} is not one of ${cfg.distances.join(", ")}: showing ${shown}`);
+    state.distance = shown;
   }
   if (!(state.k >= 1 && state.k <= cfg.k)) {
-    problems.push(`k=${state.k} is outside 1..${cfg.k} (the table's K): showing 10`);
+    complain("k", `k=${state.k} is outside 1..${cfg.k} (the table's K): showing ${Math.min(10, cfg.k)}`);
     state.k = Math.min(10, cfg.k);
   }
   if (state.sample !== null && !(state.sample >= 0 && state.sample < n)) {
-    problems.push(`sample=${state.sample} is outside 0..${n - 1}: no sample shown`);
+    complain("sample", `sample=${state.sample} is outside 0..${n - 1}: no sample shown`);
     state.sample = null;
   }
   if (state.ks && state.ks.some((k) => k < 1 || k > Math.min(cfg.k, n - 2))) {
-    problems.push(`ks=${state.ks.join(",")} must each be in 1..${Math.min(cfg.k, n - 2)}: showing ${cfg.ks.join(",")}`);
+    complain("ks", `ks=${state.ks.join(",")} must each be in 1..${Math.min(cfg.k, n - 2)}: showing ${cfg.ks.join(",")}`);
     state.ks = null;
   }
-  app.linkProblems = problems;
-  if (problems.length) say(`This link asks for what experiment ${state.experiment} does not have: ${problems.join("; ")}.`);
+  app.link = {};  // the link is answered: from here on every change is the page's or the user's
+  app.linkProblems = [];
+  if (problems.length) {
+    say(`This link asks for what experiment ${state.experiment} does not have: ${problems.join("; ")}.`);
+    app.linkBanner = true;
+  }
 }
 
 // ------------------------------------------------------------------ experiments and progress
@@ -262,13 +291,17 @@ function lineChart(canvas, { title, xLabel, yLabel, series, bands }) {
   });
 }
 
-function drawLoss(losses) { // one chart per loss: L1 and MSE are not on one scale
-  for (const kind of ["l1", "mse"]) {
-    const series = Object.entries(losses).filter(([name]) => name.endsWith(`_${kind}`))
+function drawLoss(losses) { // one chart per loss: L1, MSE and relu_keep's contrastive loss are not on one scale
+  const kinds = { l1: (n) => n.endsWith("_l1"), mse: (n) => n.endsWith("_mse"),
+                  keep: (n) => !n.endsWith("_l1") && !n.endsWith("_mse") };
+  const titles = { l1: ["training loss (L1)", "mean L1 loss"], mse: ["training loss (MSE)", "mean MSE loss"],
+                   keep: ["relu_keep: the encoder's epochs, then its map refined", "mean contrastive loss"] };
+  for (const [kind, mine] of Object.entries(kinds)) {
+    const series = Object.entries(losses).filter(([name, v]) => mine(name) && v.length)
       .map(([name, v]) => ({ name, colour: MODEL_COLOURS[name] || "#000", points: v.map((val, i) => [i + 1, val]) }));
     $(`loss-${kind}`).parentElement.hidden = !series.length;
-    if (series.length) lineChart($(`loss-${kind}`), { title: `training loss (${kind.toUpperCase()})`,
-      xLabel: "epoch", yLabel: `mean ${kind.toUpperCase()} loss`, series });
+    if (series.length) lineChart($(`loss-${kind}`), { title: titles[kind][0], xLabel: "epoch", yLabel: titles[kind][1],
+      series });
   }
 }
 
@@ -316,12 +349,21 @@ async function showFinished(exp) {
   $("sample-id").max = n - 1;
   if (state.sample !== null) $("sample-id").value = state.sample;
   const recon = $("recon");
+  const withRecon = cfg.models.filter((m) => RECONSTRUCTS.has(m));
+  $("recon-wait").textContent = withRecon.length ? "drawing the reconstructions…"
+    : `no reconstructions: ${cfg.models.join(", ")} ${cfg.models.length > 1 ? "have" : "has"} no decoder ` +
+      "(a reference map or an encoder alone keeps only its codes)";
   $("recon-wait").hidden = false;
+  recon.hidden = !withRecon.length;
   recon.onload = () => { $("recon-wait").hidden = true; };
-  recon.src = `/experiments/${exp.id}/plots/reconstructions.png`;
+  recon.onerror = () => { $("recon-wait").textContent = "the reconstructions could not be drawn"; recon.hidden = true; };
+  const at = Math.min(90, cfg.epochs);
+  $("recon-caption").textContent = `originals (top) and each trained autoencoder's reconstructions at epoch ${at} ` +
+    `of ${cfg.epochs}${at < cfg.epochs ? " (the study shows epoch 90)" : ""}`;
+  if (withRecon.length) recon.src = `/experiments/${exp.id}/plots/reconstructions.png`;
   $("recon-figure").hidden = false;
   for (const s of ["explore", "tables-section", "findings", "charts"]) $(s).hidden = false;
-  if (!app.linkProblems.length) writeUrl();
+  writeUrl();  // what is shown, in this history entry
   await Promise.all([loadCodes(), loadTables(), loadCharts(), loadFindings(),
     state.sample !== null ? showNeighbours() : Promise.resolve(landing())]);
   document.body.dataset.ready = "1";
@@ -354,6 +396,12 @@ async function loadCodes() {
 
 // ------------------------------------------------------------------ findings: what the study found
 
+// The verb for a change, from its sign (at the three decimals shown).
+function trend(before, after) {
+  const a = before.toFixed(3), b = after.toFixed(3);
+  return a === b ? "stays at" : after > before ? "rises from" : "falls from";
+}
+
 async function loadFindings() {
   const id = state.experiment, cfg = app.exp.config;
   const k = cfg.ks.includes(10) ? 10 : cfg.ks[0], d = cfg.distances.includes("l2") ? "l2" : cfg.distances[0];
@@ -372,16 +420,21 @@ async function loadFindings() {
   const ag = agree.rows.find((r) => r.model === best.model && r.distance === d && r.k === k);
   const lab = byLabel.rows.find((r) => r.model === best.model && r.distance === d);
   const labels = Object.entries(lab.by_label).sort((a, b) => b[1] - a[1]);
+  const top = all[0];  // the best of all, reference maps included
+  const among = trained.length && refs.length ? " of the trained models" : "";
   const sentences = [
-    `${best.model} keeps the most of each neighbourhood: on average ${pct(best.v)} of a sample's ${k} nearest ` +
-    `neighbours in pixel space (${d.toUpperCase()}) are among its ${k} nearest in the 2-D code` +
+    `${best.model} keeps the most of each neighbourhood${among}: on average ${pct(best.v)} of a sample's ${k} ` +
+    `nearest neighbours in pixel space (${d.toUpperCase()}) are among its ${k} nearest in the 2-D code` +
     (rows.length > 1 ? `, ${(best.v / Math.max(worst.v, 1e-12)).toFixed(1)} times ${worst.model}'s ${pct(worst.v)}.` : "."),
+    ...(top.model !== best.model ? [`Of every map here, ${top.model} keeps the most: ${pct(top.v)} (a reference map, ` +
+      `fitted by a library rather than trained).`] : []),
     `Even so, a 2-D code keeps little: ${pct(1 - best.v)} of each ${k}-neighbourhood is lost.`,
     `Labels ${labels[0][0]} and ${labels[1][0]} keep the most under ${best.model} (score@${lab.k} ` +
     `${labels[0][1].toFixed(3)} and ${labels[1][1].toFixed(3)}); label ${labels[labels.length - 1][0]} the least ` +
     `(${labels[labels.length - 1][1].toFixed(3)}).`,
-    `The share of same-label neighbours at k = ${k} falls from ${ag.original_rate.toFixed(3)} in pixel space to ` +
-    `${ag.encoded_rate.toFixed(3)} in ${best.model}'s code (${ag.change.toFixed(3)}).`,
+    `The share of same-label neighbours at k = ${k} ${trend(ag.original_rate, ag.encoded_rate)} ` +
+    `${ag.original_rate.toFixed(3)} in pixel space ${ag.encoded_rate.toFixed(3) === ag.original_rate.toFixed(3) ? "in" : "to"} ` +
+    `${ag.encoded_rate.toFixed(3)} in ${best.model}'s code (${ag.change >= 0 ? "+" : ""}${ag.change.toFixed(3)}).`,
     `A 5-nearest-neighbour vote finds the right label for ${pct(pixel.values["5"])} of the samples in pixel space ` +
     `and ${pct(bestAcc.values["5"])} in ${best.model}'s code.`,
   ];
@@ -487,12 +540,19 @@ function draw() {
   for (const nb of app.nbrs.encoded) {
     g.beginPath(); g.arc(sx[nb.id] + 1, sy[nb.id] + 1, many ? 2 : 3.5, 0, 2 * Math.PI); g.stroke();
   }
-  // where the sample's pixel-space neighbours landed: squares, the nearest ten with their rank
-  g.strokeStyle = PIXEL_MARK; g.fillStyle = PIXEL_MARK; g.font = "bold 10px system-ui";
+  // where the sample's pixel-space neighbours landed: squares with a white halo for the nearest 20 (the
+  // nearest ten with their rank), and beyond them (k up to 200) small dots, so the map stays readable
+  g.font = "bold 10px system-ui";
   for (const nb of app.nbrs.original) {
-    const r = many ? 2 : 3;
-    g.strokeRect(sx[nb.id] + 1 - r, sy[nb.id] + 1 - r, 2 * r, 2 * r);
-    if (nb.rank <= 10) g.fillText(String(nb.rank), sx[nb.id] + 5, sy[nb.id] - 3);
+    const x = sx[nb.id] + 1, y = sy[nb.id] + 1;
+    if (nb.rank > 20) { g.fillStyle = PIXEL_MARK; g.fillRect(x - 1, y - 1, 2, 2); continue; }
+    const r = many ? 2.5 : 3;
+    g.lineWidth = 3; g.strokeStyle = "#fff"; g.strokeRect(x - r, y - r, 2 * r, 2 * r);
+    g.lineWidth = 1.5; g.strokeStyle = PIXEL_MARK; g.strokeRect(x - r, y - r, 2 * r, 2 * r);
+    if (nb.rank <= 10) {
+      g.lineWidth = 3; g.strokeStyle = "#fff"; g.strokeText(String(nb.rank), x + 4, y - 4);
+      g.fillStyle = PIXEL_MARK; g.fillText(String(nb.rank), x + 4, y - 4);
+    }
   }
   if (state.sample !== null && state.sample < n) {
     g.lineWidth = 2.5; g.strokeStyle = "#000"; g.beginPath();
@@ -580,7 +640,7 @@ function selectSample(id) {
   state.sample = id;
   $("sample-id").value = id;
   note("sample");
-  writeUrl();
+  writeUrl(true);
   showNeighbours().catch((e) => note("sample", e.message));
 }
 
@@ -643,13 +703,16 @@ const rounded = (v) => Math.round(v * 1e4); // what is shown: ties within the sh
 
 function table(caption, id, header, rows, better) {
   // rows: [{name: [...cells], values: [numbers|null], attrs: [{...}]}]; better: "max" | "min" per column.
-  // The best mark goes to trained models only (the pixel-space row and the reference maps are yardsticks).
+  // Each column marks the best trained model ("best") and, where a reference map beats it, that map too
+  // ("best-overall"): the pixel-space row is a yardstick and is never marked.
   const cols = header.length - rows[0].name.length;
-  const best = [];
+  const pick = (vals) => (vals.length ? (better === "min" ? Math.min(...vals) : Math.max(...vals)) : null);
+  const valuesOf = (keep, j) => rows.filter((r) => keep(r.name[0])).map((r) => r.values[j])
+    .filter((v) => v !== null && v !== undefined).map(rounded);
+  const best = [], overall = [];
   for (let j = 0; j < cols; j++) {
-    const vals = rows.filter((r) => contestant(r.name[0])).map((r) => r.values[j])
-      .filter((v) => v !== null && v !== undefined).map(rounded);
-    best.push(vals.length ? (better === "min" ? Math.min(...vals) : Math.max(...vals)) : null);
+    best.push(pick(valuesOf(contestant, j)));
+    overall.push(pick(valuesOf((name) => name !== "original", j)));
   }
   const t = el("table", { id },
     el("caption", {}, caption, " ", el("a", { href: "#", class: "csv", "data-table": id, text: "CSV" })),
@@ -658,7 +721,10 @@ function table(caption, id, header, rows, better) {
       ...r.name.map((nm) => el("td", { class: "name", text: nm })),
       ...r.values.map((v, j) => {
         const mark = v !== null && contestant(r.name[0]) && rounded(v) === best[j];
-        const td = el("td", { class: mark ? "best" : "", text: fmt(v) });
+        const markAll = v !== null && !mark && REFERENCE_MAPS.has(r.name[0]) && rounded(v) === overall[j] &&
+          overall[j] !== best[j];
+        const td = el("td", { class: mark ? "best" : markAll ? "best-overall" : "", text: fmt(v),
+                              ...(mark ? { title: "best trained model" } : markAll ? { title: "best of all (a reference map)" } : {}) });
         if (v !== null && v !== undefined) td.dataset.value = v;
         for (const [key, val] of Object.entries(r.attrs[j])) td.dataset[key] = val;
         return td;
@@ -824,21 +890,23 @@ function setupControls() {
   $("experiment").addEventListener("change", (e) => {
     state.sample = null; state.ks = null; app.nbrs = { original: [], encoded: [] };
     document.body.dataset.ready = "";
-    app.linkProblems = [];
-    selectExperiment(parseInt(e.target.value, 10)).catch((err) => say(err.message));
+    app.linkProblems = []; app.link = {};
+    state.experiment = parseInt(e.target.value, 10);
+    writeUrl(true);
+    selectExperiment(state.experiment).catch((err) => say(err.message));
   });
   $("model").addEventListener("change", (e) => {
-    state.model = e.target.value; writeUrl();
+    state.model = e.target.value; writeUrl(true);
     $("map").dataset.ready = "";
     loadCodes().catch((err) => note("model", err.message));
     showNeighbours();
   });
-  $("distance").addEventListener("change", (e) => { state.distance = e.target.value; writeUrl(); showNeighbours(); });
+  $("distance").addEventListener("change", (e) => { state.distance = e.target.value; writeUrl(true); showNeighbours(); });
   $("k").addEventListener("change", (e) => {
     const k = parseInt(e.target.value, 10);
     if (!(k >= 1 && k <= app.exp.config.k)) { note("k", `k must be between 1 and ${app.exp.config.k}`); return; }
     note("k");
-    state.k = k; writeUrl(); showNeighbours();
+    state.k = k; writeUrl(true); showNeighbours();
   });
   const show = () => {
     const id = parseInt($("sample-id").value, 10);
@@ -856,8 +924,25 @@ function setupControls() {
   $("ks").addEventListener("keydown", (e) => { if (e.key === "Enter") loadTables(); });
 }
 
+// Back and Forward: the URL's view again, as the page's own (nothing in it is blamed on a link).
+async function onHistory() {
+  const before = { ...state };
+  readUrl();
+  app.link = {}; app.linkProblems = [];
+  if (app.linkBanner) { say(""); app.linkBanner = false; }
+  if (state.experiment !== before.experiment || !app.exp) {
+    await selectExperiment(state.experiment);
+    return;
+  }
+  $("model").value = state.model; $("distance").value = state.distance; $("k").value = state.k;
+  if (state.sample !== null) $("sample-id").value = state.sample;
+  if (state.model !== before.model) { $("map").dataset.ready = ""; await loadCodes(); }
+  if (state.sample !== null) await showNeighbours(); else landing();
+}
+
 async function main() {
   readUrl();
+  window.addEventListener("popstate", () => onHistory().catch((e) => say(e.message)));
   setupControls();
   setupMap();
   loadSweeps().catch((e) => note("sweep", e.message));
