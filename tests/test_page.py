@@ -430,3 +430,30 @@ def test_a_sweep_shows_mean_and_spread_per_grid_point(page, server, data_dir, tm
                   and float(c["mean"]) == r["mean"] and float(c["sd"]) == r["sd"]]
         assert c["text"] == f"{row['mean']:.4f} ± {row['sd']:.4f}"
     page.screenshot(path=str(tmp_path / "sweep.png"), full_page=True)
+
+
+def test_behind_a_read_key_the_page_asks_once_and_its_cookie_opens_reads_only(browser, server, tmp_path):
+    """The page asks for the key when the server answers 401, trades it at POST /session for an HttpOnly
+    cookie, and then reads everything (the digits' <img> requests too); no script can read the cookie, and
+    it opens no write."""
+    api = ApiServer({"AEKNN_DATABASE_URL": server["db"], "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15",
+                     "AEKNN_READ_KEY": "k-reads-456", "AEKNN_API_KEY": "k-writes-123"}, tmp_path)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = ctx.new_page()
+    asked = []
+    page.on("dialog", lambda d: (asked.append(d.message), d.accept("k-reads-456")))
+    try:
+        open_page(page, f"{api.url}/?sample=3")
+        wait_sample(page, 3)
+        assert len(asked) == 1 and "needs a key" in asked[0]
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: the page's own scripts cannot read it
+        cookie = next(c for c in ctx.cookies() if c["name"] == "aeknn_read")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] != "k-reads-456"
+        page.wait_for_function("(() => { const i = document.querySelector('#nbrs-original img');"
+                               " return i && i.complete && i.naturalWidth > 0; })()", timeout=10_000)  # a digit came
+        status = page.evaluate("fetch('/experiments', {method: 'POST', headers: {'content-type': 'application/json'},"
+                               " body: '{}'}).then(r => r.status)")
+        assert status == 401  # the cookie opens no write
+    finally:
+        ctx.close()
+        api.stop()

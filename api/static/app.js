@@ -53,7 +53,7 @@ window.aeknn = app;
 
 async function api(path, kind = "json") {
   let r = await fetch(path);
-  if (r.status === 401 && await askForKey()) r = await fetch(path);  // a server with AEKNN_READ_KEY set
+  if (r.status === 401 && await haveKey()) r = await fetch(path);  // a server with AEKNN_READ_KEY set
   if (!r.ok) {
     let msg = `${r.status} ${r.statusText}`;
     try { msg = (await r.json()).message || msg; } catch (e) { /* not JSON */ }
@@ -62,6 +62,13 @@ async function api(path, kind = "json") {
     throw err;
   }
   return kind === "json" ? r.json() : r.arrayBuffer();
+}
+
+// One question for every request that met the 401 at once (the first view fetches in parallel); asked
+// again only if it was refused or dismissed.
+function haveKey() {
+  if (!app.asking) app.asking = askForKey().then((ok) => { if (!ok) app.asking = null; return ok; });
+  return app.asking;
 }
 
 // A key, asked for once when the server answers 401, traded at POST /session for an HttpOnly cookie that
