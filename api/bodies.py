@@ -48,9 +48,7 @@ def _float(text: str) -> float:
 def loads(raw: bytes) -> object:
     """The JSON value of ``raw``, or ``json.JSONDecodeError`` whose message says what is wrong in words."""
     def refused(why: str, pos: int = 0) -> json.JSONDecodeError:
-        err = json.JSONDecodeError(why, "", 0)
-        err.msg, err.pos = why, pos  # the message alone: FastAPI shows msg
-        return err
+        return json.JSONDecodeError(why, "", pos)  # FastAPI shows its msg: the words alone
 
     try:
         text = raw.decode("utf-8")

@@ -83,8 +83,7 @@ FactoryDep = Annotated[sessionmaker[Session], Depends(get_factory)]
 @lru_cache(maxsize=8)
 def _read_factory(url: str) -> sessionmaker[Session]:
     """Sessions for single-statement reads: autocommit, so no BEGIN/ROLLBACK round trips."""
-    return sessionmaker(_factory(url).kw["bind"].execution_options(isolation_level="AUTOCOMMIT"),
-                        expire_on_commit=False)
+    return database.autocommit(_factory(url))
 
 
 def read_factory_for(settings: Settings) -> sessionmaker[Session]:

@@ -11,6 +11,8 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from common.study.config import error_text
+
 log = logging.getLogger(__name__)
 
 STATUS = {"unauthorized": 401, "not_found": 404, "conflict": 409, "too_large": 413, "invalid": 422,
@@ -120,8 +122,7 @@ def describe_validation(e: dict) -> str:
         form = {"k": "a whole number, a comma list such as 5,10,20, ranges a-b, or all (each k at most 1000)",
                 "model": "a model's name: letters, digits, _ . and -", "format": "json or csv"}
         return f"{where}: {e.get('input')!r} is not {form.get(str(loc[-1]) if loc else '', 'of the expected form')}"
-    msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-    return f"{where}: {msg}"
+    return f"{where}: {error_text(e)}"
 
 
 def _routes(app) -> list:

@@ -30,10 +30,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     try:
         settings = Settings(**{f: v for f, v in given.items() if v is not None})
     except ValidationError as exc:
+        from common.study.config import error_text
+
         e = exc.errors()[0]
         field = str(e["loc"][0]) if e["loc"] else "setting"
         where = FLAGS[field] if given.get(field) is not None else f"AEKNN_{field.upper()}"
-        raise Usage(f"aeknn: invalid {where}: {e['msg'].removeprefix('Value error, ')}") from None
+        raise Usage(f"aeknn: invalid {where}: {error_text(e)}") from None
     from common import secrets
 
     secrets.install(settings)  # no password of theirs in any message or log line of this process

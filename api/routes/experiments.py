@@ -71,7 +71,7 @@ def get_experiment(exp: ExperimentDep, session: SessionDep) -> ExperimentPublic:
 def cancel_experiment(exp: ExperimentDep, factory: FactoryDep) -> ExperimentPublic:
     """Stop a queued or running experiment within one task."""
     status = experiments.cancel(factory, exp.id)
-    if status != "cancelled":
+    if status != experiments.CANCELLED:
         raise conflict(f"experiment {exp.id} is {status}: only a queued or running experiment can be cancelled")
     with factory() as s:
         return public(s, exp.id)

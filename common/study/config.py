@@ -19,6 +19,11 @@ Distance = StrEnum("Distance", {d: d for d in DISTANCES})
 DatasetName = StrEnum("DatasetName", {d.replace("-", "_"): d for d in DATASETS})
 
 
+def error_text(e: dict) -> str:
+    """A pydantic error's message as a sentence: without the "Value error, " its own validators get."""
+    return str(e.get("msg", "invalid")).removeprefix("Value error, ")
+
+
 class Space(StrEnum):
     original = "original"
     encoded = "encoded"

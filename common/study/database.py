@@ -48,6 +48,11 @@ def open_existing(url: str) -> sessionmaker[Session]:
     return db.session_factory(engine)
 
 
+def autocommit(factory: sessionmaker[Session]) -> sessionmaker[Session]:
+    """Sessions on the same engine for single-statement reads: autocommit, no BEGIN/ROLLBACK round trips."""
+    return db.session_factory(factory.kw["bind"].execution_options(isolation_level="AUTOCOMMIT"))
+
+
 def close(factory: sessionmaker[Session]) -> None:
     """Close the factory's connections (before a process hands over to another, or exits)."""
     factory.kw["bind"].dispose()

@@ -45,8 +45,13 @@ class Finished:
 
     def pairs(self) -> list[tuple[str, str]]:
         """(model, distance) of every code table, in the study's order."""
-        models = sorted(self.config["models"], key=MODEL_NAMES.index)
+        models = sorted(self.config["models"], key=study_order)
         return [(m, d) for m in models for d in sorted(self.config["distances"])]
+
+
+def study_order(name: str) -> tuple[int, str]:
+    """The sort key that lists models in the study's order (MODEL_NAMES), any other name after them."""
+    return (MODEL_NAMES.index(name), name) if name in MODEL_NAMES else (len(MODEL_NAMES), name)
 
 
 def top_k(k: int, n: int) -> int:
@@ -170,17 +175,13 @@ def default_model(exp: Finished | db.Experiment) -> str:
     """The model a read shows when none is named: the study's default where the experiment has it, else
     the experiment's first in the study's order (every default follows the experiment it reads)."""
     models = exp.config["models"]
-    return DEFAULT_MODEL if DEFAULT_MODEL in models else sorted(models, key=_study_order)[0]
-
-
-def _study_order(name: str) -> tuple[int, str]:
-    return (MODEL_NAMES.index(name), name) if name in MODEL_NAMES else (len(MODEL_NAMES), name)
+    return DEFAULT_MODEL if DEFAULT_MODEL in models else sorted(models, key=study_order)[0]
 
 
 def check_model(exp: Finished | db.Experiment, model: str) -> None:
     if model not in exp.config["models"]:
         raise NotFound(f"model: experiment {exp.id} has no model {model!r} (its models: "
-                       f"{', '.join(sorted(exp.config['models'], key=_study_order))})")
+                       f"{', '.join(sorted(exp.config['models'], key=study_order))})")
 
 
 def check_distance(exp: Finished | db.Experiment, distance: str) -> None:
@@ -266,7 +267,7 @@ def value_rows(session: Session, exp: Finished, metric: str, ks: list[int]) -> l
     _stored(session, exp, ks)
     v = _values(session, exp, metric, ks)
     if metric == "knn_accuracy":
-        spaces = [db.ORIGINAL, *sorted(exp.config["models"], key=MODEL_NAMES.index)]
+        spaces = [db.ORIGINAL, *sorted(exp.config["models"], key=study_order)]
         pairs = [(s, d) for s in spaces for d in sorted(exp.config["distances"])]
     else:
         pairs = exp.pairs()
@@ -340,7 +341,7 @@ def trained_models(session: Session, exp: Finished | db.Experiment, model: str |
     rows = [m for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None]
     if not rows:
         raise NotReady(f"experiment {exp.id} has no trained model yet")
-    return sorted(rows, key=lambda m: MODEL_NAMES.index(m.name))
+    return sorted(rows, key=lambda m: study_order(m.name))
 
 
 def codes(row: db.ModelRow) -> np.ndarray:
@@ -357,7 +358,7 @@ def sample_codes(session: Session, exp: Finished, sample_id: int) -> dict[str, l
 
 def losses(session: Session, exp: Finished | db.Experiment) -> dict[str, list[float]]:
     """The mean loss of every finished epoch, per model (a reference map has none)."""
-    rows = sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: MODEL_NAMES.index(m.name))
+    rows = sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: study_order(m.name))
     return {m.name: list(m.losses or []) for m in rows}
 
 

@@ -15,6 +15,8 @@ from common.store import db as db
 from common.study import jobs
 from common.study.config import StudyConfig
 
+CANCELLED = db.CANCELLED  # what cancel() returns when it cancelled
+
 
 class TooManyPending(RuntimeError):
     """The cap on pending experiments (AEKNN_MAX_PENDING) is reached; nothing was stored."""

@@ -22,7 +22,7 @@ from common.errors import Invalid, NotFound
 from common.settings import Settings
 from common.store import db
 from common.study import jobs, submissions
-from common.study.config import StudyConfig
+from common.study.config import StudyConfig, error_text
 
 GRID_FIELDS = ("dataset", "models", "epochs", "batch_size", "lr", "weight_decay", "seed")
 MAX_POINTS = 256
@@ -37,7 +37,7 @@ def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
         StudyConfig(**base)
     except ValidationError as exc:
         e = exc.errors()[0]
-        raise Invalid(f"base.{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}") from None
+        raise Invalid(f"base.{'.'.join(str(p) for p in e['loc'])}: {error_text(e)}") from None
     if not grid:
         raise Invalid("grid: empty; give at least one field and its values, e.g. {\"seed\": [0, 1, 2]}")
     for field, values in grid.items():
@@ -59,8 +59,7 @@ def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
         except ValidationError as exc:
             e = exc.errors()[0]
             field = ".".join(str(p) for p in e["loc"]) or "config"
-            why = e["msg"].removeprefix("Value error, ")
-            raise Invalid(f"grid point {json.dumps(point)}: {field}: {why}") from None
+            raise Invalid(f"grid point {json.dumps(point)}: {field}: {error_text(e)}") from None
     return configs
 
 
