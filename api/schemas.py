@@ -36,7 +36,8 @@ class ModelProgress(BaseModel):
     name: str
     kind: str = Field(description="trained (an autoencoder, relu_keep) or reference map (PCA, UMAP, t-SNE)")
     epochs_done: int
-    epochs: int
+    epochs: int = Field(description="the epochs counted by epochs_done (relu_keep: its encoder's)")
+    phases: str | None = Field(default=None, description="for a model trained in phases (relu_keep), what they are")
     loss: float | None
     trained: bool
 

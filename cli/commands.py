@@ -151,7 +151,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"error: {info['error']}")
     for m in info["models"]:
         loss = "-" if m["loss"] is None else f"{m['loss']:.4f}"
-        print(f"  model {m['name']:<10} epoch {m['epochs_done']}/{m['epochs']}  loss {loss}")
+        print(f"  model {m['name']:<10} epoch {m['epochs_done']}/{m['epochs']}  loss {loss}"
+              + (f"  ({m['phases']})" if m["phases"] else ""))
     for t in info["tables"]:
         print(f"  table {t['space']:<10} {t['distance']}  chunks {t['chunks_done']}/{t['chunks_total']}"
               f"{'  complete' if t['complete'] else ''}")

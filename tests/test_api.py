@@ -295,6 +295,49 @@ def test_sample_codes_image_and_plots(api, study, mnist):
     np.testing.assert_array_equal(img, mnist.images[11].reshape(28, 28))
 
 
+def test_a_sprite_holds_the_asked_digits_in_order_twenty_to_a_row(api, mnist):
+    import io
+
+    from PIL import Image
+
+    ids = [5, 0, 799, 5, *range(100, 120)]  # 24 ids, one twice: two rows, the second of four
+    r = api.get("/samples/sprite.png", params={"ids": ",".join(map(str, ids)), "scale": 1})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    sheet = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert sheet.shape == (2 * 28, 20 * 28)
+    for i, sample in enumerate(ids):
+        row, col = divmod(i, 20)
+        np.testing.assert_array_equal(sheet[28 * row:28 * row + 28, 28 * col:28 * col + 28],
+                                      mnist.images[sample].reshape(28, 28))
+    assert not sheet[28:, 4 * 28:].any()  # the rest of the last row is black
+    assert np.asarray(Image.open(io.BytesIO(api.get("/samples/sprite.png?ids=3&scale=2").content))).shape == (56, 56)
+    for query, status, words in (("ids=3,800", 404, "sample 800 is not in experiment"),
+                                 ("ids=3,,4", 422, "ids"), ("ids=" + ",".join(["1"] * 2001), 422, "ids"),
+                                 ("ids=3&scale=5", 422, "scale")):
+        r = api.get(f"/samples/sprite.png?{query}")
+        assert r.status_code == status and words in r.json()["message"], (query, r.text)
+
+
+def test_relu_keeps_progress_counts_its_encoders_epochs_and_names_its_phases(tmp_path, data_dir):
+    from common.compute.names import keep_encoder_epochs
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
+    from common.study.stages import record_experiment
+
+    url = f"sqlite:///{tmp_path / 'keep.db'}"
+    engine = db.make_engine(url)
+    db.init_db(engine)
+    f = db.session_factory(engine)
+    eid = record_experiment(f, StudyConfig(limit=300, epochs=5, k=20, ks=[5], models=["relu_keep", "pca"]))
+    run_experiment(Runtime(factory=f, data_dir=data_dir, cache_dir=tmp_path / "c", device="cpu"), eid)
+    m = {x["name"]: x for x in client({"url": url}).get(f"/experiments/{eid}").json()["models"]}
+    engine.dispose()
+    assert keep_encoder_epochs(5) == 3 and m["relu_keep"]["epochs_done"] == m["relu_keep"]["epochs"] == 3
+    assert m["relu_keep"]["phases"].startswith("its encoder trains 3 epochs, then its map of the training codes "
+                                               "is refined for 5 more")
+    assert m["pca"]["epochs"] == 1 and m["pca"]["phases"] is None
+
+
 @pytest.mark.parametrize("path, status, words", [
     ("/experiments/999", 404, "no experiment 999"),
     ("/samples/800/neighbors", 404, "sample 800 is not in experiment"),

@@ -6,6 +6,7 @@ import io
 import json
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,6 +20,36 @@ from common.study.config import Distance, Space
 router = APIRouter(prefix="/samples", tags=["samples"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
 ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest succeeded experiment")]
+
+
+SPRITE_COLUMNS = 20  # digits per row of a sprite
+MAX_SPRITE_CHARS = 3999  # at most 2,000 ids, whatever their digits
+
+
+@router.get("/sprite.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def sprite(session: SessionDep,
+           ids: Annotated[str, Query(pattern=r"^\d+(,\d+)*$", max_length=MAX_SPRITE_CHARS,
+                                     description="comma list of sample ids (so at most 2,000)")],
+           experiment: ExperimentQ = None, scale: Annotated[int, Query(ge=1, le=4)] = 2) -> Response:
+    """Many digits in one PNG (the page's neighbour thumbnails: one request instead of one per image): the
+    i-th id at column i mod 20, row i div 20, each 28 x 28 scaled up ``scale`` times."""
+    from PIL import Image
+
+    exp = reads.finished(session, experiment)
+    wanted = [int(i) for i in ids.split(",")]
+    for i in wanted:
+        reads.check_sample(exp, exp.n, i)
+    pixels = reads.images(session, exp.dataset_id)[wanted].reshape(-1, 28, 28)
+    rows = -(-len(wanted) // SPRITE_COLUMNS)
+    cols = min(len(wanted), SPRITE_COLUMNS)
+    sheet = np.zeros((rows * 28, cols * 28), dtype=np.uint8)
+    for i, digit in enumerate(pixels):
+        r, c = divmod(i, SPRITE_COLUMNS)
+        sheet[28 * r:28 * r + 28, 28 * c:28 * c + 28] = digit
+    img = Image.fromarray(sheet, mode="L").resize((28 * scale * cols, 28 * scale * rows), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/{sample_id}/neighbors", response_model=NeighborsOut)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from common.compute.models import KeepingEncoder
+from common.compute.names import KEEP_ENCODER_SHARE
 from common.compute.training import (
     Checkpoint,
     compiled,
@@ -53,7 +54,7 @@ ATTRACTION = 1.3  # chosen by measurement: README, "Keeping neighbourhoods"
 FINAL_POSITIVES = 5  # chosen by measurement: README, "Keeping neighbourhoods"
 NOISE = 0.3  # chosen by measurement: README, "Keeping neighbourhoods"
 NOISE_ROWS = 2048  # the noise bank: each step's anchors take a run of its rows at a seeded offset
-ENCODER_SHARE = 0.6  # of the study's epochs the encoder trains; the map's refinement takes the study's epochs
+ENCODER_SHARE = KEEP_ENCODER_SHARE  # the encoder's share of the study's epochs (common/compute/names.py)
 REFINE_LR = 0.03  # Adam on the free codes; chosen by measurement: README, "Keeping neighbourhoods"
 PLACE_POSITIVES = 10  # an unseen sample's first neighbours it may be pulled to; chosen by measurement (README)
 PLACE_EPOCHS = 300  # epochs to place unseen samples; chosen by measurement: README, "Keeping neighbourhoods"

@@ -20,3 +20,13 @@ DATASETS: dict[str, tuple[str, int, int]] = {
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)  # k of the metric tables
 BY_LABEL_K = 20  # k of score@k by label
 DEFAULT_K = 200  # K: neighbours kept per sample
+
+
+# relu_keep trains in two phases: its encoder for this share of the study's epochs (at least one), then the
+# map of its training codes refined for the study's epochs (common/compute/keeping.py)
+KEEP_ENCODER_SHARE = 0.6
+
+
+def keep_encoder_epochs(epochs: int) -> int:
+    """relu_keep's encoder epochs for a study of ``epochs`` epochs."""
+    return max(1, round(epochs * KEEP_ENCODER_SHARE))

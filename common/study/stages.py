@@ -16,9 +16,9 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset, load_dataset, reconstruction_ids
-from common.compute.keeping import ENCODER_SHARE, KeepConfig, keep_map, train_keeping
+from common.compute.keeping import KeepConfig, keep_map, train_keeping
 from common.compute.models import is_autoencoder
-from common.compute.names import REFERENCE_MAPS
+from common.compute.names import REFERENCE_MAPS, keep_encoder_epochs
 from common.compute.references import check_available, fit_map
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.store import db as db
@@ -145,13 +145,13 @@ def keep_distance(cfg: StudyConfig) -> str:
 
 
 def keep_config(cfg: StudyConfig) -> KeepConfig:
-    """relu_keep's recipe: the encoder trained keeping.ENCODER_SHARE of the study's epochs (at least 1), at
+    """relu_keep's recipe: the encoder trained names.KEEP_ENCODER_SHARE of the study's epochs (at least 1), at
     its learning rate and seed; its own batch (256 anchors and their positives: the other 510 samples of a
     batch are each anchor's negatives), no weight decay, positives among the first 15 neighbours
     narrowing to the first keeping.FINAL_POSITIVES (each at most K), the pull weighted by
     keeping.ATTRACTION, each anchor's input with keeping.NOISE's noise; then its codes refined for the
     study's epochs (the two together take about one seed model's time)."""
-    return KeepConfig(epochs=max(1, round(cfg.epochs * ENCODER_SHARE)), lr=cfg.lr, seed=cfg.seed,
+    return KeepConfig(epochs=keep_encoder_epochs(cfg.epochs), lr=cfg.lr, seed=cfg.seed,
                       positives=min(KeepConfig.positives, cfg.k),
                       final_positives=min(KeepConfig.final_positives, cfg.k), refine_epochs=cfg.epochs)
 

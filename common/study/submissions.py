@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute import kernels
-from common.compute.names import REFERENCE_MAPS, model_kind
+from common.compute.names import KEEP_MODELS, REFERENCE_MAPS, keep_encoder_epochs, model_kind
 from common.settings import Settings
 from common.store import db as db
 from common.study import jobs
@@ -140,13 +140,26 @@ def cancel(factory: sessionmaker[Session], experiment_id: int) -> str | None:
         return exp.status
 
 
+def _epochs(model: str, epochs: int) -> int:
+    """The epochs a model's progress counts: a map is fitted once; relu_keep counts its encoder's."""
+    return 1 if model in REFERENCE_MAPS else keep_encoder_epochs(epochs) if model in KEEP_MODELS else epochs
+
+
+def _phases(model: str, epochs: int) -> str | None:
+    if model not in KEEP_MODELS:
+        return None
+    first = keep_encoder_epochs(epochs)
+    return (f"its encoder trains {first} epoch{'s' * (first != 1)}, then its map of the training codes is "
+            f"refined for {epochs} more (not counted in the epochs; done when the model is trained)")
+
+
 def describe(session: Session, experiment_id: int) -> dict[str, Any] | None:
     """Status, stage, each model's epoch and latest loss, chunks done/total, attempts, error, timings."""
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     if exp is None:
         return None
     models = [{"name": m.name, "kind": model_kind(m.name), "epochs_done": m.epochs_done,
-               "epochs": 1 if m.name in REFERENCE_MAPS else exp.config["epochs"],  # a map is fitted once
+               "epochs": _epochs(m.name, exp.config["epochs"]), "phases": _phases(m.name, exp.config["epochs"]),
                "loss": m.losses[-1] if m.losses else None, "trained": m.codes is not None}
               for m in db.list_models(session=session, experiment_id=experiment_id)]
     tables = []
