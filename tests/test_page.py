@@ -67,9 +67,11 @@ def shown(page, column: str) -> list[tuple[int, int]]:
             for t in page.query_selector_all(f"#nbrs-{column} .thumb")]
 
 
-def wanted(server, sample: int, space: str, distance: str, k: int, model: str = "relu_mse") -> list[tuple[int, int]]:
+def wanted(server, sample: int, space: str, distance: str, k: int, model: str = "relu_mse",
+           experiment: int | None = None) -> list[tuple[int, int]]:
     r = httpx.get(f"{server['url']}/samples/{sample}/neighbors",
-                  params={"space": space, "model": model, "distance": distance, "k": k})
+                  params={"space": space, "model": model, "distance": distance, "k": k,
+                          **({"experiment": experiment} if experiment else {})})
     assert r.status_code == 200, r.text
     return [(n["id"], n["label"]) for n in r.json()["neighbors"]]
 
@@ -434,7 +436,7 @@ def test_a_sweep_shows_mean_and_spread_per_grid_point(page, server, data_dir, tm
 
 def test_behind_a_read_key_the_page_asks_once_and_its_cookie_opens_reads_only(browser, server, tmp_path):
     """The page asks for the key when the server answers 401, trades it at POST /session for an HttpOnly
-    cookie, and then reads everything (the digits' <img> requests too); no script can read the cookie, and
+    cookie, and then reads everything (the digits' sprite too); no script can read the cookie, and
     it opens no write."""
     api = ApiServer({"AEKNN_DATABASE_URL": server["db"], "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15",
                      "AEKNN_READ_KEY": "k-reads-456", "AEKNN_API_KEY": "k-writes-123"}, tmp_path)
@@ -443,17 +445,212 @@ def test_behind_a_read_key_the_page_asks_once_and_its_cookie_opens_reads_only(br
     asked = []
     page.on("dialog", lambda d: (asked.append(d.message), d.accept("k-reads-456")))
     try:
-        open_page(page, f"{api.url}/?sample=3")
-        wait_sample(page, 3)
+        with page.expect_response(lambda r: "/samples/sprite.png" in r.url, timeout=30_000) as sprite:
+            open_page(page, f"{api.url}/?sample=3")
+            wait_sample(page, 3)
         assert len(asked) == 1 and "needs a key" in asked[0]
         assert page.evaluate("document.cookie") == ""  # HttpOnly: the page's own scripts cannot read it
         cookie = next(c for c in ctx.cookies() if c["name"] == "aeknn_read")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] != "k-reads-456"
-        page.wait_for_function("(() => { const i = document.querySelector('#nbrs-original img');"
-                               " return i && i.complete && i.naturalWidth > 0; })()", timeout=10_000)  # a digit came
+        # the digits came, in one request, with the cookie
+        assert sprite.value.status == 200 and sprite.value.headers["content-type"] == "image/png"
         status = page.evaluate("fetch('/experiments', {method: 'POST', headers: {'content-type': 'application/json'},"
                                " body: '{}'}).then(r => r.status)")
         assert status == 401  # the cookie opens no write
     finally:
         ctx.close()
         api.stop()
+
+
+# ------------------------------------------------------------------ the habits users bring (issue 40, parts 3 and 4)
+
+def colour_count(page, canvas: str, colour: str) -> int:
+    """Pixels of one exact colour on a canvas (a label's points)."""
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return page.evaluate(f"""(() => {{ const c = document.getElementById('{canvas}');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === {r} && d[i + 1] === {g} && d[i + 2] === {b}) n++;
+        return n; }})()""")
+
+
+LABEL_0, LABEL_3, LABEL_7 = "#1f77b4", "#d62728", "#7f7f7f"  # app.js's COLOURS
+
+
+def test_the_legend_hides_a_label_or_shows_one_alone_and_the_link_keeps_it(page, server):
+    open_page(page, server["url"] + "/")
+    assert colour_count(page, "map", LABEL_3) > 0
+    page.click("#legend button[data-label='3']")
+    page.wait_for_function("new URLSearchParams(location.search).get('hide') === '3'")
+    page.wait_for_timeout(100)  # the next frame
+    assert colour_count(page, "map", LABEL_3) == 0 and colour_count(page, "map", LABEL_7) > 0
+    assert page.get_attribute("#legend button[data-label='3']", "aria-pressed") == "false"
+    page.click("#legend button[data-label='7']", modifiers=["Shift"])  # 7 alone
+    page.wait_for_function("new URLSearchParams(location.search).get('hide') === '0,1,2,3,4,5,6,8,9'")
+    page.wait_for_timeout(100)
+    assert colour_count(page, "map", LABEL_7) > 0 and colour_count(page, "map", LABEL_0) == 0
+    # a hidden label cannot be picked: a click on a sample of label 3 selects nothing
+    labels = page.evaluate("Array.from(aeknn.codes.labels)")
+    three = labels.index(3)
+    box = page.query_selector("#map").bounding_box()
+    x, y = page.evaluate(f"aeknn.screenOf({three})")
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    assert page.evaluate("aeknn.state.sample") in (None, *[i for i, v in enumerate(labels) if v == 7])
+    # the link restores the filter; the points-in-view CSV holds exactly the shown samples
+    page.goto(server["url"] + "/?hide=3")
+    page.wait_for_selector("#map[data-ready='1']", timeout=30_000)
+    rows = page.evaluate("inView(aeknn.main)")
+    assert rows[0] == ["id", "label", "code_1", "code_2"]
+    assert sorted(r[0] for r in rows[1:]) == [i for i, v in enumerate(labels) if v != 3]  # fitted: all in view
+    shown_exp, model = page.evaluate("[aeknn.state.experiment, aeknn.main.model]")  # other tests add experiments
+    codes = httpx.get(f"{server['url']}/experiments/{shown_exp}/codes", params={"model": model}).json()
+    first = rows[1]
+    assert first[2] == pytest.approx(codes["codes"][first[0]][0], rel=1e-6)
+
+
+
+def test_two_maps_side_by_side_mark_the_selected_sample_in_both(page, server):
+    eid = server["id"]  # the experiment with every model (other tests add experiments of their own)
+    open_page(page, server["url"] + f"/?experiment={eid}&sample=5")
+    wait_sample(page, 5)
+    page.select_option("#compare", "pca")
+    page.wait_for_selector("#map2[data-ready='1']", timeout=30_000)
+    page.wait_for_selector("#nbrs-compare[data-sample='5']", timeout=10_000)
+    assert query_of(page)["compare"] == "pca" and page.is_visible("#map2")
+    assert shown(page, "compare") == wanted(server, 5, "encoded", "l2", 10, model="pca", experiment=eid)
+    assert shown(page, "encoded") == wanted(server, 5, "encoded", "l2", 10, experiment=eid)
+    for canvas, m in (("map", "aeknn.main"), ("map2", "aeknn.side")):  # the black ring round sample 5 on both
+        x, y = page.evaluate(f"(() => {{ const c = {m}.codes; return [c.sx[5], c.sy[5]]; }})()")
+        ring = page.evaluate(f"""(() => {{ const g = document.getElementById('{canvas}').getContext('2d');
+            let dark = 0; for (const [dx, dy] of [[9, 1], [-7, 1], [1, 9], [1, -7]]) {{
+              const p = g.getImageData({x} + dx, {y} + dy, 1, 1).data; if (p[0] + p[1] + p[2] < 200) dark++; }}
+            return dark; }})()""")
+        assert ring >= 3, (canvas, ring)
+    # the pointer over a sample on one map rings it on the other too; a click on either selects
+    box = page.query_selector("#map2").bounding_box()
+    x, y = page.evaluate("aeknn.screenOf(77, aeknn.side)")
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.wait_for_selector("#tip2:not([hidden])")
+    hovered = page.evaluate("aeknn.hover")
+    assert "code (" in page.inner_text("#tip2")
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    wait_sample(page, hovered)
+    page.wait_for_selector(f"#nbrs-compare[data-sample='{hovered}']")
+    assert query_of(page)["sample"] == str(hovered)
+    page.reload()
+    page.wait_for_selector("#map2[data-ready='1']", timeout=30_000)
+    assert page.input_value("#compare") == "pca"
+
+
+def test_the_runs_table_sorts_opens_a_run_and_overlays_its_curves(page, two):
+    open_page(page, two["url"] + "/")
+    page.wait_for_selector("#runs-section[data-ready='1']")
+    runs = [int(r.get_attribute("data-run")) for r in page.query_selector_all("#t-runs tr[data-run]")]
+    assert sorted(runs) == sorted([two["first"], two["maps_only"], two["latest"]])
+    for run in runs:  # the headline: the best trained model's score@10 (L2), from the API
+        score = httpx.get(f"{two['url']}/metrics/score_at_k", params={"experiment": run, "k": 10}).json()
+        rows = [r for r in score["rows"] if r["distance"] == "l2"]
+        trained = [r for r in rows if r["model"] not in REFERENCE_MAPS] or rows
+        best = max(trained, key=lambda r: r["values"]["10"])
+        cells = page.query_selector_all(f"#t-runs tr[data-run='{run}'] td")
+        assert cells[10].inner_text() == best["model"]
+        assert float(cells[11].get_attribute("data-value")) == best["values"]["10"]
+    page.click("#t-runs th[data-col='7']")  # seed, descending
+    seeds = [int(c.inner_text()) for c in page.query_selector_all("#t-runs tr[data-run] td:nth-child(8)")]
+    assert seeds == sorted(seeds, reverse=True)
+    page.check(f"#t-runs input[data-run='{two['first']}']")
+    page.wait_for_function(f"document.getElementById('charts').dataset.overlay === '{two['first']}'")
+    assert query_of(page)["overlay"] == str(two["first"])
+    header = page.evaluate("aeknn.chartCsv('chart-score')").splitlines()[0].split(",")
+    assert f"#{two['first']} relu_mse l2" in header and "linear_mse l2" in header
+    page.click(f"#t-runs a[href='?experiment={two['first']}']")
+    page.wait_for_function(f"window.aeknn.exp && window.aeknn.exp.id === {two['first']} && "
+                           "document.body.dataset.ready === '1'", timeout=30_000)
+    assert query_of(page)["experiment"] == str(two["first"])
+
+
+def test_charts_show_values_on_hover_and_download_as_png_and_csv(page, server, tmp_path):
+    open_page(page, server["url"] + "/")
+    page.wait_for_selector("#charts[data-ready='1']")
+    canvas = page.query_selector("#chart-score")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 2)
+    tip = page.wait_for_selector(".chart:has(#chart-score) .chart-tip:not([hidden])")
+    k = int(page.get_attribute("#chart-score", "data-hover-x"))
+    score = httpx.get(server["url"] + "/metrics/score_at_k", params={"k": k}).json()
+    row = next(r for r in score["rows"] if r["model"] == "relu_mse" and r["distance"] == "l2")
+    text, value = tip.inner_text(), float(format(row["values"][str(k)], ".3g"))
+    assert f"k = {k}" in text and f"relu_mse l2: {value}" in text, text
+    tools = page.query_selector(".chart:has(#chart-score) .chart-tools")
+    with page.expect_download() as png:
+        tools.query_selector("button.png").click()
+    assert png.value.suggested_filename == "chart-score.png"
+    assert Path(png.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with page.expect_download() as csv:
+        tools.query_selector("button.csv").click()
+    lines = Path(csv.value.path()).read_text().splitlines()
+    every = httpx.get(server["url"] + "/metrics/score_at_k", params={"k": "all"}).json()
+    assert lines[0].split(",")[0] == "k" and len(lines) == 1 + len(every["k"])
+    col = lines[0].split(",").index("relu_mse l2")
+    want = next(r for r in every["rows"] if r["model"] == "relu_mse" and r["distance"] == "l2")["values"]
+    assert [float(line.split(",")[col]) for line in lines[1:]] == [want[str(k)] for k in every["k"]]
+    # relu_keep's progress counts its encoder's epochs and says what follows
+    open_page(page, f"{server['url']}/?experiment={server['id']}")
+    assert "relu_keep: its encoder trains 1 epoch, then its map" in page.inner_text("#progress")
+
+
+def test_the_neighbour_lists_export_as_csv_and_come_in_one_image_request(page, server):
+    digits = []
+    page.on("request", lambda r: digits.append(r.url) if "/image.png" in r.url or "/sprite.png" in r.url else None)
+    open_page(page, server["url"] + f"/?sample=9&k={CFG.k}")
+    wait_sample(page, 9)
+    assert len(digits) == 1 and "/samples/sprite.png" in digits[0], digits  # 1 + 2 x 50 digits, one request
+    with page.expect_download() as dl:
+        page.click("#export-nbrs")
+    rows = [line.split(",") for line in Path(dl.value.path()).read_text().splitlines()]
+    assert rows[0] == ["sample", "space", "distance_kind", "rank", "id", "label", "distance", "in_both"]
+    for space, model in (("original", "relu_mse"), ("relu_mse", "relu_mse")):
+        got = [(int(r[4]), int(r[5])) for r in rows[1:] if r[1] == space]
+        assert got == wanted(server, 9, "original" if space == "original" else "encoded", "l2", CFG.k, model)
+
+
+def test_at_800_px_nothing_scrolls_sideways_and_the_neighbours_sit_beside_the_map(browser, server):
+    ctx = browser.new_context(viewport={"width": 800, "height": 900})
+    page = ctx.new_page()
+    try:
+        open_page(page, server["url"] + "/?sample=5&k=20")
+        wait_sample(page, 5)
+        assert page.evaluate("document.scrollingElement.scrollWidth <= document.scrollingElement.clientWidth")
+        page.query_selector("#map").scroll_into_view_if_needed()
+        the_map = page.query_selector("#map").bounding_box()
+        nbrs = page.query_selector("#nbrs-original .thumb").bounding_box()
+        assert nbrs["x"] >= the_map["x"] + the_map["width"], (the_map, nbrs)  # beside, not below
+        assert nbrs["y"] < the_map["y"] + the_map["height"]
+    finally:
+        ctx.close()
+
+
+def test_thumbnails_are_reached_with_tab_and_every_control_has_a_name(page, server):
+    open_page(page, server["url"] + "/?sample=5")
+    wait_sample(page, 5)
+    page.focus("#sample-id")
+    for _ in range(80):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('thumb')"):
+            break
+    else:
+        pytest.fail("no thumbnail is reachable with Tab")
+    target = int(page.evaluate("document.activeElement.dataset.id"))
+    page.keyboard.press("Enter")
+    wait_sample(page, target)
+    assert query_of(page)["sample"] == str(target)
+    # Chromium's own accessibility tree: every control, link, picture and map has a name
+    cdp = page.context.new_cdp_session(page)
+    nodes = cdp.send("Accessibility.getFullAXTree")["nodes"]
+    roles = {"button", "textbox", "spinbutton", "combobox", "checkbox", "link", "image", "Canvas", "group"}
+    nameless = [(n["role"]["value"], n.get("backendDOMNodeId")) for n in nodes
+                if not n.get("ignored") and n.get("role", {}).get("value") in roles
+                and not (n.get("name") or {}).get("value", "").strip()]
+    assert not nameless, nameless
+    named = {n["role"]["value"] for n in nodes if not n.get("ignored")}
+    assert {"button", "combobox", "image", "checkbox"} <= named, sorted(named)

@@ -42,12 +42,18 @@ function fallbackModel(cfg) {
 const PIXEL_MARK = "#b4007e";
 const $ = (id) => document.getElementById(id);
 
-const state = { experiment: null, model: null, sample: null, distance: "l2", k: 10, ks: null };
+// compare: the model of the second map (null: none); hide: labels hidden in the legend; overlay: runs whose
+// curves are drawn over the charts
+const state = { experiment: null, model: null, sample: null, distance: "l2", k: 10, ks: null, compare: null,
+                hide: new Set(), overlay: new Set() };
 const app = {
-  state, exp: null, codes: null, view: null, frameTimes: [], poll: null, experiments: [],
-  nbrs: { original: [], encoded: [] }, hover: null, seq: 0, linkProblems: [],
+  state, exp: null, frameTimes: [], poll: null, experiments: [], codeCache: new Map(), curveCache: new Map(),
+  runHeads: new Map(), nbrs: { original: [], encoded: [], compare: [] }, hover: null, seq: 0, linkProblems: [],
 };
 window.aeknn = app;
+app.main = newMap($("map"), $("tip"), $("map-title"));
+app.side = newMap($("map2"), $("tip2"), $("map2-title"));
+Object.defineProperty(app, "codes", { get: () => app.main.codes });  // the main map's (tests and bench read it)
 
 // ------------------------------------------------------------------ helpers
 
@@ -121,7 +127,8 @@ function duration(exp) {
 
 function describeConfig(c) {
   const n = c.limit || (c.dataset === "fashion-mnist" ? 60000 : 60000);
-  return `${c.dataset} ${n.toLocaleString("en")} · ${c.models.length} models · ${c.epochs} epochs · ` +
+  const models = c.models.length <= 4 ? c.models.join(", ") : `${c.models.length} models`;
+  return `${c.dataset} ${n.toLocaleString("en")} · ${models} · ${c.epochs} epochs · ` +
     `lr ${c.lr} · wd ${c.weight_decay} · seed ${c.seed}`;
 }
 
@@ -150,6 +157,12 @@ function readUrl() { // raw values; checked against the experiment once it is kn
     const ks = parseKs(q.get("ks"));
     if (ks) state.ks = ks; else problems.push(`ks=${q.get("ks")} is not a comma list of whole numbers`);
   }
+  state.compare = q.get("compare") || null;
+  for (const key of ["hide", "overlay"]) {
+    const list = q.has(key) ? parseKs(q.get(key)) : [];
+    if (list === null) problems.push(`${key}=${q.get(key)} is not a comma list of whole numbers`);
+    state[key] = new Set((list || []).filter((v) => key !== "hide" || v <= 9));
+  }
   app.linkProblems = problems;
 }
 
@@ -161,6 +174,8 @@ function writeUrl(push = false) {
     if (state[key] !== null && state[key] !== undefined) q.set(key, state[key]);
   }
   if (state.ks) q.set("ks", state.ks.join(","));
+  if (state.compare) q.set("compare", state.compare);
+  for (const key of ["hide", "overlay"]) if (state[key].size) q.set(key, [...state[key]].sort((a, b) => a - b).join(","));
   const url = `${location.pathname}?${q}`;
   if (push && url !== `${location.pathname}${location.search}`) history.pushState(null, "", url);
   else history.replaceState(null, "", url);
@@ -179,6 +194,10 @@ function checkLink(cfg, n) {
     complain("model", `model=${state.model} is not a model of experiment ${state.experiment} ` +
                       `(${cfg.models.join(", ")}): showing ${shown}`);
     state.model = shown;
+  }
+  if (state.compare && !cfg.models.includes(state.compare)) {
+    complain("compare", `compare=${state.compare} is not a model of experiment ${state.experiment}: one map shown`);
+    state.compare = null;
   }
   if (!cfg.distances.includes(state.distance)) {
     const shown = cfg.distances[cfg.distances.length - 1];
@@ -241,13 +260,15 @@ function renderProgress(exp) {
   const models = el("table", { id: "progress-models" },
     el("caption", { text: `models (${exp.status}${exp.error ? ": " + exp.error : ""})` }),
     el("tr", {}, ...["model", "epoch", "", "loss"].map((h) => el("th", { text: h }))), ...rows);
+  const phases = exp.models.filter((m) => m.phases).map((m) => el("p", { class: "hint phases",
+    text: `${m.name}: ${m.phases}` + (m.trained ? "; trained" : m.epochs_done >= m.epochs ? "; refining its map now" : "") }));
   const paths = exp.tables.filter((t) => t.path).map((t) => `${t.space}/${t.distance}: ${t.path}` +
     (t.rows_per_s ? ` (${Math.round(t.rows_per_s).toLocaleString("en")} rows/s)` : ""));
   const tables = el("p", { text: `neighbour tables: ${exp.tables.filter((t) => t.complete).length} of ` +
     `${exp.tables.length} complete, chunks ${exp.chunks_done} / ${exp.chunks_total}` +
     (Object.keys(exp.timings).length ? ` · stage seconds: ${Object.entries(exp.timings)
       .map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}` : "") });
-  $("progress").replaceChildren(models, tables, ...(paths.length ? [el("p", { class: "hint", text: `computed by: ${paths.join(" · ")}` })] : []));
+  $("progress").replaceChildren(models, ...phases, tables, ...(paths.length ? [el("p", { class: "hint", text: `computed by: ${paths.join(" · ")}` })] : []));
 }
 
 // ------------------------------------------------------------------ charts (canvas, axes labelled)
@@ -260,11 +281,16 @@ function niceTicks(lo, hi, count = 5) {
   return out;
 }
 
-// series: [{name, colour, dash, points: [[x, y], ...]}]
+// series: [{name, colour, dash ("l1": dashed, "run": dotted), points: [[x, y], ...]}]. The chart keeps what
+// it drew (canvas.chart) for its hover values and its CSV.
 function lineChart(canvas, { title, xLabel, yLabel, series, bands }) {
   const g = canvas.getContext("2d"), W = canvas.width, H = canvas.height;
-  const L = 76, R = 150, T = 26, B = 40;
+  const L = 76, R = 170, T = 26, B = 40;
+  canvas.chart = { title, xLabel, yLabel, series, x: null };
+  if (canvas.parentElement.classList.contains("chart")) canvas.parentElement.classList.add("drawn");
+  canvas.setAttribute("aria-label", `chart: ${title}; ${yLabel} against ${xLabel}`);
   g.clearRect(0, 0, W, H);
+  g.fillStyle = "#fff"; g.fillRect(0, 0, W, H);  // an opaque PNG
   g.font = "12px system-ui"; g.fillStyle = "#222"; g.fillText(title, L, 16);
   const pts = series.flatMap((s) => s.points).concat((bands || []).flatMap((b) => b.lo.concat(b.hi)));
   if (!pts.length) { g.fillStyle = "#777"; g.fillText("nothing to draw yet", L, H / 2); return; }
@@ -274,6 +300,7 @@ function lineChart(canvas, { title, xLabel, yLabel, series, bands }) {
   if (y1 === y0) { y1 += 1e-6; y0 -= 1e-6; }
   const pad = (y1 - y0) * 0.05; y0 -= pad; y1 += pad;
   const x = (v) => L + ((W - L - R) * (v - x0)) / (x1 - x0), y = (v) => T + ((H - T - B) * (y1 - v)) / (y1 - y0);
+  Object.assign(canvas.chart, { x, y, L, R, T, B, x0, x1 });
   g.strokeStyle = "#999"; g.lineWidth = 1; g.strokeRect(L, T, W - L - R, H - T - B);
   g.fillStyle = "#444"; g.font = "11px system-ui";
   for (const t of niceTicks(y0, y1)) {
@@ -289,14 +316,65 @@ function lineChart(canvas, { title, xLabel, yLabel, series, bands }) {
     [...b.lo].reverse().forEach(([a, v]) => g.lineTo(x(a), y(v)));
     g.closePath(); g.fill();
   }
+  const dashOf = (s) => (s.dash === "run" ? [1.5, 2.5] : s.dash ? [5, 3] : []);
   let row = 0;
   series.forEach((s) => {
-    g.strokeStyle = s.colour; g.lineWidth = 1.5; g.setLineDash(s.dash ? [5, 3] : []); g.beginPath();
+    g.strokeStyle = s.colour; g.lineWidth = s.dash === "run" ? 1.2 : 1.5; g.setLineDash(dashOf(s)); g.beginPath();
     s.points.forEach(([a, b], i) => (i ? g.lineTo(x(a), y(b)) : g.moveTo(x(a), y(b))));
-    g.stroke(); g.setLineDash([]);
-    if (s.name) { g.fillStyle = s.colour; g.fillText(s.name, W - R + 8, T + 10 + 14 * row++); }
+    g.stroke();
+    if (s.name) { // the legend: a sample of the line (solid, dashed or dotted) and the name
+      const ly = T + 10 + 14 * row++;
+      g.beginPath(); g.moveTo(W - R + 6, ly - 4); g.lineTo(W - R + 26, ly - 4); g.stroke();
+      g.setLineDash([]); g.fillStyle = s.colour; g.fillText(s.name, W - R + 30, ly);
+    }
+    g.setLineDash([]);
   });
 }
+
+// Each chart: the values at the pointer's x in a box beside it, and its picture (PNG) and numbers (CSV).
+function setupChart(canvas) {
+  const wrap = el("div", { class: "chart" }), tip = el("div", { class: "tip chart-tip", hidden: "" });
+  canvas.setAttribute("role", "img");
+  if (!canvas.getAttribute("aria-label")) canvas.setAttribute("aria-label", "chart (nothing drawn yet)");
+  canvas.replaceWith(wrap);
+  const bar = el("div", { class: "chart-tools" },
+    el("button", { type: "button", class: "png", text: "PNG", title: "download the chart as a picture" }),
+    el("button", { type: "button", class: "csv", text: "CSV", title: "download the chart's numbers" }));
+  wrap.append(canvas, tip, bar);
+  bar.querySelector(".png").addEventListener("click", () => save(canvas.toDataURL("image/png"), `${canvas.id}.png`));
+  bar.querySelector(".csv").addEventListener("click", () => saveCsv(chartCsv(canvas), `${canvas.id}.csv`));
+  canvas.addEventListener("mousemove", (ev) => {
+    const c = canvas.chart;
+    if (!c || !c.x) return;
+    const r = canvas.getBoundingClientRect(), px = ((ev.clientX - r.left) * canvas.width) / r.width;
+    const at = c.x0 + ((px - c.L) * (c.x1 - c.x0)) / (canvas.width - c.L - c.R);
+    const near = (s) => s.points.reduce((b, p) => (Math.abs(p[0] - at) < Math.abs(b[0] - at) ? p : b), s.points[0]);
+    const rows = c.series.filter((s) => s.name && s.points.length).map((s) => [s, near(s)]);
+    if (!rows.length || px < c.L || px > canvas.width - c.R) { tip.hidden = true; return; }
+    const xs = rows[0][1][0];
+    tip.replaceChildren(el("div", { class: "at", text: `${c.xLabel} = ${xs}` }),
+      ...rows.sort((a, b) => b[1][1] - a[1][1]).slice(0, 16).map(([s, p]) =>
+        el("div", { style: `color:${s.colour}`, text: `${s.name}: ${short(p[1])}` })));
+    tip.style.left = `${ev.clientX - r.left + 12}px`; tip.style.top = `${ev.clientY - r.top + 12}px`;
+    tip.hidden = false;
+    canvas.dataset.hoverX = String(xs);
+  });
+  canvas.addEventListener("mouseleave", () => { tip.hidden = true; });
+}
+
+function chartCsv(canvas) { // one row per x, one column per named line
+  const c = canvas.chart, named = c ? c.series.filter((s) => s.name) : [];
+  const xs = [...new Set(named.flatMap((s) => s.points.map((p) => p[0])))].sort((a, b) => a - b);
+  const at = named.map((s) => new Map(s.points));
+  return [[c ? c.xLabel : "x", ...named.map((s) => s.name)],
+    ...xs.map((v) => [v, ...at.map((m) => (m.has(v) ? m.get(v) : ""))])];
+}
+
+const csvCell = (v) => { const s = String(v); return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s; };
+const csvText = (rows) => rows.map((r) => r.map(csvCell).join(",")).join("\n") + "\n";
+function save(href, name) { const a = el("a", { href, download: name }); document.body.append(a); a.click(); a.remove(); }
+function saveCsv(rows, name) { save(URL.createObjectURL(new Blob([csvText(rows)], { type: "text/csv" })), name); }
+app.chartCsv = (id) => csvText(chartCsv($(id)));
 
 function drawLoss(losses) { // one chart per loss: L1, MSE and relu_keep's contrastive loss are not on one scale
   const kinds = { l1: (n) => n.endsWith("_l1"), mse: (n) => n.endsWith("_mse"),
@@ -306,7 +384,7 @@ function drawLoss(losses) { // one chart per loss: L1, MSE and relu_keep's contr
   for (const [kind, mine] of Object.entries(kinds)) {
     const series = Object.entries(losses).filter(([name, v]) => mine(name) && v.length)
       .map(([name, v]) => ({ name, colour: MODEL_COLOURS[name] || "#000", points: v.map((val, i) => [i + 1, val]) }));
-    $(`loss-${kind}`).parentElement.hidden = !series.length;
+    $(`loss-${kind}`).closest("figure").hidden = !series.length;
     if (series.length) lineChart($(`loss-${kind}`), { title: titles[kind][0], xLabel: "epoch", yLabel: titles[kind][1],
       series });
   }
@@ -314,12 +392,12 @@ function drawLoss(losses) { // one chart per loss: L1, MSE and relu_keep's contr
 
 async function refresh() {
   const id = state.experiment;
-  const exp = await api(`/experiments/${id}`);
+  const [exp, loss] = await Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/loss`)]);
   if (id !== state.experiment) return;
   const first = !app.exp || app.exp.id !== exp.id || app.exp.status !== exp.status;
   app.exp = exp;
   renderProgress(exp);
-  drawLoss((await api(`/experiments/${id}/loss`)).losses);
+  drawLoss(loss.losses);
   const live = ["submitting", "queued", "running"].includes(exp.status);
   clearTimeout(app.poll);
   if (live) app.poll = setTimeout(() => refresh().catch((e) => say(e.message)), 2000);
@@ -333,7 +411,7 @@ async function refresh() {
 
 async function selectExperiment(id) {
   state.experiment = id;
-  app.exp = null; app.codes = null;
+  app.exp = null; app.main.codes = null; app.side.codes = null;
   say("");
   await refresh();
 }
@@ -350,6 +428,9 @@ async function showFinished(exp) {
   const cfg = exp.config, n = cfg.limit || 60000;
   checkLink(cfg, n);
   fillSelect($("model"), cfg.models, state.model);
+  $("compare").replaceChildren(el("option", { value: "", text: "(none)" }),
+    ...cfg.models.map((m) => el("option", { value: m, text: m })));
+  $("compare").value = state.compare || "";
   fillSelect($("distance"), cfg.distances, state.distance);
   $("k").max = cfg.k; $("k").value = state.k;
   $("ks").value = (state.ks || cfg.ks || [5, 10, 20, 50]).join(",");
@@ -371,7 +452,7 @@ async function showFinished(exp) {
   $("recon-figure").hidden = false;
   for (const s of ["explore", "tables-section", "findings", "charts"]) $(s).hidden = false;
   writeUrl();  // what is shown, in this history entry
-  await Promise.all([loadCodes(), loadTables(), loadCharts(), loadFindings(),
+  await Promise.all([loadCodes(), loadCompare(), loadTables(), loadCharts(), loadFindings(), loadRuns(),
     state.sample !== null ? showNeighbours() : Promise.resolve(landing())]);
   document.body.dataset.ready = "1";
 }
@@ -381,24 +462,8 @@ function landing() { // before a sample is picked: say how, instead of two empty
     text: "Pick a sample: click a point on the map, or type an id. Its nearest neighbours in pixel space " +
           "and in the code space appear here, and the map marks where its pixel-space neighbours landed." }));
   $("stats").replaceChildren();
-  $("nbrs-original").replaceChildren(); $("nbrs-encoded").replaceChildren();
-}
-
-async function loadCodes() {
-  const id = state.experiment, model = state.model;
-  note("model", "loading the map…", "busy");
-  const buf = await api(`/experiments/${id}/codes.bin?model=${model}`, "bin");
-  if (id !== state.experiment || model !== state.model) return;
-  note("model");
-  const n = buf.byteLength / 9;
-  const codes = new Float32Array(buf, 0, 2 * n), labels = new Uint8Array(buf, 8 * n, n);
-  app.codes = { n, codes, labels, sx: new Float32Array(n), sy: new Float32Array(n) };
-  $("map-title").textContent = `the 2-D codes of ${model}: ${n.toLocaleString("en")} samples, coloured by label`;
-  fitView();
-  draw();
-  $("map").dataset.ready = "1";
-  performance.mark("aeknn:map-ready");
-  $("legend").replaceChildren(...COLOURS.map((c, i) => el("span", { style: `--c:${c}`, text: String(i) })));
+  $("nbrs-original").replaceChildren(); $("nbrs-encoded").replaceChildren(); $("nbrs-compare").replaceChildren();
+  $("col-compare").hidden = true; $("export-nbrs").hidden = true;
 }
 
 // ------------------------------------------------------------------ findings: what the study found
@@ -455,22 +520,108 @@ async function loadFindings() {
 
 // ------------------------------------------------------------------ score@k and R_NX against k
 
-async function loadCharts() {
-  const id = state.experiment;
-  const [score, rnx] = await Promise.all([api(`/metrics/score_at_k?experiment=${id}&k=all`),
-    api(`/metrics/r_nx?experiment=${id}&k=all`)]);
-  if (id !== state.experiment) return;
-  const series = (t) => t.rows.map((r) => ({ name: `${r.model} ${r.distance}`, colour: MODEL_COLOURS[r.model] || "#000",
-    dash: r.distance === "l1", points: t.k.map((k) => [k, r.values[String(k)]]) }));
-  lineChart($("chart-score"), { title: "score@k: share of each pixel-space k-neighbourhood kept",
-    xLabel: "k", yLabel: "score@k", series: series(score) });
-  lineChart($("chart-rnx"), { title: "R_NX(k): score@k corrected for chance", xLabel: "k", yLabel: "R_NX(k)",
-    series: series(rnx) });
-  $("charts").dataset.ready = "1";
-  $("charts").dataset.points = String(score.k.length);
+async function curvesOf(id) { // an experiment's score@k and R_NX at every k, fetched once
+  if (!app.curveCache.has(id)) {
+    app.curveCache.set(id, Promise.all([api(`/metrics/score_at_k?experiment=${id}&k=all`),
+      api(`/metrics/r_nx?experiment=${id}&k=all`)]).catch((e) => { app.curveCache.delete(id); throw e; }));
+  }
+  return app.curveCache.get(id);
 }
 
-// ------------------------------------------------------------------ the map
+// The chosen experiment's curves (L2 solid, L1 dashed), and each run ticked in the runs table over them,
+// dotted and named by its id.
+async function loadCharts() {
+  const id = state.experiment, others = [...state.overlay].filter((o) => o !== id);
+  const [[score, rnx], ...more] = await Promise.all([curvesOf(id), ...others.map(curvesOf)]);
+  if (id !== state.experiment) return;
+  const series = (t, run) => t.rows.map((r) => ({ name: `${run ? `#${run} ` : ""}${r.model} ${r.distance}`,
+    colour: MODEL_COLOURS[r.model] || "#000", dash: run ? "run" : r.distance === "l1",
+    points: t.k.map((k) => [k, r.values[String(k)]]) }));
+  const over = (i) => more.flatMap((pair, j) => series(pair[i], others[j]));
+  lineChart($("chart-score"), { title: "score@k: share of each pixel-space k-neighbourhood kept",
+    xLabel: "k", yLabel: "score@k", series: series(score).concat(over(0)) });
+  lineChart($("chart-rnx"), { title: "R_NX(k): score@k corrected for chance", xLabel: "k", yLabel: "R_NX(k)",
+    series: series(rnx).concat(over(1)) });
+  $("charts").dataset.ready = "1";
+  $("charts").dataset.points = String(score.k.length);
+  $("charts").dataset.overlay = others.join(",");
+}
+
+// ------------------------------------------------------------------ runs: every experiment, one row each
+
+// Parameters and headline numbers as columns (sortable); a click on a run opens it; its box overlays its
+// curves on the charts above.
+async function headOf(e) { // a run's headline: its best trained model at k = 10 (L2) and its kNN accuracy@5
+  const k = Math.min(10, e.config.k), d = e.config.distances.includes("l2") ? "l2" : e.config.distances[0];
+  try {
+    const [score, acc] = await Promise.all([api(`/metrics/score_at_k?experiment=${e.id}&k=${k}`),
+      api(`/metrics/knn_accuracy?experiment=${e.id}&k=${Math.min(5, e.config.k)}`)]);
+    const rows = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }));
+    const trained = rows.filter((r) => contestant(r.model));
+    const best = (trained.length ? trained : rows).sort((a, b) => b.v - a.v)[0];
+    const accOf = acc.rows.find((r) => r.space === best.model && r.distance === d);
+    return { id: e.id, k, d, best, acc: accOf ? Object.values(accOf.values)[0] : null };
+  } catch (err) { return { id: e.id, k, d, best: null, acc: null }; }
+}
+
+async function loadRuns() {
+  const done = app.experiments.filter((e) => e.status === "succeeded");
+  const heads = await Promise.all(done.map((e) => {
+    if (!app.runHeads.has(e.id)) app.runHeads.set(e.id, headOf(e));
+    return app.runHeads.get(e.id);
+  }));
+  const head = new Map(heads.map((h) => [h.id, h]));
+  const cols = ["run", "status", "data", "models", "epochs", "lr", "weight decay", "seed", "K", "time",
+                "best trained model", "its score@10", "its kNN acc@5", "overlay"];
+  const cell = (text, value, cls = "") => {
+    const td = el("td", { class: cls, text: String(text) });
+    if (value !== undefined && value !== null) td.dataset.value = value;
+    return td;
+  };
+  const t = el("table", { id: "t-runs" },
+    el("caption", { text: "every experiment: click a run to open it; tick overlay to draw its curves (dotted) " +
+                          "on the charts" }),
+    el("tr", {}, ...cols.map((h, j) => el("th", { text: h, class: "sortable", "data-col": j, title: "sort" }))),
+    ...app.experiments.map((e) => {
+      const c = e.config, h = head.get(e.id), secs = e.started_at && e.finished_at
+        ? (new Date(e.finished_at) - new Date(e.started_at)) / 1000 : null;
+      const box = el("input", { type: "checkbox", "aria-label": `overlay run #${e.id} on the charts`, "data-run": e.id });
+      box.checked = state.overlay.has(e.id);
+      box.disabled = !h || e.id === state.experiment;
+      box.addEventListener("change", () => {
+        if (box.checked) state.overlay.add(e.id); else state.overlay.delete(e.id);
+        writeUrl(true);
+        loadCharts().catch((err) => say(err.message));
+      });
+      const open = el("a", { href: `?experiment=${e.id}`, text: `#${e.id}` });
+      open.addEventListener("click", (ev) => { ev.preventDefault(); $("experiment").value = e.id; $("experiment").dispatchEvent(new Event("change")); });
+      const tr = el("tr", { "data-run": e.id, class: e.id === state.experiment ? "current" : "" },
+        (() => { const td = cell("", e.id, "name"); td.append(open); return td; })(),
+        cell(e.status), cell(`${c.dataset} ${(c.limit || 60000).toLocaleString("en")}`, c.limit || 60000, "name"),
+        cell(c.models.join(", "), c.models.length, "name"), cell(c.epochs, c.epochs), cell(c.lr, c.lr),
+        cell(c.weight_decay, c.weight_decay), cell(c.seed, c.seed), cell(c.k, c.k),
+        cell(secs === null ? "–" : duration(e), secs),
+        cell(h && h.best ? h.best.model : "–", undefined, "name"),
+        cell(h && h.best ? fmt(h.best.v) : "–", h && h.best ? h.best.v : null),
+        cell(h && h.acc !== null ? fmt(h.acc) : "–", h ? h.acc : null),
+        (() => { const td = el("td"); td.append(box); return td; })());
+      return tr;
+    }));
+  t.querySelectorAll("th.sortable").forEach((th) => th.addEventListener("click", () => sortTable(t, th)));
+  $("runs").replaceChildren(el("div", { class: "table-wrap" }, t));
+  $("runs-section").hidden = !app.experiments.length;
+  $("runs-section").dataset.ready = "1";
+}
+
+// ------------------------------------------------------------------ the maps
+
+// A map draws one model's 2-D codes on one canvas: the main map (the model chosen) and, beside it, a second
+// model's (state.compare), each with its own zoom. Both mark the selected sample, its neighbours in their own
+// code space (rings), where its pixel-space neighbours landed (squares) and the sample under the pointer.
+// Labels hidden in the legend (state.hide) are drawn in neither and cannot be picked.
+function newMap(canvas, tip, title) {
+  return { canvas, tip, title, model: null, codes: null, view: null, encoded: [] };
+}
 
 const COLOUR_RGBA = COLOURS.map((h) => {
   const v = parseInt(h.slice(1), 16);
@@ -478,73 +629,145 @@ const COLOUR_RGBA = COLOURS.map((h) => {
 });
 const AXIS = 34; // canvas pixels kept for the axes, left and bottom
 
-function fitView() {
-  const { n, codes } = app.codes;
+async function fetchCodes(id, model) { // one request per experiment and model, kept for the page's life
+  const key = `${id}/${model}`;
+  if (!app.codeCache.has(key)) {
+    app.codeCache.set(key, api(`/experiments/${id}/codes.bin?model=${model}`, "bin").catch((e) => {
+      app.codeCache.delete(key); throw e;
+    }));
+  }
+  const buf = await app.codeCache.get(key);
+  const n = buf.byteLength / 9;
+  return { n, codes: new Float32Array(buf, 0, 2 * n), labels: new Uint8Array(buf, 8 * n, n),
+           sx: new Float32Array(n), sy: new Float32Array(n) };
+}
+
+async function loadCodes() {
+  const id = state.experiment, model = state.model, m = app.main;
+  note("model", "loading the map…", "busy");
+  const codes = await fetchCodes(id, model);
+  if (id !== state.experiment || model !== state.model) return;
+  note("model");
+  Object.assign(m, { model, codes });
+  m.title.textContent = `the 2-D codes of ${model}: ${codes.n.toLocaleString("en")} samples, coloured by label`;
+  m.canvas.setAttribute("aria-label", `map of the 2-D codes of ${model}, one point per sample, coloured by ` +
+    "label; click a point (or type an id) to show its neighbours");
+  fitView(m);
+  renderLegend();
+  draw(m);
+  m.canvas.dataset.ready = "1";
+  performance.mark("aeknn:map-ready");
+}
+
+async function loadCompare() { // the second map, beside the first, or none
+  const id = state.experiment, model = state.compare, m = app.side;
+  $("compare-wrap").hidden = !model;
+  $("explore").classList.toggle("two-maps", !!model);
+  m.canvas.dataset.ready = "";
+  if (!model) { m.codes = null; m.model = null; return; }
+  const codes = await fetchCodes(id, model);
+  if (id !== state.experiment || model !== state.compare) return;
+  Object.assign(m, { model, codes });
+  m.title.textContent = `beside it, ${model}'s 2-D codes`;
+  m.canvas.setAttribute("aria-label", `map of the 2-D codes of ${model}, beside the first, the same samples marked`);
+  fitView(m);
+  draw(m);
+  m.canvas.dataset.ready = "1";
+}
+
+function renderLegend() { // one button per label: click hides or shows it, shift-click shows it alone
+  const { labels, n } = app.main.codes, count = new Array(10).fill(0);
+  for (let i = 0; i < n; i++) count[labels[i]]++;
+  $("legend").replaceChildren(...COLOURS.map((c, i) => {
+    const b = el("button", { type: "button", class: "legend-item", style: `--c:${c}`, "data-label": i,
+      "aria-label": `label ${i}`,
+      "aria-pressed": String(!state.hide.has(i)), title: `label ${i}: ${count[i]} samples · click: hide or show · ` +
+        "shift-click: this label alone", text: `${i}` });
+    b.addEventListener("click", (ev) => toggleLabel(i, ev.shiftKey));
+    return b;
+  }));
+}
+
+function toggleLabel(label, alone) {
+  const all = [...Array(10).keys()];
+  if (alone) {
+    const isolated = state.hide.size === 9 && !state.hide.has(label);
+    state.hide = new Set(isolated ? [] : all.filter((l) => l !== label));
+  } else if (state.hide.has(label)) state.hide.delete(label);
+  else state.hide.add(label);
+  writeUrl(true);
+  renderLegend();
+  redraw();
+}
+
+function fitView(m) {
+  const { n, codes } = m.codes;
   let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
   for (let i = 0; i < n; i++) {
     const x = codes[2 * i], y = codes[2 * i + 1];
     if (x < x0) x0 = x; if (x > x1) x1 = x; if (y < y0) y0 = y; if (y > y1) y1 = y;
   }
-  const c = $("map");
+  const c = m.canvas;
   const span = Math.max(x1 - x0, y1 - y0) || 1;
-  app.view = { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, scale: (0.9 * (Math.min(c.width, c.height) - AXIS)) / span };
+  m.view = { cx: (x0 + x1) / 2, cy: (y0 + y1) / 2, scale: (0.9 * (Math.min(c.width, c.height) - AXIS)) / span };
 }
 
 // Data coordinates -> canvas pixels (y grows upwards in the data, downwards on screen).
-function toScreen(x, y) {
-  const c = $("map"), v = app.view;
+function toScreen(m, x, y) {
+  const c = m.canvas, v = m.view;
   return [(x - v.cx) * v.scale + (c.width + AXIS) / 2, (c.height - AXIS) / 2 - (y - v.cy) * v.scale];
 }
-const fromScreen = (px, py) => {
-  const c = $("map"), v = app.view;
+function fromScreen(m, px, py) {
+  const c = m.canvas, v = m.view;
   return [(px - (c.width + AXIS) / 2) / v.scale + v.cx, ((c.height - AXIS) / 2 - py) / v.scale + v.cy];
-};
+}
 
-function screenOf(id) { // where a sample is drawn, in CSS pixels relative to the canvas (tests use this)
-  const c = $("map"), r = c.getBoundingClientRect();
-  const [x, y] = toScreen(app.codes.codes[2 * id], app.codes.codes[2 * id + 1]);
+function screenOf(id, m = app.main) { // where a sample is drawn, in CSS pixels relative to the canvas (tests use this)
+  const c = m.canvas, r = c.getBoundingClientRect();
+  const [x, y] = toScreen(m, m.codes.codes[2 * id], m.codes.codes[2 * id + 1]);
   return [(x * r.width) / c.width, (y * r.height) / c.height];
 }
 app.screenOf = screenOf;
 
-function drawAxes(g, W, H) {
+function drawAxes(m, g, W, H) {
   g.fillStyle = "#fff"; g.fillRect(0, 0, AXIS, H); g.fillRect(0, H - AXIS, W, AXIS);
   g.strokeStyle = "#888"; g.lineWidth = 1;
   g.beginPath(); g.moveTo(AXIS, 0); g.lineTo(AXIS, H - AXIS); g.lineTo(W, H - AXIS); g.stroke();
   g.fillStyle = "#444"; g.font = "10px system-ui";
-  const [xa] = fromScreen(AXIS, 0), [xb] = fromScreen(W, 0), [, ya] = fromScreen(0, H - AXIS), [, yb] = fromScreen(0, 0);
+  const [xa] = fromScreen(m, AXIS, 0), [xb] = fromScreen(m, W, 0), [, ya] = fromScreen(m, 0, H - AXIS),
+    [, yb] = fromScreen(m, 0, 0);
   for (const t of niceTicks(xa, xb, 6)) {
-    const [px] = toScreen(t, 0);
+    const [px] = toScreen(m, t, 0);
     g.fillText(short(t), px - 8, H - AXIS + 12);
   }
   for (const t of niceTicks(ya, yb, 6)) {
-    const [, py] = toScreen(0, t);
+    const [, py] = toScreen(m, 0, t);
     if (py < H - AXIS - 4) g.fillText(short(t), 1, py + 3);
   }
   g.fillText("code 1", W / 2, H - 6);
   g.save(); g.translate(10, (H - AXIS) / 2 + 14); g.rotate(-Math.PI / 2); g.fillText("code 2", 0, 0); g.restore();
 }
 
-function draw() {
-  if (!app.codes) return;
+function draw(m) {
+  if (!m.codes) return;
   const t0 = performance.now();
-  const c = $("map"), g = c.getContext("2d"), W = c.width, H = c.height;
-  const { n, codes, labels, sx, sy } = app.codes, v = app.view;
+  const c = m.canvas, g = c.getContext("2d"), W = c.width, H = c.height;
+  const { n, codes, labels, sx, sy } = m.codes, v = m.view, hide = state.hide;
   const img = g.createImageData(W, H), px = new Uint32Array(img.data.buffer);
   px.fill(0xffffffff);
   const ox = (W + AXIS) / 2 - v.cx * v.scale, oy = (H - AXIS) / 2 + v.cy * v.scale, s = v.scale;
   for (let i = 0; i < n; i++) {
     const x = (codes[2 * i] * s + ox) | 0, y = (oy - codes[2 * i + 1] * s) | 0;
     sx[i] = x; sy[i] = y;
-    if (x < AXIS || y < 0 || x >= W - 1 || y >= H - AXIS - 1) continue;
+    if (x < AXIS || y < 0 || x >= W - 1 || y >= H - AXIS - 1 || (hide.size && hide.has(labels[i]))) continue;
     const col = COLOUR_RGBA[labels[i]], o = y * W + x;
     px[o] = col; px[o + 1] = col; px[o + W] = col; px[o + W + 1] = col;
   }
   g.putImageData(img, 0, 0);
-  const many = app.nbrs.encoded.length > 50; // at k = 200 full rings would merge into a blob: thin dots
+  const many = m.encoded.length > 50; // at k = 200 full rings would merge into a blob: thin dots
   g.lineWidth = many ? 1 : 1.5;
   g.strokeStyle = "#000";
-  for (const nb of app.nbrs.encoded) {
+  for (const nb of m.encoded) {
     g.beginPath(); g.arc(sx[nb.id] + 1, sy[nb.id] + 1, many ? 2 : 3.5, 0, 2 * Math.PI); g.stroke();
   }
   // where the sample's pixel-space neighbours landed: squares with a white halo for the nearest 20 (the
@@ -565,45 +788,57 @@ function draw() {
     g.lineWidth = 2.5; g.strokeStyle = "#000"; g.beginPath();
     g.arc(sx[state.sample] + 1, sy[state.sample] + 1, 8, 0, 2 * Math.PI); g.stroke();
   }
-  if (app.hover !== null) {
-    g.lineWidth = 1.5; g.strokeStyle = "#555"; g.beginPath(); g.arc(sx[app.hover] + 1, sy[app.hover] + 1, 5, 0, 2 * Math.PI); g.stroke();
+  if (app.hover !== null && app.hover < n) { // the sample under the pointer, on both maps
+    g.lineWidth = 1.5; g.strokeStyle = "#555"; g.beginPath();
+    g.arc(sx[app.hover] + 1, sy[app.hover] + 1, 5, 0, 2 * Math.PI); g.stroke();
   }
-  drawAxes(g, W, H);
-  app.frameTimes.push(performance.now() - t0);
-  if (app.frameTimes.length > 1000) app.frameTimes.splice(0, 500);
+  drawAxes(m, g, W, H);
+  if (m === app.main) {
+    app.frameTimes.push(performance.now() - t0);
+    if (app.frameTimes.length > 1000) app.frameTimes.splice(0, 500);
+  }
 }
 
 let drawQueued = false;
 function redraw() {
   if (drawQueued) return;
   drawQueued = true;
-  requestAnimationFrame(() => { drawQueued = false; draw(); });
+  requestAnimationFrame(() => { drawQueued = false; draw(app.main); if (state.compare) draw(app.side); });
 }
 
-function nearest(cssX, cssY, radius = 6) { // the sample drawn closest to a point of the canvas
-  const c = $("map"), r = c.getBoundingClientRect();
+function nearest(m, cssX, cssY, radius = 6) { // the shown sample drawn closest to a point of the canvas
+  const c = m.canvas, r = c.getBoundingClientRect();
   const x = (cssX * c.width) / r.width - 1, y = (cssY * c.height) / r.height - 1;
-  const { n, sx, sy } = app.codes;
+  const { n, sx, sy, labels } = m.codes, hide = state.hide;
   let best = -1, bestD = radius * radius;
   for (let i = 0; i < n; i++) {
     const dx = sx[i] - x, dy = sy[i] - y, d = dx * dx + dy * dy;
-    if (d < bestD) { bestD = d; best = i; }
+    if (d < bestD && !hide.has(labels[i])) { bestD = d; best = i; }
   }
   return best < 0 ? null : best;
 }
 
-function setupMap() {
-  const c = $("map"), tip = $("tip");
+function inView(m) { // the shown samples inside the canvas (zoom and legend): the "points in view" CSV
+  const { n, sx, sy, labels, codes } = m.codes, c = m.canvas, rows = [["id", "label", "code_1", "code_2"]];
+  for (let i = 0; i < n; i++) {
+    if (sx[i] < AXIS || sy[i] < 0 || sx[i] >= c.width - 1 || sy[i] >= c.height - AXIS - 1) continue;
+    if (!state.hide.has(labels[i])) rows.push([i, labels[i], codes[2 * i], codes[2 * i + 1]]);
+  }
+  return rows;
+}
+
+function setupMap(m) {
+  const c = m.canvas, tip = m.tip;
   let drag = null;
   c.addEventListener("wheel", (ev) => {
-    if (!app.codes) return;
+    if (!m.codes) return;
     ev.preventDefault();
     const r = c.getBoundingClientRect();
     const mx = ((ev.clientX - r.left) * c.width) / r.width, my = ((ev.clientY - r.top) * c.height) / r.height;
-    const [dx, dy] = fromScreen(mx, my); // keep the data point under the cursor where it is
-    app.view.scale *= Math.exp(-ev.deltaY * 0.0015);
-    const [nx, ny] = fromScreen(mx, my);
-    app.view.cx += dx - nx; app.view.cy += dy - ny;
+    const [dx, dy] = fromScreen(m, mx, my); // keep the data point under the cursor where it is
+    m.view.scale *= Math.exp(-ev.deltaY * 0.0015);
+    const [nx, ny] = fromScreen(m, mx, my);
+    m.view.cx += dx - nx; m.view.cy += dy - ny;
     redraw();
   }, { passive: false });
   c.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX, y: ev.clientY, moved: 0 }; });
@@ -611,30 +846,32 @@ function setupMap() {
     if (!drag) return;
     const click = drag.moved < 4;
     drag = null;
-    if (click && app.codes && ev.target === c) {
-      const r = c.getBoundingClientRect(), hit = nearest(ev.clientX - r.left, ev.clientY - r.top);
+    if (click && m.codes && ev.target === c) {
+      const r = c.getBoundingClientRect(), hit = nearest(m, ev.clientX - r.left, ev.clientY - r.top);
       if (hit !== null) selectSample(hit);
     }
   });
   c.addEventListener("mousemove", (ev) => {
-    if (!app.codes) return;
+    if (!m.codes) return;
     const r = c.getBoundingClientRect();
     if (drag) {
       const ddx = ev.clientX - drag.x, ddy = ev.clientY - drag.y;
       drag.moved += Math.abs(ddx) + Math.abs(ddy);
       drag.x = ev.clientX; drag.y = ev.clientY;
-      app.view.cx -= (ddx * c.width) / r.width / app.view.scale;
-      app.view.cy += (ddy * c.height) / r.height / app.view.scale;
+      m.view.cx -= (ddx * c.width) / r.width / m.view.scale;
+      m.view.cy += (ddy * c.height) / r.height / m.view.scale;
       tip.hidden = true;
       redraw();
       return;
     }
-    const hit = nearest(ev.clientX - r.left, ev.clientY - r.top);
+    const hit = nearest(m, ev.clientX - r.left, ev.clientY - r.top);
     if (hit !== app.hover) { app.hover = hit; redraw(); }
     if (hit === null) { tip.hidden = true; return; }
     const rank = app.nbrs.original.find((nb) => nb.id === hit);
+    const [x, y] = [m.codes.codes[2 * hit], m.codes.codes[2 * hit + 1]];
     tip.replaceChildren(el("img", { src: imageUrl(hit), alt: `sample ${hit}` }),
-      el("div", { text: `#${hit} · label ${app.codes.labels[hit]}` + (rank ? ` · pixel-space rank ${rank.rank}` : "") }));
+      el("div", { text: `#${hit} · label ${m.codes.labels[hit]}` + (rank ? ` · pixel-space rank ${rank.rank}` : "") }),
+      el("div", { class: "code", text: `code (${x.toPrecision(4)}, ${y.toPrecision(4)})` }));
     tip.style.left = `${ev.clientX - r.left + 14}px`; tip.style.top = `${ev.clientY - r.top + 14}px`;
     tip.hidden = false;
   });
@@ -651,30 +888,52 @@ function selectSample(id) {
   showNeighbours().catch((e) => note("sample", e.message));
 }
 
-function thumb(nb, own, shared) {
+// Every digit a view shows comes from one sprite: GET /samples/sprite.png with their ids, 20 to a row.
+const SPRITE_COLUMNS = 20;  // as the server lays them out
+function spriteOf(ids) {
+  const unique = [...new Set(ids)];
+  return { url: `/samples/sprite.png?experiment=${state.experiment}&scale=2&ids=${unique.join(",")}`,
+           at: new Map(unique.map((id, i) => [id, i])), rows: Math.ceil(unique.length / SPRITE_COLUMNS),
+           cols: Math.min(unique.length, SPRITE_COLUMNS) };
+}
+function digit(sprite, id) { // its size is the CSS's --s (a thumbnail, the selected sample, a narrow window)
+  const i = sprite.at.get(id);
+  return el("span", { class: "digit", role: "img", "aria-label": `the digit of sample ${id}`,
+    style: `background-image:url("${sprite.url}");--cols:${sprite.cols};--rows:${sprite.rows};` +
+           `--col:${i % SPRITE_COLUMNS};--row:${Math.floor(i / SPRITE_COLUMNS)}` });
+}
+
+function thumb(sprite, nb, own, shared) {
   const cls = ["thumb", shared ? "shared" : "", nb.label === own ? "" : "other-label"].join(" ").trim();
-  const t = el("div", { class: cls, "data-id": nb.id, "data-label": nb.label,
+  const t = el("div", { class: cls, "data-id": nb.id, "data-label": nb.label, tabindex: "0", role: "button",
+                        "aria-label": `sample ${nb.id}, label ${nb.label}, rank ${nb.rank}, distance ${nb.distance}` +
+                          (shared ? ", in both lists" : ""),
                         title: `#${nb.id} (rank ${nb.rank}, distance ${nb.distance})` },
-    el("img", { src: imageUrl(nb.id), alt: `sample ${nb.id}`, loading: "lazy" }),
+    digit(sprite, nb.id),
     el("span", { class: "label", text: String(nb.label) }), " · ",
     el("span", { class: "dist", text: thumbDistance(nb.distance) }));
   t.addEventListener("click", () => selectSample(nb.id));
+  t.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); selectSample(nb.id); }
+  });
   return t;
 }
 
 async function showNeighbours() {
   if (state.sample === null || !app.exp) return;
-  const seq = ++app.seq, { sample, model, distance, k, experiment } = state;
+  const seq = ++app.seq, { sample, model, distance, k, experiment, compare } = state;
   const q = `distance=${distance}&k=${k}&experiment=${experiment}`;
   note("sample", "loading the neighbours…", "busy");
-  let orig, enc;
+  let orig, enc, cmp;
   try {
-    [orig, enc] = await Promise.all([api(`/samples/${sample}/neighbors?space=original&${q}`),
-      api(`/samples/${sample}/neighbors?space=encoded&model=${model}&${q}`)]);
+    [orig, enc, cmp] = await Promise.all([api(`/samples/${sample}/neighbors?space=original&${q}`),
+      api(`/samples/${sample}/neighbors?space=encoded&model=${model}&${q}`),
+      compare ? api(`/samples/${sample}/neighbors?space=encoded&model=${compare}&${q}`) : null]);
   } catch (e) {
     if (seq === app.seq) {
       note("sample", e.message);
-      app.nbrs = { original: [], encoded: [] };
+      app.nbrs = { original: [], encoded: [], compare: [] };
+      app.main.encoded = []; app.side.encoded = [];
       landing();
     }
     return;
@@ -683,10 +942,14 @@ async function showNeighbours() {
   note("sample");
   const own = orig.sample.label;
   const inOrig = new Set(orig.neighbors.map((n) => n.id)), inEnc = new Set(enc.neighbors.map((n) => n.id));
-  const both = [...inOrig].filter((i) => inEnc.has(i)).length;
+  const overlap = (list) => list.filter((n) => inOrig.has(n.id)).length;
   const same = (list) => list.filter((n) => n.label === own).length / list.length;
-  app.nbrs = { original: orig.neighbors, encoded: enc.neighbors };
-  $("selected").replaceChildren(el("img", { src: imageUrl(sample, 3), alt: `sample ${sample}` }),
+  app.nbrs = { original: orig.neighbors, encoded: enc.neighbors, compare: cmp ? cmp.neighbors : [] };
+  app.main.encoded = enc.neighbors; app.side.encoded = app.nbrs.compare;
+  const sprite = spriteOf([sample, ...orig.neighbors.map((n) => n.id), ...enc.neighbors.map((n) => n.id),
+                           ...app.nbrs.compare.map((n) => n.id)]);
+  const both = overlap(enc.neighbors);
+  $("selected").replaceChildren(digit(sprite, sample),
     el("div", {}, el("strong", { text: `sample #${sample}` }), el("br"), `label ${own}`));
   $("selected").dataset.sample = sample;
   $("stats").replaceChildren(
@@ -695,13 +958,35 @@ async function showNeighbours() {
                        `(overlap ${(both / k).toFixed(3)})` }),
     " · same-label rate: pixel space ",
     el("span", { id: "rate-original", text: same(orig.neighbors).toFixed(3) }),
-    `, ${model} `, el("span", { id: "rate-encoded", text: same(enc.neighbors).toFixed(3) }));
+    `, ${model} `, el("span", { id: "rate-encoded", text: same(enc.neighbors).toFixed(3) }),
+    ...(cmp ? [`, ${compare} `, el("span", { id: "rate-compare", text: same(cmp.neighbors).toFixed(3) }),
+      ` (overlap ${(overlap(cmp.neighbors) / k).toFixed(3)})`] : []));
   $("title-original").textContent = `pixel space (${distance})`;
   $("title-encoded").textContent = `${model} code space (${distance})`;
-  $("nbrs-original").replaceChildren(...orig.neighbors.map((n) => thumb(n, own, inEnc.has(n.id))));
-  $("nbrs-encoded").replaceChildren(...enc.neighbors.map((n) => thumb(n, own, inOrig.has(n.id))));
+  $("nbrs-original").replaceChildren(...orig.neighbors.map((n) => thumb(sprite, n, own, inEnc.has(n.id))));
+  $("nbrs-encoded").replaceChildren(...enc.neighbors.map((n) => thumb(sprite, n, own, inOrig.has(n.id))));
+  $("col-compare").hidden = !cmp;
+  if (cmp) {
+    $("title-compare").textContent = `${compare} code space (${distance})`;
+    $("nbrs-compare").replaceChildren(...cmp.neighbors.map((n) => thumb(sprite, n, own, inOrig.has(n.id))));
+    $("nbrs-compare").dataset.sample = sample;
+  }
   $("nbrs-encoded").dataset.sample = sample;
+  $("export-nbrs").hidden = false;
   redraw();
+}
+
+// The lists shown, one row per neighbour: which list, its rank, id, label, distance, and whether the
+// pixel-space list and that code space share it.
+function neighboursCsv() {
+  const rows = [["sample", "space", "distance_kind", "rank", "id", "label", "distance", "in_both"]];
+  const inOrig = new Set(app.nbrs.original.map((n) => n.id)), inEnc = new Set(app.nbrs.encoded.map((n) => n.id));
+  const add = (space, list, other) => list.forEach((n) => rows.push([state.sample, space, state.distance, n.rank,
+    n.id, n.label, n.distance, other.has(n.id) ? 1 : 0]));
+  add("original", app.nbrs.original, inEnc);
+  add(state.model, app.nbrs.encoded, inOrig);
+  if (state.compare) add(state.compare, app.nbrs.compare, inOrig);
+  return rows;
 }
 
 // ------------------------------------------------------------------ tables
@@ -757,9 +1042,8 @@ function csvOf(t) {
 }
 
 function downloadCsv(t) {
-  const a = el("a", { href: URL.createObjectURL(new Blob([csvOf(t)], { type: "text/csv" })),
-                      download: `experiment-${state.experiment}-${t.id.replace(/^t-/, "")}.csv` });
-  document.body.append(a); a.click(); a.remove();
+  save(URL.createObjectURL(new Blob([csvOf(t)], { type: "text/csv" })),
+       `experiment-${state.experiment}-${t.id.replace(/^t-/, "")}.csv`);
 }
 app.csvOf = (id) => csvOf($(id));
 
@@ -807,7 +1091,7 @@ async function loadTables() {
     values: labelCols.map((l) => r.by_label[l] ?? null),
     attrs: labelCols.map((l) => ({ metric: "score_at_k_by_label", space: r.model, distance: r.distance,
                                    k: r.k, label: l })) }));
-  $("tables").replaceChildren(
+  $("tables").replaceChildren(...[
     table("score@k: share of each pixel-space neighbourhood kept", "t-score_at_k",
       ["model", "distance", ...kcols], values(score, "score_at_k"), "max"),
     table(`score@${byLabel.k} by label`, "t-score_at_k_by_label", ["model", "distance", ...labelCols],
@@ -822,7 +1106,7 @@ async function loadTables() {
     table("kNN accuracy@k (leave-one-out)", "t-knn_accuracy", ["space", "distance", ...kcols],
       values(acc, "knn_accuracy"), "max"),
     table("R_NX(k): score@k corrected for chance", "t-r_nx", ["model", "distance", ...kcols],
-      values(rnx, "r_nx"), "max"));
+      values(rnx, "r_nx"), "max")].map((t) => el("div", { class: "table-wrap" }, t)));
   $("tables").dataset.ready = "1";
 }
 
@@ -917,13 +1201,25 @@ function setupControls() {
   });
   const show = () => {
     const id = parseInt($("sample-id").value, 10);
-    const n = app.codes ? app.codes.n : Infinity;
+    const n = app.main.codes ? app.main.codes.n : Infinity;
     if (!(id >= 0 && id < n)) { note("sample", `sample id must be between 0 and ${n - 1}`); return; }
     selectSample(id);
   };
   $("show").addEventListener("click", show);
   $("sample-id").addEventListener("keydown", (e) => { if (e.key === "Enter") show(); });
-  $("reset-view").addEventListener("click", () => { if (app.codes) { fitView(); redraw(); } });
+  $("reset-view").addEventListener("click", () => {
+    for (const m of [app.main, app.side]) if (m.codes) fitView(m);
+    redraw();
+  });
+  $("compare").addEventListener("change", (e) => {
+    state.compare = e.target.value || null; writeUrl(true);
+    loadCompare().then(showNeighbours).catch((err) => note("model", err.message));
+  });
+  $("export-view").addEventListener("click", () => {
+    if (app.main.codes) saveCsv(inView(app.main), `experiment-${state.experiment}-${state.model}-in-view.csv`);
+  });
+  $("export-nbrs").addEventListener("click", () => saveCsv(neighboursCsv(),
+    `experiment-${state.experiment}-sample-${state.sample}-neighbours.csv`));
   $("ks-apply").addEventListener("click", () => loadTables());
   for (const id of ["sweep", "sweep-model", "sweep-distance"]) {
     $(id).addEventListener("change", () => showSweep(parseInt($("sweep").value, 10)).catch((e) => note("sweep", e.message)));
@@ -943,7 +1239,15 @@ async function onHistory() {
   }
   $("model").value = state.model; $("distance").value = state.distance; $("k").value = state.k;
   if (state.sample !== null) $("sample-id").value = state.sample;
+  $("compare").value = state.compare || "";
   if (state.model !== before.model) { $("map").dataset.ready = ""; await loadCodes(); }
+  if (state.compare !== before.compare) await loadCompare();
+  if ([...state.overlay].join() !== [...before.overlay].join()) {
+    document.querySelectorAll("#t-runs input[data-run]").forEach((b) => { b.checked = state.overlay.has(+b.dataset.run); });
+    await loadCharts();
+  }
+  renderLegend();
+  redraw();
   if (state.sample !== null) await showNeighbours(); else landing();
 }
 
@@ -951,7 +1255,11 @@ async function main() {
   readUrl();
   window.addEventListener("popstate", () => onHistory().catch((e) => say(e.message)));
   setupControls();
-  setupMap();
+  setupMap(app.main);
+  setupMap(app.side);
+  for (const id of ["chart-score", "chart-rnx", "sweep-chart", "sweep-loss", "loss-l1", "loss-mse", "loss-keep"]) {
+    setupChart($(id));
+  }
   loadSweeps().catch((e) => note("sweep", e.message));
   const [found] = await Promise.all([loadExperiments(), loadModels()]);
   if (found === null) { document.body.dataset.ready = "1"; return; }
