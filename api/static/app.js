@@ -247,7 +247,7 @@ async function loadExperiments() {
   return state.experiment;
 }
 
-function renderProgress(exp) {
+function renderProgress(exp) { // (the "loading" line it replaces stays only until the first answer)
   const s = $("status");
   s.textContent = exp.status + (exp.stage && exp.status === "running" ? ` · ${exp.stage}` : "");
   s.className = `status ${exp.status}`;
@@ -392,7 +392,9 @@ function drawLoss(losses) { // one chart per loss: L1, MSE and relu_keep's contr
 
 async function refresh() {
   const id = state.experiment;
-  const [exp, loss] = await Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/loss`)]);
+  const early = app.prefetch && app.prefetch.id === id ? app.prefetch.both : null;
+  app.prefetch = null;
+  const [exp, loss] = await (early || Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/loss`)]));
   if (id !== state.experiment) return;
   const first = !app.exp || app.exp.id !== exp.id || app.exp.status !== exp.status;
   app.exp = exp;
@@ -1261,6 +1263,11 @@ async function main() {
     setupChart($(id));
   }
   loadSweeps().catch((e) => note("sweep", e.message));
+  if (state.experiment !== null) { // a link that names its experiment: ask for it beside the list
+    const id = state.experiment;
+    app.prefetch = { id, both: Promise.all([api(`/experiments/${id}`), api(`/experiments/${id}/loss`)]) };
+    app.prefetch.both.catch(() => {});  // a link to a missing experiment is answered by loadExperiments
+  }
   const [found] = await Promise.all([loadExperiments(), loadModels()]);
   if (found === null) { document.body.dataset.ready = "1"; return; }
   if (app.linkProblems.length) say(`This link asks for what does not exist: ${app.linkProblems.join("; ")}.`);
