@@ -65,6 +65,13 @@ def _due(factory: sessionmaker[Session], settings: Settings, exp: db.Experiment)
     return due, " and ".join(shown) if shown else "done", finished
 
 
+def _looks_lost(item: db.WorkItem, settings: Settings, now: dt.datetime) -> bool:
+    """Queued and never started for too long, or running with no heartbeat for too long (its worker died)."""
+    beat = item.heartbeat_at or item.started_at
+    return (item.state == db.QUEUED and now - item.enqueued_at > dt.timedelta(seconds=settings.stale_after)) or (
+        item.state == db.RUNNING and beat is not None and now - beat > dt.timedelta(seconds=settings.lost_after))
+
+
 def _ensure(factory: sessionmaker[Session], settings: Settings, experiment_id: int, d: Due, send: Send) -> None:
     """Create the work item and send it; send again only what looks lost (see :func:`sweep`)."""
     now = db.utcnow()
@@ -79,12 +86,7 @@ def _ensure(factory: sessionmaker[Session], settings: Settings, experiment_id: i
                 return
             item_id = item.id
         else:
-            beat = item.heartbeat_at or item.started_at
-            lost = (item.state == db.QUEUED
-                    and now - item.enqueued_at > dt.timedelta(seconds=settings.stale_after)) or (
-                item.state == db.RUNNING and beat is not None
-                and now - beat > dt.timedelta(seconds=settings.lost_after))  # its worker died
-            if item.state == db.DONE or not lost:
+            if not _looks_lost(item, settings, now):
                 return
             log.warning("experiment %d: %s looks lost (%s since %s); sending it again",
                         experiment_id, item.key, item.state, item.enqueued_at)
@@ -114,8 +116,13 @@ def advance(factory: sessionmaker[Session], settings: Settings, experiment_id: i
                                  finished_at=db.utcnow())
             return db.SUCCEEDED
         db.update_experiment(session=s, experiment_id=experiment_id, stage=stage)
+    with factory() as s:  # one read of the items made already: only new or lost ones need a transaction each
+        known = {(i.kind, i.table_id, i.start): i for i in db.items_of(session=s, experiment_id=experiment_id)}
+    now = db.utcnow()
     for d in due:
-        _ensure(factory, settings, experiment_id, d, send)
+        item = known.get((d.kind, d.table_id, d.start))
+        if item is None or _looks_lost(item, settings, now):
+            _ensure(factory, settings, experiment_id, d, send)
     return db.RUNNING
 
 
