@@ -404,3 +404,39 @@ def test_a_chunk_planned_for_a_cpu_stays_within_a_gpu_workers_budget():
     assert planned == 190 and max(seen) == 40 and sum(seen) == planned
     assert max(seen) * 900 * CodeSpace.bytes_per_pair <= small  # the working set the budget allows
     np.testing.assert_array_equal(got.ids, brute_force(x, 30, "l2")[0][:planned])
+
+
+def _sequential_brute(x: np.ndarray, distance: str, k: int) -> np.ndarray:
+    """float64, the sum over coordinates in their order (the engine's one formula), ties to the lower id."""
+    out = np.empty((len(x), k), np.int64)
+    for i in range(len(x)):
+        v = np.zeros(len(x))
+        for j in range(x.shape[1]):
+            diff = x[i, j] - x[:, j]
+            v = v + (np.abs(diff) if distance == "l1" else diff * diff)
+        v[i] = np.inf
+        out[i] = np.lexsort((np.arange(len(x)), v))[:k]
+    return out
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_wide_float_codes_are_exact_with_near_ties_duplicates_and_constant_columns(distance):
+    """Codes of 16 dimensions (an uploaded embedding's, say) take the float32 path with its proven bound and
+    the exact float64 re-ranking: every row equals a float64 brute force, ties and near ties included."""
+    from common.compute.neighbors import knn_rows, prepare
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 16)) * 3 + 1000.0  # far from the origin: the bound works on centred codes
+    x[100:110] = x[5]  # duplicates: distance 0, ties broken by id
+    x[200:400] = np.round(x[200:400], 1)  # a grid: many exact ties
+    x[:, 3] = 7.0  # a constant column
+    x[500:520] = x[600] + rng.normal(size=(20, 16)) * 1e-12  # near ties far below float32's resolution
+    k = 40
+    space = prepare(x, distance)
+    assert space.path == "f32+exact"
+    got = knn_rows(space, 0, len(x), k, memory_budget=32 << 20)
+    want = _sequential_brute(x, distance, k)
+    np.testing.assert_array_equal(got.ids, want)
+    v = np.sort(np.abs(x[:, None, :] - x[None, 600:601, :]).sum(-1) if distance == "l1"
+                else ((x[:, None, :] - x[None, 600:601, :]) ** 2).sum(-1), axis=0)
+    assert (np.diff(v[:25, 0]) < 1e-9).sum() >= 15  # the near ties were really there
