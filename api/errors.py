@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -167,18 +168,26 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
+UPLOAD_PATH = re.compile(r"/experiments/[^/]+/embeddings")
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413, declared or streamed (chunked). A
     streamed body is read here first, up to the limit, so that the answer is 413 whatever the route's
     body parsing would have made of a body cut short."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, uploads: int | None = None) -> None:
+        self.app, self.limit, self.uploads = app, limit, uploads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
+        if self.uploads is not None and UPLOAD_PATH.fullmatch(scope.get("path", "")):
+            # an embedding's .npy (AEKNN_MAX_UPLOAD): the route streams it to disk and stops at the cap
+            if length is not None and length.isdigit() and int(length) > self.uploads:
+                return await self._reject(send, self.uploads, "AEKNN_MAX_UPLOAD")
+            return await self.app(scope, receive, send)
         if length is not None and length.isdigit():
             if int(length) > self.limit:
                 return await self._reject(send)
@@ -200,8 +209,9 @@ class BodyLimit:
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}],
                                              receive), send)
 
-    async def _reject(self, send) -> None:
-        resp = _json(413, "too_large", f"request body over {self.limit} bytes")
+    async def _reject(self, send, limit: int | None = None, name: str = "") -> None:
+        limit = self.limit if limit is None else limit
+        resp = _json(413, "too_large", f"request body over {limit:,} bytes" + (f" ({name})" if name else ""))
         await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
         await send({"type": "http.response.body", "body": resp.body})
 

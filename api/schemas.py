@@ -63,6 +63,27 @@ class TaskCounts(BaseModel):
     retried: int
 
 
+class SpaceOut(BaseModel):
+    name: str
+    kind: str = Field(description="trained, reference map, or uploaded (a user's embedding)")
+    made_by: str = Field(description="who made it: trained by aeknn, fitted by a library, or uploaded as NAME")
+    dim: int = Field(description="the codes' dimension (the map draws more than 2 by their first two principal "
+                                 "components)")
+    created_at: UTCDatetime | None = Field(description="when it was uploaded (None for the study's models)")
+    state: str | None = Field(description="an upload's: queued, scoring, ready or failed (None for the study's)")
+    error: str | None
+
+
+class EmbeddingOut(BaseModel):
+    experiment: int
+    name: str
+    state: str = Field(description="queued, scoring, ready or failed")
+    error: str | None
+    dim: int
+    created_at: UTCDatetime | None
+    links: dict[str, str]
+
+
 class ExperimentPublic(BaseModel):
     id: int
     status: str
@@ -76,6 +97,7 @@ class ExperimentPublic(BaseModel):
     attempts: int
     tasks: TaskCounts
     models: list[ModelProgress]
+    spaces: list[SpaceOut] = Field(description="every code space: the study's models, then uploaded embeddings")
     tables: list[TableProgress]
     chunks_done: int
     chunks_total: int

@@ -356,6 +356,33 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a user's codes beside an experiment's models: stored as the space NAME (its code-space tables
+    at the experiment's K for its distances, every metric at every k), then the tables as `aeknn run`
+    prints them. Run again with the same file and name, it goes on where it stopped."""
+    from pathlib import Path
+
+    from common.study import embeddings, reads
+
+    settings = _settings(args)
+    factory = _read_factory(settings, "evaluate")
+    try:
+        data = Path(args.codes).read_bytes()
+    except OSError as exc:
+        raise Usage(f"aeknn evaluate: cannot read --codes {args.codes}: {exc.strerror}") from None
+    codes = embeddings.read_codes(data, f"--codes {args.codes}")
+    experiment_id = args.experiment
+    if experiment_id is None:
+        with factory() as s:
+            experiment_id = reads.finished(s, None).id
+    embeddings.record(factory, experiment_id, args.name, codes, f"--codes {args.codes}")
+    from common.study.stages import stage_embedding
+
+    stage_embedding(_runtime(settings, factory), experiment_id, args.name)
+    print_tables(factory, experiment_id, "table")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """The stored experiments, newest first: id, status, stage, data, models, epochs, seed, K, created."""
     from common.study import reads
@@ -373,7 +400,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
         exp = reads.finished(s, args.experiment)
         found = reads.neighbors(s, exp, args.sample_id, space=args.space, model=args.model, distance=args.distance,
                                 k=args.k)
-    space = "original" if args.space == "original" else args.model
+    space = "original" if args.space == "original" else found["model"]
     print(f"experiment {exp.id}  sample {args.sample_id} (label {found['sample']['label']})  space {space}  "
           f"distance {args.distance}  k {args.k}")
     print(f"{'rank':>4}  {'id':>6}  {'label':>5}  {'distance':>12}")

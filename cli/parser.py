@@ -180,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     common_opts(met, compute=False)
     met.set_defaults(func=c.cmd_metrics)
 
+    ev = sub.add_parser("evaluate", help="score your own codes (any map, N x m) beside an experiment's models")
+    ev.add_argument("--codes", required=True, metavar="FILE",
+                    help="a .npy of N x m numbers, one row per sample in the experiment's order (or an .npz "
+                         "holding an array named codes)")
+    ev.add_argument("--name", required=True, help="the space's name (1 to 32 letters, digits, _ . -)")
+    ev.add_argument("--experiment", type=int, help="the experiment's id (default: the latest succeeded one)")
+    common_opts(ev, compute=True)
+    ev.set_defaults(func=c.cmd_evaluate)
+
     ls = sub.add_parser("list", help="the stored experiments, newest first: status, models, key settings")
     ls.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
     ls.add_argument("--format", choices=["table", "json"], default="table")
@@ -190,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("sample_id", type=int, help="the sample's id (its index in the training split)")
     nb.add_argument("--space", choices=["original", "encoded"], required=True,
                     help="original: pixel space; encoded: the code space of --model")
-    nb.add_argument("--model", choices=list(MODEL_NAMES), default="relu_mse",
-                    help="the model whose code space --space encoded reads (default: relu_mse)")
+    nb.add_argument("--model", help="the model (or uploaded space) whose code space --space encoded reads "
+                                    "(default: relu_mse where the experiment has it, else its first)")
     nb.add_argument("--distance", choices=list(DISTANCES), default="l2", help="default: l2")
     nb.add_argument("--k", type=int, default=20, help="how many neighbours, at most the table's K (default: 20)")
     nb.add_argument("--experiment", type=int, help="the experiment's id (default: the latest succeeded one)")

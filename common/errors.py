@@ -18,5 +18,9 @@ class NotReady(RuntimeError):
     """Not computed yet, or in the wrong state for this (API 409)."""
 
 
+class Conflict(NotReady):
+    """A name already taken (API 409, as any state that forbids the request)."""
+
+
 class Invalid(ValueError):
     """A value that cannot be used; the message names the field (API 422, CLI exit 2)."""

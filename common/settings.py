@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     cache_dir: Path = Path(".aeknn-cache")
     # Working memory for one chunk of neighbour rows: bytes, or a size such as 256M or 1G (default 1 GiB).
     memory_budget: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MEMORY_BUDGET, gt=0)
+    # The largest upload (an embedding's .npy) the API takes: bytes, or a size such as 512M (default 1 GiB).
+    max_upload: Annotated[int, BeforeValidator(parse_size)] = Field(default=1 << 30, gt=0)
     # auto = CUDA when present, else the CPU.
     device: str = "auto"
     # How pixel tables are computed: auto = the fastest exact path here, measured once per machine and

@@ -3,7 +3,8 @@
 positive_data_acceptance fails a schema-valid request that is refused. Every rule the API applies that
 OpenAPI can state is in its schema; the rules left compare a value with another field of the same body
 or with what is stored (K below N, ks within K, k within the stored K, a umap study's size, a sweep's
-number of points, an Idempotency-Key already used for another body). RELIABILITY.md (items 11 and 21)
+number of points, an Idempotency-Key already used for another body, an uploaded embedding's .npy body
+with one row per stored sample, its name against the study's models). RELIABILITY.md (items 11 and 21)
 asks 422 for those, naming the field. This check is
 positive_data_acceptance with exactly those refusals allowed: any other refusal of valid data fails."""
 
@@ -21,7 +22,13 @@ UNSTATABLE = re.compile(
     r"|needs at least \d+ samples, got N="              # umap against limit
     r"|points, more than the \d+ a sweep may have"     # the product of the grid's lengths
     r"|^grid point \{"                                 # a grid point against the base (one of the above)
-    r"|was used for another (study|sweep)")            # an Idempotency-Key reused with another body
+    r"|was used for another (study|sweep)"             # an Idempotency-Key reused with another body
+    # an uploaded embedding's body: a .npy (or .npz) of N x m finite numbers, N the experiment's samples
+    r"|^the body (is not a \.npy or \.npz file|is not a readable \.npy or \.npz file|is empty: expected a \.npy"
+    r"|is an \.npz without an array named 'codes')"
+    r"|^the codes (hold .* values; expected real numbers|have shape .*; expected N x m|have \d+ rows; the "
+    r"experiment has \d+ samples|have m = 0 columns|hold \d+ NaN or infinite values)"
+    r"|is the name of a study model or of the pixel space")  # an upload's name against the stored spaces
 
 
 @schemathesis.check

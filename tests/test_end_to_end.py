@@ -168,7 +168,7 @@ def test_neighbors_command(study, mnist):
 @pytest.mark.parametrize("args, code, msg", [
     (["neighbors", "7", "--space", "original", "--k", "201"], 2, "k: must be in 1..200"),
     (["neighbors", "2000", "--space", "original"], 1, "sample 2000 is not in experiment"),
-    (["neighbors", "7", "--space", "encoded", "--model", "vae"], 2, "invalid choice: 'vae'"),
+    (["neighbors", "7", "--space", "encoded", "--model", "vae"], 1, "has no model 'vae' (its models: linear_l1"),
     (["metrics", "--experiment", "999"], 1, "no experiment 999"),
     (["metrics", "--k", "0,5"], 2, "--k: [0] must each be in 1..200"),
     (["metrics", "--k", "5,abc"], 2, "'abc' is not a whole number"),

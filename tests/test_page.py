@@ -654,3 +654,51 @@ def test_thumbnails_are_reached_with_tab_and_every_control_has_a_name(page, serv
     assert not nameless, nameless
     named = {n["role"]["value"] for n in nodes if not n.get("ignored")}
     assert {"button", "combobox", "image", "checkbox"} <= named, sorted(named)
+
+
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory, data_dir):
+    """A server whose experiment holds two uploaded embeddings, scored in this process (as `aeknn evaluate`)."""
+    import numpy as np
+
+    from common.study import embeddings
+    from common.study.runtime import Runtime
+    from common.study.stages import stage_embedding
+
+    folder = tmp_path_factory.mktemp("uploaded")
+    url = f"sqlite:///{folder / 'up.db'}"
+    eid, factory = study_in_process(url, StudyConfig(limit=300, epochs=1, k=20, ks=[5, 10],
+                                                     models=["linear_mse", "pca"]), data_dir, folder / "cache")
+    rng = np.random.default_rng(1)
+    for name, m in (("mine2", 2), ("mine5", 5)):
+        embeddings.record(factory, eid, name, rng.normal(size=(300, m)))
+        stage_embedding(Runtime(factory=factory, data_dir=data_dir, cache_dir=folder / "cache", device="cpu"),
+                        eid, name)
+    factory.kw["bind"].dispose()
+    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
+    yield {"url": api.url, "id": eid}
+    api.stop()
+
+
+def test_uploaded_embeddings_appear_among_the_models_marked_and_compared(page, uploaded):
+    open_page(page, f"{uploaded['url']}/?sample=4")
+    options = page.eval_on_selector_all("#model option", "os => os.map(o => [o.value, o.textContent])")
+    assert ["mine2", "mine2 (uploaded)"] in options and ["mine5", "mine5 (uploaded)"] in options
+    assert "The uploaded embeddings keep" in page.inner_text("#findings")
+    page.select_option("#model", "mine5")
+    page.wait_for_selector("#map[data-ready='1']", timeout=30_000)
+    page.wait_for_function("document.getElementById('title-encoded').textContent.startsWith('mine5')")
+    assert "5-D codes by their first two principal components" in page.inner_text("#map-title")
+    wait_sample(page, 4)
+    assert shown(page, "encoded") == wanted(uploaded, 4, "encoded", "l2", 10, model="mine5")
+    page.select_option("#compare", "linear_mse")
+    page.wait_for_selector("#compare-summary[data-agreement]", timeout=30_000)
+    want = httpx.get(f"{uploaded['url']}/experiments/{uploaded['id']}/compare",
+                     params={"models": "mine5,linear_mse", "k": 10}).json()
+    assert float(page.get_attribute("#compare-summary", "data-agreement")) == want["agreement"]
+    first = want["differ_most"][0]["id"]
+    page.click(f"#compare-summary a[data-id='{first}']")
+    wait_sample(page, first)
+    # the tables mark a trained model best, never an upload (a yardstick, as a reference map)
+    for cell in page.query_selector_all("#t-score_at_k td.best"):
+        assert cell.get_attribute("data-space") not in ("mine2", "mine5", "pca")

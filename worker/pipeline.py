@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset
@@ -144,6 +144,10 @@ def sweep(factory: sessionmaker[Session], settings: Settings, send: Send) -> lis
         advance(factory, settings, experiment_id, send)
     for experiment_id in old:
         send(jobs.BACKFILL, experiment_id)
+    with factory() as s:  # uploads whose message the broker may have lost: sent again (idempotent)
+        waiting = db.waiting_uploads(session=s, before=db.utcnow() - dt.timedelta(seconds=settings.lost_after))
+    for model_id in waiting:
+        send(jobs.EMBED, model_id)
     return ids
 
 
@@ -157,6 +161,27 @@ def backfill(factory: sessionmaker[Session], experiment_id: int) -> None:
             return
     log.info("experiment %d: storing its metrics at every k", experiment_id)
     store_metrics(factory, experiment_id)
+
+
+def score_embedding(factory: sessionmaker[Session], settings: Settings, model_id: int) -> None:
+    """An uploaded embedding's tables and metrics (common/study/stages.py, ``stage_embedding``): a repeated
+    delivery continues where one stopped, or does nothing once it is ready. A failure is stored on the
+    upload (its state and reason, shown by GET /experiments/{id}), not raised again."""
+    from common.study import embeddings
+    from common.study.stages import stage_embedding
+
+    with factory() as s:
+        row = s.get(db.ModelRow, model_id)
+        if row is None or row.source != embeddings.UPLOADED or row.state == embeddings.READY:
+            return
+        experiment_id, name = row.experiment_id, row.name
+    log.info("experiment %d: scoring the uploaded embedding %r", experiment_id, name)
+    try:
+        stage_embedding(runtime(factory, settings, experiment_id), experiment_id, name)
+    except Exception as exc:  # stored as the upload's state by stage_embedding; transient ones retried
+        if isinstance(exc, (OperationalError, InterfaceError, DisconnectionError)):  # the database went away
+            raise
+        log.warning("experiment %d: the embedding %r failed: %s", experiment_id, name, exc)
 
 
 # ---------------------------------------------------------------- running one unit of work

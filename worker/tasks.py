@@ -81,6 +81,14 @@ def backfill_metrics(self, experiment_id: int, since: float | None = None) -> No
         _retry(self, exc, since)
 
 
+@app.task(name=jobs.EMBED, bind=True, max_retries=None)
+def score_embedding(self, model_id: int, since: float | None = None) -> None:
+    try:
+        pipeline.score_embedding(context.factory(), get_settings(), model_id)
+    except TRANSIENT as exc:
+        _retry(self, exc, since)
+
+
 @app.task(name=jobs.PREPARE, bind=True, max_retries=None)
 def prepare_data(self, item_id: int, since: float | None = None) -> None:
     _run(self, item_id, pipeline.do_data, since)

@@ -39,9 +39,9 @@ class Format(StrEnum):
 
 
 def _respond(request: Request, fmt: Format | None, model: BaseModel, table: report.Table,
-             explicit: bool) -> Response:
-    """JSON (``model``) or CSV (``table``, laid out by common/study/report.py as the CLI's is); immutable (a
-    finished experiment's stored values), so with an ETag."""
+             explicit: bool, revision: int) -> Response:
+    """JSON (``model``) or CSV (``table``, laid out by common/study/report.py as the CLI's is), with an ETag
+    of the experiment's revision: an uploaded embedding adds rows, so a client revalidates (a 304 until then)."""
     wants_csv = fmt == Format.csv or (fmt is None and "text/csv" in request.headers.get("accept", ""))
 
     def make() -> Response:
@@ -49,14 +49,14 @@ def _respond(request: Request, fmt: Format | None, model: BaseModel, table: repo
             return cache.json_response(model)
         return Response(report.csv_of(table), media_type="text/csv")
 
-    response = cache.immutable(request, model.experiment, explicit, make)
+    response = cache.immutable(request, model.experiment, explicit, make, revision=revision, changes=True)
     response.headers["Vary"] = "Accept"
     return response
 
 
 def _prepare(session, experiment: int | None, k: str | None) -> tuple[reads.Finished, list[int]]:
     """The experiment and the k columns asked for (by default its own ks)."""
-    exp = reads.finished(session, experiment)
+    exp = reads.finished(session, experiment, fresh=True)
     return exp, reads.parse_ks(k, exp.top_k) if k else reads.check_ks(list(exp.config["ks"]), exp.top_k)
 
 
@@ -68,7 +68,7 @@ def _values_table(metric: str):
         rows = [ValuesRow(model=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
                 for r in found]
         return _respond(request, format, ScoreTable(experiment=exp.id, k=ks, rows=rows),
-                        report.values_table(metric, found, ks), experiment is not None)
+                        report.values_table(metric, found, ks), experiment is not None, exp.revision)
     return endpoint
 
 
@@ -84,11 +84,11 @@ def score_at_k_by_label(request: Request, session: SessionDep, experiment: Exper
                         k: Annotated[int | None, Query(ge=1, le=MAX_K, description="default: 20, or K where smaller")]
                         = None, format: Format | None = None):  # noqa: A002
     """score@k over the samples of each label (table 2: the study shows k = 20; every k up to K is stored)."""
-    exp = reads.finished(session, experiment)
+    exp = reads.finished(session, experiment, fresh=True)
     k = reads.by_label_k(exp.top_k) if k is None else k
     found = reads.by_label_rows(session, exp, k)
     return _respond(request, format, ByLabelTable(experiment=exp.id, k=k, rows=[ByLabelRow(**r) for r in found]),
-                    report.by_label_table(found, k), experiment is not None)
+                    report.by_label_table(found, k), experiment is not None, exp.revision)
 
 
 @router.get("/label_agreement", response_model=AgreementTable, responses=CSV)
@@ -98,7 +98,7 @@ def label_agreement(request: Request, session: SessionDep, experiment: Experimen
     exp, ks = _prepare(session, experiment, k)
     found = reads.agreement_rows(session, exp, ks)
     return _respond(request, format, AgreementTable(experiment=exp.id, k=ks, rows=[AgreementRow(**r) for r in found]),
-                    report.agreement_table(found), experiment is not None)
+                    report.agreement_table(found), experiment is not None, exp.revision)
 
 
 @router.get("/knn_accuracy", response_model=AccuracyTable, responses=CSV)
@@ -110,4 +110,4 @@ def knn_accuracy(request: Request, session: SessionDep, experiment: ExperimentQ 
     rows = [SpaceRow(space=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
             for r in found]
     return _respond(request, format, AccuracyTable(experiment=exp.id, k=ks, rows=rows),
-                    report.values_table("knn_accuracy", found, ks), experiment is not None)
+                    report.values_table("knn_accuracy", found, ks), experiment is not None, exp.revision)

@@ -22,13 +22,14 @@ router = APIRouter(prefix="/experiments/{experiment_id}", tags=["plots"], respon
 PNG = {200: {"content": {"image/png": {}}}}
 
 
-def _finished(request: Request, exp: reads.Experiment, make) -> Response:
-    """A finished experiment's answer is immutable (ETag, Cache-Control); a running one's is not kept."""
+def _finished(request: Request, exp: reads.Experiment, make, changes: bool = False) -> Response:
+    """A finished experiment's answer is immutable (ETag, Cache-Control; ``changes``: one about all its
+    spaces, revalidated); a running one's is not kept."""
     if not reads.is_final(exp):
         response = make()
         response.headers["Cache-Control"] = "no-store"
         return response
-    return cache.immutable(request, exp.id, True, make)
+    return cache.immutable(request, exp.id, True, make, revision=exp.revision or 0, changes=changes)
 
 
 # A GET never writes: a finished experiment's plot is drawn once per process and kept here (at most
@@ -43,7 +44,7 @@ def _plot(request: Request, exp: reads.Experiment, session, name: str, model: st
     def make() -> Response:
         if not reads.is_final(exp):
             return Response(draw(), media_type="image/png")
-        key = (request.app.state.settings.database_url, exp.id, name, model)
+        key = (request.app.state.settings.database_url, exp.id, exp.revision or 0, name, model)
         with _drawn_lock:
             png = _drawn.get(key)
             if png is not None:
@@ -56,7 +57,7 @@ def _plot(request: Request, exp: reads.Experiment, session, name: str, model: st
                     _drawn.popitem(last=False)
         return Response(png, media_type="image/png")
 
-    return _finished(request, exp, make)
+    return _finished(request, exp, make, changes=not model)  # every model's plot grows with an upload
 
 
 @router.get("/loss", response_model=LossOut)
@@ -72,13 +73,15 @@ def _shortest(codes: np.ndarray) -> list[list[float]]:
 
 @router.get("/codes", response_model=CodesOut)
 def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: ModelQ = None):
-    """Every sample's id, label and 2-D code under one model, each code exactly its float32."""
+    """Every sample's id, label and code under one model: a 2-D code exactly its float32; an uploaded
+    embedding's m values as it was given (float64)."""
     row = reads.model_row(session, exp, model)
 
     def make() -> Response:
         c = reads.codes(row)
         body = {"experiment": exp.id, "model": row.name, "ids": list(range(len(c))),
-                "labels": reads.labels(session, exp.dataset_id).tolist(), "codes": _shortest(c)}
+                "labels": reads.labels(session, exp.dataset_id).tolist(),
+                "codes": _shortest(c) if c.dtype == np.float32 else c.tolist()}
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     return _finished(request, exp, make)
@@ -88,15 +91,17 @@ def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: Mode
             responses={200: {"content": {"application/octet-stream": {}}}})
 def codes_bin(request: Request, exp: ExperimentDep, session: SessionDep,
               model: ModelQ = None) -> Response:
-    """The same as /codes, packed for the web page's map: N x 2 float32 codes (little-endian, row-major),
-    then N uint8 labels. Sample i is row i. N is in the X-Count header."""
+    """The map's codes, packed for the web page: N x 2 float32 (little-endian, row-major), then N uint8
+    labels. Sample i is row i. N is in the X-Count header. An uploaded embedding of m != 2 dimensions is
+    drawn from its first two principal components (m = 1: y is 0); X-Map says so."""
     row = reads.model_row(session, exp, model)
 
     def make() -> Response:
-        c = np.ascontiguousarray(reads.codes(row), dtype="<f4")
+        c = np.ascontiguousarray(reads.map_codes(row), dtype="<f4")
         labels = reads.labels(session, exp.dataset_id)
+        note = reads.map_note(row)
         return Response(c.tobytes() + labels.astype(np.uint8).tobytes(), media_type="application/octet-stream",
-                        headers={"X-Count": str(len(c))})
+                        headers={"X-Count": str(len(c)), **({"X-Map": note} if note else {})})
 
     return _finished(request, exp, make)
 
@@ -116,7 +121,7 @@ def latent_png(request: Request, exp: ExperimentDep, session: SessionDep, model:
     rows = reads.trained_models(session, exp, model)
 
     def draw() -> bytes:
-        return plots.latent([(m.name, reads.codes(m)) for m in rows], reads.labels(session, exp.dataset_id))
+        return plots.latent([(m.name, reads.map_codes(m)) for m in rows], reads.labels(session, exp.dataset_id))
 
     return _plot(request, exp, session, "latent", model or "", draw)
 

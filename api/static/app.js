@@ -16,7 +16,9 @@ const MODEL_COLOURS = {};
 // space, so the best marks and the findings go to the trained models
 const REFERENCE_MAPS = new Set();
 const RECONSTRUCTS = new Set();  // the models with a decoder (GET /models): the ones with reconstructions
-const contestant = (name) => name !== "original" && !REFERENCE_MAPS.has(name);
+// an uploaded embedding (a user's codes, GET /experiments/{id}'s spaces) is a yardstick too, as a reference map
+const UPLOADS = new Map();  // name -> its space (dim, state) in the experiment shown
+const contestant = (name) => name !== "original" && !REFERENCE_MAPS.has(name) && !UPLOADS.has(name);
 
 async function loadModels() {
   const { models, default: fallback } = await api("/models");
@@ -426,12 +428,21 @@ function fillSelect(sel, values, current) {
   return sel.value;
 }
 
+// The experiment's config, its models followed by its scored uploads (as the API reads them).
+function withUploads(exp) {
+  UPLOADS.clear();
+  for (const sp of exp.spaces || []) if (sp.kind === "uploaded" && sp.state === "ready") UPLOADS.set(sp.name, sp);
+  return { ...exp.config, models: [...exp.config.models, ...UPLOADS.keys()] };
+}
+const modelLabel = (m) => (UPLOADS.has(m) ? `${m} (uploaded)` : m);
+
 async function showFinished(exp) {
-  const cfg = exp.config, n = cfg.limit || 60000;
+  const cfg = withUploads(exp), n = cfg.limit || 60000;
   checkLink(cfg, n);
   fillSelect($("model"), cfg.models, state.model);
+  [...$("model").options].forEach((o) => { o.textContent = modelLabel(o.value); });
   $("compare").replaceChildren(el("option", { value: "", text: "(none)" }),
-    ...cfg.models.map((m) => el("option", { value: m, text: m })));
+    ...cfg.models.map((m) => el("option", { value: m, text: modelLabel(m) })));
   $("compare").value = state.compare || "";
   fillSelect($("distance"), cfg.distances, state.distance);
   $("k").max = cfg.k; $("k").value = state.k;
@@ -486,7 +497,8 @@ async function loadFindings() {
   if (id !== state.experiment) return;
   const all = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }))
     .sort((a, b) => b.v - a.v);
-  const trained = all.filter((r) => contestant(r.model)), refs = all.filter((r) => !contestant(r.model));
+  const trained = all.filter((r) => contestant(r.model)), refs = all.filter((r) => REFERENCE_MAPS.has(r.model));
+  const ups = all.filter((r) => UPLOADS.has(r.model));
   const rows = trained.length ? trained : all;
   const best = rows[0], worst = rows[rows.length - 1];
   const pixel = acc.rows.find((r) => r.space === "original" && r.distance === d);
@@ -495,13 +507,14 @@ async function loadFindings() {
   const lab = byLabel.rows.find((r) => r.model === best.model && r.distance === d);
   const labels = Object.entries(lab.by_label).sort((a, b) => b[1] - a[1]);
   const top = all[0];  // the best of all, reference maps included
-  const among = trained.length && refs.length ? " of the trained models" : "";
+  const among = trained.length && refs.length + ups.length ? " of the trained models" : "";
   const sentences = [
     `${best.model} keeps the most of each neighbourhood${among}: on average ${pct(best.v)} of a sample's ${k} ` +
     `nearest neighbours in pixel space (${d.toUpperCase()}) are among its ${k} nearest in the 2-D code` +
     (rows.length > 1 ? `, ${(best.v / Math.max(worst.v, 1e-12)).toFixed(1)} times ${worst.model}'s ${pct(worst.v)}.` : "."),
-    ...(top.model !== best.model ? [`Of every map here, ${top.model} keeps the most: ${pct(top.v)} (a reference map, ` +
-      `fitted by a library rather than trained).`] : []),
+    ...(top.model !== best.model ? [`Of every map here, ${top.model} keeps the most: ${pct(top.v)} (` +
+      (UPLOADS.has(top.model) ? "an uploaded embedding)." : "a reference map, fitted by a library rather than trained).")]
+      : []),
     `Even so, a 2-D code keeps little: ${pct(1 - best.v)} of each ${k}-neighbourhood is lost.`,
     `Labels ${labels[0][0]} and ${labels[1][0]} keep the most under ${best.model} (score@${lab.k} ` +
     `${labels[0][1].toFixed(3)} and ${labels[1][1].toFixed(3)}); label ${labels[labels.length - 1][0]} the least ` +
@@ -512,6 +525,10 @@ async function loadFindings() {
     `A 5-nearest-neighbour vote finds the right label for ${pct(pixel.values["5"])} of the samples in pixel space ` +
     `and ${pct(bestAcc.values["5"])} in ${best.model}'s code.`,
   ];
+  if (ups.length) {
+    sentences.push(`The uploaded embeddings keep ${ups.map((r) => `${pct(r.v)} (${r.model})`).join(", ")} of each ` +
+      `${k}-neighbourhood.`);
+  }
   if (trained.length && refs.length) {
     sentences.push(`Fitted by well-kept libraries rather than trained, the reference maps keep ` +
       `${refs.map((r) => `${pct(r.v)} (${r.model})`).join(", ")} of each ${k}-neighbourhood.`);
@@ -651,7 +668,7 @@ async function loadCodes() {
   if (id !== state.experiment || model !== state.model) return;
   note("model");
   Object.assign(m, { model, codes });
-  m.title.textContent = `the 2-D codes of ${model}: ${codes.n.toLocaleString("en")} samples, coloured by label`;
+  m.title.textContent = `${mapName(model)}: ${codes.n.toLocaleString("en")} samples, coloured by label`;
   m.canvas.setAttribute("aria-label", `map of the 2-D codes of ${model}, one point per sample, coloured by ` +
     "label; click a point (or type an id) to show its neighbours");
   fitView(m);
@@ -664,17 +681,26 @@ async function loadCodes() {
 async function loadCompare() { // the second map, beside the first, or none
   const id = state.experiment, model = state.compare, m = app.side;
   $("compare-wrap").hidden = !model;
+  $("compare-summary").hidden = !model;
   $("explore").classList.toggle("two-maps", !!model);
   m.canvas.dataset.ready = "";
   if (!model) { m.codes = null; m.model = null; return; }
   const codes = await fetchCodes(id, model);
   if (id !== state.experiment || model !== state.compare) return;
   Object.assign(m, { model, codes });
-  m.title.textContent = `beside it, ${model}'s 2-D codes`;
+  m.title.textContent = `beside it, ${mapName(model)}`;
+  loadAgreement().catch((e) => note("model", e.message));
   m.canvas.setAttribute("aria-label", `map of the 2-D codes of ${model}, beside the first, the same samples marked`);
   fitView(m);
   draw(m);
   m.canvas.dataset.ready = "1";
+}
+
+// What a map shows: a model's 2-D codes, or an upload's wider codes by their first two principal components.
+function mapName(model) {
+  const dim = UPLOADS.has(model) ? UPLOADS.get(model).dim : 2;
+  return dim === 2 ? `the 2-D codes of ${model}` : dim === 1 ? `${model}'s 1-D codes (y = 0)`
+    : `${model}'s ${dim}-D codes by their first two principal components`;
 }
 
 function renderLegend() { // one button per label: click hides or shows it, shift-click shows it alone
@@ -878,6 +904,28 @@ function setupMap(m) {
     tip.hidden = false;
   });
   c.addEventListener("mouseleave", () => { tip.hidden = true; app.hover = null; redraw(); });
+}
+
+// How often the two maps' k-neighbourhoods agree, and where they differ most (GET /experiments/{id}/compare).
+async function loadAgreement() {
+  const box = $("compare-summary");
+  if (!state.compare || state.compare === state.model) { box.hidden = true; return; }
+  const { experiment, model, compare, k, distance } = state;
+  const c = await api(`/experiments/${experiment}/compare?models=${model},${compare}&k=${k}&distance=${distance}`);
+  if (experiment !== state.experiment || compare !== state.compare || model !== state.model || k !== state.k) return;
+  const labels = Object.entries(c.by_label).sort((a, b) => a[1] - b[1]);
+  box.replaceChildren(`${model} and ${compare} share ${pct(c.agreement)} of each sample's ${k} nearest ` +
+    `(${distance.toUpperCase()}); least on label ${labels[0][0]} (${pct(labels[0][1])}), most on label ` +
+    `${labels[labels.length - 1][0]} (${pct(labels[labels.length - 1][1])}). They differ most on `,
+    ...c.differ_most.slice(0, 8).flatMap((d, i) => {
+      const a = el("a", { href: "#", "data-id": d.id, text: `#${d.id}`,
+                          title: `label ${d.label}: shared ${pct(d.agreement)}; pixel neighbourhood kept: ` +
+                                 Object.entries(d.kept).map(([m, v]) => `${m} ${pct(v)}`).join(", ") });
+      a.addEventListener("click", (e) => { e.preventDefault(); selectSample(d.id); });
+      return i ? [", ", a] : [a];
+    }), ".");
+  box.hidden = false;
+  box.dataset.agreement = String(c.agreement);
 }
 
 // ------------------------------------------------------------------ neighbours
@@ -1193,13 +1241,18 @@ function setupControls() {
     $("map").dataset.ready = "";
     loadCodes().catch((err) => note("model", err.message));
     showNeighbours();
+    loadAgreement().catch((err) => note("model", err.message));
   });
-  $("distance").addEventListener("change", (e) => { state.distance = e.target.value; writeUrl(true); showNeighbours(); });
+  $("distance").addEventListener("change", (e) => {
+    state.distance = e.target.value; writeUrl(true); showNeighbours();
+    loadAgreement().catch((err) => note("model", err.message));
+  });
   $("k").addEventListener("change", (e) => {
     const k = parseInt(e.target.value, 10);
     if (!(k >= 1 && k <= app.exp.config.k)) { note("k", `k must be between 1 and ${app.exp.config.k}`); return; }
     note("k");
     state.k = k; writeUrl(true); showNeighbours();
+    loadAgreement().catch((err) => note("model", err.message));
   });
   const show = () => {
     const id = parseInt($("sample-id").value, 10);

@@ -30,6 +30,7 @@ from sqlalchemy import (
     false,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -79,6 +80,8 @@ class Experiment(Base):
     # every metric is stored at every k from 1 to K (older experiments have their config's ks only,
     # until a worker fills the rest: see common/scoring.py)
     metrics_all_k: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # bumped whenever a space is added (an uploaded embedding): what a cache of its spaces revalidates by
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class ModelRow(Base):
@@ -96,8 +99,14 @@ class ModelRow(Base):
     recon_ids: Mapped[list | None] = mapped_column(JSON)
     recon_epoch: Mapped[int | None] = mapped_column(Integer)
     reconstructions: Mapped[bytes | None] = mapped_column(LargeBinary)  # (R, 784) float32
-    codes: Mapped[bytes | None] = mapped_column(LargeBinary)  # (n, 2) float32
+    codes: Mapped[bytes | None] = mapped_column(LargeBinary)  # (n, 2) float32; an upload's (n, code_dim) float64
     seconds: Mapped[float | None] = mapped_column(Float)
+    # an uploaded embedding (source "uploaded"): a user's codes scored beside the study's models
+    source: Mapped[str | None] = mapped_column(String(16))  # None: trained or a reference map (by its name)
+    code_dim: Mapped[int | None] = mapped_column(Integer)  # None: 2 (float32)
+    created_at: Mapped[dt.datetime | None]
+    state: Mapped[str | None] = mapped_column(String(16))  # an upload's: queued, scoring, ready, failed
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class TableRow(Base):
@@ -409,8 +418,17 @@ def save_map(*, session: Session, model_id: int, codes: np.ndarray, seconds: flo
         epochs_done=1, codes=codes.astype("<f4").tobytes(), seconds=seconds))
 
 
+def waiting_uploads(*, session: Session, before: dt.datetime) -> list[int]:
+    """Uploaded embeddings still queued that were stored before ``before`` (their message may be lost)."""
+    return list(session.scalars(select(ModelRow.id).where(ModelRow.source == "uploaded", ModelRow.state == "queued",
+                                                          ModelRow.created_at < before)))
+
+
 def model_codes(row: ModelRow) -> np.ndarray:
-    return np.frombuffer(row.codes, "<f4").reshape(-1, 2)
+    """A model's codes: (n, 2) float32, or an upload's (n, m) float64 as the user gave them."""
+    if row.code_dim is None:
+        return np.frombuffer(row.codes, "<f4").reshape(-1, 2)
+    return np.frombuffer(row.codes, "<f8").reshape(-1, row.code_dim)
 
 
 # ---------------------------------------------------------------- neighbour tables
@@ -569,9 +587,12 @@ def load_table_ids(*, session: Session, table_id: int, n: int, k: int, cols: int
 # ---------------------------------------------------------------- metrics
 
 
-def save_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[str, Any]]) -> None:
-    """Replace the experiment's metric values with ``values`` (metric, space, distance, k, label, value)."""
-    session.execute(delete(MetricValue).where(MetricValue.experiment_id == experiment_id))
+def save_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[str, Any]],
+                 space: str | None = None) -> None:
+    """Replace the experiment's metric values (those of one ``space`` only, when given) with ``values``
+    (metric, space, distance, k, label, value)."""
+    which = MetricValue.experiment_id == experiment_id
+    session.execute(delete(MetricValue).where(which if space is None else which & (MetricValue.space == space)))
     if values:
         session.execute(insert(MetricValue), [{"experiment_id": experiment_id, "label": -1, **v}
                                               for v in values])

@@ -21,12 +21,13 @@ CHUNK = "aeknn.neighbor_chunk"
 METRICS = "aeknn.metrics"
 SWEEP = "aeknn.sweep"
 BACKFILL = "aeknn.backfill_metrics"  # store every k of an experiment stored before every k was
+EMBED = "aeknn.score_embedding"  # an uploaded embedding's tables and metrics (common/study/embeddings.py)
 
 # queues: training and neighbour work apart, so that each can get its own workers
 CONTROL, TRAIN_QUEUE, NEIGHBORS = "control", "train", "neighbors"
 QUEUES = (CONTROL, TRAIN_QUEUE, NEIGHBORS)
 ROUTES = {ADVANCE: CONTROL, PREPARE: CONTROL, METRICS: CONTROL, SWEEP: CONTROL, BACKFILL: CONTROL,
-          TRAIN: TRAIN_QUEUE, TRAIN_KEEP: TRAIN_QUEUE, FIT_MAPS: TRAIN_QUEUE, CHUNK: NEIGHBORS}
+          TRAIN: TRAIN_QUEUE, TRAIN_KEEP: TRAIN_QUEUE, FIT_MAPS: TRAIN_QUEUE, CHUNK: NEIGHBORS, EMBED: NEIGHBORS}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

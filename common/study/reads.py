@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from common.compute.names import BY_LABEL_K, DEFAULT_MODEL, MODEL_NAMES
 from common.errors import Invalid, NotFound, NotReady
 from common.store import db
+from common.study.embeddings import READY, UPLOADED, ready_uploads
 
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL: anything larger cannot exist
 LATEST_TTL = 1.0
@@ -37,6 +38,13 @@ class Finished:
     dataset_id: int
     n: int
     metrics_all_k: bool
+    uploads: tuple[str, ...] = ()  # its scored uploads (common/study/embeddings.py), in upload order
+    revision: int = 0  # bumped when a space is added: part of every ETag of its answers
+
+    @property
+    def models(self) -> list[str]:
+        """Every code space: the config's models in the study's order, then the scored uploads."""
+        return sorted(self.config["models"], key=study_order) + list(self.uploads)
 
     @property
     def top_k(self) -> int:
@@ -45,8 +53,7 @@ class Finished:
 
     def pairs(self) -> list[tuple[str, str]]:
         """(model, distance) of every code table, in the study's order."""
-        models = sorted(self.config["models"], key=study_order)
-        return [(m, d) for m in models for d in sorted(self.config["distances"])]
+        return [(m, d) for m in self.models for d in sorted(self.config["distances"])]
 
 
 def study_order(name: str) -> tuple[int, str]:
@@ -64,7 +71,7 @@ def by_label_k(top: int) -> int:
 
 
 _lock = threading.Lock()
-_finished: dict[tuple[str, int], Finished] = {}
+_finished: dict[tuple[str, int], tuple[float, Finished]] = {}  # with when its revision was last checked
 _tables: dict[tuple[str, int, str, str], tuple[int, int] | None] = {}
 _latest: dict[str, tuple[float, int | None]] = {}
 _datasets: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
@@ -104,8 +111,10 @@ def experiment(session: Session, experiment_id: int) -> db.Experiment:
     return exp
 
 
-def finished(session: Session, experiment_id: int | None) -> Finished:
-    """The experiment asked for (it must have succeeded), or the latest that succeeded."""
+def finished(session: Session, experiment_id: int | None, fresh: bool = False) -> Finished:
+    """The experiment asked for (it must have succeeded), or the latest that succeeded. What this process
+    keeps of it is checked against its revision once a second, or at once when ``fresh`` (the metric
+    tables, which an upload extends, read it so: one small read)."""
     key = _key(session)
     if experiment_id is None:
         at, found = _latest.get(key, (0.0, None))
@@ -115,17 +124,24 @@ def finished(session: Session, experiment_id: int | None) -> Finished:
         if found is None:
             raise NotFound("no experiment has succeeded yet")
         experiment_id = found
-    hit = _finished.get((key, experiment_id))
+    at, hit = _finished.get((key, experiment_id), (0.0, None))
     if hit is not None:
-        return hit
+        if time.monotonic() - at <= LATEST_TTL and not fresh:
+            return hit
+        # an upload may have added a space since: one small read a second tells
+        if session.scalar(select(db.Experiment.revision).where(db.Experiment.id == experiment_id)) == hit.revision:
+            with _lock:
+                _finished[(key, experiment_id)] = (time.monotonic(), hit)
+            return hit
     exp = experiment(session, experiment_id)
     if exp.status != db.SUCCEEDED:
         raise NotReady(f"experiment {experiment_id} is {exp.status}: its tables are not complete yet")
     n = int(session.scalar(select(db.DatasetRow.n).where(db.DatasetRow.id == exp.dataset_id)))
-    out = Finished(exp.id, dict(exp.config), exp.dataset_id, n, bool(exp.metrics_all_k))
+    out = Finished(exp.id, dict(exp.config), exp.dataset_id, n, bool(exp.metrics_all_k),
+                   tuple(ready_uploads(session, exp.id)), int(exp.revision or 0))
     if out.metrics_all_k:  # final: kept (one still being filled is looked up again)
         with _lock:
-            _finished[(key, experiment_id)] = out
+            _finished[(key, experiment_id)] = (time.monotonic(), out)
     return out
 
 
@@ -174,14 +190,22 @@ def check_sample(exp: Finished | db.Experiment, n: int, sample_id: int) -> None:
 def default_model(exp: Finished | db.Experiment) -> str:
     """The model a read shows when none is named: the study's default where the experiment has it, else
     the experiment's first in the study's order (every default follows the experiment it reads)."""
-    models = exp.config["models"]
-    return DEFAULT_MODEL if DEFAULT_MODEL in models else sorted(models, key=study_order)[0]
+    models = models_of(exp)
+    return DEFAULT_MODEL if DEFAULT_MODEL in models else models[0]
 
 
-def check_model(exp: Finished | db.Experiment, model: str) -> None:
-    if model not in exp.config["models"]:
-        raise NotFound(f"model: experiment {exp.id} has no model {model!r} (its models: "
-                       f"{', '.join(sorted(exp.config['models'], key=study_order))})")
+def models_of(exp: Finished | db.Experiment, session: Session | None = None) -> list[str]:
+    """Its code spaces: the config's models in the study's order, then (once finished) its scored uploads
+    (read with ``session`` for a stored experiment)."""
+    if isinstance(exp, Finished):
+        return exp.models
+    uploads = ready_uploads(session, exp.id) if session is not None and exp.status == db.SUCCEEDED else []
+    return sorted(exp.config["models"], key=study_order) + uploads
+
+
+def check_model(exp: Finished | db.Experiment, model: str, session: Session | None = None) -> None:
+    if model not in (names := models_of(exp, session)):
+        raise NotFound(f"model: experiment {exp.id} has no model {model!r} (its models: {', '.join(names)})")
 
 
 def check_distance(exp: Finished | db.Experiment, distance: str) -> None:
@@ -225,6 +249,8 @@ def neighbors(session: Session, exp: Finished, sample_id: int, *, space: str, mo
     model = default_model(exp) if model is None else model
     name = db.ORIGINAL if space == "original" else model
     if space != "original":
+        if model not in exp.models:  # an upload scored in the last second: look again before a 404
+            exp = finished(session, exp.id, fresh=True)
         check_model(exp, model)
     check_distance(exp, distance)
     found = table(session, exp, name, distance)
@@ -267,7 +293,7 @@ def value_rows(session: Session, exp: Finished, metric: str, ks: list[int]) -> l
     _stored(session, exp, ks)
     v = _values(session, exp, metric, ks)
     if metric == "knn_accuracy":
-        spaces = [db.ORIGINAL, *sorted(exp.config["models"], key=study_order)]
+        spaces = [db.ORIGINAL, *exp.models]
         pairs = [(s, d) for s in spaces for d in sorted(exp.config["distances"])]
     else:
         pairs = exp.pairs()
@@ -302,9 +328,11 @@ def model_row(session: Session, exp: Finished | db.Experiment, model: str | None
     """A trained model of an experiment (its codes, weights, reconstructions; by default the experiment's
     default model), or NotFound / NotReady."""
     model = default_model(exp) if model is None else model
-    check_model(exp, model)
+    if isinstance(exp, Finished) and model not in exp.models:  # an upload scored in the last second
+        exp = finished(session, exp.id, fresh=True)
+    check_model(exp, model, session)
     row = next((m for m in db.list_models(session=session, experiment_id=exp.id) if m.name == model), None)
-    if row is None or row.codes is None:
+    if row is None or not _shown(row):
         raise NotReady(f"experiment {exp.id}: model {model} is not trained yet")
     return row
 
@@ -338,30 +366,96 @@ def trained_models(session: Session, exp: Finished | db.Experiment, model: str |
     none is trained yet."""
     if model is not None:
         return [model_row(session, exp, model)]
-    rows = [m for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None]
+    rows = [m for m in db.list_models(session=session, experiment_id=exp.id) if _shown(m)]
     if not rows:
         raise NotReady(f"experiment {exp.id} has no trained model yet")
     return sorted(rows, key=lambda m: study_order(m.name))
 
 
+def _shown(m: db.ModelRow) -> bool:
+    """Whether a model row is shown: it has codes, and if it is an upload, it is scored."""
+    return m.codes is not None and (m.source != UPLOADED or m.state == READY)
+
+
 def codes(row: db.ModelRow) -> np.ndarray:
-    """A model's (N, 2) float32 codes."""
+    """A model's codes: (N, 2) float32, or an upload's (N, m) float64 as it was given."""
     return db.model_codes(row)
 
 
+def map_codes(row: db.ModelRow) -> np.ndarray:
+    """What the map draws, (N, 2) float32: a model's codes; an upload's wider codes projected on their
+    first two principal components (signs fixed: each axis's largest loading positive); a 1-D upload's
+    codes as x with y = 0."""
+    c = db.model_codes(row)
+    if c.shape[1] == 2:
+        return c.astype(np.float32)
+    if c.shape[1] == 1:
+        return np.hstack([c, np.zeros_like(c)]).astype(np.float32)
+    centred = c - c.mean(axis=0)
+    _, vecs = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    top = vecs[:, ::-1][:, :2]
+    top *= np.where(top[np.abs(top).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+    return (centred @ top).astype(np.float32)
+
+
+def map_note(row: db.ModelRow) -> str | None:
+    """How the map shows a model's codes when they are not 2-D (None when they are)."""
+    dim = row.code_dim or 2
+    if dim == 2:
+        return None
+    return "1-D codes: x is the code, y is 0" if dim == 1 else \
+        f"{dim}-D codes: the first two principal components"
+
+
 def sample_codes(session: Session, exp: Finished, sample_id: int) -> dict[str, list[float]]:
-    """A sample's code under each model of the experiment that has codes."""
+    """A sample's code under each model of the experiment that has codes (an upload's, all m values)."""
     check_sample(exp, exp.n, sample_id)
     return {m.name: [float(v) for v in db.model_codes(m)[sample_id]]
-            for m in db.list_models(session=session, experiment_id=exp.id) if m.codes is not None}
+            for m in db.list_models(session=session, experiment_id=exp.id) if _shown(m)}
 
 
 def losses(session: Session, exp: Finished | db.Experiment) -> dict[str, list[float]]:
-    """The mean loss of every finished epoch, per model (a reference map has none)."""
+    """The mean loss of every finished epoch, per model (a reference map has none; an upload is not shown)."""
     rows = sorted(db.list_models(session=session, experiment_id=exp.id), key=lambda m: study_order(m.name))
-    return {m.name: list(m.losses or []) for m in rows}
+    return {m.name: list(m.losses or []) for m in rows if m.source != UPLOADED}
 
 
 def stored_plot(session: Session, exp: Finished | db.Experiment, name: str, model: str) -> bytes | None:
     """A plot an older aeknn drew and stored, if there is one."""
     return db.get_plot(session=session, experiment_id=exp.id, name=name, model=model)
+
+
+# ---------------------------------------------------------------- two spaces compared
+
+
+def row_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For each row, how many ids the two (N, k) id tables share (each row's ids are distinct)."""
+    both = np.sort(np.concatenate([a, b], axis=1), axis=1)
+    return (both[:, 1:] == both[:, :-1]).sum(axis=1)
+
+
+def compare(session: Session, exp: Finished, models: list[str], distance: str, k: int, worst: int = 20) -> dict:
+    """How often two spaces' k-neighbourhoods agree: the mean share of each sample's k neighbours they have
+    in common, overall and per label, and the ``worst`` samples where they differ most (lowest share, lower
+    id first), each with how much of its pixel-space neighbourhood either space keeps."""
+    if len(models) != 2:
+        raise Invalid(f"models: name two models, like relu_mse,pca (got {','.join(models)})")
+    for m in models:
+        check_model(exp, m)
+    check_distance(exp, distance)
+    check_ks([k], exp.top_k)
+    ids = {}
+    for space in (*models, db.ORIGINAL):
+        found = table(session, exp, space, distance)
+        if found is None:
+            raise NotReady(f"experiment {exp.id} has no complete {space}/{distance} table")
+        ids[space] = db.load_table_ids(session=session, table_id=found[0], n=exp.n, k=found[1], cols=k)
+    shared = row_overlap(ids[models[0]], ids[models[1]]) / k
+    kept = [row_overlap(ids[db.ORIGINAL], ids[m]) / k for m in models]
+    labs = labels(session, exp.dataset_id)
+    order = np.lexsort((np.arange(exp.n), shared))[:worst]
+    return {"experiment": exp.id, "models": models, "distance": distance, "k": k,
+            "agreement": float(shared.mean()),
+            "by_label": {str(int(lab)): float(shared[labs == lab].mean()) for lab in np.unique(labs)},
+            "differ_most": [{"id": int(i), "label": int(labs[i]), "agreement": float(shared[i]),
+                             "kept": {m: float(kept[j][i]) for j, m in enumerate(models)}} for i in order]}

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from common.compute import metrics as M
 from common.store import db as db
 from common.study.config import StudyConfig
+from common.study.embeddings import ready_uploads
 
 
 def top_k(cfg: StudyConfig, n: int) -> int:
@@ -56,9 +57,10 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
     return out
 
 
-def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int):
-    """Labels, the pixel-space id tables, and the code-space ones as a generator that reads each
-    table when it is reached; only the first ``width`` columns of each."""
+def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int, spaces: list[str] | None = None):
+    """Labels, the pixel-space id tables, and the code-space ones (``spaces``, default every model and
+    every scored upload) as a generator that reads each table when it is reached; only the first
+    ``width`` columns of each."""
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     labels = db.dataset_labels(session=session, dataset_id=exp.dataset_id)
 
@@ -70,7 +72,8 @@ def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int):
 
     distances = [d.value for d in cfg.distances]
     orig = {d: ids(db.ORIGINAL, d) for d in distances}
-    enc = (((m.value, d), ids(m.value, d)) for m in cfg.models for d in distances)
+    names = spaces if spaces is not None else [m.value for m in cfg.models] + ready_uploads(session, experiment_id)
+    enc = (((m, d), ids(m, d)) for m in names for d in distances)
     return labels, orig, enc
 
 
@@ -85,6 +88,18 @@ def store_metrics(factory: sessionmaker[Session], experiment_id: int) -> None:
     with db.transaction(factory) as s:
         db.save_metrics(session=s, experiment_id=experiment_id, values=values)
         db.update_experiment(session=s, experiment_id=experiment_id, metrics_all_k=True)
+
+
+def store_space_metrics(factory: sessionmaker[Session], experiment_id: int, space: str) -> None:
+    """Compute and store every metric of one code space (an upload), replacing that space's only."""
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        cfg = StudyConfig.model_validate(exp.config)
+        n = s.get(db.DatasetRow, exp.dataset_id).n
+        labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n), [space])
+        values = [v for v in compute_metrics(cfg, labels, orig, enc) if v["space"] == space]
+    with db.transaction(factory) as s:
+        db.save_metrics(session=s, experiment_id=experiment_id, values=values, space=space)
 
 
 def backfill(factory: sessionmaker[Session], experiment_id: int | None = None) -> list[int]:

@@ -22,9 +22,10 @@ from common.compute.names import REFERENCE_MAPS, keep_encoder_epochs
 from common.compute.references import check_available, fit_map
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.store import db as db
+from common.study import embeddings
 from common.study.config import StudyConfig
 from common.study.runtime import Runtime
-from common.study.scoring import store_metrics
+from common.study.scoring import store_metrics, store_space_metrics
 from common.study.tables import build_table, plan_table
 
 log = logging.getLogger(__name__)
@@ -231,6 +232,41 @@ def stage_code_table(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Data
     build_table(rt, experiment_id=experiment_id, table=table, points=codes, labels=ds.labels,
                  title=f"{name} {distance}")
     _timed(rt, experiment_id, f"table {name} {distance}", t0)
+
+
+def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
+    """Score an uploaded embedding (common/study/embeddings.py): its code-space tables at the experiment's
+    K for each of its distances, then every metric at every k. Ready, and the experiment's revision
+    bumped, once all are stored; a repeated run continues where one stopped, a ready one does nothing."""
+    t0 = time.perf_counter()
+    with rt.factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        row = next((m for m in db.list_models(session=s, experiment_id=experiment_id)
+                    if m.name == name and m.source == embeddings.UPLOADED), None)
+        if row is None:
+            raise LookupError(f"experiment {experiment_id} has no uploaded embedding {name!r}")
+        if row.state == embeddings.READY:
+            return
+        cfg = StudyConfig.model_validate(exp.config)
+        labels = db.dataset_labels(session=s, dataset_id=exp.dataset_id).copy()
+        codes = db.model_codes(row).copy()
+    embeddings.set_state(rt.factory, row.id, embeddings.SCORING)
+    try:
+        for d in (x.value for x in cfg.distances):
+            table = plan_table(rt.factory, dataset_id=exp.dataset_id, space=name, model_id=row.id, distance=d,
+                               k=cfg.k, n=len(labels), dim=codes.shape[1], memory_budget=rt.memory_budget,
+                               device=rt.device)
+            if not table.complete:
+                t1 = time.perf_counter()
+                build_table(rt, experiment_id=experiment_id, table=table, points=codes, labels=labels,
+                            title=f"{name} {d}")
+                _timed(rt, experiment_id, f"table {name} {d}", t1)
+        store_space_metrics(rt.factory, experiment_id, name)
+    except Exception as e:
+        embeddings.set_state(rt.factory, row.id, embeddings.FAILED, f"{type(e).__name__}: {e}")
+        raise
+    embeddings.set_state(rt.factory, row.id, embeddings.READY)
+    _timed(rt, experiment_id, f"embedding {name}", t0)
 
 
 def stage_metrics(rt: Runtime, experiment_id: int) -> None:

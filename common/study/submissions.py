@@ -12,7 +12,7 @@ from common.compute import kernels
 from common.compute.names import KEEP_MODELS, REFERENCE_MAPS, keep_encoder_epochs, model_kind
 from common.settings import Settings
 from common.store import db as db
-from common.study import jobs
+from common.study import embeddings, jobs
 from common.study.config import StudyConfig
 
 CANCELLED = db.CANCELLED  # what cancel() returns when it cancelled
@@ -158,10 +158,12 @@ def describe(session: Session, experiment_id: int) -> dict[str, Any] | None:
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     if exp is None:
         return None
+    rows = db.list_models(session=session, experiment_id=experiment_id)
     models = [{"name": m.name, "kind": model_kind(m.name), "epochs_done": m.epochs_done,
                "epochs": _epochs(m.name, exp.config["epochs"]), "phases": _phases(m.name, exp.config["epochs"]),
                "loss": m.losses[-1] if m.losses else None, "trained": m.codes is not None}
-              for m in db.list_models(session=session, experiment_id=experiment_id)]
+              for m in rows if m.source != embeddings.UPLOADED]
+    spaces = [{"name": m.name, **embeddings.describe_space(m)} for m in rows]
     tables = []
     for t in db.experiment_tables(session=session, experiment_id=experiment_id):
         tables.append({"space": t.space, "distance": t.distance, "complete": t.complete,
@@ -177,7 +179,7 @@ def describe(session: Session, experiment_id: int) -> dict[str, Any] | None:
         "attempts": max([exp.attempts, *[i.attempts for i in items]]) if items else exp.attempts,
         "tasks": {"total": len(items), "done": sum(i.state == db.DONE for i in items),
                   "retried": sum(i.attempts > 1 for i in items)},
-        "models": models, "tables": tables,
+        "models": models, "spaces": spaces, "tables": tables,
         "chunks_done": sum(t["chunks_done"] for t in tables),
         "chunks_total": sum(t["chunks_total"] for t in tables),
     }
