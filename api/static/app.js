@@ -576,7 +576,8 @@ async function headOf(e) { // a run's headline: its best trained model at k = 10
     const [score, acc] = await Promise.all([api(`/metrics/score_at_k?experiment=${e.id}&k=${k}`),
       api(`/metrics/knn_accuracy?experiment=${e.id}&k=${Math.min(5, e.config.k)}`)]);
     const rows = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }));
-    const trained = rows.filter((r) => contestant(r.model));
+    // trained by that run (its own models, not a reference map; an upload is neither)
+    const trained = rows.filter((r) => e.config.models.includes(r.model) && !REFERENCE_MAPS.has(r.model));
     const best = (trained.length ? trained : rows).sort((a, b) => b.v - a.v)[0];
     const accOf = acc.rows.find((r) => r.space === best.model && r.distance === d);
     return { id: e.id, k, d, best, acc: accOf ? Object.values(accOf.values)[0] : null };
