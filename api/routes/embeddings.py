@@ -18,7 +18,7 @@ from common.study.config import Distance
 
 router = APIRouter(prefix="/experiments", tags=["embeddings"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
-NameQ = Annotated[str, Query(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
+NameQ = Annotated[str, Query(pattern=f"^{embeddings.NAME.pattern}$",
                              description=f"the space's name: {embeddings.NAME_RULE}")]
 UPLOAD = {"requestBody": {"required": True, "description": "the codes as a .npy file (N x m numbers, one row per "
                           "sample in the experiment's order), or an .npz holding an array named codes",

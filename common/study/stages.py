@@ -241,10 +241,7 @@ def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
     t0 = time.perf_counter()
     with rt.factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
-        row = next((m for m in db.list_models(session=s, experiment_id=experiment_id)
-                    if m.name == name and m.source == embeddings.UPLOADED), None)
-        if row is None:
-            raise LookupError(f"experiment {experiment_id} has no uploaded embedding {name!r}")
+        row = embeddings.upload(s, experiment_id, name)
         if row.state == embeddings.READY:
             return
         cfg = StudyConfig.model_validate(exp.config)
