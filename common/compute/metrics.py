@@ -159,3 +159,58 @@ def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
             best_score = np.where(win, s, best_score)
             right[r] += int(np.count_nonzero(best == truth))
     return right / n
+
+
+# ---------------------------------------------------------------- rank-based measures (STUDY.md, item 6)
+# Each sample's neighbours in one space, with their exact ranks in the other (common/compute/ranks.py),
+# give trustworthiness and MRRE at every k in one pass; continuity and the other MRRE are the same sums
+# with the two spaces' roles swapped.
+
+
+def rank_error_sums(other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows whose neighbours at ranks p = 1..K in one space have ranks ``other[i, p-1]`` (exact, any size)
+    in the other space, for k = 1..K (each (K,) float, summed over the rows):
+
+    - false[k-1] = sum over i of sum over the j in the first k here but not in the other space's first k of
+      (r_other(i, j) - k): j at rank p here and q there is such a j for p <= k < q, adding q - k;
+    - relative[k-1] = sum over i of sum over the j in the first k here of |q - p| / p."""
+    b, k = other.shape
+    q = other.astype(np.int64)
+    p = np.broadcast_to(np.arange(1, k + 1), q.shape)
+    live = q > p  # j counts for k = p .. min(q, K + 1) - 1
+    start, stop, qq = p[live], np.minimum(q[live], k + 1), q[live].astype(np.float64)
+    weight = np.bincount(start, qq, minlength=k + 2) - np.bincount(stop, qq, minlength=k + 2)
+    count = np.bincount(start, minlength=k + 2) - np.bincount(stop, minlength=k + 2)
+    ks = np.arange(k + 2)
+    false = (np.cumsum(weight) - ks * np.cumsum(count))[1:k + 1]
+    rel = np.cumsum((np.abs(q - p) / p).sum(axis=0))
+    return false, rel
+
+
+def rank_measure_ks(n: int, top: int) -> np.ndarray:
+    """The ks at which the rank measures are defined: 1 <= k < N / 2, up to ``top``."""
+    return np.arange(1, min(top, (n - 1) // 2) + 1)
+
+
+def trustworthiness_curve(false_sums: np.ndarray, n: int) -> np.ndarray:
+    """T(k) (or C(k), from the other direction's sums) for k = 1..len: 1 - 2 / (N k (2N - 3k - 1)) * sums."""
+    ks = np.arange(1, len(false_sums) + 1, dtype=np.float64)
+    return 1.0 - 2.0 / (n * ks * (2.0 * n - 3.0 * ks - 1.0)) * false_sums
+
+
+def mrre_curve(relative_sums: np.ndarray, n: int) -> np.ndarray:
+    """MRRE(k) as ZADU reports it (higher is better): 1 - sums / (N c_k), c_k = sum_{l<=k} |N - 2l + 1| / l."""
+    ls = np.arange(1, len(relative_sums) + 1, dtype=np.float64)
+    c = np.cumsum(np.abs(n - 2.0 * ls + 1.0) / ls)
+    return 1.0 - relative_sums / n / c
+
+
+def lcmc_curve(score: np.ndarray, n: int) -> np.ndarray:
+    """LCMC(k) = score@k - k / (N - 1), for k = 1..len(score)."""
+    return score - np.arange(1, len(score) + 1) / (n - 1)
+
+
+def auc_rnx(rnx: np.ndarray) -> float:
+    """Area under R_NX with log-k weights over k = 1..len: sum R_NX(k) / k divided by sum 1 / k."""
+    w = 1.0 / np.arange(1, len(rnx) + 1)
+    return float((rnx * w).sum() / w.sum())

@@ -1,6 +1,8 @@
 """Metric values from the stored neighbour tables: what the metrics stage stores. Every metric is stored
 at every k from 1 to K (one pass over each table: common/metrics.py's curves), so a read of any k is a
-lookup and no request ever computes. Imports only numpy and SQL."""
+lookup and no request ever computes. The rank-based measures also need exact ranks beyond the tables,
+from the points themselves (common/study/ranking.py, imported when they are computed: it needs torch).
+Imports only numpy and SQL."""
 
 from __future__ import annotations
 
@@ -20,12 +22,17 @@ def top_k(cfg: StudyConfig, n: int) -> int:
     return min(cfg.k, n - 2)
 
 
+RANK_MEASURES = ("trustworthiness", "continuity", "mrre_false", "mrre_missing")  # need ranks beyond K
+
+
 def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.ndarray],
-                    enc: Mapping[tuple[str, str], np.ndarray] | Iterable[tuple[tuple[str, str], np.ndarray]]
-                    ) -> list[dict]:
+                    enc: Mapping[tuple[str, str], np.ndarray] | Iterable[tuple[tuple[str, str], np.ndarray]],
+                    ranks: Mapping | None = None) -> list[dict]:
     """Every metric of STUDY.md at every k = 1..top_k from the id tables: orig[distance], enc[(model,
     distance)], score@k by label too. ``enc`` may be an iterable of ((model, distance), table) pairs, read
-    one at a time. Values are sums of integers divided once (score@k = total overlap / (N k))."""
+    one at a time. Values are sums of integers divided once (score@k = total overlap / (N k)). With
+    ``ranks`` (common/study/ranking.py's sums per (model, distance)), the rank-based measures at each k
+    where they are defined (k < N / 2); LCMC at every k and the AUC of R_NX (stored at k = top) always."""
     n = labels.shape[0]
     top = top_k(cfg, n)
     ks = np.arange(1, top + 1)
@@ -46,7 +53,19 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
         shared = M.overlap_sums(o, e, labels, classes)  # (labels, top): summed overlaps of each label's rows
         q = shared.sum(axis=0) / n / ks
         put("score_at_k", m, d, q)
-        put("r_nx", m, d, ((n - 1) * q - ks) / (n - 1 - ks))
+        rnx = ((n - 1) * q - ks) / (n - 1 - ks)
+        put("r_nx", m, d, rnx)
+        put("lcmc", m, d, M.lcmc_curve(q, n))
+        out.append({"metric": "auc_rnx", "space": m, "distance": d, "k": top, "label": -1,
+                    "value": M.auc_rnx(rnx)})
+        if ranks is not None and (m, d) in ranks:
+            r, kr = ranks[(m, d)], len(M.rank_measure_ks(n, top))
+            for metric, curve in (("trustworthiness", M.trustworthiness_curve(r.false[:kr], n)),
+                                  ("continuity", M.trustworthiness_curve(r.missing[:kr], n)),
+                                  ("mrre_false", M.mrre_curve(r.relative_false[:kr], n)),
+                                  ("mrre_missing", M.mrre_curve(r.relative_missing[:kr], n))):
+                out.extend({"metric": metric, "space": m, "distance": d, "k": int(k), "label": -1,
+                            "value": float(v)} for k, v in zip(ks[:kr], curve, strict=True))
         la = M.same_label_curves(o, e, labels)
         put("same_label_rate", m, d, la["encoded_rate"])
         put("label_agreement_change", m, d, la["change"])
@@ -57,47 +76,72 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
     return out
 
 
+def _ids(session: Session, experiment_id: int, space: str, d: str, width: int) -> np.ndarray:
+    """The first ``width`` columns of a complete stored id table."""
+    t = db.find_table(session=session, experiment_id=experiment_id, space=space, distance=d)
+    if t is None:
+        raise LookupError(f"experiment {experiment_id}: the {space}/{d} table is not complete")
+    return db.load_table_ids(session=session, table_id=t.id, n=t.n, k=t.k, cols=min(width, t.k))
+
+
 def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int, spaces: list[str] | None = None):
     """Labels, the pixel-space id tables, and the code-space ones (``spaces``, default every model and
     every scored upload) as a generator that reads each table when it is reached; only the first
     ``width`` columns of each."""
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     labels = db.dataset_labels(session=session, dataset_id=exp.dataset_id)
-
-    def ids(space: str, d: str) -> np.ndarray:
-        t = db.find_table(session=session, experiment_id=experiment_id, space=space, distance=d)
-        if t is None:
-            raise LookupError(f"experiment {experiment_id}: the {space}/{d} table is not complete")
-        return db.load_table_ids(session=session, table_id=t.id, n=t.n, k=t.k, cols=min(width, t.k))
-
     distances = [d.value for d in cfg.distances]
-    orig = {d: ids(db.ORIGINAL, d) for d in distances}
+    orig = {d: _ids(session, experiment_id, db.ORIGINAL, d, width) for d in distances}
     names = spaces if spaces is not None else [m.value for m in cfg.models] + ready_uploads(session, experiment_id)
-    enc = (((m, d), ids(m, d)) for m in names for d in distances)
+    enc = (((m, d), _ids(session, experiment_id, m, d, width)) for m in names for d in distances)
     return labels, orig, enc
 
 
-def store_metrics(factory: sessionmaker[Session], experiment_id: int) -> None:
-    """Compute and store every metric of an experiment at every k (replacing what was stored)."""
+def rank_sums_of(session: Session, experiment_id: int, cfg: StudyConfig, names: list[str], settings=None):
+    """Exact-rank sums (common/study/ranking.py) of the spaces ``names``, from the stored points, codes and
+    tables: every model's table of one distance is read at once, beside the pixel one."""
+    from common.study.ranking import rank_sums
+
+    exp = db.get_experiment(session=session, experiment_id=experiment_id)
+    ds = session.get(db.DatasetRow, exp.dataset_id)
+    top = top_k(cfg, ds.n)
+    pixels = np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1)
+    rows = {r.name: r for r in db.list_models(session=session, experiment_id=experiment_id)}
+    codes = {m: db.model_codes(rows[m]) for m in names}
+    out = {}
+    for d in (x.value for x in cfg.distances):
+        enc = {(m, d): _ids(session, experiment_id, m, d, top) for m in names}
+        orig = {d: _ids(session, experiment_id, db.ORIGINAL, d, top)}
+        out.update(rank_sums(pixels, codes, orig, enc, top, settings))
+        del enc, orig
+    return out
+
+
+def store_metrics(factory: sessionmaker[Session], experiment_id: int, settings=None) -> None:
+    """Compute and store every metric of an experiment at every k (replacing what was stored).
+    ``settings``: where the exact ranks are computed (common/study/ranking.py's RankSettings)."""
     with factory() as s:  # one table in memory at a time, beside the pixel-space ones
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         cfg = StudyConfig.model_validate(exp.config)
         n = s.get(db.DatasetRow, exp.dataset_id).n
+        names = [m.value for m in cfg.models] + ready_uploads(s, experiment_id)
+        ranks = rank_sums_of(s, experiment_id, cfg, names, settings)
         labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n))
-        values = compute_metrics(cfg, labels, orig, enc)
+        values = compute_metrics(cfg, labels, orig, enc, ranks)
     with db.transaction(factory) as s:
         db.save_metrics(session=s, experiment_id=experiment_id, values=values)
         db.update_experiment(session=s, experiment_id=experiment_id, metrics_all_k=True)
 
 
-def store_space_metrics(factory: sessionmaker[Session], experiment_id: int, space: str) -> None:
+def store_space_metrics(factory: sessionmaker[Session], experiment_id: int, space: str, settings=None) -> None:
     """Compute and store every metric of one code space (an upload), replacing that space's only."""
     with factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         cfg = StudyConfig.model_validate(exp.config)
         n = s.get(db.DatasetRow, exp.dataset_id).n
+        ranks = rank_sums_of(s, experiment_id, cfg, [space], settings)
         labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n), [space])
-        values = [v for v in compute_metrics(cfg, labels, orig, enc) if v["space"] == space]
+        values = [v for v in compute_metrics(cfg, labels, orig, enc, ranks) if v["space"] == space]
     with db.transaction(factory) as s:
         db.save_metrics(session=s, experiment_id=experiment_id, values=values, space=space)
 

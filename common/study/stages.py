@@ -24,6 +24,7 @@ from common.compute.training import Checkpoint, TrainConfig, encode, load_traine
 from common.store import db as db
 from common.study import embeddings
 from common.study.config import StudyConfig
+from common.study.ranking import RankSettings
 from common.study.runtime import Runtime
 from common.study.scoring import store_metrics, store_space_metrics
 from common.study.tables import build_table, plan_table
@@ -258,7 +259,7 @@ def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
                 build_table(rt, experiment_id=experiment_id, table=table, points=codes, labels=labels,
                             title=f"{name} {d}")
                 _timed(rt, experiment_id, f"table {name} {d}", t1)
-        store_space_metrics(rt.factory, experiment_id, name)
+        store_space_metrics(rt.factory, experiment_id, name, rank_settings(rt))
     except Exception as e:
         embeddings.set_state(rt.factory, row.id, embeddings.FAILED, f"{type(e).__name__}: {e}")
         raise
@@ -266,10 +267,20 @@ def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
     _timed(rt, experiment_id, f"embedding {name}", t0)
 
 
+def rank_settings(rt: Runtime) -> RankSettings:
+    """The exact-rank passes run where the tables do (device, pixel path, memory budget)."""
+    return RankSettings(device=rt.device, kernel=rt.kernel, cache_dir=rt.cache_dir, memory_budget=rt.memory_budget)
+
+
 def stage_metrics(rt: Runtime, experiment_id: int) -> None:
-    """All metric tables, from the stored neighbour tables (the database is the source of truth)."""
+    """All metric tables, from the stored neighbour tables (the database is the source of truth), and the
+    rank-based measures from exact ranks over the stored points and codes (each pass's time recorded)."""
     t0 = time.perf_counter()
-    store_metrics(rt.factory, experiment_id)
+    settings = rank_settings(rt)
+    store_metrics(rt.factory, experiment_id, settings)
+    with db.transaction(rt.factory) as s:
+        for stage, seconds in settings.seconds.items():
+            db.record_timing(session=s, experiment_id=experiment_id, stage=stage, seconds=seconds)
     _timed(rt, experiment_id, "metrics", t0)
 
 

@@ -1,0 +1,96 @@
+"""Exact ranks beyond the stored top K: the rank r_S(i, j) of asked ids j among the N - 1 other samples
+ordered by (distance from i in space S, id), 1 = nearest, ties to the lower id as in the tables
+(STUDY.md, metrics item 6). Trustworthiness needs the pixel-space rank of each code-space neighbour, which
+may be 30,000; continuity the reverse.
+
+Each query row's whole distance row is computed once, with the same exact arithmetic as the tables
+(common/compute/neighbors.py: integer pixel scores from the chosen path, float64 code distances by one
+formula), and every other sample is placed among the row's asked ids by common/compute/_ranks.c. No N x N
+matrix: rows go in blocks sized from the memory budget. Imports only numpy and torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from common.compute import neighbors as nb
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET
+
+try:
+    from common.compute import _ranks
+except ImportError:  # pragma: no cover - only where the extension could not be built
+    _ranks = None
+
+MAX_BLOCK = 512  # query rows per block at most: their (rows, N) values stay in the tens of MB
+
+
+def _need_kernel() -> None:
+    if _ranks is None:
+        raise RuntimeError("the exact-rank kernel (common/compute/_ranks.c) is not built: reinstall aeknn with a C "
+                           "compiler (pip install -e .)")
+
+
+def block_rows(n: int, memory_budget: int) -> int:
+    """Query rows per block: a (rows, N) block of 8-byte values within a quarter of the budget."""
+    return int(max(1, min(MAX_BLOCK, n, memory_budget // 4 // max(1, n * 8))))
+
+
+def _split(fn, count: int) -> None:
+    nb._parallel(fn, count)  # one slice of rows per torch thread; the kernel releases the GIL
+
+
+def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndarray:
+    """Ranks (len(rows), T) int64 of the ids ``asked`` (len(rows), T) from each query row ``rows``."""
+    _need_kernel()
+    rows = np.ascontiguousarray(rows, np.int64)
+    asked = np.ascontiguousarray(asked, np.int32)
+    out = np.empty(asked.shape, np.int64)
+    n = space.n
+    if isinstance(space, nb.CodeSpace):
+        x = np.ascontiguousarray(space.x.cpu().numpy(), np.float64)
+        m, l1 = x.shape[1], space.l1
+
+        def part(lo: int, hi: int) -> None:
+            _ranks.coords(x, m, l1, rows[lo:hi], asked[lo:hi], out[lo:hi])
+
+        _split(part, len(rows))
+        return out
+    if isinstance(space, nb.FusedPixels):
+        g = space._block(rows, 0, n)  # exact int32 scores, or float32 exact integers
+        kind, base, a = (1 if g.dtype == np.float32 else 0), space.base, space.a
+    elif isinstance(space, nb.PixelL2):  # the torch path: exact float32 dot products
+        g = (space.s[torch.from_numpy(rows)] @ space.s.T).cpu().numpy()
+        kind, base, a = 1, space.sq.cpu().numpy().astype(np.int32), -2
+    elif isinstance(space, nb.PixelL1):
+        g = torch.cdist(space.x[torch.from_numpy(rows)], space.x, p=1.0).cpu().numpy()
+        kind, base, a = 1, np.zeros(n, np.int32), 1
+    else:  # pragma: no cover
+        raise TypeError(f"no exact ranks for {type(space).__name__}")
+    g = np.ascontiguousarray(g)
+    base = np.ascontiguousarray(base, np.int32)
+
+    def part(lo: int, hi: int) -> None:
+        _ranks.block(g[lo:hi], kind, n, base, int(a), rows[lo:hi], asked[lo:hi], out[lo:hi])
+
+    _split(part, len(rows))
+    return out
+
+
+def rank_rows(space: nb.Space, asked: np.ndarray, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+              ) -> Iterator[tuple[int, np.ndarray]]:
+    """For every sample i in order, the ranks of the ids ``asked[i]`` ((N, T) int32) from i, as
+    (first row, (rows, T) int64 ranks) blocks."""
+    n = space.n
+    if asked.shape[0] != n:
+        raise ValueError(f"asked has {asked.shape[0]} rows for {n} samples")
+    step = block_rows(n, memory_budget)
+    try:
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            yield r0, ranks_block(space, np.arange(r0, r1), asked[r0:r1])
+    finally:
+        nb.release_scratch()
+

@@ -1,0 +1,81 @@
+"""The exact ranks that the rank-based measures need (STUDY.md, metrics item 6), summed as they are found.
+
+For each distance, one pass over the pixel space gives every model's code-space neighbours their pixel-space
+ranks (trustworthiness, MRRE of false neighbours); one pass over each model's code space gives the pixel
+neighbours their code-space ranks (continuity, MRRE of missed neighbours). The ranks are exact and not
+capped (common/compute/ranks.py); only their sums over the samples are kept, per k, so memory stays at the
+tables being read. The metrics stage calls this (common/study/scoring.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.compute import metrics as M
+from common.compute.ranks import rank_rows
+from common.compute.sizes import DEFAULT_MEMORY_BUDGET
+from common.study.tables import prepare_space
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankSums:
+    """One model and distance: the per-k sums (k = 1..top) of each direction."""
+
+    false: np.ndarray  # trustworthiness: sum of (r_orig - k) over false neighbours
+    relative_false: np.ndarray  # MRRE_false: sum of |r_orig - r_enc| / r_enc over the code neighbours
+    missing: np.ndarray  # continuity: sum of (r_enc - k) over missed neighbours
+    relative_missing: np.ndarray  # MRRE_missing: sum of |r_enc - r_orig| / r_orig over the pixel neighbours
+
+
+@dataclass
+class RankSettings:
+    """Where the passes run: as the tables' (Runtime's) settings."""
+
+    device: str = "cpu"
+    kernel: str = "auto"
+    cache_dir: Path | str = ".aeknn-cache"
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    seconds: dict[str, float] = field(default_factory=dict)  # filled: time per pass
+
+
+def _sums(space, asked: np.ndarray, budget: int, splits: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """rank_error_sums of each column group of ``asked`` (split at ``splits``), over every row."""
+    out: list[list[np.ndarray]] | None = None
+    for _, r in rank_rows(space, asked, budget):
+        parts = [M.rank_error_sums(p) for p in np.split(r, splits, axis=1)]
+        out = [[a + b for a, b in zip(acc, part, strict=True)] for acc, part in zip(out, parts, strict=True)] \
+            if out is not None else [list(p) for p in parts]
+    return [(a, b) for a, b in out]
+
+
+def rank_sums(pixels: np.ndarray, codes: Mapping[str, np.ndarray], orig: Mapping[str, np.ndarray],
+              enc: Mapping[tuple[str, str], np.ndarray], top: int, settings: RankSettings | None = None
+              ) -> dict[tuple[str, str], RankSums]:
+    """The sums for every (model, distance) of ``enc`` (tables cut to ``top`` columns): ``pixels`` (N, D)
+    uint8, ``codes[model]`` (N, m), ``orig[distance]`` the pixel table."""
+    st = settings or RankSettings()
+    out: dict[tuple[str, str], RankSums] = {}
+    for d in sorted({d for _, d in enc}):
+        names = [m for m, dd in enc if dd == d]
+        t0 = time.perf_counter()
+        space = prepare_space(pixels, d, device=st.device, kernel=st.kernel, cache_dir=st.cache_dir)
+        asked = np.concatenate([enc[(m, d)][:, :top] for m in names], axis=1)
+        false = _sums(space, asked, st.memory_budget, [top * i for i in range(1, len(names))])
+        del asked, space
+        st.seconds[f"ranks original {d}"] = time.perf_counter() - t0
+        for m, (f, rel) in zip(names, false, strict=True):
+            t0 = time.perf_counter()
+            cspace = prepare_space(codes[m], d, device=st.device, kernel=st.kernel, cache_dir=st.cache_dir)
+            [(miss, rel_miss)] = _sums(cspace, np.ascontiguousarray(orig[d][:, :top]), st.memory_budget, [])
+            st.seconds[f"ranks {m} {d}"] = time.perf_counter() - t0
+            out[(m, d)] = RankSums(f, rel, miss, rel_miss)
+    log.info("exact ranks: %s", ", ".join(f"{k} {v:.1f} s" for k, v in st.seconds.items()))
+    return out
