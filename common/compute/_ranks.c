@@ -2,9 +2,9 @@
  * N - 1 other samples ordered by (distance from i, id), 1 = nearest (STUDY.md, metrics item 6).
  *
  * A row's asked ids are its thresholds: their values are sorted by (value, id), every other sample l of
- * the row is placed among them by one binary search (pos = how many thresholds are at or below
- * (value_l, l)), a histogram of the positions is summed, and rank(j) = 1 + the samples strictly below
- * (value_j, j). Far samples (above every threshold) cost one comparison. No rounding: the values are
+ * the row is placed among them (pos = how many thresholds are at or below (value_l, l)), a histogram of
+ * the positions is summed, and rank(j) = 1 + the samples strictly below (value_j, j). Far samples (above
+ * every threshold) cost one comparison; 2-D codes go by cells of a grid (grid_rows). No rounding: the values are
  *   block(g, kind, base, a, rows, q, out)   a block of whole rows: value = base[l] + a * g[r, l] with g
  *       int32 (kind 0) or float32 holding exact integers (kind 1), as the pixel paths score; or g float64
  *       values as they are (kind 2, base and a unused)
@@ -53,67 +53,89 @@ static int scratch_of(scratch_t *s, Py_ssize_t T) {
 
 static void scratch_free(scratch_t *s) { free(s->t), free(s->tv), free(s->ti), free(s->hist), free(s->first); }
 
-/* sort the row's thresholds (values already in s->t), then place every sample l != self. A sample between
- * the first and the last threshold finds its place through a table of B buckets over the thresholds' value
- * range: first[b] = the first threshold whose bucket is b or later, so a sample of bucket b is above the
- * thresholds before first[b], below those from first[b + 1] on, and compared only with its own bucket's
- * (usually none or one). The bucket, (v - lo) * scale truncated, never decreases as v grows (each
- * rounding is monotone), so that split is exact. */
-#define RANK_ROW(VALUE_OF)                                                                                \
-    do {                                                                                                  \
-        qsort(s->t, T, sizeof(thr_t), by_key);                                                            \
-        for (Py_ssize_t t = 0; t < T; t++) s->tv[t] = s->t[t].v, s->ti[t] = s->t[t].id;                   \
-        double lo_v = s->tv[0], hi_v = s->tv[T - 1];                                                      \
-        int32_t lo_i = s->ti[0], hi_i = s->ti[T - 1];                                                     \
-        double scale = hi_v > lo_v ? (double)(s->nb - 1) / (hi_v - lo_v) : 0.0;                           \
-        Py_ssize_t t0 = 0;                                                                                \
-        for (Py_ssize_t bk = 0; bk <= s->nb; bk++) {                                                      \
-            while (t0 < T && (Py_ssize_t)((s->tv[t0] - lo_v) * scale) < bk) t0++;                         \
-            s->first[bk] = (int32_t)t0;                                                                   \
-        }                                                                                                 \
-        for (Py_ssize_t t = 0; t <= T; t++) s->hist[t] = 0;                                               \
-        for (Py_ssize_t l = 0; l < n; l++) {                                                              \
-            double v = VALUE_OF(l);                                                                       \
-            if (v > hi_v || (v == hi_v && (int32_t)l >= hi_i) || l == self) continue; /* above them all */ \
-            if (v < lo_v || (v == lo_v && (int32_t)l < lo_i)) {                                           \
-                s->hist[0]++;                                                                             \
-                continue;                                                                                 \
-            }                                                                                             \
-            Py_ssize_t bk = (Py_ssize_t)((v - lo_v) * scale);                                             \
-            Py_ssize_t pos = s->first[bk], end = s->first[bk + 1];                                        \
-            while (pos < end && (s->tv[pos] < v || (s->tv[pos] == v && s->ti[pos] <= (int32_t)l))) pos++; \
-            s->hist[pos]++;                                                                               \
-        }                                                                                                 \
-        int64_t below = 0;                                                                                \
-        for (Py_ssize_t t = 0; t < T; t++) {                                                              \
-            below += s->hist[t];                                                                          \
-            out[s->t[t].at] = below + 1;                                                                  \
-        }                                                                                                 \
-    } while (0)
+/* A row's sorted thresholds and their bucket table. A sample between the first and the last threshold
+ * finds its place through B buckets over the thresholds' value range: first[b] = the first threshold whose
+ * bucket is b or later, so a sample of bucket b is above the thresholds before first[b], below those from
+ * first[b + 1] on, and compared only with its own bucket's (usually none or one). The bucket,
+ * (v - lo) * scale truncated, never decreases as v grows (each rounding is monotone), so the split is exact. */
+typedef struct {
+    const double *tv;
+    const int32_t *ti;
+    const int32_t *first;
+    int64_t *hist;
+    Py_ssize_t T;
+    double lo_v, hi_v, scale;
+    int32_t lo_i, hi_i;
+} row_t;
+
+static row_t row_of(scratch_t *s, Py_ssize_t T) {
+    qsort(s->t, T, sizeof(thr_t), by_key);
+    for (Py_ssize_t t = 0; t < T; t++) s->tv[t] = s->t[t].v, s->ti[t] = s->t[t].id;
+    row_t r = {s->tv, s->ti, s->first, s->hist, T, s->tv[0], s->tv[T - 1], 0.0, s->ti[0], s->ti[T - 1]};
+    r.scale = r.hi_v > r.lo_v ? (double)(s->nb - 1) / (r.hi_v - r.lo_v) : 0.0;
+    Py_ssize_t t0 = 0;
+    for (Py_ssize_t bk = 0; bk <= s->nb; bk++) {
+        while (t0 < T && (Py_ssize_t)((s->tv[t0] - r.lo_v) * r.scale) < bk) t0++;
+        s->first[bk] = (int32_t)t0;
+    }
+    for (Py_ssize_t t = 0; t <= T; t++) s->hist[t] = 0;
+    return r;
+}
+
+/* count sample (v, l) at its place: how many thresholds are at or below it */
+static inline void place(const row_t *r, double v, int32_t l) {
+    if (v > r->hi_v || (v == r->hi_v && l >= r->hi_i)) return; /* at or above every threshold */
+    if (v < r->lo_v || (v == r->lo_v && l < r->lo_i)) {
+        r->hist[0]++;
+        return;
+    }
+    Py_ssize_t bk = (Py_ssize_t)((v - r->lo_v) * r->scale);
+    Py_ssize_t pos = r->first[bk], end = r->first[bk + 1];
+    while (pos < end && (r->tv[pos] < v || (r->tv[pos] == v && r->ti[pos] <= l))) pos++;
+    r->hist[pos]++;
+}
+
+/* how many thresholds have a value below v (strict) or at most v (!strict), for lo_v <= v <= hi_v */
+static inline Py_ssize_t count_below(const row_t *r, double v, int strict) {
+    Py_ssize_t bk = (Py_ssize_t)((v - r->lo_v) * r->scale);
+    Py_ssize_t pos = r->first[bk], end = r->first[bk + 1];
+    while (pos < end && (strict ? r->tv[pos] < v : r->tv[pos] <= v)) pos++;
+    return pos;
+}
+
+/* the ranks from the histogram: rank(threshold t) = 1 + the samples placed before it */
+static void finish_row(const row_t *r, const scratch_t *s, int64_t *out) {
+    int64_t below = 0;
+    for (Py_ssize_t t = 0; t < r->T; t++) {
+        below += r->hist[t];
+        out[s->t[t].at] = below + 1;
+    }
+}
 
 static void block_rows(const void *g, int kind, Py_ssize_t n, const int32_t *base, int a, const int64_t *rows,
                        Py_ssize_t b, const int32_t *q, Py_ssize_t T, int64_t *outs, scratch_t *s) {
-    for (Py_ssize_t r = 0; r < b; r++) {
-        Py_ssize_t self = (Py_ssize_t)rows[r];
-        const int32_t *gi = kind == 0 ? (const int32_t *)g + r * n : NULL;
-        const float *gf = kind == 1 ? (const float *)g + r * n : NULL;
-        const double *gd = kind == 2 ? (const double *)g + r * n : NULL;
-        int64_t *out = outs + r * T;
-        const int32_t *qr = q + r * T;
-        for (Py_ssize_t t = 0; t < T; t++) s->t[t].id = qr[t], s->t[t].at = (int32_t)t;
+    for (Py_ssize_t rr = 0; rr < b; rr++) {
+        Py_ssize_t self = (Py_ssize_t)rows[rr];
+        const int32_t *gi = kind == 0 ? (const int32_t *)g + rr * n : NULL;
+        const float *gf = kind == 1 ? (const float *)g + rr * n : NULL;
+        const double *gd = kind == 2 ? (const double *)g + rr * n : NULL;
+        const int32_t *qr = q + rr * T;
+#define VALUE(l) (kind == 0 ? (double)base[l] + (double)a * (double)gi[l] \
+                  : kind == 1 ? (double)base[l] + (double)a * (double)gf[l] : gd[l])
+        for (Py_ssize_t t = 0; t < T; t++) s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = VALUE(qr[t]);
+        row_t r = row_of(s, T);
         if (kind == 0) {
-#define V0(l) ((double)base[l] + (double)a * (double)gi[l])
-            for (Py_ssize_t t = 0; t < T; t++) s->t[t].v = V0(qr[t]);
-            RANK_ROW(V0);
+            for (Py_ssize_t l = 0; l < n; l++)
+                if (l != self) place(&r, (double)base[l] + (double)a * (double)gi[l], (int32_t)l);
         } else if (kind == 1) {
-#define V1(l) ((double)base[l] + (double)a * (double)gf[l])
-            for (Py_ssize_t t = 0; t < T; t++) s->t[t].v = V1(qr[t]);
-            RANK_ROW(V1);
+            for (Py_ssize_t l = 0; l < n; l++)
+                if (l != self) place(&r, (double)base[l] + (double)a * (double)gf[l], (int32_t)l);
         } else {
-#define V2(l) (gd[l])
-            for (Py_ssize_t t = 0; t < T; t++) s->t[t].v = V2(qr[t]);
-            RANK_ROW(V2);
+            for (Py_ssize_t l = 0; l < n; l++)
+                if (l != self) place(&r, gd[l], (int32_t)l);
         }
+#undef VALUE
+        finish_row(&r, s, outs + rr * T);
     }
 }
 
@@ -127,28 +149,128 @@ static inline double coord_value(const double *xi, const double *xl, Py_ssize_t 
     return acc;
 }
 
+static inline double pair2(double x0, double x1, double a, double b, int l1) {
+    double d0 = x0 - a, d1 = x1 - b;
+    return l1 ? fabs(d0) + fabs(d1) : d0 * d0 + d1 * d1;
+}
+
+/* 2-D codes sorted into a grid of cells (about 16 points each), each with the tight box of its points. For
+ * a query row, a cell's values lie in [lo, hi] computed from its box by the same operations as a pair's
+ * (x_i - a rounds monotonically in a, and so do |.|, squaring and the sum): a cell above every threshold
+ * is skipped, one wholly between two threshold values is counted at once, and only the others are
+ * placed point by point, so a row costs its cells plus the points near its thresholds. */
+typedef struct {
+    Py_ssize_t cells;
+    Py_ssize_t *start; /* (cells + 1,) */
+    int32_t *id;       /* (n,) point ids, cell by cell */
+    int32_t *cell_of;  /* (n,) each point's cell */
+    double *xy;        /* (n, 2) their codes */
+    double *box;       /* (cells, 4): lowest and highest first, then second coordinate */
+} grid_t;
+
+static void grid_free(grid_t *G) { free(G->start), free(G->id), free(G->cell_of), free(G->xy), free(G->box); }
+
+static int grid_build(const double *x, Py_ssize_t n, grid_t *G) {
+    double lo0 = x[0], hi0 = x[0], lo1 = x[1], hi1 = x[1];
+    for (Py_ssize_t i = 1; i < n; i++) {
+        lo0 = fmin(lo0, x[2 * i]), hi0 = fmax(hi0, x[2 * i]);
+        lo1 = fmin(lo1, x[2 * i + 1]), hi1 = fmax(hi1, x[2 * i + 1]);
+    }
+    Py_ssize_t side = (Py_ssize_t)sqrt((double)n / 16.0);
+    side = side < 1 ? 1 : side > 2048 ? 2048 : side;
+    G->cells = side * side;
+    G->start = calloc(G->cells + 1, sizeof(Py_ssize_t));
+    G->id = malloc(sizeof(int32_t) * n);
+    G->cell_of = malloc(sizeof(int32_t) * n);
+    G->xy = malloc(sizeof(double) * 2 * n);
+    G->box = malloc(sizeof(double) * 4 * G->cells);
+    if (!G->start || !G->id || !G->cell_of || !G->xy || !G->box) return 0;
+    double s0 = hi0 > lo0 ? side / (hi0 - lo0) : 0.0, s1 = hi1 > lo1 ? side / (hi1 - lo1) : 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t c0 = (Py_ssize_t)((x[2 * i] - lo0) * s0), c1 = (Py_ssize_t)((x[2 * i + 1] - lo1) * s1);
+        c0 = c0 < 0 ? 0 : c0 >= side ? side - 1 : c0;
+        c1 = c1 < 0 ? 0 : c1 >= side ? side - 1 : c1;
+        G->cell_of[i] = (int32_t)(c1 * side + c0);
+        G->start[G->cell_of[i] + 1]++;
+    }
+    for (Py_ssize_t c = 0; c < G->cells; c++) {
+        G->start[c + 1] += G->start[c];
+        G->box[4 * c] = G->box[4 * c + 2] = INFINITY;
+        G->box[4 * c + 1] = G->box[4 * c + 3] = -INFINITY;
+    }
+    Py_ssize_t *fill = malloc(sizeof(Py_ssize_t) * G->cells);
+    if (!fill) return 0;
+    for (Py_ssize_t c = 0; c < G->cells; c++) fill[c] = G->start[c];
+    for (Py_ssize_t i = 0; i < n; i++) { /* in id order within each cell */
+        int32_t c = G->cell_of[i];
+        Py_ssize_t at = fill[c]++;
+        G->id[at] = (int32_t)i, G->xy[2 * at] = x[2 * i], G->xy[2 * at + 1] = x[2 * i + 1];
+        double *bx = G->box + 4 * c;
+        bx[0] = fmin(bx[0], x[2 * i]), bx[1] = fmax(bx[1], x[2 * i]);
+        bx[2] = fmin(bx[2], x[2 * i + 1]), bx[3] = fmax(bx[3], x[2 * i + 1]);
+    }
+    free(fill);
+    return 1;
+}
+
+/* the least and the most |x - a| over a in [lo, hi], as fl(x - a) gives them */
+static inline void spread(double x, double lo, double hi, double *least, double *most) {
+    double a = x - hi, b = x - lo; /* fl(x - a) runs from a to b */
+    *least = (a <= 0.0 && b >= 0.0) ? 0.0 : fmin(fabs(a), fabs(b));
+    *most = fmax(fabs(a), fabs(b));
+}
+
+static void grid_rows(const grid_t *G, const double *x, int l1, const int64_t *rows, Py_ssize_t b, const int32_t *q,
+                      Py_ssize_t T, int64_t *outs, scratch_t *s) {
+    for (Py_ssize_t rr = 0; rr < b; rr++) {
+        Py_ssize_t self = (Py_ssize_t)rows[rr];
+        double x0 = x[2 * self], x1 = x[2 * self + 1];
+        const int32_t *qr = q + rr * T;
+        for (Py_ssize_t t = 0; t < T; t++)
+            s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = pair2(x0, x1, x[2 * qr[t]], x[2 * qr[t] + 1], l1);
+        row_t r = row_of(s, T);
+        int32_t own = G->cell_of[self];
+        for (Py_ssize_t c = 0; c < G->cells; c++) {
+            Py_ssize_t c0 = G->start[c], c1 = G->start[c + 1];
+            if (c0 == c1) continue;
+            if (c != own) {
+                const double *bx = G->box + 4 * c;
+                double m0, M0, m1, M1;
+                spread(x0, bx[0], bx[1], &m0, &M0);
+                spread(x1, bx[2], bx[3], &m1, &M1);
+                double lo = l1 ? m0 + m1 : m0 * m0 + m1 * m1, hi = l1 ? M0 + M1 : M0 * M0 + M1 * M1;
+                if (lo > r.hi_v) continue; /* every point above every threshold */
+                if (hi < r.lo_v) { /* every point below every threshold */
+                    r.hist[0] += c1 - c0;
+                    continue;
+                }
+                if (lo >= r.lo_v && hi <= r.hi_v) {
+                    Py_ssize_t p = count_below(&r, lo, 1);
+                    if (p == count_below(&r, hi, 0)) { /* no threshold value in [lo, hi] */
+                        r.hist[p] += c1 - c0;
+                        continue;
+                    }
+                }
+            }
+            for (Py_ssize_t at = c0; at < c1; at++)
+                if (G->id[at] != self) place(&r, pair2(x0, x1, G->xy[2 * at], G->xy[2 * at + 1], l1), G->id[at]);
+        }
+        finish_row(&r, s, outs + rr * T);
+    }
+}
+
 static void coord_rows(const double *x, Py_ssize_t n, Py_ssize_t m, int l1, const int64_t *rows, Py_ssize_t b,
                        const int32_t *q, Py_ssize_t T, int64_t *outs, scratch_t *s) {
-    for (Py_ssize_t r = 0; r < b; r++) {
-        Py_ssize_t self = (Py_ssize_t)rows[r];
+    for (Py_ssize_t rr = 0; rr < b; rr++) {
+        Py_ssize_t self = (Py_ssize_t)rows[rr];
         const double *xi = x + self * m;
-        double x0 = xi[0], x1 = m > 1 ? xi[1] : 0.0;
-        int64_t *out = outs + r * T;
-        const int32_t *qr = q + r * T;
-        for (Py_ssize_t t = 0; t < T; t++) {
-            s->t[t].id = qr[t], s->t[t].at = (int32_t)t;
-            s->t[t].v = coord_value(xi, x + (Py_ssize_t)qr[t] * m, m, l1);
-        }
-        if (m == 2 && l1) {
-#define C2L1(l) (fabs(x0 - x[2 * (l)]) + fabs(x1 - x[2 * (l) + 1]))
-            RANK_ROW(C2L1);
-        } else if (m == 2) {
-#define C2L2(l) ((x0 - x[2 * (l)]) * (x0 - x[2 * (l)]) + (x1 - x[2 * (l) + 1]) * (x1 - x[2 * (l) + 1]))
-            RANK_ROW(C2L2);
-        } else {
-#define CM(l) coord_value(xi, x + (l) * m, m, l1)
-            RANK_ROW(CM);
-        }
+        const int32_t *qr = q + rr * T;
+        for (Py_ssize_t t = 0; t < T; t++)
+            s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = coord_value(xi, x + (Py_ssize_t)qr[t] * m, m, l1);
+        row_t r = row_of(s, T);
+        for (Py_ssize_t l = 0; l < n; l++)
+            if (l != self) place(&r, coord_value(xi, x + l * m, m, l1), (int32_t)l);
+        finish_row(&r, s, outs + rr * T);
     }
 }
 
@@ -227,9 +349,19 @@ static PyObject *py_coords(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    grid_t G = {0};
+    int gridded = m == 2 && n >= 64;
+    int built = 1;
     Py_BEGIN_ALLOW_THREADS
-    coord_rows(x.buf, n, m, l1, rows.buf, b, q.buf, T, out.buf, &s);
+    if (gridded) built = grid_build(x.buf, n, &G);
+    if (gridded && built) grid_rows(&G, x.buf, l1, rows.buf, b, q.buf, T, out.buf, &s);
+    else if (!gridded) coord_rows(x.buf, n, m, l1, rows.buf, b, q.buf, T, out.buf, &s);
     Py_END_ALLOW_THREADS
+    grid_free(&G);
+    if (!built) {
+        PyErr_NoMemory();
+        goto done;
+    }
 ok:
     result = Py_None;
     Py_INCREF(result);
