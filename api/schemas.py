@@ -163,6 +163,32 @@ class ScoreTable(BaseModel):
     rows: list[ValuesRow]
 
 
+class MrreRow(BaseModel):
+    model: str
+    distance: str
+    direction: str = Field(description="false: the code-space neighbours' rank errors; missing: the pixel-space "
+                                       "neighbours'")
+    values: dict[str, float | None]  # k -> value
+
+
+class MrreTable(BaseModel):
+    experiment: int
+    k: list[int]
+    rows: list[MrreRow]
+
+
+class AucRow(BaseModel):
+    model: str
+    distance: str
+    k_max: int = Field(description="the K the area runs to (k = 1..K)")
+    value: float | None
+
+
+class AucTable(BaseModel):
+    experiment: int
+    rows: list[AucRow]
+
+
 class ByLabelRow(BaseModel):
     model: str
     distance: str

@@ -347,7 +347,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         from common.study.scoring import backfill
 
         done = backfill(_read_factory(settings, "metrics"), args.experiment)
-        print(f"every k stored for experiment(s) {', '.join(map(str, done)) or 'none (nothing to fill)'}")
+        filled = ", ".join(map(str, done)) or "none (nothing to fill)"
+        print(f"every metric at every k stored for experiment(s) {filled}")
         return 0
     if args.sweep is not None:
         print_sweep(_read_factory(settings, "metrics"), args.sweep, args.format, args.k)

@@ -172,11 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     met.add_argument("--format", choices=["table", "csv", "json"], default="table",
                      help="text tables, CSV (one table: --table, or --out FOLDER) or JSON (default: table)")
     met.add_argument("--table", help="only this table: score_at_k, score_at_k_by_label, label_agreement, "
-                                     "knn_accuracy, r_nx")
+                                     "knn_accuracy, r_nx, trustworthiness, continuity, mrre, lcmc, auc_rnx")
     met.add_argument("--out", help="with --format csv: write one CSV file per table into this folder")
     met.add_argument("--sweep", type=int, metavar="ID", help="a sweep's tables: mean ± sd over its seeds")
     met.add_argument("--backfill", action="store_true",
-                     help="store every k of experiments made before every k was (all, or --experiment)")
+                     help="store every metric at every k of experiments made before every k or the rank "
+                          "measures were (all, or --experiment)")
     common_opts(met, compute=False)
     met.set_defaults(func=c.cmd_metrics)
 

@@ -188,6 +188,51 @@ def test_metric_tables_are_the_stored_values(api, study):
     assert rnx["rows"][0]["values"]["5"] == stored[("r_nx", rnx["rows"][0]["model"], rnx["rows"][0]["distance"], 5, -1)]
 
 
+def test_rank_measures_are_served_and_agree_with_scikit_learn(api, study):
+    """trustworthiness, continuity, MRRE (both ways), LCMC and the AUC of R_NX come from the metrics stage of
+    the real pipeline for every model and distance; trustworthiness equals scikit-learn's on the stored
+    pixels and codes (the pixels' ties broken by the lower id, as ours: precomputed), every k up to N/2 is
+    stored (none beyond), and each route answers CSV too."""
+    from sklearn.manifold import trustworthiness
+
+    with study["factory"]() as s:
+        exp = db.get_experiment(session=s, experiment_id=study["id"])
+        ds = s.get(db.DatasetRow, exp.dataset_id)
+        x = np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1).astype(np.float64)
+        codes = {r.name: db.model_codes(r).astype(np.float64)
+                 for r in db.list_models(session=s, experiment_id=study["id"])}
+        stored_k = {v.k for v in db.load_metrics(session=s, experiment_id=study["id"], metric="trustworthiness")}
+    assert stored_k == set(range(1, 51))  # K = 50 < N / 2 = 400
+    t = api.get("/metrics/trustworthiness", params={"k": "1,10,50"}).json()
+    assert t["k"] == [1, 10, 50] and len(t["rows"]) == 8
+    d2 = cdist(x, x, "sqeuclidean") + np.arange(len(x))[None, :] / (2.0 * len(x))
+    for row in t["rows"]:
+        if row["distance"] != "l2":
+            continue
+        for k in (1, 10, 50):
+            want = trustworthiness(d2, codes[row["model"]], n_neighbors=k, metric="precomputed")
+            assert row["values"][str(k)] == pytest.approx(want, abs=1e-12), (row["model"], k)
+    c = api.get("/metrics/continuity", params={"k": 10}).json()
+    assert all(0.0 < r["values"]["10"] <= 1.0 for r in c["rows"])
+    m = api.get("/metrics/mrre", params={"k": "5,20"}).json()
+    assert len(m["rows"]) == 16 and {r["direction"] for r in m["rows"]} == {"false", "missing"}
+    assert all(r["values"]["5"] <= 1.0 for r in m["rows"])
+    score = api.get("/metrics/score_at_k", params={"k": 20}).json()
+    lcmc = api.get("/metrics/lcmc", params={"k": 20}).json()
+    for a, b in zip(score["rows"], lcmc["rows"], strict=True):
+        assert b["values"]["20"] == pytest.approx(a["values"]["20"] - 20 / 799, abs=1e-15)
+    rnx = api.get("/metrics/r_nx", params={"k": "all"}).json()
+    auc = api.get("/metrics/auc_rnx").json()
+    w = 1.0 / np.arange(1, 51)
+    for a, b in zip(rnx["rows"], auc["rows"], strict=True):
+        curve = np.array([a["values"][str(k)] for k in range(1, 51)])
+        assert b["k_max"] == 50 and b["value"] == pytest.approx((curve * w).sum() / w.sum(), abs=1e-12)
+    for route in ("trustworthiness", "continuity", "mrre", "lcmc", "auc_rnx"):
+        r = api.get(f"/metrics/{route}", params={"format": "csv"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), route
+        assert len(r.text.splitlines()) == (17 if route == "mrre" else 9), route
+
+
 def test_every_k_is_stored_so_a_read_is_a_lookup(api, study):
     """Any k up to K is answered from stored values (equal to the one-k function on the stored tables),
     and reading it writes nothing."""

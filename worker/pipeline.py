@@ -152,7 +152,8 @@ def sweep(factory: sessionmaker[Session], settings: Settings, send: Send) -> lis
 
 
 def backfill(factory: sessionmaker[Session], experiment_id: int) -> None:
-    """Every k of one experiment's metrics, unless a repeated delivery already stored them."""
+    """Every metric at every k of one experiment (the rank measures too), unless a repeated delivery already
+    stored them."""
     from common.study.scoring import store_metrics
 
     with factory() as s:

@@ -17,9 +17,13 @@ from api.schemas import (
     AccuracyTable,
     AgreementRow,
     AgreementTable,
+    AucRow,
+    AucTable,
     ByLabelRow,
     ByLabelTable,
     KsQ,
+    MrreRow,
+    MrreTable,
     ScoreTable,
     SpaceRow,
     ValuesRow,
@@ -77,6 +81,38 @@ router.add_api_route("/score_at_k", _values_table("score_at_k"), methods=["GET"]
                      name="score_at_k")
 router.add_api_route("/r_nx", _values_table("r_nx"), methods=["GET"], response_model=ScoreTable,
                      responses=CSV, summary="R_NX(k): score@k corrected for chance", name="r_nx")
+for _name, _summary in (
+        ("trustworthiness", "trustworthiness T(k) (Venna and Kaski): code-space neighbours that are far in pixel "
+                            "space cost their exact pixel rank beyond k. Defined for k < N/2 (null beyond)"),
+        ("continuity", "continuity C(k): trustworthiness with the two spaces swapped. Defined for k < N/2"),
+        ("lcmc", "LCMC(k) = score@k - k/(N-1) (local continuity meta-criterion)")):
+    router.add_api_route(f"/{_name}", _values_table(_name), methods=["GET"], response_model=ScoreTable,
+                         responses=CSV, summary=_summary, name=_name)
+
+
+@router.get("/mrre", response_model=MrreTable, responses=CSV)
+def mrre(request: Request, session: SessionDep, experiment: ExperimentQ = None, k: KsQ = None,
+         format: Format | None = None):  # noqa: A002
+    """Mean relative rank errors as ZADU reports them (higher is better), both ways: ``false`` over each sample's
+    code-space neighbours, ``missing`` over its pixel-space ones. Defined for k < N/2 (null beyond)."""
+    exp, ks = _prepare(session, experiment, k)
+    found = reads.mrre_rows(session, exp, ks)
+    rows = [MrreRow(model=r["space"], distance=r["distance"], direction=r["direction"],
+                    values={str(x): v for x, v in r["values"].items()}) for r in found]
+    return _respond(request, format, MrreTable(experiment=exp.id, k=ks, rows=rows), report.mrre_table(found, ks),
+                    experiment is not None, exp.revision)
+
+
+@router.get("/auc_rnx", response_model=AucTable, responses=CSV)
+def auc_rnx(request: Request, session: SessionDep, experiment: ExperimentQ = None,
+            format: Format | None = None):  # noqa: A002
+    """The area under the R_NX(k) curve with log-k weights (Lee and Verleysen) over k = 1..K: one number per
+    model and distance."""
+    exp = reads.finished(session, experiment, fresh=True)
+    found = reads.auc_rows(session, exp)
+    rows = [AucRow(model=r["space"], distance=r["distance"], k_max=r["k_max"], value=r["value"]) for r in found]
+    return _respond(request, format, AucTable(experiment=exp.id, rows=rows), report.auc_table(found),
+                    experiment is not None, exp.revision)
 
 
 @router.get("/score_at_k/by_label", response_model=ByLabelTable, responses=CSV)

@@ -539,10 +539,25 @@ async function loadFindings() {
 
 // ------------------------------------------------------------------ score@k and R_NX against k
 
-async function curvesOf(id) { // an experiment's score@k and R_NX at every k, fetched once
+// The charts against k: each a metric served for every k (the rank measures only where k < N/2: null beyond)
+const CURVES = [
+  { id: "chart-score", route: "score_at_k", title: "score@k: share of each pixel-space k-neighbourhood kept", y: "score@k" },
+  { id: "chart-rnx", route: "r_nx", title: "R_NX(k): score@k corrected for chance", y: "R_NX(k)" },
+  { id: "chart-trust", route: "trustworthiness", title: "trustworthiness T(k): code-space neighbours near in pixel space", y: "T(k)" },
+  { id: "chart-cont", route: "continuity", title: "continuity C(k): pixel-space neighbours near in the code space", y: "C(k)" },
+  { id: "chart-mrre-false", route: "mrre", direction: "false", title: "MRRE(k) of the code-space neighbours (higher is better)", y: "MRRE false" },
+  { id: "chart-mrre-missing", route: "mrre", direction: "missing", title: "MRRE(k) of the pixel-space neighbours (higher is better)", y: "MRRE missing" },
+];
+
+async function curvesOf(id) { // an experiment's curves at every k, fetched once (one request per route)
   if (!app.curveCache.has(id)) {
-    app.curveCache.set(id, Promise.all([api(`/metrics/score_at_k?experiment=${id}&k=all`),
-      api(`/metrics/r_nx?experiment=${id}&k=all`)]).catch((e) => { app.curveCache.delete(id); throw e; }));
+    const routes = [...new Set(CURVES.map((c) => c.route))];
+    app.curveCache.set(id, Promise.all(routes.map((r) => api(`/metrics/${r}?experiment=${id}&k=all`)))
+      .then((tables) => CURVES.map((c) => {
+        const t = tables[routes.indexOf(c.route)];
+        return c.direction ? { ...t, rows: t.rows.filter((r) => r.direction === c.direction) } : t;
+      }))
+      .catch((e) => { app.curveCache.delete(id); throw e; }));
   }
   return app.curveCache.get(id);
 }
@@ -551,18 +566,16 @@ async function curvesOf(id) { // an experiment's score@k and R_NX at every k, fe
 // dotted and named by its id.
 async function loadCharts() {
   const id = state.experiment, others = [...state.overlay].filter((o) => o !== id);
-  const [[score, rnx], ...more] = await Promise.all([curvesOf(id), ...others.map(curvesOf)]);
+  const [mine, ...more] = await Promise.all([curvesOf(id), ...others.map(curvesOf)]);
   if (id !== state.experiment) return;
   const series = (t, run) => t.rows.map((r) => ({ name: `${run ? `#${run} ` : ""}${r.model} ${r.distance}`,
     colour: MODEL_COLOURS[r.model] || "#000", dash: run ? "run" : r.distance === "l1",
-    points: t.k.map((k) => [k, r.values[String(k)]]) }));
-  const over = (i) => more.flatMap((pair, j) => series(pair[i], others[j]));
-  lineChart($("chart-score"), { title: "score@k: share of each pixel-space k-neighbourhood kept",
-    xLabel: "k", yLabel: "score@k", series: series(score).concat(over(0)) });
-  lineChart($("chart-rnx"), { title: "R_NX(k): score@k corrected for chance", xLabel: "k", yLabel: "R_NX(k)",
-    series: series(rnx).concat(over(1)) });
+    points: t.k.map((k) => [k, r.values[String(k)]]).filter(([, v]) => v !== null && v !== undefined) }));
+  const over = (i) => more.flatMap((tables, j) => series(tables[i], others[j]));
+  CURVES.forEach((c, i) => lineChart($(c.id), { title: c.title, xLabel: "k", yLabel: c.y,
+    series: series(mine[i]).concat(over(i)) }));
   $("charts").dataset.ready = "1";
-  $("charts").dataset.points = String(score.k.length);
+  $("charts").dataset.points = String(mine[0].k.length);
   $("charts").dataset.overlay = others.join(",");
 }
 
@@ -1104,12 +1117,14 @@ async function loadTables() {
   if (!ks) { note("ks", `k: "${text}" is not a comma list of whole numbers, like 5,10,20`); return; }
   note("ks", "loading the tables…", "busy");
   const q = `experiment=${id}&k=${ks.join(",")}`;
-  let score, rnx, acc, agree, byLabel;
+  let score, rnx, acc, agree, byLabel, trust, cont, mrre, lcmc, auc;
   try {
-    [score, rnx, acc, agree, byLabel] = await Promise.all([
+    [score, rnx, acc, agree, byLabel, trust, cont, mrre, lcmc, auc] = await Promise.all([
       api(`/metrics/score_at_k?${q}`), api(`/metrics/r_nx?${q}`), api(`/metrics/knn_accuracy?${q}`),
       api(`/metrics/label_agreement?${q}`),
-      api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, app.exp.config.k)}`)]);
+      api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, app.exp.config.k)}`),
+      api(`/metrics/trustworthiness?${q}`), api(`/metrics/continuity?${q}`), api(`/metrics/mrre?${q}`),
+      api(`/metrics/lcmc?${q}`), api(`/metrics/auc_rnx?experiment=${id}`)]);
   } catch (e) { note("ks", e.message); return; }
   if (id !== state.experiment) return;
   note("ks");
@@ -1157,7 +1172,22 @@ async function loadTables() {
     table("kNN accuracy@k (leave-one-out)", "t-knn_accuracy", ["space", "distance", ...kcols],
       values(acc, "knn_accuracy"), "max"),
     table("R_NX(k): score@k corrected for chance", "t-r_nx", ["model", "distance", ...kcols],
-      values(rnx, "r_nx"), "max")].map((t) => el("div", { class: "table-wrap" }, t)));
+      values(rnx, "r_nx"), "max"),
+    table("trustworthiness T(k) (1 = every code-space neighbour is a pixel-space one; k < N/2)",
+      "t-trustworthiness", ["model", "distance", ...kcols], values(trust, "trustworthiness"), "max"),
+    table("continuity C(k) (1 = every pixel-space neighbour is a code-space one; k < N/2)", "t-continuity",
+      ["model", "distance", ...kcols], values(cont, "continuity"), "max"),
+    ...["false", "missing"].map((way) => table(way === "false"
+      ? "MRRE(k) of the code-space neighbours (their pixel-space rank errors; higher is better; k < N/2)"
+      : "MRRE(k) of the pixel-space neighbours (their code-space rank errors; higher is better; k < N/2)",
+    `t-mrre_${way}`, ["model", "distance", ...kcols], mrre.rows.filter((r) => r.direction === way).map((r) => ({
+      name: [r.model, r.distance], values: mrre.k.map((k) => r.values[String(k)]),
+      attrs: mrre.k.map((k) => ({ metric: `mrre_${way}`, space: r.model, distance: r.distance, k })) })), "max")),
+    table("LCMC(k) = score@k - k/(N-1)", "t-lcmc", ["model", "distance", ...kcols], values(lcmc, "lcmc"), "max"),
+    table(`AUC of R_NX over k = 1..${auc.rows.length ? auc.rows[0].k_max : "K"} (log-k weights)`, "t-auc_rnx",
+      ["model", "distance", "AUC"], auc.rows.map((r) => ({ name: [r.model, r.distance], values: [r.value],
+        attrs: [{ metric: "auc_rnx", space: r.model, distance: r.distance, k: r.k_max }] })), "max"),
+  ].map((t) => el("div", { class: "table-wrap" }, t)));
   $("tables").dataset.ready = "1";
 }
 
@@ -1313,7 +1343,7 @@ async function main() {
   setupControls();
   setupMap(app.main);
   setupMap(app.side);
-  for (const id of ["chart-score", "chart-rnx", "sweep-chart", "sweep-loss", "loss-l1", "loss-mse", "loss-keep"]) {
+  for (const id of [...CURVES.map((c) => c.id), "sweep-chart", "sweep-loss", "loss-l1", "loss-mse", "loss-keep"]) {
     setupChart($(id));
   }
   loadSweeps().catch((e) => note("sweep", e.message));

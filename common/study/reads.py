@@ -61,6 +61,9 @@ def study_order(name: str) -> tuple[int, str]:
     return (MODEL_NAMES.index(name), name) if name in MODEL_NAMES else (len(MODEL_NAMES), name)
 
 
+MRRE_DIRECTIONS = ("false", "missing")
+
+
 def top_k(k: int, n: int) -> int:
     return min(k, n - 2)
 
@@ -288,8 +291,9 @@ def _values(session: Session, exp: Finished, metric: str, ks: list[int]) -> dict
 
 
 def value_rows(session: Session, exp: Finished, metric: str, ks: list[int]) -> list[dict]:
-    """score_at_k, r_nx (a row per model and distance) or knn_accuracy (the pixel space too): each row's
-    value at every k of ``ks``."""
+    """score_at_k, r_nx, trustworthiness, continuity, lcmc (a row per model and distance) or knn_accuracy
+    (the pixel space too): each row's value at every k of ``ks`` (None where it is not defined: the rank
+    measures need k < N / 2, or where the experiment was scored before the measure was stored)."""
     _stored(session, exp, ks)
     v = _values(session, exp, metric, ks)
     if metric == "knn_accuracy":
@@ -298,6 +302,22 @@ def value_rows(session: Session, exp: Finished, metric: str, ks: list[int]) -> l
     else:
         pairs = exp.pairs()
     return [{"space": s, "distance": d, "values": {k: v.get((s, d, k, -1)) for k in ks}} for s, d in pairs]
+
+
+def mrre_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]:
+    """MRRE both ways, a row per model, distance and direction (``false``: the code-space neighbours'
+    relative rank errors; ``missing``: the pixel-space neighbours'), each at every k of ``ks``."""
+    _stored(session, exp, ks)
+    v = {d: _values(session, exp, f"mrre_{d}", ks) for d in MRRE_DIRECTIONS}
+    return [{"space": m, "distance": d, "direction": way, "values": {k: v[way].get((m, d, k, -1)) for k in ks}}
+            for m, d in exp.pairs() for way in MRRE_DIRECTIONS]
+
+
+def auc_rows(session: Session, exp: Finished) -> list[dict]:
+    """The area under R_NX with log-k weights over k = 1..K, one per model and distance."""
+    v = {(m.space, m.distance): m.value for m in db.load_metrics(session=session, experiment_id=exp.id,
+                                                                 metric="auc_rnx", ks=[exp.top_k])}
+    return [{"space": m, "distance": d, "k_max": exp.top_k, "value": v.get((m, d))} for m, d in exp.pairs()]
 
 
 def agreement_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]:

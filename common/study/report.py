@@ -22,15 +22,32 @@ TITLES = {
     "knn_accuracy": "kNN accuracy@k (leave-one-out majority vote, ties to the nearest)",
     "r_nx": "R_NX(k): score@k corrected for chance",
     "label_agreement": "same-label rate of the k neighbours: original, encoded, change (enc - orig), mean |change|",
+    "trustworthiness": "trustworthiness T(k): are the code-space neighbours near in pixel space? (1 = all are)",
+    "continuity": "continuity C(k): are the pixel-space neighbours near in the code space? (1 = all are)",
+    "mrre": "MRRE(k), higher is better: false (the code neighbours' rank errors), missing (the pixel neighbours')",
+    "lcmc": "LCMC(k) = score@k - k / (N - 1)",
+    "auc_rnx": "AUC of R_NX: its mean over k = 1..K with log-k weights (sum R_NX(k) / k over sum 1 / k)",
 }
 
 
 def values_table(metric: str, rows: list[dict], ks: list[int]) -> Table:
-    """score_at_k, r_nx or knn_accuracy (common/study/reads.py's value_rows): a row per space and distance,
-    a column per k."""
+    """score_at_k, r_nx, knn_accuracy, trustworthiness, continuity or lcmc (common/study/reads.py's
+    value_rows): a row per space and distance, a column per k."""
     first = "space" if metric == "knn_accuracy" else "model"
     return Table(metric, TITLES[metric], [first, "distance", *[f"k={k}" for k in ks]],
                  [[r["space"], r["distance"], *[r["values"][k] for k in ks]] for r in rows])
+
+
+def mrre_table(rows: list[dict], ks: list[int]) -> Table:
+    """MRRE both ways (reads.mrre_rows): a row per model, distance and direction, a column per k."""
+    return Table("mrre", TITLES["mrre"], ["model", "distance", "direction", *[f"k={k}" for k in ks]],
+                 [[r["space"], r["distance"], r["direction"], *[r["values"][k] for k in ks]] for r in rows])
+
+
+def auc_table(rows: list[dict]) -> Table:
+    """The AUC of R_NX (reads.auc_rows): one value per model and distance, with the K it runs to."""
+    return Table("auc_rnx", TITLES["auc_rnx"], ["model", "distance", "K", "auc_rnx"],
+                 [[r["space"], r["distance"], r["k_max"], r["value"]] for r in rows])
 
 
 def by_label_table(rows: list[dict], k: int) -> Table:
@@ -55,7 +72,12 @@ def study_tables(session, exp, ks: list[int], by_label_k: int) -> list[Table]:
             by_label_table(reads.by_label_rows(session, exp, by_label_k), by_label_k),
             agreement_table(reads.agreement_rows(session, exp, ks)),
             values_table("knn_accuracy", reads.value_rows(session, exp, "knn_accuracy", ks), ks),
-            values_table("r_nx", reads.value_rows(session, exp, "r_nx", ks), ks)]
+            values_table("r_nx", reads.value_rows(session, exp, "r_nx", ks), ks),
+            values_table("trustworthiness", reads.value_rows(session, exp, "trustworthiness", ks), ks),
+            values_table("continuity", reads.value_rows(session, exp, "continuity", ks), ks),
+            mrre_table(reads.mrre_rows(session, exp, ks), ks),
+            values_table("lcmc", reads.value_rows(session, exp, "lcmc", ks), ks),
+            auc_table(reads.auc_rows(session, exp))]
 
 
 def sweep_table(grid: dict[str, list], metric: str, rows: list[dict]) -> Table:

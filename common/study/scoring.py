@@ -147,8 +147,9 @@ def store_space_metrics(factory: sessionmaker[Session], experiment_id: int, spac
 
 
 def backfill(factory: sessionmaker[Session], experiment_id: int | None = None) -> list[int]:
-    """Store every k of the succeeded experiments that hold only their config's ks (stored before every k
-    was): the one experiment asked for, or all of them. Returns the ids filled."""
+    """Store every metric at every k of the succeeded experiments marked for it (stored before every k, or
+    before the rank measures, were: migration 0006 marks those): the one experiment asked for, or all of
+    them. Returns the ids filled."""
     with factory() as s:
         ids = db.experiments_missing_k(session=s) if experiment_id is None else [experiment_id]
     for i in ids:

@@ -27,7 +27,8 @@ from common.study.config import StudyConfig, error_text
 GRID_FIELDS = ("dataset", "models", "epochs", "batch_size", "lr", "weight_decay", "seed")
 MAX_POINTS = 256
 METRICS = ("score_at_k", "r_nx", "knn_accuracy", "same_label_rate", "label_agreement_change",
-           "label_agreement_distance", "score_at_k_by_label")
+           "label_agreement_distance", "score_at_k_by_label", "trustworthiness", "continuity", "mrre_false",
+           "mrre_missing", "lcmc", "auc_rnx")
 
 
 def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
@@ -192,7 +193,9 @@ def aggregate(s: Session, sweep_id: int, metric: str, ks: list[int], label_k: in
         values: dict[tuple, list[float]] = {}
         for eid in done:
             want = [label_k] if metric == "score_at_k_by_label" and label_k else ks
-            for v in db.load_metrics(session=s, experiment_id=eid, metric=metric, ks=want):
+            # the AUC of R_NX is one number per run, stored at its K: every k asked is ignored
+            for v in db.load_metrics(session=s, experiment_id=eid, metric=metric,
+                                     ks=None if metric == "auc_rnx" else want):
                 values.setdefault((v.space, v.distance, v.k, v.label), []).append(v.value)
         for (space, distance, k, label), vs in sorted(values.items(), key=lambda kv: _order(kv[0])):
             mean = sum(vs) / len(vs)
