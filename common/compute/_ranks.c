@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     double v;
@@ -26,81 +27,163 @@ typedef struct {
     int32_t at; /* where it was asked (its column in q) */
 } thr_t;
 
-static int by_key(const void *pa, const void *pb) {
-    const thr_t *a = pa, *b = pb;
-    if (a->v != b->v) return a->v < b->v ? -1 : 1;
-    return (a->id > b->id) - (a->id < b->id);
-}
-
 typedef struct {
     thr_t *t;
     double *tv;
     int32_t *ti;
     int64_t *hist;
-    int32_t *first; /* (nb + 1,) per bucket: the first threshold in it or after it */
-    Py_ssize_t nb;  /* buckets: 8 per threshold, at least 64 */
+    int32_t *first; /* (nb + 3,) per bucket: the first threshold in it or after it */
+    Py_ssize_t nb;  /* buckets among the thresholds: 16 per threshold, at least 64 */
+    int32_t *cnt;   /* (nb + 2,) samples per bucket */
+    uint8_t *mk;    /* (nb + 2,) whether a bucket holds a threshold */
+    double *vals;   /* (n,) a row's values */
+    int32_t *idx;   /* (n,) their buckets */
+    int32_t *near;  /* (n,) the samples in a bucket that holds a threshold */
 } scratch_t;
 
-static int scratch_of(scratch_t *s, Py_ssize_t T) {
+static int scratch_of(scratch_t *s, Py_ssize_t T, Py_ssize_t n) {
     s->t = malloc(sizeof(thr_t) * (T + 1));
     s->tv = malloc(sizeof(double) * (T + 1));
     s->ti = malloc(sizeof(int32_t) * (T + 1));
     s->hist = malloc(sizeof(int64_t) * (T + 2));
-    s->nb = T * 8 > 64 ? T * 8 : 64;
-    s->first = malloc(sizeof(int32_t) * (s->nb + 2));
-    return s->t && s->tv && s->ti && s->hist && s->first;
+    s->nb = T * 16 > 64 ? T * 16 : 64;
+    s->first = malloc(sizeof(int32_t) * (s->nb + 3));
+    s->cnt = malloc(sizeof(int32_t) * (s->nb + 2));
+    s->mk = malloc(s->nb + 2);
+    s->vals = malloc(sizeof(double) * (n + 1));
+    s->idx = malloc(sizeof(int32_t) * (n + 1));
+    s->near = malloc(sizeof(int32_t) * (n + 1));
+    return s->t && s->tv && s->ti && s->hist && s->first && s->cnt && s->mk && s->vals && s->idx && s->near;
 }
 
-static void scratch_free(scratch_t *s) { free(s->t), free(s->tv), free(s->ti), free(s->hist), free(s->first); }
+static void scratch_free(scratch_t *s) {
+    free(s->t), free(s->tv), free(s->ti), free(s->hist), free(s->first), free(s->cnt), free(s->mk), free(s->vals);
+    free(s->idx), free(s->near);
+}
 
-/* A row's sorted thresholds and their bucket table. A sample between the first and the last threshold
- * finds its place through B buckets over the thresholds' value range: first[b] = the first threshold whose
- * bucket is b or later, so a sample of bucket b is above the thresholds before first[b], below those from
- * first[b + 1] on, and compared only with its own bucket's (usually none or one). The bucket,
- * (v - lo) * scale truncated, never decreases as v grows (each rounding is monotone), so the split is exact. */
+/* A row's sorted thresholds and their bucket table. Bucket 0 holds the samples below every threshold,
+ * nb + 1 those above, 1..nb split the thresholds' value range evenly: B(v) = (v - lo) * scale + 1 clamped
+ * and truncated, the same operations for samples and thresholds. B never decreases as v grows (each
+ * rounding is monotone), so a sample of bucket b is above every threshold of a lower bucket and below every
+ * one of a higher bucket: first[b] = the first threshold of bucket b or later, and only the thresholds of
+ * its own bucket (usually none or one) need comparing. */
 typedef struct {
     const double *tv;
     const int32_t *ti;
     const int32_t *first;
     int64_t *hist;
-    Py_ssize_t T;
-    double lo_v, hi_v, scale;
-    int32_t lo_i, hi_i;
+    Py_ssize_t T, nb;
+    double lo_v, scale, top; /* top: nb + 1 */
 } row_t;
 
-static row_t row_of(scratch_t *s, Py_ssize_t T) {
-    qsort(s->t, T, sizeof(thr_t), by_key);
-    for (Py_ssize_t t = 0; t < T; t++) s->tv[t] = s->t[t].v, s->ti[t] = s->t[t].id;
-    row_t r = {s->tv, s->ti, s->first, s->hist, T, s->tv[0], s->tv[T - 1], 0.0, s->ti[0], s->ti[T - 1]};
-    r.scale = r.hi_v > r.lo_v ? (double)(s->nb - 1) / (r.hi_v - r.lo_v) : 0.0;
-    Py_ssize_t t0 = 0;
-    for (Py_ssize_t bk = 0; bk <= s->nb; bk++) {
-        while (t0 < T && (Py_ssize_t)((s->tv[t0] - r.lo_v) * r.scale) < bk) t0++;
-        s->first[bk] = (int32_t)t0;
+static inline int32_t bucket_of(double v, double lo, double scale, double top) {
+    double f = (v - lo) * scale + 1.0;
+    f = f > 0.0 ? f : 0.0;
+    f = f < top ? f : top;
+    return (int32_t)f;
+}
+
+static inline int before(const thr_t *a, const thr_t *b) { return a->v < b->v || (a->v == b->v && a->id < b->id); }
+
+/* sort by (value, id): an insertion sort below 16, else a median-of-three quicksort (qsort's callback per
+ * comparison cost as much as the rest of a row's set-up) */
+static void sort_thr(thr_t *t, Py_ssize_t n) {
+    while (n > 16) {
+        Py_ssize_t mid = n / 2;
+        thr_t tmp;
+        if (before(&t[mid], &t[0])) tmp = t[mid], t[mid] = t[0], t[0] = tmp;
+        if (before(&t[n - 1], &t[0])) tmp = t[n - 1], t[n - 1] = t[0], t[0] = tmp;
+        if (before(&t[n - 1], &t[mid])) tmp = t[n - 1], t[n - 1] = t[mid], t[mid] = tmp;
+        thr_t pivot = t[mid];
+        Py_ssize_t i = 0, j = n - 1;
+        while (i <= j) {
+            while (before(&t[i], &pivot)) i++;
+            while (before(&pivot, &t[j])) j--;
+            if (i <= j) tmp = t[i], t[i] = t[j], t[j] = tmp, i++, j--;
+        }
+        if (j + 1 < n - i) { /* the smaller side first, by recursion; the larger by the loop */
+            sort_thr(t, j + 1);
+            t += i, n -= i;
+        } else {
+            sort_thr(t + i, n - i);
+            n = j + 1;
+        }
     }
-    for (Py_ssize_t t = 0; t <= T; t++) s->hist[t] = 0;
+    for (Py_ssize_t i = 1; i < n; i++) {
+        thr_t x = t[i];
+        Py_ssize_t j = i;
+        for (; j > 0 && before(&x, &t[j - 1]); j--) t[j] = t[j - 1];
+        t[j] = x;
+    }
+}
+
+static row_t row_of(scratch_t *s, Py_ssize_t T) {
+    sort_thr(s->t, T);
+    for (Py_ssize_t t = 0; t < T; t++) s->tv[t] = s->t[t].v, s->ti[t] = s->t[t].id;
+    double lo = s->tv[0], hi = s->tv[T - 1];
+    row_t r = {s->tv, s->ti, s->first, s->hist, T, s->nb, lo, hi > lo ? (double)(s->nb - 1) / (hi - lo) : 0.0,
+               (double)(s->nb + 1)};
+    /* first[b] = how many thresholds lie in buckets below b: a count per bucket, summed */
+    memset(s->first, 0, sizeof(int32_t) * (s->nb + 3));
+    for (Py_ssize_t t = 0; t < T; t++) s->first[bucket_of(s->tv[t], r.lo_v, r.scale, r.top) + 1]++;
+    for (Py_ssize_t bk = 1; bk <= s->nb + 2; bk++) s->first[bk] += s->first[bk - 1];
+    memset(s->hist, 0, sizeof(int64_t) * (T + 1));
     return r;
 }
 
-/* count sample (v, l) at its place: how many thresholds are at or below it */
-static inline void place(const row_t *r, double v, int32_t l) {
-    if (v > r->hi_v || (v == r->hi_v && l >= r->hi_i)) return; /* at or above every threshold */
-    if (v < r->lo_v || (v == r->lo_v && l < r->lo_i)) {
-        r->hist[0]++;
-        return;
-    }
-    Py_ssize_t bk = (Py_ssize_t)((v - r->lo_v) * r->scale);
+/* place (v, l) of bucket bk: count it at how many thresholds are at or below it (T: above them all, counted
+ * in hist[T], which no rank reads) */
+static inline void place_in(const row_t *r, int32_t bk, double v, int32_t l) {
     Py_ssize_t pos = r->first[bk], end = r->first[bk + 1];
     while (pos < end && (r->tv[pos] < v || (r->tv[pos] == v && r->ti[pos] <= l))) pos++;
     r->hist[pos]++;
 }
 
-/* how many thresholds have a value below v (strict) or at most v (!strict), for lo_v <= v <= hi_v */
+static inline void place(const row_t *r, double v, int32_t l) {
+    place_in(r, bucket_of(v, r->lo_v, r->scale, r->top), v, l);
+}
+
+/* how many thresholds have a value below v (strict) or at most v (!strict) */
 static inline Py_ssize_t count_below(const row_t *r, double v, int strict) {
-    Py_ssize_t bk = (Py_ssize_t)((v - r->lo_v) * r->scale);
+    int32_t bk = bucket_of(v, r->lo_v, r->scale, r->top);
     Py_ssize_t pos = r->first[bk], end = r->first[bk + 1];
     while (pos < end && (strict ? r->tv[pos] < v : r->tv[pos] <= v)) pos++;
     return pos;
+}
+
+/* A whole row at once, in two passes: the values' buckets (no branches: the compiler vectorises it), then
+ * a count per bucket, where only the samples of buckets holding a threshold are placed one by one. */
+__attribute__((target_clones("avx2", "default")))
+static void buckets_of(const double *v, Py_ssize_t n, double lo, double scale, double top, int32_t *idx) {
+    for (Py_ssize_t l = 0; l < n; l++) idx[l] = bucket_of(v[l], lo, scale, top);
+}
+
+__attribute__((target_clones("avx2", "default")))
+static void values_i32(const int32_t *g, const int32_t *base, double a, Py_ssize_t n, double *v) {
+    for (Py_ssize_t l = 0; l < n; l++) v[l] = (double)base[l] + a * (double)g[l];
+}
+
+__attribute__((target_clones("avx2", "default")))
+static void values_f32(const float *g, const int32_t *base, double a, Py_ssize_t n, double *v) {
+    for (Py_ssize_t l = 0; l < n; l++) v[l] = (double)base[l] + a * (double)g[l];
+}
+
+static void place_row(const row_t *r, scratch_t *s, const double *v, Py_ssize_t n, Py_ssize_t self) {
+    int32_t *idx = s->idx, *near = s->near;
+    buckets_of(v, n, r->lo_v, r->scale, r->top, idx);
+    idx[self] = (int32_t)(r->nb + 1); /* not its own neighbour */
+    memset(s->cnt, 0, sizeof(int32_t) * (r->nb + 2));
+    for (Py_ssize_t b = 0; b <= r->nb + 1; b++) s->mk[b] = r->first[b] < r->first[b + 1];
+    Py_ssize_t m = 0;
+    for (Py_ssize_t l = 0; l < n; l++) { /* no branch: the samples to place one by one are listed as found */
+        int32_t b = idx[l];
+        s->cnt[b]++;
+        near[m] = (int32_t)l;
+        m += s->mk[b];
+    }
+    for (Py_ssize_t j = 0; j < m; j++) place_in(r, idx[near[j]], v[near[j]], near[j]);
+    for (Py_ssize_t b = 0; b <= r->nb; b++)
+        if (!s->mk[b]) r->hist[r->first[b]] += s->cnt[b];
 }
 
 /* the ranks from the histogram: rank(threshold t) = 1 + the samples placed before it */
@@ -124,16 +207,10 @@ static void block_rows(const void *g, int kind, Py_ssize_t n, const int32_t *bas
                   : kind == 1 ? (double)base[l] + (double)a * (double)gf[l] : gd[l])
         for (Py_ssize_t t = 0; t < T; t++) s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = VALUE(qr[t]);
         row_t r = row_of(s, T);
-        if (kind == 0) {
-            for (Py_ssize_t l = 0; l < n; l++)
-                if (l != self) place(&r, (double)base[l] + (double)a * (double)gi[l], (int32_t)l);
-        } else if (kind == 1) {
-            for (Py_ssize_t l = 0; l < n; l++)
-                if (l != self) place(&r, (double)base[l] + (double)a * (double)gf[l], (int32_t)l);
-        } else {
-            for (Py_ssize_t l = 0; l < n; l++)
-                if (l != self) place(&r, gd[l], (int32_t)l);
-        }
+        const double *v = gd;
+        if (kind == 0) values_i32(gi, base, (double)a, n, s->vals), v = s->vals;
+        if (kind == 1) values_f32(gf, base, (double)a, n, s->vals), v = s->vals;
+        place_row(&r, s, v, n, self);
 #undef VALUE
         finish_row(&r, s, outs + rr * T);
     }
@@ -239,17 +316,10 @@ static void grid_rows(const grid_t *G, const double *x, int l1, const int64_t *r
                 spread(x0, bx[0], bx[1], &m0, &M0);
                 spread(x1, bx[2], bx[3], &m1, &M1);
                 double lo = l1 ? m0 + m1 : m0 * m0 + m1 * m1, hi = l1 ? M0 + M1 : M0 * M0 + M1 * M1;
-                if (lo > r.hi_v) continue; /* every point above every threshold */
-                if (hi < r.lo_v) { /* every point below every threshold */
-                    r.hist[0] += c1 - c0;
+                Py_ssize_t p = count_below(&r, lo, 1);
+                if (p == count_below(&r, hi, 0)) { /* no threshold value in [lo, hi]: all at one place */
+                    r.hist[p] += c1 - c0;
                     continue;
-                }
-                if (lo >= r.lo_v && hi <= r.hi_v) {
-                    Py_ssize_t p = count_below(&r, lo, 1);
-                    if (p == count_below(&r, hi, 0)) { /* no threshold value in [lo, hi] */
-                        r.hist[p] += c1 - c0;
-                        continue;
-                    }
                 }
             }
             for (Py_ssize_t at = c0; at < c1; at++)
@@ -268,8 +338,8 @@ static void coord_rows(const double *x, Py_ssize_t n, Py_ssize_t m, int l1, cons
         for (Py_ssize_t t = 0; t < T; t++)
             s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = coord_value(xi, x + (Py_ssize_t)qr[t] * m, m, l1);
         row_t r = row_of(s, T);
-        for (Py_ssize_t l = 0; l < n; l++)
-            if (l != self) place(&r, coord_value(xi, x + l * m, m, l1), (int32_t)l);
+        for (Py_ssize_t l = 0; l < n; l++) s->vals[l] = coord_value(xi, x + l * m, m, l1);
+        place_row(&r, s, s->vals, n, self);
         finish_row(&r, s, outs + rr * T);
     }
 }
@@ -310,7 +380,7 @@ static PyObject *py_block(PyObject *self, PyObject *args) {
         goto done;
     }
     if (T == 0 || b == 0) goto ok;
-    if (!scratch_of(&s, T)) {
+    if (!scratch_of(&s, T, n)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -345,7 +415,7 @@ static PyObject *py_coords(PyObject *self, PyObject *args) {
         goto done;
     }
     if (T == 0 || b == 0) goto ok;
-    if (!scratch_of(&s, T)) {
+    if (!scratch_of(&s, T, n)) {
         PyErr_NoMemory();
         goto done;
     }
