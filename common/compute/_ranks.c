@@ -39,6 +39,7 @@ typedef struct {
     double *vals;   /* (n,) a row's values */
     int32_t *idx;   /* (n,) their buckets */
     int32_t *near;  /* (n,) the samples in a bucket that holds a threshold */
+    int32_t *ids;   /* (n,) the samples listed (2-D codes: by grid cell) */
 } scratch_t;
 
 static int scratch_of(scratch_t *s, Py_ssize_t T, Py_ssize_t n) {
@@ -53,12 +54,14 @@ static int scratch_of(scratch_t *s, Py_ssize_t T, Py_ssize_t n) {
     s->vals = malloc(sizeof(double) * (n + 1));
     s->idx = malloc(sizeof(int32_t) * (n + 1));
     s->near = malloc(sizeof(int32_t) * (n + 1));
-    return s->t && s->tv && s->ti && s->hist && s->first && s->cnt && s->mk && s->vals && s->idx && s->near;
+    s->ids = malloc(sizeof(int32_t) * (n + 1));
+    return s->t && s->tv && s->ti && s->hist && s->first && s->cnt && s->mk && s->vals && s->idx && s->near &&
+           s->ids;
 }
 
 static void scratch_free(scratch_t *s) {
     free(s->t), free(s->tv), free(s->ti), free(s->hist), free(s->first), free(s->cnt), free(s->mk), free(s->vals);
-    free(s->idx), free(s->near);
+    free(s->idx), free(s->near), free(s->ids);
 }
 
 /* A row's sorted thresholds and their bucket table. Bucket 0 holds the samples below every threshold,
@@ -139,10 +142,6 @@ static inline void place_in(const row_t *r, int32_t bk, double v, int32_t l) {
     r->hist[pos]++;
 }
 
-static inline void place(const row_t *r, double v, int32_t l) {
-    place_in(r, bucket_of(v, r->lo_v, r->scale, r->top), v, l);
-}
-
 /* how many thresholds have a value below v (strict) or at most v (!strict) */
 static inline Py_ssize_t count_below(const row_t *r, double v, int strict) {
     int32_t bk = bucket_of(v, r->lo_v, r->scale, r->top);
@@ -168,10 +167,12 @@ static void values_f32(const float *g, const int32_t *base, double a, Py_ssize_t
     for (Py_ssize_t l = 0; l < n; l++) v[l] = (double)base[l] + a * (double)g[l];
 }
 
-static void place_row(const row_t *r, scratch_t *s, const double *v, Py_ssize_t n, Py_ssize_t self) {
+/* place the samples ids[0..n) (ids NULL: 0..n) of values v, all but the one at index ``skip`` (-1: none) */
+static void place_row(const row_t *r, scratch_t *s, const double *v, const int32_t *ids, Py_ssize_t n,
+                      Py_ssize_t skip) {
     int32_t *idx = s->idx, *near = s->near;
     buckets_of(v, n, r->lo_v, r->scale, r->top, idx);
-    idx[self] = (int32_t)(r->nb + 1); /* not its own neighbour */
+    if (skip >= 0) idx[skip] = (int32_t)(r->nb + 1); /* not its own neighbour */
     memset(s->cnt, 0, sizeof(int32_t) * (r->nb + 2));
     for (Py_ssize_t b = 0; b <= r->nb + 1; b++) s->mk[b] = r->first[b] < r->first[b + 1];
     Py_ssize_t m = 0;
@@ -181,7 +182,7 @@ static void place_row(const row_t *r, scratch_t *s, const double *v, Py_ssize_t 
         near[m] = (int32_t)l;
         m += s->mk[b];
     }
-    for (Py_ssize_t j = 0; j < m; j++) place_in(r, idx[near[j]], v[near[j]], near[j]);
+    for (Py_ssize_t j = 0; j < m; j++) place_in(r, idx[near[j]], v[near[j]], ids ? ids[near[j]] : near[j]);
     for (Py_ssize_t b = 0; b <= r->nb; b++)
         if (!s->mk[b]) r->hist[r->first[b]] += s->cnt[b];
 }
@@ -210,7 +211,7 @@ static void block_rows(const void *g, int kind, Py_ssize_t n, const int32_t *bas
         const double *v = gd;
         if (kind == 0) values_i32(gi, base, (double)a, n, s->vals), v = s->vals;
         if (kind == 1) values_f32(gf, base, (double)a, n, s->vals), v = s->vals;
-        place_row(&r, s, v, n, self);
+        place_row(&r, s, v, NULL, n, self);
 #undef VALUE
         finish_row(&r, s, outs + rr * T);
     }
@@ -307,6 +308,7 @@ static void grid_rows(const grid_t *G, const double *x, int l1, const int64_t *r
             s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = pair2(x0, x1, x[2 * qr[t]], x[2 * qr[t] + 1], l1);
         row_t r = row_of(s, T);
         int32_t own = G->cell_of[self];
+        Py_ssize_t m = 0, skip = -1; /* the points of the cells not counted at once, listed with their values */
         for (Py_ssize_t c = 0; c < G->cells; c++) {
             Py_ssize_t c0 = G->start[c], c1 = G->start[c + 1];
             if (c0 == c1) continue;
@@ -322,9 +324,13 @@ static void grid_rows(const grid_t *G, const double *x, int l1, const int64_t *r
                     continue;
                 }
             }
-            for (Py_ssize_t at = c0; at < c1; at++)
-                if (G->id[at] != self) place(&r, pair2(x0, x1, G->xy[2 * at], G->xy[2 * at + 1], l1), G->id[at]);
+            for (Py_ssize_t at = c0; at < c1; at++, m++) {
+                s->vals[m] = pair2(x0, x1, G->xy[2 * at], G->xy[2 * at + 1], l1);
+                s->ids[m] = G->id[at];
+                if (G->id[at] == self) skip = m;
+            }
         }
+        place_row(&r, s, s->vals, s->ids, m, skip);
         finish_row(&r, s, outs + rr * T);
     }
 }
@@ -339,7 +345,7 @@ static void coord_rows(const double *x, Py_ssize_t n, Py_ssize_t m, int l1, cons
             s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = coord_value(xi, x + (Py_ssize_t)qr[t] * m, m, l1);
         row_t r = row_of(s, T);
         for (Py_ssize_t l = 0; l < n; l++) s->vals[l] = coord_value(xi, x + l * m, m, l1);
-        place_row(&r, s, s->vals, n, self);
+        place_row(&r, s, s->vals, NULL, n, self);
         finish_row(&r, s, outs + rr * T);
     }
 }
