@@ -95,6 +95,16 @@ def wait_ready(stack, name: str) -> dict:
     return wait_for(ready, 180, f"the embedding {name} to be scored")
 
 
+def wait_ranks(stack, name: str) -> dict:
+    """The upload's rank measures, which follow its readiness (null until they are stored)."""
+    def stored():
+        t = httpx.get(f"{stack['url']}/metrics/trustworthiness", params={"experiment": stack["id"], "k": 10}).json()
+        rows = [r for r in t["rows"] if r["model"] == name]
+        return t if rows and all(r["values"]["10"] is not None for r in rows) else None
+
+    return wait_for(stored, 180, f"the rank measures of {name}")
+
+
 def test_pca_codes_uploaded_on_workers_are_exact_and_scored_as_computed_independently(stack):
     url, eid, factory = stack["url"], stack["id"], stack["factory"]
     etag = httpx.get(f"{url}/metrics/score_at_k", params={"experiment": eid}).headers["etag"]
@@ -105,6 +115,7 @@ def test_pca_codes_uploaded_on_workers_are_exact_and_scored_as_computed_independ
                        headers=AUTH)
         assert r.status_code == 202 and r.json()["state"] in ("queued", "scoring", "ready"), r.text
         assert wait_ready(stack, name)["dim"] == m
+        wait_ranks(stack, name)
         for d in ("l1", "l2"):
             want_ids, want_d = brute(codes, d, CFG.k)
             ids, dists = stored(factory, eid, name, d)

@@ -100,6 +100,15 @@ def test_tables_show_the_apis_values(page, server):
     for row in by_label["rows"]:
         for label, v in row["by_label"].items():
             api[("score_at_k_by_label", row["model"], row["distance"], label)] = v
+    for metric in ("trustworthiness", "continuity", "lcmc"):  # the rank measures' tables
+        for row in httpx.get(base + "/" + metric, params={"k": "5,10,20"}).json()["rows"]:
+            for k, v in row["values"].items():
+                api[(metric, row["model"], row["distance"], k)] = v
+    for row in httpx.get(base + "/mrre", params={"k": "5,10,20"}).json()["rows"]:
+        for k, v in row["values"].items():
+            api[(f"mrre_{row['direction']}", row["model"], row["distance"], k)] = v
+    for row in httpx.get(base + "/auc_rnx").json()["rows"]:
+        api[("auc_rnx", row["model"], row["distance"], str(row["k_max"]))] = row["value"]
     seen = set()
     for c in cells:
         key = (c["metric"], c["space"], c["distance"], c["label"] if "label" in c else c["k"])
@@ -597,6 +606,26 @@ def test_charts_show_values_on_hover_and_download_as_png_and_csv(page, server, t
     # relu_keep's progress counts its encoder's epochs and says what follows
     open_page(page, f"{server['url']}/?experiment={server['id']}")
     assert "relu_keep: its encoder trains 1 epoch, then its map" in page.inner_text("#progress")
+
+
+@pytest.mark.parametrize("chart, route, direction", [
+    ("chart-trust", "trustworthiness", None), ("chart-cont", "continuity", None),
+    ("chart-mrre-false", "mrre", "false"), ("chart-mrre-missing", "mrre", "missing")])
+def test_the_rank_measures_are_drawn_against_k_from_the_api(page, server, chart, route, direction):
+    """Trustworthiness, continuity and both MRREs as curves beside score@k: every model and distance at every
+    k where the measure is defined (k < N/2), each value the API's."""
+    open_page(page, server["url"] + "/")
+    page.wait_for_selector("#charts[data-ready='1']")
+    lines = page.evaluate(f"aeknn.chartCsv('{chart}')").splitlines()
+    every = httpx.get(f"{server['url']}/metrics/{route}", params={"k": "all"}).json()
+    rows = [r for r in every["rows"] if direction is None or r["direction"] == direction]
+    header = lines[0].split(",")
+    assert header[0] == "k" and len(header) == 1 + len(rows)
+    defined = [k for k in every["k"] if rows[0]["values"][str(k)] is not None]
+    assert defined and len(lines) == 1 + len(defined)
+    for r in rows:
+        col = header.index(f"{r['model']} {r['distance']}")
+        assert [float(line.split(",")[col]) for line in lines[1:]] == [r["values"][str(k)] for k in defined]
 
 
 def test_the_neighbour_lists_export_as_csv_and_come_in_one_image_request(page, server):

@@ -588,11 +588,15 @@ def load_table_ids(*, session: Session, table_id: int, n: int, k: int, cols: int
 
 
 def save_metrics(*, session: Session, experiment_id: int, values: Sequence[dict[str, Any]],
-                 space: str | None = None) -> None:
-    """Replace the experiment's metric values (those of one ``space`` only, when given) with ``values``
-    (metric, space, distance, k, label, value)."""
+                 space: str | None = None, metrics: Sequence[str] | None = None) -> None:
+    """Replace the experiment's metric values (those of one ``space`` only, and of the ``metrics`` named
+    only, when given) with ``values`` (metric, space, distance, k, label, value)."""
     which = MetricValue.experiment_id == experiment_id
-    session.execute(delete(MetricValue).where(which if space is None else which & (MetricValue.space == space)))
+    if space is not None:
+        which = which & (MetricValue.space == space)
+    if metrics is not None:
+        which = which & MetricValue.metric.in_(list(metrics))
+    session.execute(delete(MetricValue).where(which))
     if values:
         session.execute(insert(MetricValue), [{"experiment_id": experiment_id, "label": -1, **v}
                                               for v in values])

@@ -105,9 +105,9 @@ def rank_sums_of(session: Session, experiment_id: int, cfg: StudyConfig, names: 
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     ds = session.get(db.DatasetRow, exp.dataset_id)
     top = top_k(cfg, ds.n)
-    pixels = np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1)
+    pixels = np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1).copy()  # writable, as torch wants its arrays
     rows = {r.name: r for r in db.list_models(session=session, experiment_id=experiment_id)}
-    codes = {m: db.model_codes(rows[m]) for m in names}
+    codes = {m: db.model_codes(rows[m]).copy() for m in names}
     out = {}
     for d in (x.value for x in cfg.distances):
         enc = {(m, d): _ids(session, experiment_id, m, d, top) for m in names}
@@ -133,17 +133,41 @@ def store_metrics(factory: sessionmaker[Session], experiment_id: int, settings=N
         db.update_experiment(session=s, experiment_id=experiment_id, metrics_all_k=True)
 
 
-def store_space_metrics(factory: sessionmaker[Session], experiment_id: int, space: str, settings=None) -> None:
-    """Compute and store every metric of one code space (an upload), replacing that space's only."""
+def store_space_metrics(factory: sessionmaker[Session], experiment_id: int, space: str) -> None:
+    """Compute and store every metric of one code space (an upload) but the rank measures, replacing that
+    space's only: read from its tables alone, in seconds (its rank measures follow: store_space_ranks)."""
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        cfg = StudyConfig.model_validate(exp.config)
+        n = s.get(db.DatasetRow, exp.dataset_id).n
+        labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n), [space])
+        values = [v for v in compute_metrics(cfg, labels, orig, enc) if v["space"] == space]
+    with db.transaction(factory) as s:
+        db.save_metrics(session=s, experiment_id=experiment_id, values=values, space=space)
+
+
+def has_rank_measures(session: Session, experiment_id: int, space: str) -> bool:
+    return session.scalar(db.select(db.MetricValue.id).where(
+        db.MetricValue.experiment_id == experiment_id, db.MetricValue.space == space,
+        db.MetricValue.metric == RANK_MEASURES[0]).limit(1)) is not None
+
+
+def store_space_ranks(factory: sessionmaker[Session], experiment_id: int, space: str, settings=None) -> None:
+    """The rank measures of one code space (an upload), from exact ranks (common/study/ranking.py: a pass
+    over the pixels per distance), replacing that space's; the experiment's revision is bumped, so cached
+    answers about all its spaces are revalidated."""
     with factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         cfg = StudyConfig.model_validate(exp.config)
         n = s.get(db.DatasetRow, exp.dataset_id).n
         ranks = rank_sums_of(s, experiment_id, cfg, [space], settings)
         labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n), [space])
-        values = [v for v in compute_metrics(cfg, labels, orig, enc, ranks) if v["space"] == space]
+        values = [v for v in compute_metrics(cfg, labels, orig, enc, ranks)
+                  if v["space"] == space and v["metric"] in RANK_MEASURES]
     with db.transaction(factory) as s:
-        db.save_metrics(session=s, experiment_id=experiment_id, values=values, space=space)
+        db.save_metrics(session=s, experiment_id=experiment_id, values=values, space=space, metrics=RANK_MEASURES)
+        row = s.get(db.Experiment, experiment_id)
+        row.revision = (row.revision or 0) + 1
 
 
 def backfill(factory: sessionmaker[Session], experiment_id: int | None = None) -> list[int]:

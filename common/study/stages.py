@@ -26,7 +26,7 @@ from common.study import embeddings
 from common.study.config import StudyConfig
 from common.study.ranking import RankSettings
 from common.study.runtime import Runtime
-from common.study.scoring import store_metrics, store_space_metrics
+from common.study.scoring import has_rank_measures, store_metrics, store_space_metrics, store_space_ranks
 from common.study.tables import build_table, plan_table
 
 log = logging.getLogger(__name__)
@@ -238,12 +238,17 @@ def stage_code_table(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Data
 def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
     """Score an uploaded embedding (common/study/embeddings.py): its code-space tables at the experiment's
     K for each of its distances, then every metric at every k. Ready, and the experiment's revision
-    bumped, once all are stored; a repeated run continues where one stopped, a ready one does nothing."""
+    bumped, once all are stored but the rank measures, which follow (a pass over the pixels each: they read
+    null until then); a repeated run continues where one stopped, a ready one with its rank measures does
+    nothing."""
     t0 = time.perf_counter()
     with rt.factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         row = embeddings.upload(s, experiment_id, name)
         if row.state == embeddings.READY:
+            if not has_rank_measures(s, experiment_id, name):
+                s.close()
+                store_space_ranks(rt.factory, experiment_id, name, rank_settings(rt))
             return
         cfg = StudyConfig.model_validate(exp.config)
         labels = db.dataset_labels(session=s, dataset_id=exp.dataset_id).copy()
@@ -259,12 +264,15 @@ def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
                 build_table(rt, experiment_id=experiment_id, table=table, points=codes, labels=labels,
                             title=f"{name} {d}")
                 _timed(rt, experiment_id, f"table {name} {d}", t1)
-        store_space_metrics(rt.factory, experiment_id, name, rank_settings(rt))
+        store_space_metrics(rt.factory, experiment_id, name)
     except Exception as e:
         embeddings.set_state(rt.factory, row.id, embeddings.FAILED, f"{type(e).__name__}: {e}")
         raise
     embeddings.set_state(rt.factory, row.id, embeddings.READY)
     _timed(rt, experiment_id, f"embedding {name}", t0)
+    t1 = time.perf_counter()
+    store_space_ranks(rt.factory, experiment_id, name, rank_settings(rt))
+    _timed(rt, experiment_id, f"embedding {name} rank measures", t1)
 
 
 def rank_settings(rt: Runtime) -> RankSettings:
