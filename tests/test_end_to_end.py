@@ -97,7 +97,7 @@ def test_stored_neighbors_equal_brute_force(study, mnist):
 
 
 def test_stored_metrics_equal_metrics_recomputed_from_stored_tables(study):
-    from common.study.scoring import compute_metrics
+    from common.study.scoring import compute_metrics, rank_sums_of
 
     with study["factory"]() as s:
         exp = db.get_experiment(session=s, experiment_id=study["id"])
@@ -112,14 +112,18 @@ def test_stored_metrics_equal_metrics_recomputed_from_stored_tables(study):
         enc = {(m, d): ids(m, d) for m in cfg.models for d in ("l1", "l2")}
         stored = {(v.metric, v.space, v.distance, v.k, v.label): v.value
                   for v in db.load_metrics(session=s, experiment_id=study["id"])}
+        ranks = rank_sums_of(s, study["id"], cfg, [m.value for m in cfg.models])  # from the stored points
     again = {(v["metric"], v["space"], v["distance"], v["k"], v["label"]): v["value"]
-             for v in compute_metrics(cfg, labels, orig, enc)}
+             for v in compute_metrics(cfg, labels, orig, enc, ranks)}
     assert stored == again
     # every table of STUDY.md is there at every k = 1..K: 4 models x 2 distances x 200 k, by label for 10
     # labels, kNN accuracy of the 5 spaces
     assert sum(1 for key in stored if key[0] == "score_at_k") == 8 * 200
     assert sum(1 for key in stored if key[0] == "score_at_k_by_label") == 8 * 200 * 10
     assert sum(1 for key in stored if key[0] == "knn_accuracy") == 10 * 200
+    for metric in ("trustworthiness", "continuity", "mrre_false", "mrre_missing", "lcmc"):  # item 6
+        assert sum(1 for key in stored if key[0] == metric) == 8 * 200, metric
+    assert sum(1 for key in stored if key[0] == "auc_rnx") == 8
     assert {key[3] for key in stored} == set(range(1, 201))
 
 
@@ -132,8 +136,9 @@ def test_metrics_command_formats(study, tmp_path):
     assert picked.splitlines()[0] == "space,distance,k=3,k=7,k=8" and picked.splitlines()[1].startswith("original,l1,")
     done = aeknn("metrics", "--format", "csv", "--out", str(tmp_path / "csv"), env_db=study["url"])
     files = sorted(p.name for p in (tmp_path / "csv").iterdir())
-    assert files == ["knn_accuracy.csv", "label_agreement.csv", "r_nx.csv", "score_at_k.csv",
-                     "score_at_k_by_label.csv"] and "5 tables written" in done.stdout
+    assert files == ["auc_rnx.csv", "continuity.csv", "knn_accuracy.csv", "label_agreement.csv", "lcmc.csv",
+                     "mrre.csv", "r_nx.csv", "score_at_k.csv", "score_at_k_by_label.csv",
+                     "trustworthiness.csv"] and "10 tables written" in done.stdout
     assert (tmp_path / "csv" / "label_agreement.csv").read_text().startswith("model,distance,k,original_rate")
     mixed = aeknn("metrics", "--format", "csv", env_db=study["url"], check=False)
     assert mixed.returncode == 2 and "--table" in mixed.stderr and "Traceback" not in mixed.stderr

@@ -110,10 +110,19 @@ def test_ranks_of_the_table_itself_are_its_columns(pixels):
 def test_rank_error_sums_by_hand():
     # one row, K = 3; its neighbours here at p = 1, 2, 3 sit at q = 1, 5, 2 in the other space.
     # false: p=2, q=5 is false for k = 2..4: adds 5-2 at k=2, 5-3 at k=3; p=3, q=2 never (q <= k at k=3)
-    # relative: |1-1|/1, then + |5-2|/2 = 1.5, then + |2-3|/3
-    false, rel = M.rank_error_sums(np.array([[1, 5, 2]]))
-    assert false.tolist() == [0, 3, 2]
-    assert rel == pytest.approx([0, 1.5, 1.5 + 1 / 3])
+    # gaps |q - p|: 0, 3, 1 (MRRE divides each by its p: |1-1|/1, then + 3/2 = 1.5, then + 1/3)
+    false, gaps = M.rank_error_sums(np.array([[1, 5, 2]]))
+    assert false.tolist() == [0, 3, 2] and gaps.tolist() == [0, 3, 1]
+    n = 6  # c_k = |6 - 2 + 1| / 1 = 5, then + |6 - 4 + 1| / 2 = 6.5, then + |6 - 6 + 1| / 3
+    assert M.mrre_curve(gaps, n) == pytest.approx(1 - np.array([0, 1.5, 1.5 + 1 / 3]) / n / [5, 6.5, 6.5 + 1 / 3])
+
+
+def test_rank_sums_do_not_depend_on_how_the_rows_are_split():
+    """Whole-number sums: two halves added give the same bits as all the rows at once."""
+    other = np.random.default_rng(5).integers(1, 5000, (300, 40))
+    whole = M.rank_error_sums(other)
+    halves = [a + b for a, b in zip(M.rank_error_sums(other[:113]), M.rank_error_sums(other[113:]), strict=True)]
+    assert all(np.array_equal(w, h) for w, h in zip(whole, halves, strict=True))
 
 
 def test_measures_by_hand_on_five_points():

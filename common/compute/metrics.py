@@ -169,22 +169,23 @@ def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def rank_error_sums(other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows whose neighbours at ranks p = 1..K in one space have ranks ``other[i, p-1]`` (exact, any size)
-    in the other space, for k = 1..K (each (K,) float, summed over the rows):
+    in the other space, summed over the rows (each (K,), whole numbers, so that sums over any split of
+    the rows agree to the last bit):
 
     - false[k-1] = sum over i of sum over the j in the first k here but not in the other space's first k of
       (r_other(i, j) - k): j at rank p here and q there is such a j for p <= k < q, adding q - k;
-    - relative[k-1] = sum over i of sum over the j in the first k here of |q - p| / p."""
+    - gaps[p-1] = sum over i of |q - p| for the neighbour at rank p (MRRE divides by p: mrre_curve)."""
     b, k = other.shape
     q = other.astype(np.int64)
     p = np.broadcast_to(np.arange(1, k + 1), q.shape)
     live = q > p  # j counts for k = p .. min(q, K + 1) - 1
-    start, stop, qq = p[live], np.minimum(q[live], k + 1), q[live].astype(np.float64)
-    weight = np.bincount(start, qq, minlength=k + 2) - np.bincount(stop, qq, minlength=k + 2)
+    start, stop, qq = p[live], np.minimum(q[live], k + 1), q[live]
+    weight = np.bincount(start, qq, minlength=k + 2) - np.bincount(stop, qq, minlength=k + 2)  # exact below 2^53
     count = np.bincount(start, minlength=k + 2) - np.bincount(stop, minlength=k + 2)
     ks = np.arange(k + 2)
     false = (np.cumsum(weight) - ks * np.cumsum(count))[1:k + 1]
-    rel = np.cumsum((np.abs(q - p) / p).sum(axis=0))
-    return false, rel
+    gaps = np.abs(q - p).sum(axis=0)
+    return false, gaps
 
 
 def rank_measure_ks(n: int, top: int) -> np.ndarray:
@@ -198,11 +199,12 @@ def trustworthiness_curve(false_sums: np.ndarray, n: int) -> np.ndarray:
     return 1.0 - 2.0 / (n * ks * (2.0 * n - 3.0 * ks - 1.0)) * false_sums
 
 
-def mrre_curve(relative_sums: np.ndarray, n: int) -> np.ndarray:
-    """MRRE(k) as ZADU reports it (higher is better): 1 - sums / (N c_k), c_k = sum_{l<=k} |N - 2l + 1| / l."""
-    ls = np.arange(1, len(relative_sums) + 1, dtype=np.float64)
+def mrre_curve(gaps: np.ndarray, n: int) -> np.ndarray:
+    """MRRE(k) as ZADU reports it (higher is better): 1 - (1/N) sum_i sum_{p<=k} |q - p| / p over c_k, with
+    c_k = sum_{l<=k} |N - 2l + 1| / l, from rank_error_sums' ``gaps`` (the sums of |q - p| at each p)."""
+    ls = np.arange(1, len(gaps) + 1, dtype=np.float64)
     c = np.cumsum(np.abs(n - 2.0 * ls + 1.0) / ls)
-    return 1.0 - relative_sums / n / c
+    return 1.0 - np.cumsum(gaps / ls) / n / c
 
 
 def lcmc_curve(score: np.ndarray, n: int) -> np.ndarray:

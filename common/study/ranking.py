@@ -4,7 +4,8 @@ For each distance, one pass over the pixel space gives every model's code-space 
 ranks (trustworthiness, MRRE of false neighbours); one pass over each model's code space gives the pixel
 neighbours their code-space ranks (continuity, MRRE of missed neighbours). The ranks are exact and not
 capped (common/compute/ranks.py); only their sums over the samples are kept, per k, so memory stays at the
-tables being read. The metrics stage calls this (common/study/scoring.py).
+tables being read, and the sums are whole numbers: the same to the last bit however the rows are split
+(a worker's chunks or one process). The metrics stage calls this (common/study/scoring.py).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ log = logging.getLogger(__name__)
 class RankSums:
     """One model and distance: the per-k sums (k = 1..top) of each direction."""
 
-    false: np.ndarray  # trustworthiness: sum of (r_orig - k) over false neighbours
-    relative_false: np.ndarray  # MRRE_false: sum of |r_orig - r_enc| / r_enc over the code neighbours
-    missing: np.ndarray  # continuity: sum of (r_enc - k) over missed neighbours
-    relative_missing: np.ndarray  # MRRE_missing: sum of |r_enc - r_orig| / r_orig over the pixel neighbours
+    false: np.ndarray  # trustworthiness: sum of (r_orig - k) over false neighbours, per k
+    relative_false: np.ndarray  # MRRE_false: sum of |r_orig - r_enc| over the code neighbours, per r_enc
+    missing: np.ndarray  # continuity: sum of (r_enc - k) over missed neighbours, per k
+    relative_missing: np.ndarray  # MRRE_missing: sum of |r_enc - r_orig| over the pixel neighbours, per r_orig
 
 
 @dataclass
