@@ -3,8 +3,9 @@ top-k selection over integer scores (common/compute/_select.c) and exact ranks b
 (common/compute/_ranks.c, without fused multiply-adds: its float64 sums round as torch's do); pyproject.toml
 holds everything else.
 
-optional=True: without a C compiler the package still installs, and the engine uses its portable
-torch path, which gives identical integers.
+optional=True: without a C compiler the package still installs, and the neighbour engine uses its portable
+torch path, which gives identical integers. The rank measures have no portable path: without _ranks the
+metrics stage stops with a message that names it.
 """
 
 from setuptools import Extension, setup
