@@ -151,9 +151,10 @@ def sweep(factory: sessionmaker[Session], settings: Settings, send: Send) -> lis
     return ids
 
 
-def backfill(factory: sessionmaker[Session], experiment_id: int) -> None:
-    """Every metric at every k of one experiment (the rank measures too), unless a repeated delivery already
-    stored them."""
+def backfill(factory: sessionmaker[Session], experiment_id: int, settings: Settings | None = None) -> None:
+    """Every metric at every k of one experiment (the rank measures too, computed where ``settings`` say:
+    device, pixel path, memory budget), unless a repeated delivery already stored them."""
+    from common.study.ranking import RankSettings
     from common.study.scoring import store_metrics
 
     with factory() as s:
@@ -161,7 +162,10 @@ def backfill(factory: sessionmaker[Session], experiment_id: int) -> None:
         if exp is None or exp.metrics_all_k or exp.status != db.SUCCEEDED:
             return
     log.info("experiment %d: storing its metrics at every k", experiment_id)
-    store_metrics(factory, experiment_id)
+    ranks = None if settings is None else RankSettings(device=settings.device, kernel=settings.kernel,
+                                                       cache_dir=settings.cache_dir,
+                                                       memory_budget=settings.memory_budget)
+    store_metrics(factory, experiment_id, ranks)
 
 
 def score_embedding(factory: sessionmaker[Session], settings: Settings, model_id: int) -> None:

@@ -76,7 +76,7 @@ def sweep(self, since: float | None = None) -> None:
 @app.task(name=jobs.BACKFILL, bind=True, max_retries=None)
 def backfill_metrics(self, experiment_id: int, since: float | None = None) -> None:
     try:
-        pipeline.backfill(context.factory(), experiment_id)
+        pipeline.backfill(context.factory(), experiment_id, get_settings())
     except TRANSIENT as exc:
         _retry(self, exc, since)
 

@@ -170,12 +170,13 @@ def store_space_ranks(factory: sessionmaker[Session], experiment_id: int, space:
         row.revision = (row.revision or 0) + 1
 
 
-def backfill(factory: sessionmaker[Session], experiment_id: int | None = None) -> list[int]:
+def backfill(factory: sessionmaker[Session], experiment_id: int | None = None, settings=None) -> list[int]:
     """Store every metric at every k of the succeeded experiments marked for it (stored before every k, or
     before the rank measures, were: migration 0006 marks those): the one experiment asked for, or all of
-    them. Returns the ids filled."""
+    them; the exact ranks where ``settings`` (common/study/ranking.py's RankSettings) say. Returns the ids
+    filled."""
     with factory() as s:
         ids = db.experiments_missing_k(session=s) if experiment_id is None else [experiment_id]
     for i in ids:
-        store_metrics(factory, i)
+        store_metrics(factory, i, settings)
     return ids
