@@ -84,6 +84,27 @@ def test_a_database_made_at_the_first_revision_is_upgraded_with_every_row_kept(e
         assert c.execute(text("SELECT metrics_all_k FROM experiments")).scalar() in (False, 0)
 
 
+def test_0006_marks_the_experiments_scored_before_the_rank_measures_for_a_backfill(empty):
+    """At 0005: experiment 1 succeeded with every k but no rank measure, 2 has them, 3 is still running.
+    After 0006 only 1 is marked (metrics_all_k false: the sweeper sends it a backfill); no row is lost."""
+    migrate.upgrade(empty, "0005")
+    with empty.begin() as c:
+        c.execute(text("INSERT INTO datasets (id, name, n, labels, images) VALUES (1, 'mnist', 1, :b, :b)"),
+                  {"b": b"\x00"})
+        for i, status in ((1, "succeeded"), (2, "succeeded"), (3, "running")):
+            c.execute(text("INSERT INTO experiments (id, created_at, config, status, timings, attempts, dataset_id, "
+                           "metrics_all_k, revision) VALUES (:i, '2026-12-06 09:00:00', '{}', :s, '{}', 1, 1, "
+                           "true, 0)"), {"i": i, "s": status})
+        c.execute(text("INSERT INTO metric_values (experiment_id, metric, space, distance, k, label, value) "
+                       "VALUES (2, 'auc_rnx', 'relu_mse', 'l2', 5, -1, 0.1), "
+                       "(1, 'score_at_k', 'relu_mse', 'l2', 5, -1, 0.2)"))
+    assert migrate.upgrade(empty) == HEAD
+    with empty.connect() as c:
+        marked = dict(c.execute(text("SELECT id, metrics_all_k FROM experiments ORDER BY id")).all())
+        assert {i: bool(v) for i, v in marked.items()} == {1: False, 2: True, 3: True}
+        assert c.execute(text("SELECT count(*) FROM metric_values")).scalar() == 2
+
+
 def test_first_use_of_an_empty_database_applies_the_migrations(empty):
     db.init_db(empty)
     assert migrate.current(empty) == migrate.head()
