@@ -347,9 +347,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         from common.study.ranking import RankSettings
         from common.study.scoring import backfill
 
-        done = backfill(_read_factory(settings, "metrics"), args.experiment,
-                        RankSettings(device=settings.device, kernel=settings.kernel, cache_dir=settings.cache_dir,
-                                     memory_budget=settings.memory_budget))
+        done = backfill(_read_factory(settings, "metrics"), args.experiment, RankSettings.of(settings))
         filled = ", ".join(map(str, done)) or "none (nothing to fill)"
         print(f"every metric at every k stored for experiment(s) {filled}")
         return 0

@@ -162,10 +162,7 @@ def backfill(factory: sessionmaker[Session], experiment_id: int, settings: Setti
         if exp is None or exp.metrics_all_k or exp.status != db.SUCCEEDED:
             return
     log.info("experiment %d: storing its metrics at every k", experiment_id)
-    ranks = None if settings is None else RankSettings(device=settings.device, kernel=settings.kernel,
-                                                       cache_dir=settings.cache_dir,
-                                                       memory_budget=settings.memory_budget)
-    store_metrics(factory, experiment_id, ranks)
+    store_metrics(factory, experiment_id, None if settings is None else RankSettings.of(settings))
 
 
 def score_embedding(factory: sessionmaker[Session], settings: Settings, model_id: int) -> None:

@@ -46,6 +46,12 @@ class RankSettings:
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     seconds: dict[str, float] = field(default_factory=dict)  # filled: time per pass
 
+    @classmethod
+    def of(cls, where) -> RankSettings:
+        """From anything that says where the tables run: a Runtime or the Settings."""
+        return cls(device=where.device, kernel=where.kernel, cache_dir=where.cache_dir,
+                   memory_budget=where.memory_budget)
+
 
 def _sums(space, asked: np.ndarray, budget: int, splits: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
     """rank_error_sums of each column group of ``asked`` (split at ``splits``), over every row."""

@@ -277,7 +277,7 @@ def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
 
 def rank_settings(rt: Runtime) -> RankSettings:
     """The exact-rank passes run where the tables do (device, pixel path, memory budget)."""
-    return RankSettings(device=rt.device, kernel=rt.kernel, cache_dir=rt.cache_dir, memory_budget=rt.memory_budget)
+    return RankSettings.of(rt)
 
 
 def stage_metrics(rt: Runtime, experiment_id: int) -> None:
