@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from common.compute.models import KeepingEncoder
+from common.compute.models import WIDTHS, KeepingEncoder
 from common.compute.names import KEEP_ENCODER_SHARE
 from common.compute.training import (
     Checkpoint,
@@ -118,9 +118,9 @@ class KeepConfig:
         return int(round(self.positives + (self.final_positives - self.positives) * frac))
 
 
-def initial_encoder(seed: int) -> KeepingEncoder:
-    model = KeepingEncoder()
-    model.load_state_dict(initial_state("relu_keep", seed))
+def initial_encoder(seed: int, dim: int = WIDTHS[0]) -> KeepingEncoder:
+    model = KeepingEncoder(dim)
+    model.load_state_dict(initial_state("relu_keep", seed, dim))
     return model
 
 
@@ -185,10 +185,10 @@ def keep_loss(anchors: Tensor, positives: Tensor, loss: str = "infonce", attract
     raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
 
 
-def noise_bank(seed: int, noise: float) -> Tensor:
-    """NOISE_ROWS rows of Gaussian noise of standard deviation ``noise``, seeded: (NOISE_ROWS, 784)."""
+def noise_bank(seed: int, noise: float, dim: int = WIDTHS[0]) -> Tensor:
+    """NOISE_ROWS rows of Gaussian noise of standard deviation ``noise``, seeded: (NOISE_ROWS, dim)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + 11)
-    return torch.randn((NOISE_ROWS, 784), generator=g).mul_(noise)
+    return torch.randn((NOISE_ROWS, dim), generator=g).mul_(noise)
 
 
 def noise_offsets(seed: int, epoch: int, steps: int, batch_size: int) -> list[int]:
@@ -239,7 +239,7 @@ def _start(x: Tensor, cfg: KeepConfig,
     """The encoder, its optimizer and its checkpoint before the next epoch: fresh (the seeded initial
     weights, centred on ``x``'s mean image) or from ``resume`` (whose state holds its center; one stored
     before the center existed resumes on the image as it is)."""
-    model = initial_encoder(cfg.seed)
+    model = initial_encoder(cfg.seed, x.shape[1])
     if resume is None:
         model.center.copy_(mean_image(x))
     try:  # the fused kernel, as the autoencoders'
@@ -260,7 +260,7 @@ def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint,
             cfg: KeepConfig, on_epoch_end: Callable[[Checkpoint], None] | None) -> Checkpoint:
     n = x.shape[0]
     fast = _compiled_step(model, optim, x, cfg)  # None until the optimizer has its state (a resume has it)
-    bank = noise_bank(cfg.seed, cfg.noise).to(x.device) if cfg.noise > 0 else None
+    bank = noise_bank(cfg.seed, cfg.noise, x.shape[1]).to(x.device) if cfg.noise > 0 else None
     none = torch.empty(0, x.shape[1], device=x.device)
     for epoch in range(ck.epoch + 1, cfg.epochs + 1):
         order = epoch_order(n, cfg.seed, epoch)

@@ -8,7 +8,12 @@ from torch import Tensor, nn
 
 from common.compute.names import MODEL_NAMES, REFERENCE_MAPS, SEED_MODELS
 
-WIDTHS = (784, 128, 64, 12, 2)
+WIDTHS = (784, 128, 64, 12, 2)  # MNIST's; other data keep the shape with their own dimension first
+
+
+def widths(dim: int) -> tuple[int, ...]:
+    """The study's layer widths for data of ``dim`` values: dim -> 128 -> 64 -> 12 -> 2."""
+    return (int(dim),) + WIDTHS[1:]
 
 
 def _stack(widths: tuple[int, ...], relu: bool, last: nn.Module | None) -> nn.Sequential:
@@ -23,12 +28,13 @@ def _stack(widths: tuple[int, ...], relu: bool, last: nn.Module | None) -> nn.Se
 
 
 class Autoencoder(nn.Module):
-    """784 -> 2 -> 784. ``relu`` puts ReLU between layers (none on the code) and tanh on the output."""
+    """784 -> 2 -> 784 (``dim`` -> 2 -> ``dim``). ``relu`` puts ReLU between layers (none on the code) and tanh
+    on the output."""
 
-    def __init__(self, relu: bool) -> None:
+    def __init__(self, relu: bool, dim: int = WIDTHS[0]) -> None:
         super().__init__()
-        self.encoder = _stack(WIDTHS, relu, None)  # (B, 784) -> (B, 2)
-        self.decoder = _stack(WIDTHS[::-1], relu, nn.Tanh() if relu else None)  # (B, 2) -> (B, 784)
+        self.encoder = _stack(widths(dim), relu, None)  # (B, 784) -> (B, 2)
+        self.decoder = _stack(widths(dim)[::-1], relu, nn.Tanh() if relu else None)  # (B, 2) -> (B, 784)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 784)
         return self.decoder(self.encoder(x))
@@ -43,10 +49,10 @@ class KeepingEncoder(nn.Module):
     layer's bias could absorb: the same functions, better conditioned to train). Weights stored before
     the buffer existed load with a center of 0: the image as it is."""
 
-    def __init__(self) -> None:
+    def __init__(self, dim: int = WIDTHS[0]) -> None:
         super().__init__()
-        self.encoder = _stack(WIDTHS, True, None)
-        self.register_buffer("center", torch.zeros(WIDTHS[0]))
+        self.encoder = _stack(widths(dim), True, None)
+        self.register_buffer("center", torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 784) -> (B, 2)
         return self.encoder(x - self.center)
@@ -55,7 +61,7 @@ class KeepingEncoder(nn.Module):
         return self(x)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        state_dict.setdefault(prefix + "center", torch.zeros(WIDTHS[0]))  # stored before 2026-11-29: none
+        state_dict.setdefault(prefix + "center", torch.zeros(self.center.shape[0]))  # stored before 2026-11-29: none
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -71,13 +77,19 @@ def is_autoencoder(name: str) -> bool:
     return name in SEED_MODELS
 
 
-def build_model(name: str) -> nn.Module:
-    """The architecture named by the first half of ``name`` (linear / relu); ``relu_keep``: the ReLU encoder."""
+def build_model(name: str, dim: int = WIDTHS[0]) -> nn.Module:
+    """The architecture named by the first half of ``name`` (linear / relu); ``relu_keep``: the ReLU encoder.
+    ``dim``: the data's values per sample."""
     if name in REFERENCE_MAPS:
         raise ValueError(f"{name} is a reference map (common/compute/references.py), not a network")
     if not is_autoencoder(name):
-        return KeepingEncoder()
-    return Autoencoder(relu=name.startswith("relu"))
+        return KeepingEncoder(dim)
+    return Autoencoder(relu=name.startswith("relu"), dim=dim)
+
+
+def input_dim(model_state: dict[str, torch.Tensor]) -> int:
+    """The data dimension a stored model was built for (its first layer's inputs)."""
+    return int(model_state["encoder.0.weight"].shape[1])
 
 
 def loss_name(name: str) -> str:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from common.compute.devices import resolve_device
-from common.compute.models import build_model, is_autoencoder, loss_name
+from common.compute.models import WIDTHS, build_model, input_dim, is_autoencoder, loss_name
 from common.compute.names import MODEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -335,11 +335,11 @@ def _adam_load(optim: torch.optim.Adam, stack: ModelStack, slices: list[dict]) -
         }
 
 
-def initial_state(name: str, seed: int) -> dict[str, Tensor]:
-    """The model's seeded initial weights (PyTorch's default Linear init)."""
+def initial_state(name: str, seed: int, dim: int = WIDTHS[0]) -> dict[str, Tensor]:
+    """The model's seeded initial weights (PyTorch's default Linear init), for data of ``dim`` values."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(model_seed(seed, name))
-        return build_model(name).state_dict()
+        return build_model(name, dim).state_dict()
 
 
 def training_groups(names: list[str]) -> list[list[str]]:
@@ -493,7 +493,7 @@ def train_group(
     start = {n: resume[n] for n in names} if resume else None
     if start is not None and len({c.epoch for c in start.values()}) != 1:
         raise ValueError(f"checkpoints at different epochs: { {n: c.epoch for n, c in start.items()} }")
-    states = {n: start[n].model_state if start else initial_state(n, cfg.seed) for n in names}
+    states = {n: start[n].model_state if start else initial_state(n, cfg.seed, x.shape[1]) for n in names}
     if dev.type == "cuda":  # one stack of all the models, one stream, one CUDA graph per step
         stack = sorted(names, key=lambda nm: (nm.startswith("relu"), MODEL_NAMES.index(nm)))
         groups: list[_Group] = [_GraphGroup(stack, [states[nm] for nm in stack], cfg, dev, start, x.shape[0])]
@@ -579,7 +579,7 @@ def encode(model: nn.Module, x: Tensor, batch_size: int = 10_000) -> Tensor:
 
 
 def load_trained(name: str, model_state: dict[str, Tensor]) -> nn.Module:
-    model = build_model(name)
+    model = build_model(name, input_dim(model_state))
     model.load_state_dict(model_state)
     model.eval()
     return model
