@@ -375,7 +375,8 @@ def _row_norms(s8: np.ndarray) -> np.ndarray:
 
 
 class PixelL2(Space):
-    """Pixel L2 through float32 GEMMs (the ``torch`` path: a GPU's, or a CPU's without the C kernels)."""
+    """Pixel L2 through float32 GEMMs (the ``torch`` path: a GPU's, or a CPU's without the C kernels); rows
+    of more than F32_EXACT_DIM values through float64 GEMMs, whose integer dot products stay exact."""
 
     eps = 4.0  # two roundings of a value below 2^26 in float32 (each <= 2), doubled for safety
     bytes_per_pair = 12  # G and the scores (float32), plus topk scratch
@@ -383,8 +384,11 @@ class PixelL2(Space):
     def __init__(self, x: np.ndarray, device: torch.device) -> None:
         super().__init__(x.shape[0], x.shape[1], "l2", device, pixels=True)
         self.g: Tensor | None = None
-        self.s = torch.from_numpy(x).to(device).float().sub_(128.0)  # (N, D) in -128..127
-        self.sq = (self.s * self.s).sum(1)  # (N,) exact integers < 2^24
+        dtype = torch.float32 if x.shape[1] <= F32_EXACT_DIM else torch.float64
+        if dtype == torch.float64:
+            self.bytes_per_pair = 24
+        self.s = torch.from_numpy(x).to(device).to(dtype).sub_(128.0)  # (N, D) in -128..127
+        self.sq = (self.s * self.s).sum(1)  # (N,) exact integers
         self.pair_work = 2.0 * x.shape[1]
 
     def scores(self, rows):

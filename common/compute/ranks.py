@@ -63,7 +63,9 @@ def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndar
         kind, base, a = (1 if g.dtype == np.float32 else 0), space.base, space.a
     elif isinstance(space, nb.PixelL2):  # the torch path: exact float32 dot products
         g = (space.s[torch.from_numpy(rows)] @ space.s.T).cpu().numpy()
-        kind, base, a = 1, space.sq.cpu().numpy().astype(np.int32), -2
+        if g.dtype == np.float64:  # wide rows: exact integer dot products, |a.b| < 2^31 (MAX_DIM)
+            g = g.astype(np.int32)
+        kind, base, a = (1 if g.dtype == np.float32 else 0), space.sq.cpu().numpy().astype(np.int32), -2
     elif isinstance(space, nb.PixelL1):
         g = torch.cdist(space.x[torch.from_numpy(rows)], space.x, p=1.0).cpu().numpy()
         kind, base, a = 1, np.zeros(n, np.int32), 1
