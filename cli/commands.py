@@ -71,13 +71,19 @@ def _runtime(settings: Settings, factory):
     return Runtime.from_settings(settings, factory, progress=TqdmProgress())
 
 
+def _path(given: str | None) -> str | None:
+    """A data path as the config stores it: absolute, so the experiment can be resumed from anywhere."""
+    return None if given is None else str(Path(given).expanduser().absolute())
+
+
 def _config(args: argparse.Namespace, cmd: str):
     """The StudyConfig the options ask for, or None after printing what is wrong with them."""
     from common.study.config import StudyConfig
 
-    fields = {"dataset": args.dataset, "limit": args.limit, "models": args.models, "epochs": args.epochs,
-              "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "k": args.k,
-              "distances": args.distances, "seed": args.seed, "ks": args.ks}
+    fields = {"dataset": args.dataset, "data": _path(args.data), "labels": _path(args.labels), "limit": args.limit,
+              "models": args.models, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "weight_decay": args.weight_decay, "k": args.k, "distances": args.distances, "seed": args.seed,
+              "ks": args.ks}
     try:
         return StudyConfig(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
@@ -92,13 +98,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     settings = _settings(args)
+    ds = None
+    if cfg.data is not None:  # your data: read and checked before anything is stored (DataError: exit 1)
+        from common.study.stages import read_data
+
+        ds = read_data(cfg, settings.data_dir, settings.cache_dir)
     factory = _factory(settings)
     from common.study.run import run_experiment
     from common.study.stages import record_experiment
 
     experiment_id = record_experiment(factory, cfg)
     log.info("experiment %d: %s", experiment_id, cfg.as_json())
-    run_experiment(_runtime(settings, factory), experiment_id)
+    run_experiment(_runtime(settings, factory), experiment_id, ds)
     print_tables(factory, experiment_id, "table")
     return 0
 

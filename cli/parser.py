@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def study_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist")
+        sp.add_argument("--data", metavar="PATH",
+                        help="your data instead of --dataset: a .npy, .npz (arrays X, y) or IDX file, a folder of "
+                             "PNG/JPEG images with one subfolder per class, or a CIFAR-10/100 python folder")
+        sp.add_argument("--labels", metavar="FILE", help="the labels of .npy or IDX data (a second such file)")
         sp.add_argument("--limit", type=int, help="use the first N training samples (default: all)")
         sp.add_argument("--models", type=_csv,
                         help=f"comma list of {','.join(MODEL_NAMES)} (default: the study's four; relu_keep "

@@ -42,7 +42,7 @@ def test_bad_field_is_named(fields, where):
     ({"limit": 200}, "K=200 must be below the number of samples N=200"),
     ({"limit": 100, "k": 150}, "limit must exceed K"),
     ({"k": 10}, r"ks: \[20, 50\] must each be in 1..K=10"),
-    ({"limit": 70_000}, "less than or equal to 60000"),
+    ({"limit": 70_000}, "mnist has 60000 training samples, got 70000"),
 ])
 def test_sizes_that_cannot_work(fields, msg):
     with pytest.raises(ValidationError, match=msg):

@@ -440,3 +440,29 @@ def test_wide_float_codes_are_exact_with_near_ties_duplicates_and_constant_colum
     v = np.sort(np.abs(x[:, None, :] - x[None, 600:601, :]).sum(-1) if distance == "l1"
                 else ((x[:, None, :] - x[None, 600:601, :]) ** 2).sum(-1), axis=0)
     assert (np.diff(v[:25, 0]) < 1e-9).sum() >= 15  # the near ties were really there
+
+
+@pytest.mark.parametrize("dim", [7, 3072])
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_every_pixel_path_is_exact_at_other_dimensions(dim, distance):
+    """Your data's widths (common/compute/sources.py): 7 values, and CIFAR's 3,072, where float32 would no
+    longer hold an L2 dot product (the torch path goes to float64 there). Every path that runs here, full
+    byte range, copies and ties, against a float64 brute force; and the exact ranks beyond K."""
+    from common.compute.neighbors import pixel_paths, prepare
+    from common.compute.ranks import rank_rows
+
+    rng = np.random.default_rng(dim)
+    x = rng.integers(0, 256, (260, dim), dtype=np.uint8)
+    x[:, 0] = 0 if dim > 7 else x[:, 0]
+    x[:12, : dim // 2] = 255  # near ties
+    x[20:25] = x[3]  # copies
+    ids, _ = brute_force(x, 30, distance)
+    d = cdist(x.astype(np.float64), x.astype(np.float64), "cityblock" if distance == "l1" else "euclidean")
+    np.fill_diagonal(d, -1)
+    want_rank = np.argsort(np.lexsort((np.broadcast_to(np.arange(260), d.shape), d), axis=1), axis=1)
+    asked = ((np.arange(260)[:, None] + np.array([1, 50, 259])) % 260).astype(np.int32)
+    for path in pixel_paths(distance, dim):
+        t = exact_knn(x, k=30, distance=distance, kernel=path)
+        np.testing.assert_array_equal(t.ids, ids, err_msg=path)
+        got = np.concatenate([r for _, r in rank_rows(prepare(x, distance, kernel=path), asked)])
+        np.testing.assert_array_equal(got, np.take_along_axis(want_rank, asked, axis=1), err_msg=path)

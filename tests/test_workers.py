@@ -103,7 +103,7 @@ class Stack:
     def submit(self, **fields) -> int:
         args = []
         for k, v in fields.items():
-            args += [f"--{k.replace('_', '-')}", ",".join(v) if isinstance(v, list) else str(v)]
+            args += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, list) else str(v)]
         return int(self.aeknn("submit", *args).stdout.strip())
 
     def experiment(self, eid: int) -> db.Experiment:
@@ -566,3 +566,28 @@ def test_a_sweep_queued_for_the_workers_runs_every_point_and_shares_the_pixel_ta
         assert len(rows) == 2 and all(r["n"] == 2 for r in rows)
     printed = stack.aeknn("metrics", "--sweep", "1").stdout
     assert "score_at_k" in printed and " ± " in printed
+
+
+def test_your_data_runs_on_the_workers_as_in_process_and_an_unreadable_path_fails_naming_it(stack, tmp_path,
+                                                                                             tmp_path_factory,
+                                                                                             data_dir):
+    """A CIFAR-10 folder (3,072 values a sample) submitted by path: the workers read it, store it, and give
+    the in-process run's bits; a path the workers cannot read fails the experiment with that reason, once."""
+    from tests.test_sources import classes, write_cifar
+
+    rgb, y = classes(500, 3072, 10, 7)
+    write_cifar(tmp_path / "cifar", rgb.reshape(-1, 32, 32, 3), y)
+    fields = {"data": str(tmp_path / "cifar"), "epochs": 2, "k": 30, "ks": [5, 10],
+              "models": ["linear_mse", "relu_mse"]}
+    stack.worker("w1")
+    eid = stack.submit(**fields)
+    stack.wait(eid)
+    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **fields))
+    with stack.factory() as s:
+        row = s.get(db.DatasetRow, stack.experiment(eid).dataset_id)
+        assert row.n == 500 and row.shape == [32, 32, 3] and row.name.startswith("cifar-")
+    gone = stack.submit(**{**fields, "data": str(tmp_path / "elsewhere.npz")})
+    exp = stack.wait(gone, status=db.FAILED)
+    assert "elsewhere.npz" in exp.error and "no such file" in exp.error
+    (item,) = stack.items(gone, "data")
+    assert item.attempts == 1

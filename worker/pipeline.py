@@ -16,19 +16,25 @@ import socket
 import threading
 from collections.abc import Callable
 
-import numpy as np
 from sqlalchemy import update
 from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.compute.data import Dataset
 from common.secrets import scrub
 from common.settings import Settings
 from common.store import db as db
 from common.study import jobs, plan
 from common.study.plan import Due
 from common.study.runtime import Runtime
-from common.study.stages import load_config, stage_data, stage_keep, stage_maps, stage_metrics, stage_train
+from common.study.stages import (
+    load_config,
+    stage_data,
+    stage_keep,
+    stage_maps,
+    stage_metrics,
+    stage_train,
+    stored_dataset,
+)
 from common.study.tables import build_chunk, table_points
 
 log = logging.getLogger(__name__)
@@ -338,15 +344,6 @@ def runtime(factory: sessionmaker[Session], settings: Settings, experiment_id: i
         check_live(factory, experiment_id)
 
     return Runtime.from_settings(settings, factory, on_epoch_end=stop_if_cancelled)
-
-
-def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Dataset:
-    with factory() as s:
-        exp = db.get_experiment(session=s, experiment_id=experiment_id)
-        ds = s.get(db.DatasetRow, exp.dataset_id)
-        labels = np.frombuffer(ds.labels, np.uint8)
-        images = np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1).copy()  # writable, for torch
-        return Dataset(ds.name, images, labels)
 
 
 def do_data(factory, settings, item: db.WorkItem) -> None:

@@ -6,7 +6,6 @@ import io
 import json
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,6 +13,7 @@ from api import cache
 from api.deps import ReadFactoryDep, SessionDep, require_read
 from api.errors import ERROR_RESPONSES
 from api.schemas import ModelQ, NeighborsOut, SampleOut
+from common.compute import pictures
 from common.study import reads
 from common.study.config import Distance, Space
 
@@ -32,21 +32,18 @@ def sprite(session: SessionDep,
                                      description="comma list of sample ids (so at most 2,000)")],
            experiment: ExperimentQ = None, scale: Annotated[int, Query(ge=1, le=4)] = 2) -> Response:
     """Many digits in one PNG (the page's neighbour thumbnails: one request instead of one per image): the
-    i-th id at column i mod 20, row i div 20, each 28 x 28 scaled up ``scale`` times."""
+    i-th id at column i mod 20, row i div 20, each as its picture (28 x 28 for MNIST; a vector as a square of
+    its values) scaled up ``scale`` times."""
     from PIL import Image
 
     exp = reads.finished(session, experiment)
     wanted = [int(i) for i in ids.split(",")]
     for i in wanted:
         reads.check_sample(exp, exp.n, i)
-    pixels = reads.images(session, exp.dataset_id)[wanted].reshape(-1, 28, 28)
-    rows = -(-len(wanted) // SPRITE_COLUMNS)
-    cols = min(len(wanted), SPRITE_COLUMNS)
-    sheet = np.zeros((rows * 28, cols * 28), dtype=np.uint8)
-    for i, digit in enumerate(pixels):
-        r, c = divmod(i, SPRITE_COLUMNS)
-        sheet[28 * r:28 * r + 28, 28 * c:28 * c + 28] = digit
-    img = Image.fromarray(sheet, mode="L").resize((28 * scale * cols, 28 * scale * rows), Image.NEAREST)
+    shape = reads.sample_shape(session, exp.dataset_id)
+    sheet = pictures.sheet(reads.images(session, exp.dataset_id)[wanted], shape, SPRITE_COLUMNS)
+    img = Image.fromarray(sheet, mode=pictures.mode(shape)).resize(
+        (sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "public, max-age=86400"})
@@ -91,13 +88,16 @@ def sample(sample_id: int, session: SessionDep, experiment: ExperimentQ = None) 
             responses={200: {"content": {"image/png": {}}}})
 def image(sample_id: int, session: SessionDep, experiment: ExperimentQ = None,
           scale: Annotated[int, Query(ge=1, le=8)] = 2) -> Response:
-    """The 28 x 28 digit as a PNG (scaled up ``scale`` times)."""
+    """The sample as a PNG (the 28 x 28 digit for MNIST; a vector as a square of its values), scaled up
+    ``scale`` times."""
     from PIL import Image
 
     exp = reads.finished(session, experiment)
     reads.check_sample(exp, exp.n, sample_id)
-    pixels = reads.images(session, exp.dataset_id)[sample_id].reshape(28, 28)
-    img = Image.fromarray(pixels, mode="L").resize((28 * scale, 28 * scale), Image.NEAREST)
+    shape = reads.sample_shape(session, exp.dataset_id)
+    [pixels] = pictures.pictures(reads.images(session, exp.dataset_id)[[sample_id]], shape)
+    img = Image.fromarray(pixels, mode=pictures.mode(shape)).resize(
+        (pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return Response(buf.getvalue(), media_type="image/png",

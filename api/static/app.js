@@ -127,10 +127,17 @@ function duration(exp) {
   return s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`;
 }
 
+function dataName(c) {  // a named data set, or your data's file name
+  return c.data ? c.data.split("/").filter(Boolean).pop() : c.dataset;
+}
+
+function dataSize(c) {  // N as the config says it: your data's N is known once read
+  return c.limit ? c.limit.toLocaleString("en") : (c.data ? "all" : (60000).toLocaleString("en"));
+}
+
 function describeConfig(c) {
-  const n = c.limit || (c.dataset === "fashion-mnist" ? 60000 : 60000);
   const models = c.models.length <= 4 ? c.models.join(", ") : `${c.models.length} models`;
-  return `${c.dataset} ${n.toLocaleString("en")} · ${models} · ${c.epochs} epochs · ` +
+  return `${dataName(c)} ${dataSize(c)} · ${models} · ${c.epochs} epochs · ` +
     `lr ${c.lr} · wd ${c.weight_decay} · seed ${c.seed}`;
 }
 
@@ -630,7 +637,7 @@ async function loadRuns() {
       open.addEventListener("click", (ev) => { ev.preventDefault(); $("experiment").value = e.id; $("experiment").dispatchEvent(new Event("change")); });
       const tr = el("tr", { "data-run": e.id, class: e.id === state.experiment ? "current" : "" },
         (() => { const td = cell("", e.id, "name"); td.append(open); return td; })(),
-        cell(e.status), cell(`${c.dataset} ${(c.limit || 60000).toLocaleString("en")}`, c.limit || 60000, "name"),
+        cell(e.status), cell(`${dataName(c)} ${dataSize(c)}`, c.limit || 60000, "name"),
         cell(c.models.join(", "), c.models.length, "name"), cell(c.epochs, c.epochs), cell(c.lr, c.lr),
         cell(c.weight_decay, c.weight_decay), cell(c.seed, c.seed), cell(c.k, c.k),
         cell(secs === null ? "–" : duration(e), secs),

@@ -56,15 +56,16 @@ class Dataset:
     """A training split: pixels as bytes (exact integer distances) and labels."""
 
     name: str
-    images: np.ndarray  # (N, 784) uint8
+    images: np.ndarray  # (N, D) uint8: (N, 784) for MNIST
     labels: np.ndarray  # (N,) uint8
+    shape: tuple[int, ...] = (SIDE, SIDE)  # one sample's: (H, W) grey, (H, W, C) colour, or (D,) values
 
     @property
     def n(self) -> int:
         return int(self.labels.shape[0])
 
     def scaled(self) -> torch.Tensor:
-        """Inputs scaled to [-1, 1] (x/255*2-1), the range of the tanh decoder. (N, 784) float32."""
+        """Inputs scaled to [-1, 1] (x/255*2-1), the range of the tanh decoder. (N, D) float32."""
         return torch.from_numpy(self.images).float().div_(255.0).mul_(2.0).sub_(1.0)
 
 

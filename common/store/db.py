@@ -60,7 +60,9 @@ class DatasetRow(Base):
     name: Mapped[str] = mapped_column(String(32))
     n: Mapped[int] = mapped_column(Integer)
     labels: Mapped[bytes] = mapped_column(LargeBinary)  # (n,) uint8
-    images: Mapped[bytes] = mapped_column(LargeBinary)  # (n, 784) uint8
+    images: Mapped[bytes] = mapped_column(LargeBinary)  # (n, D) uint8: (n, 784) for MNIST
+    # one sample's shape: [H, W] grey, [H, W, C] colour, [D] values; none (stored before 0007): 28 x 28
+    shape: Mapped[list | None] = mapped_column(JSON)
 
 
 class Experiment(Base):
@@ -295,7 +297,13 @@ def _insert_or_find(session: Session, row: Base, find) -> Any:
         return found
 
 
-def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, images: np.ndarray) -> int:
+def dataset_shape(row: DatasetRow) -> tuple[int, ...]:
+    """One sample's shape: (H, W), (H, W, C) or (D,); a row stored before the column existed is MNIST's."""
+    return tuple(row.shape) if row.shape else (28, 28)
+
+
+def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, images: np.ndarray,
+                          shape: Sequence[int] = (28, 28)) -> int:
     n = int(labels.shape[0])
 
     def find():
@@ -305,7 +313,7 @@ def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, im
     if found is not None:
         return found
     row = DatasetRow(name=name, n=n, labels=labels.astype(np.uint8).tobytes(),
-                     images=images.astype(np.uint8).tobytes())
+                     images=images.astype(np.uint8).tobytes(), shape=[int(v) for v in shape])
     got = _insert_or_find(session, row, find)
     return got.id if isinstance(got, DatasetRow) else got
 

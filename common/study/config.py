@@ -30,6 +30,7 @@ class Space(StrEnum):
 
 
 MAX_EPOCHS = 10_000
+MAX_SAMPLES = 100_000_000  # of your data; a named data set has its own size
 MAX_K = 1000  # neighbours per sample: ten 60,000 x 1,000 tables are 5.4 GB already
 MAX_KS = 32  # k columns of the metric tables (every k up to K is stored anyway)
 MAX_LR = 10.0  # Adam's step size: far above anything that trains
@@ -53,7 +54,13 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: DatasetName = DatasetName.mnist
-    limit: Annotated[int, Field(gt=0, le=max(size for _, size, _ in DATASETS.values())),
+    data: str | None = Field(default=None, min_length=1, max_length=4096,
+                             description="your data instead of a named data set: the path, on the machine the "
+                                         "study runs on, of a .npy, .npz or IDX file, a folder of images with "
+                                         "one subfolder per class, or a CIFAR-10/100 python folder")
+    labels: str | None = Field(default=None, min_length=1, max_length=4096,
+                               description="the labels of .npy or IDX data: the path of a second such file")
+    limit: Annotated[int, Field(gt=0, le=MAX_SAMPLES),
                      BeforeValidator(_a_number)] | None = Field(
         default=None, description="use the first N training samples")
     models: list[ModelName] = Field(default_factory=lambda: [ModelName(n) for n in SEED_MODELS], min_length=1,
@@ -82,27 +89,52 @@ class StudyConfig(BaseModel):
         return v
 
     @property
-    def n(self) -> int:
-        """The number of samples studied."""
+    def n(self) -> int | None:
+        """The number of samples studied (None for your data until it is read: then :meth:`check_n`)."""
+        if self.data is not None:
+            return self.limit
         full = DATASETS[self.dataset.value][1]
         return full if self.limit is None else min(self.limit, full)
 
+    @property
+    def source(self) -> str:
+        """What is studied, in words: the data set's name or your data's path."""
+        return self.data if self.data is not None else self.dataset.value
+
     @model_validator(mode="after")
     def _sizes(self) -> StudyConfig:
-        full = DATASETS[self.dataset.value][1]
-        if self.limit is not None and self.limit > full:
-            raise ValueError(f"limit: {self.dataset.value} has {full} training samples, got {self.limit}")
-        if self.k >= self.n:
-            raise ValueError(f"k: K={self.k} must be below the number of samples N={self.n} "
-                             "(limit must exceed K)")
-        small = [f"{m.value} needs at least {MIN_SAMPLES[m.value]}" for m in self.models
-                 if self.n < MIN_SAMPLES.get(m.value, 0)]
-        if small:
-            raise ValueError(f"models: {'; '.join(small)} samples, got N={self.n}")
-        bad = [k for k in self.ks if not 0 < k <= min(self.k, self.n - 2)]
-        if bad:
-            raise ValueError(f"ks: {bad} must each be in 1..K={self.k} (and below N-1)")
+        if self.data is None and self.labels is not None:
+            raise ValueError("labels: only with data (the labels of your .npy or IDX data)")
+        if self.data is not None and "dataset" in self.model_fields_set:
+            raise ValueError("dataset: give either a named data set or your data (data), not both")
+        if self.data is None:
+            full = DATASETS[self.dataset.value][1]
+            if self.limit is not None and self.limit > full:
+                raise ValueError(f"limit: {self.dataset.value} has {full} training samples, got {self.limit}")
+        if self.n is not None:
+            self.check_n(self.n)
+        else:
+            bad = [k for k in self.ks if not 0 < k <= self.k]
+            if bad:
+                raise ValueError(f"ks: {bad} must each be in 1..K={self.k}")
         return self
 
+    def check_n(self, n: int) -> None:
+        """ValueError unless the study can run on ``n`` samples (more than K; enough for every model)."""
+        if self.k >= n:
+            raise ValueError(f"k: K={self.k} must be below the number of samples N={n} "
+                             "(limit must exceed K)")
+        small = [f"{m.value} needs at least {MIN_SAMPLES[m.value]}" for m in self.models
+                 if n < MIN_SAMPLES.get(m.value, 0)]
+        if small:
+            raise ValueError(f"models: {'; '.join(small)} samples, got N={n}")
+        bad = [k for k in self.ks if not 0 < k <= min(self.k, n - 2)]
+        if bad:
+            raise ValueError(f"ks: {bad} must each be in 1..K={self.k} (and below N-1)")
+
     def as_json(self) -> dict:
-        return self.model_dump(mode="json")
+        """As stored: a named data set's study as before your data existed (no ``data``, no ``labels``); your
+        data's without the named data set's field (its default, unused)."""
+        unset = {"data", "labels"} if self.data is None else {"dataset"} | ({"labels"} if self.labels is None
+                                                                           else set())
+        return self.model_dump(mode="json", exclude=unset)

@@ -121,7 +121,7 @@ def _once(kind: str, trained: Callable[[str], bool]) -> Callable[[Stored], list[
 
 
 def _set_data(r: InProcess) -> None:
-    r.ds = stages.stage_data(r.rt, r.experiment_id, r.cfg)
+    r.ds = stages.stage_data(r.rt, r.experiment_id, r.cfg, r.ds)
 
 
 PLAN: tuple[Stage, ...] = (

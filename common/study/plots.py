@@ -9,6 +9,8 @@ import threading
 
 import numpy as np
 
+from common.compute import pictures
+
 _lock = threading.Lock()
 TAB10 = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
                   [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
@@ -77,16 +79,21 @@ def latent(panels: list[tuple[str, np.ndarray]], labels: np.ndarray) -> bytes:
         return _png(fig)
 
 
-def reconstructions(grids: list[tuple[str, np.ndarray]]) -> bytes:
-    """Rows of 28 x 28 digits in [-1, 1]: the originals first, then each model's reconstructions."""
+def reconstructions(shape: tuple[int, ...], grids: list[tuple[str, np.ndarray]]) -> bytes:
+    """Rows of samples of ``shape`` (28 x 28 digits for MNIST) in [-1, 1]: the originals first, then each
+    model's reconstructions."""
     with _lock:
         plt = _pyplot()
         cols = len(grids[0][1])
         fig, axes = plt.subplots(len(grids), cols, figsize=(cols * 0.9, len(grids) * 1.0), squeeze=False)
         for r, (title, imgs) in enumerate(grids):
+            pics = pictures.pictures(np.clip(imgs, -1, 1), shape, fill=-1)
             for c in range(cols):
                 ax = axes[r][c]
-                ax.imshow(imgs[c].reshape(28, 28), cmap="gray", vmin=-1, vmax=1)
+                if pics.ndim == 4:  # colour: [-1, 1] to [0, 1]
+                    ax.imshow((pics[c] + 1) / 2)
+                else:
+                    ax.imshow(pics[c], cmap="gray", vmin=-1, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
             axes[r][0].set_ylabel(title, rotation=0, ha="right", fontsize=7)

@@ -158,15 +158,16 @@ def table(session: Session, exp: Finished, space: str, distance: str) -> tuple[i
     return _tables[key]
 
 
-def _dataset(session: Session, dataset_id: int, pixels: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """A data set's labels (and pixels), the last four kept: stored data never changes once written."""
+def _dataset(session: Session, dataset_id: int, pixels: bool) -> tuple[np.ndarray, np.ndarray | None, tuple]:
+    """A data set's labels (and pixels) and one sample's shape, the last four kept: stored data never changes
+    once written."""
     key = (_key(session), dataset_id)
     hit = _datasets.get(key)
     if hit is None or (pixels and hit[1] is None):
         row = session.get(db.DatasetRow, dataset_id)
         labels = np.frombuffer(row.labels, np.uint8).copy()
         images = np.frombuffer(row.images, np.uint8).reshape(row.n, -1).copy() if pixels else None
-        hit = (labels, images)
+        hit = (labels, images, db.dataset_shape(row))
         with _lock:
             _datasets[key] = hit
             while len(_datasets) > 4:
@@ -180,6 +181,11 @@ def labels(session: Session, dataset_id: int) -> np.ndarray:
 
 def images(session: Session, dataset_id: int) -> np.ndarray:
     return _dataset(session, dataset_id, True)[1]
+
+
+def sample_shape(session: Session, dataset_id: int) -> tuple[int, ...]:
+    """One sample's shape: (H, W) grey, (H, W, C) colour or (D,) values."""
+    return _dataset(session, dataset_id, False)[2]
 
 
 # ---------------------------------------------------------------- checks
@@ -377,7 +383,8 @@ def experiment_lines(session: Session, limit: int) -> tuple[list[dict], int]:
     how many there are."""
     rows, total = experiment_page(session, page=1, per_page=limit)
     return [{"id": e.id, "status": e.status, "stage": e.stage, "created_at": str(e.created_at)[:19],
-             "dataset": e.config["dataset"], "n": e.config.get("limit") or "all", "models": e.config["models"],
+             "dataset": e.config.get("dataset") or e.config["data"], "n": e.config.get("limit") or "all",
+             "models": e.config["models"],
              "epochs": e.config["epochs"], "seed": e.config["seed"], "k": e.config["k"]} for e in rows], total
 
 

@@ -10,11 +10,11 @@ import os
 import sys
 import time
 
-from common.compute.data import load_dataset
+from common.compute.data import Dataset
 from common.store import db as db
 from common.study import database, plan
 from common.study.runtime import Runtime
-from common.study.stages import load_config
+from common.study.stages import load_config, stored_dataset
 
 
 class _Run:
@@ -55,9 +55,11 @@ class _Run:
                                  finished_at=db.utcnow())
 
 
-def run_experiment(rt: Runtime, experiment_id: int) -> None:
-    """Run (or resume) every stage of an experiment in this process; mark it succeeded or failed."""
+def run_experiment(rt: Runtime, experiment_id: int, ds: Dataset | None = None) -> None:
+    """Run (or resume) every stage of an experiment in this process; mark it succeeded or failed. ``ds``: its
+    data, when read already."""
     run = _Run(rt, experiment_id)
+    run.ctx.ds = ds
     run.start()
     run.stages(plan.NAMES)
     run.finish()
@@ -96,8 +98,7 @@ def _tail_process(url: str, fields: dict, experiment_id: int, elapsed: float) ->
         rt = Runtime(factory=factory, progress=_NoteLines(experiment_id), **fields)
         run = _Run(rt, experiment_id)
         run.t0 -= elapsed  # the experiment's total counts its training too
-        cfg = run.ctx.cfg  # the data set its "data" stage loaded (from the cache)
-        run.ctx.ds = load_dataset(cfg.dataset.value, rt.data_dir, rt.cache_dir, cfg.limit)
+        run.ctx.ds = stored_dataset(factory, experiment_id)  # as its "data" stage stored it
         run.stages(plan.TAIL)
         run.finish()
     finally:

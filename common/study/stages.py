@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +21,9 @@ from common.compute.keeping import KeepConfig, keep_map, train_keeping
 from common.compute.models import is_autoencoder
 from common.compute.names import REFERENCE_MAPS, keep_encoder_epochs
 from common.compute.references import check_available, fit_map
+from common.compute.sources import read_source
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
+from common.errors import DataError
 from common.store import db as db
 from common.study import embeddings
 from common.study.config import StudyConfig
@@ -55,12 +58,41 @@ def _timed(rt: Runtime, experiment_id: int, stage: str, t0: float) -> None:
 # ---------------------------------------------------------------- stages
 
 
-def stage_data(rt: Runtime, experiment_id: int, cfg: StudyConfig) -> Dataset:
-    """Load the data set and store it (labels, pixels) once per (data set, N)."""
+def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path) -> Dataset:
+    """The data the config names (a named data set, or your data: common/compute/sources.py), its first
+    ``limit`` samples, checked against the study's sizes (K, ks, each model's least N) before any work."""
+    if cfg.data is None:
+        ds = load_dataset(cfg.dataset.value, data_dir, cache_dir, cfg.limit)
+    else:
+        ds = read_source(cfg.data, cfg.labels)
+        if cfg.limit is not None and cfg.limit < ds.n:
+            ds = Dataset(ds.name, np.ascontiguousarray(ds.images[: cfg.limit]),
+                         np.ascontiguousarray(ds.labels[: cfg.limit]), ds.shape)
+    try:
+        cfg.check_n(ds.n)
+    except ValueError as exc:
+        raise DataError(f"{cfg.source}: {ds.n} samples: {exc}") from exc
+    return ds
+
+
+def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Dataset:
+    """The experiment's data as its data stage stored it (the database is the source of truth)."""
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        row = s.get(db.DatasetRow, exp.dataset_id)
+        labels = np.frombuffer(row.labels, np.uint8)
+        images = np.frombuffer(row.images, np.uint8).reshape(row.n, -1).copy()  # writable, for torch
+        return Dataset(row.name, images, labels, db.dataset_shape(row))
+
+
+def stage_data(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset | None = None) -> Dataset:
+    """Load the data set (unless ``ds`` is it, read already) and store it (labels, pixels, one sample's
+    shape) once per (data set, N)."""
     t0 = time.perf_counter()
-    ds = load_dataset(cfg.dataset.value, rt.data_dir, rt.cache_dir, cfg.limit)
+    ds = ds if ds is not None else read_data(cfg, rt.data_dir, rt.cache_dir)
     with db.transaction(rt.factory) as s:
-        dataset_id = db.get_or_create_dataset(session=s, name=ds.name, labels=ds.labels, images=ds.images)
+        dataset_id = db.get_or_create_dataset(session=s, name=ds.name, labels=ds.labels, images=ds.images,
+                                              shape=ds.shape)
         db.update_experiment(session=s, experiment_id=experiment_id, dataset_id=dataset_id)
     _timed(rt, experiment_id, "data", t0)
     return ds

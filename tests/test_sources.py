@@ -1,0 +1,283 @@
+"""Your data (common/compute/sources.py, ``aeknn run --data``): every source read exactly as written, the
+whole study on it with exact tables, the same answer as the named data set for the same bytes, and every
+bad input a clear error that names the file and stores nothing."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from common.compute.sources import MAX_DIM, read_source
+from common.store import db
+from common.study.config import StudyConfig
+from tests.test_neighbors import brute_force
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def classes(n: int, dim: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes around one random centre per class (some duplicates): labels and neighbours that mean something."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    centres = rng.integers(30, 226, (n_classes, dim))
+    x = np.clip(centres[y] + rng.integers(-30, 31, (n, dim)), 0, 255).astype(np.uint8)
+    x[5:8] = x[2]  # copies: exact ties
+    return x, y
+
+
+def write_idx(path: Path, a: np.ndarray, code: int = 0x08) -> None:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(bytes([0, 0, code, a.ndim]) + struct.pack(f">{a.ndim}i", *a.shape))
+        f.write(a.astype(">u1" if code == 0x08 else a.dtype.newbyteorder(">")).tobytes())
+
+
+def write_cifar(folder: Path, x: np.ndarray, y: np.ndarray, fine: bool = False) -> None:
+    """``x`` (N, 32, 32, 3) in CIFAR's python format: CIFAR-10's five training batches, or CIFAR-100's one."""
+    folder.mkdir(parents=True)
+    data = x.transpose(0, 3, 1, 2).reshape(len(x), -1)  # channels first, as published
+    if fine:
+        with open(folder / "train", "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": [int(v) for v in y], b"coarse_labels": [0] * len(y)}, f)
+        return
+    for b, part in enumerate(np.array_split(np.arange(len(x)), 5), start=1):
+        with open(folder / f"data_batch_{b}", "wb") as f:
+            pickle.dump({b"data": data[part], b"labels": [int(v) for v in y[part]], b"batch_label": b"x"}, f)
+
+
+def write_folder(folder: Path, x: np.ndarray, y: np.ndarray, suffix: str = ".png") -> None:
+    for i, (img, c) in enumerate(zip(x, y, strict=True)):
+        (folder / f"class{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"class{c}" / f"{i:04d}{suffix}")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_every_format_reads_the_bytes_and_labels_as_written(tmp_path):
+    x, y = classes(60, 5 * 7, 4, 0)
+    cube = x.reshape(60, 5, 7)
+    np.save(tmp_path / "x.npy", cube)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    write_idx(tmp_path / "x-idx3-ubyte.gz", cube)
+    write_idx(tmp_path / "y-idx1-ubyte", y.astype(np.uint8))
+    for ds in (read_source(tmp_path / "x.npy", tmp_path / "y.npy"), read_source(tmp_path / "d.npz"),
+               read_source(tmp_path / "x-idx3-ubyte.gz", tmp_path / "y-idx1-ubyte")):
+        np.testing.assert_array_equal(ds.images, x)
+        np.testing.assert_array_equal(ds.labels, y)
+    assert read_source(tmp_path / "x.npy", tmp_path / "y.npy").shape == (5, 7)
+    assert read_source(tmp_path / "d.npz").shape == (35,)
+    # the same content is one name; other content another
+    assert read_source(tmp_path / "x.npy", tmp_path / "y.npy").name == read_source(tmp_path / "x.npy",
+                                                                                  tmp_path / "y.npy").name
+    np.savez(tmp_path / "e.npz", X=x, y=(y + 1) % 4)
+    assert read_source(tmp_path / "e.npz").name != read_source(tmp_path / "d.npz").name
+    # whole numbers in 0..255 of any dtype are taken exactly
+    np.savez(tmp_path / "f.npz", X=x.astype(np.float64), y=y.astype(np.float32))
+    np.testing.assert_array_equal(read_source(tmp_path / "f.npz").images, x)
+
+
+def test_image_folders_and_cifar_folders_read_in_order(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(30) % 3
+    write_cifar(tmp_path / "c10" / "cifar-10-batches-py", rgb, y)
+    ds = read_source(tmp_path / "c10")  # the folder holding the batches' folder, as the archive unpacks
+    assert ds.shape == (32, 32, 3)
+    np.testing.assert_array_equal(ds.images, rgb.reshape(30, -1))
+    np.testing.assert_array_equal(ds.labels, y)
+    write_cifar(tmp_path / "c100", rgb, y + 90, fine=True)
+    np.testing.assert_array_equal(read_source(tmp_path / "c100").labels, y + 90)
+
+    grey = rng.integers(0, 256, (12, 9, 6), dtype=np.uint8)
+    write_folder(tmp_path / "grey", grey, np.arange(12) % 2)
+    ds = read_source(tmp_path / "grey")
+    order = np.concatenate([np.arange(0, 12, 2), np.arange(1, 12, 2)])  # class by class, then by name
+    assert ds.shape == (9, 6)
+    np.testing.assert_array_equal(ds.images, grey[order].reshape(12, -1))
+    np.testing.assert_array_equal(ds.labels, np.arange(12)[order] % 2)
+    write_folder(tmp_path / "colour", rgb[:6], np.zeros(6, int))
+    assert read_source(tmp_path / "colour").shape == (32, 32, 3)
+
+
+def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """Each bad input: the CLI's data options, and words its error must hold."""
+    x, y = classes(40, 12, 3, 2)
+    np.save(tmp / "x.npy", x)
+    np.save(tmp / "y.npy", y)
+    np.save(tmp / "flat.npy", x.ravel())
+    np.save(tmp / "y-short.npy", y[:-1])
+    nan = x.astype(np.float32)
+    nan[3, 4] = np.nan
+    np.save(tmp / "nan.npy", nan)
+    np.save(tmp / "half.npy", x / 2.0 + 0.25)
+    np.save(tmp / "wide.npy", np.zeros((3, MAX_DIM + 1), np.uint8))
+    raw = (tmp / "x.npy").read_bytes()
+    (tmp / "cut.npy").write_bytes(raw[: len(raw) // 2])
+    np.savez(tmp / "noX.npz", data=x, y=y)
+    np.savez(tmp / "nolabels.npz", X=x)
+    np.savez(tmp / "bigy.npz", X=x, y=y + 300)
+    mixed = tmp / "mixed"
+    write_folder(mixed, np.zeros((4, 8, 8), np.uint8), np.array([0, 0, 1, 1]))
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(mixed / "class1" / "9999.png")
+    (tmp / "notimg" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp / "notimg" / "a" / "1.png")
+    (tmp / "notimg" / "a" / "2.png").write_text("not a picture")
+    evil = tmp / "evil"
+    evil.mkdir()
+    (evil / "data_batch_1").write_bytes(pickle.dumps({b"data": os.system}))  # a pickle that would run code
+    (tmp / "plain.txt").write_text("1,2,3\n")
+    return {
+        "flat": ([str(tmp / "flat.npy"), "--labels", str(tmp / "y.npy")], "expected N x D"),
+        "labels of another length": ([str(tmp / "x.npy"), "--labels", str(tmp / "y-short.npy")],
+                                     "one label per sample"),
+        "NaN": ([str(tmp / "nan.npy"), "--labels", str(tmp / "y.npy")], "must be finite"),
+        "not whole bytes": ([str(tmp / "half.npy"), "--labels", str(tmp / "y.npy")], "whole numbers in 0..255"),
+        "too wide": ([str(tmp / "wide.npy"), "--labels", str(tmp / "y.npy")], f"at most {MAX_DIM}"),
+        "truncated .npy": ([str(tmp / "cut.npy"), "--labels", str(tmp / "y.npy")], "truncated"),
+        "no X": ([str(tmp / "noX.npz")], "expected the data as 'X'"),
+        "no labels": ([str(tmp / "nolabels.npz")], "no labels"),
+        "labels past a byte": ([str(tmp / "bigy.npz")], "whole numbers 0..255"),
+        "mixed sizes": ([str(mixed)], "every image must be of one size"),
+        "not an image": ([str(tmp / "notimg")], "not a readable PNG/JPEG"),
+        "a pickle that runs code": ([str(evil)], "not a readable CIFAR batch"),
+        "not a data file": ([str(tmp / "plain.txt")], "not a .npy, .npz or IDX file"),
+        "missing": ([str(tmp / "nowhere.npz")], "no such file"),
+        "too few for K": ([str(tmp / "x.npy"), "--labels", str(tmp / "y.npy"), "--k", "40"], "must be below"),
+    }
+
+
+def test_every_bad_input_is_one_clear_error_naming_the_file_and_stores_nothing(tmp_path):
+    """Through the real command: exit 1, one line naming the file and the problem, no traceback, and the
+    database (which already holds an experiment) keeps only what it had."""
+    cases = bad_inputs(tmp_path)
+    url = f"sqlite:///{tmp_path / 'kept.db'}"
+    engine = db.make_engine(url)
+    db.init_db(engine)
+    with db.transaction(db.session_factory(engine)) as s:
+        db.create_experiment(session=s, config=StudyConfig(limit=300).as_json())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AEKNN_")}
+    for what, (data, words) in cases.items():
+        p = subprocess.run([sys.executable, "-m", "cli", "run", "--db", url, "--epochs", "1", "--k", "20",
+                            "--ks", "5", "--data", *data], capture_output=True, text=True, env=env, cwd=ROOT,
+                           timeout=120)
+        out = p.stdout + p.stderr
+        assert p.returncode == 1 and "Traceback" not in out, (what, out)
+        lines = [line for line in p.stderr.splitlines() if line.strip()]
+        named = any(Path(a).name in lines[0] for a in data if "/" in a)  # the data's file, or its labels'
+        assert len(lines) == 1 and words in lines[0] and named, (what, lines)
+    with db.session_factory(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(db.Experiment)) == 1
+        assert s.scalar(select(func.count()).select_from(db.DatasetRow)) == 0
+    engine.dispose()
+
+
+def test_the_config_takes_data_or_a_named_data_set_not_both():
+    with pytest.raises(ValueError, match="not both"):
+        StudyConfig(dataset="mnist", data="/x.npz")
+    with pytest.raises(ValueError, match="labels: only with data"):
+        StudyConfig(labels="/y.npy")
+    with pytest.raises(ValueError, match="ks"):
+        StudyConfig(data="/x.npz", k=20, ks=[30])
+    cfg = StudyConfig(data="/x.npz", limit=70_000)  # your data may be larger than MNIST
+    assert "dataset" not in cfg.as_json() and StudyConfig.model_validate(cfg.as_json()) == cfg
+
+
+# ---------------------------------------------------------------- the study on your data
+
+
+def run_in_process(tmp_path: Path, data_dir: Path, **fields) -> tuple[db.sessionmaker, int]:
+    from common.study.run import run_experiment
+    from common.study.runtime import Runtime
+    from common.study.stages import read_data, record_experiment
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'study.db'}")
+    db.init_db(engine)
+    factory = db.session_factory(engine)
+    cfg = StudyConfig(**fields)
+    eid = record_experiment(factory, cfg)
+    cache = tmp_path / "cache"
+    run_experiment(Runtime(factory=factory, data_dir=data_dir, cache_dir=cache, device="cpu"), eid,
+                   read_data(cfg, data_dir, cache) if cfg.data else None)
+    return factory, eid
+
+
+def test_an_npz_of_mnist_gives_the_named_data_sets_answer_bit_for_bit(tmp_path, data_dir, mnist):
+    """``--data mnist5000.npz`` against ``--limit 5000``: every table, code, loss and metric identical."""
+    from tests.test_workers import snapshot
+
+    np.savez(tmp_path / "mnist5000.npz", X=mnist.images[:5000].reshape(-1, 28, 28), y=mnist.labels[:5000])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fa, ea = run_in_process(tmp_path / "a", data_dir, limit=5000, epochs=1)
+    fb, eb = run_in_process(tmp_path / "b", data_dir, data=str(tmp_path / "mnist5000.npz"), epochs=1)
+    want, got = snapshot(fa, ea), snapshot(fb, eb)
+    assert got["status"] == db.SUCCEEDED and len(got["tables"]) == 10 and len(got["metrics"]) > 1000
+    assert got == want
+
+
+@pytest.mark.parametrize("source", ["cifar", "folder", "vectors"])
+def test_the_whole_study_runs_on_your_data_with_exact_tables_and_serves_its_pictures(source, tmp_path, data_dir):
+    """A CIFAR-10 folder (3,072 values a sample), a folder of grey PNGs and plain vectors with labels: every
+    model, both distances, the pixel tables equal to a float64 brute force, the codes' tables to one over the
+    stored codes, and the API draws each sample as what it is."""
+    from fastapi.testclient import TestClient
+
+    from common.study import reads
+
+    if source == "cifar":
+        rgb, y = classes(400, 3072, 10, 3)
+        write_cifar(tmp_path / "cifar", rgb.reshape(-1, 32, 32, 3), y)
+        data, extra, size = tmp_path / "cifar", {}, (64, 64)
+    elif source == "folder":
+        grey, y = classes(300, 12 * 10, 3, 4)
+        write_folder(tmp_path / "folder", grey.reshape(-1, 12, 10), y)
+        data, extra, size = tmp_path / "folder", {}, (20, 24)
+    else:
+        vec, y = classes(300, 50, 4, 5)
+        np.save(tmp_path / "v.npy", vec)
+        np.save(tmp_path / "vy.npy", y)
+        data, extra, size = tmp_path / "v.npy", {"labels": str(tmp_path / "vy.npy")}, (16, 16)  # 50 -> 8 x 8
+    factory, eid = run_in_process(tmp_path, data_dir, data=str(data), epochs=2, k=30, ks=[5, 10],
+                                  models=["relu_mse", "linear_l1", "relu_keep", "pca"], **extra)
+    ds = read_source(data, extra.get("labels"))
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=eid)
+        assert exp.status == db.SUCCEEDED, exp.error
+        n = len(ds.labels)
+        for t in db.experiment_tables(session=s, experiment_id=eid):
+            ids = db.load_table_ids(session=s, table_id=t.id, n=n, k=30, cols=30)
+            if t.space == db.ORIGINAL:
+                np.testing.assert_array_equal(ids, brute_force(ds.images, 30, t.distance)[0])
+            else:
+                codes = reads.map_codes(s.get(db.ModelRow, t.model_id)).astype(np.float64)
+                np.testing.assert_array_equal(ids, brute_force(codes, 30, t.distance)[0])
+        assert len(db.experiment_tables(session=s, experiment_id=eid)) == 10
+    from api.main import create_app
+    from common.settings import Settings
+
+    with TestClient(create_app(Settings(database_url=str(factory.kw["bind"].url)))) as client:
+        r = client.get(f"/samples/7/image.png?experiment={eid}&scale=2")
+        assert r.status_code == 200, r.text
+        img = Image.open(io.BytesIO(r.content))
+        assert img.size == size and img.mode == ("RGB" if source == "cifar" else "L")
+        r = client.get(f"/samples/sprite.png?experiment={eid}&ids=1,2,3&scale=1")
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (3 * size[0] // 2, size[1] // 2)
+        assert client.get(f"/experiments/{eid}/plots/reconstructions.png").status_code == 200
+        same = (ds.images[:, None, :] == ds.images[None, :20, :]).all(axis=2)  # (N, 20): copies of the first 20
+        i = int(np.flatnonzero(same.sum(axis=0) == 4)[0])  # a sample with three copies (a folder reorders them)
+        r = client.get(f"/samples/{i}/neighbors?experiment={eid}&space=original&k=3")
+        assert r.status_code == 200
+        assert [nb["id"] for nb in r.json()["neighbors"]] == [j for j in np.flatnonzero(same[:, i]) if j != i]
