@@ -168,7 +168,7 @@ class HeadAsGet:
         await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
-UPLOAD_PATH = re.compile(r"/experiments/[^/]+/embeddings")
+UPLOAD_PATH = re.compile(r"/experiments/[^/]+/embeddings|/datasets")
 
 
 class BodyLimit:

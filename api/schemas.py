@@ -74,6 +74,17 @@ class SpaceOut(BaseModel):
     error: str | None
 
 
+class DatasetOut(BaseModel):
+    id: int
+    name: str
+    n: int = Field(description="samples")
+    shape: list[int] = Field(description="one sample's: [H, W], [H, W, C] or [D]")
+    classes: int = Field(description="distinct labels")
+    sha256: str = Field(description="of the uploaded bytes: the same bytes are one data set")
+    created_at: UTCDatetime | None
+    links: dict[str, str]
+
+
 class EmbeddingOut(BaseModel):
     experiment: int
     name: str

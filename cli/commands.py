@@ -78,7 +78,7 @@ def _path(given: str | None) -> str | None:
 
 def _config(args: argparse.Namespace, cmd: str):
     """The StudyConfig the options ask for, or None after printing what is wrong with them."""
-    from common.study.config import StudyConfig
+    from common.study.config import StudyConfig, error_text
 
     fields = {"dataset": args.dataset, "data": _path(args.data), "labels": _path(args.labels), "limit": args.limit,
               "models": args.models, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
@@ -89,7 +89,7 @@ def _config(args: argparse.Namespace, cmd: str):
     except ValidationError as exc:
         for e in exc.errors():
             where = ".".join(str(p) for p in e["loc"]) or "config"
-            print(f"aeknn {cmd}: invalid {where}: {e['msg']}", file=sys.stderr)
+            print(f"aeknn {cmd}: invalid {where}: {error_text(e)}", file=sys.stderr)
         return None
 
 
@@ -103,6 +103,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         from common.study.stages import read_data
 
         ds = read_data(cfg, settings.data_dir, settings.cache_dir)
+    if cfg.upload is not None:  # an upload: stored in this database, and large enough (Invalid: exit 2)
+        from common.errors import Invalid, NotFound
+        from common.study import datasets
+        from common.study.database import open_existing
+
+        try:
+            stored = open_existing(settings.database_url)
+        except NotFound:
+            raise Invalid(f"dataset: no uploaded data set {cfg.upload!r} (the database holds none; the named "
+                          "ones are mnist, fashion-mnist)") from None
+        with stored() as s:
+            datasets.check_study(s, cfg)
     factory = _factory(settings)
     from common.study.run import run_experiment
     from common.study.stages import record_experiment
@@ -137,7 +149,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 2
     settings = _settings(args)
     try:
-        experiment_id = experiments.submit(_factory(settings), settings, cfg)
+        experiment_id = experiments.submit(_factory(settings), settings, cfg)  # Invalid: an upload not stored
     except jobs.BrokerUnavailable as exc:
         print(f"aeknn submit: not submitted: {exc}", file=sys.stderr)
         return 2

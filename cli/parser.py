@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "names to force, e.g. f32 or f32,sad-avx2 (AEKNN_KERNEL)")
 
     def study_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", choices=sorted(DATASETS), help="default: mnist")
+        sp.add_argument("--dataset", type=lambda t: int(t) if t.isdigit() else t,
+                        help=f"{', '.join(sorted(DATASETS))} (default: mnist), or the name or id of a data set "
+                             "uploaded to the database (POST /datasets)")
         sp.add_argument("--data", metavar="PATH",
                         help="your data instead of --dataset: a .npy, .npz (arrays X, y) or IDX file, a folder of "
                              "PNG/JPEG images with one subfolder per class, or a CIFAR-10/100 python folder")

@@ -4,7 +4,8 @@ positive_data_acceptance fails a schema-valid request that is refused. Every rul
 OpenAPI can state is in its schema; the rules left compare a value with another field of the same body
 or with what is stored (K below N, ks within K, k within the stored K, a umap study's size, a sweep's
 number of points, an Idempotency-Key already used for another body, an uploaded embedding's .npy body
-with one row per stored sample, its name against the study's models). RELIABILITY.md (items 11 and 21)
+with one row per stored sample, its name against the study's models; your data: a path or a named data set,
+not both, an upload's .npz of whole bytes and labels, a stored upload named). RELIABILITY.md (items 11 and 21)
 asks 422 for those, naming the field. This check is
 positive_data_acceptance with exactly those refusals allowed: any other refusal of valid data fails."""
 
@@ -28,7 +29,15 @@ UNSTATABLE = re.compile(
     r"|is an \.npz without an array named 'codes')"
     r"|^the codes (hold .* values; expected real numbers|have shape .*; expected N x m|have \d+ rows; the "
     r"experiment has \d+ samples|have m = 0 columns|hold \d+ NaN or infinite values)"
-    r"|is the name of a study model or of the pixel space")  # an upload's name against the stored spaces
+    r"|is the name of a study model or of the pixel space"  # an upload's name against the stored spaces
+    # your data: a named data set or a path, not both; labels only with a path; an upload that is stored
+    r"|give either a named data set or your data \(data\), not both|^labels: only with data"
+    r"|^dataset: no uploaded data set|^limit: [a-z-]+ has \d+ training samples, got"  # limit against its data set
+    # an uploaded data set's body: an .npz of X (whole numbers in 0..255) and y, and its name not a named set's
+    r"|^the body: (not a \.npy or \.npz file|empty; expected|not a readable \.np[yz] file|no labels|an array of "
+    r"shape|values of type|value .* at index|arrays .*; expected the data as 'X'|labels (of|from) |\d+ values per "
+    r"sample)"
+    r"|is a named data set of aeknn's")
 
 
 @schemathesis.check

@@ -18,7 +18,7 @@ def test_defaults_are_the_seed_study():
 @pytest.mark.parametrize("fields, where", [
     ({"models": ["relu_mse", "vae"]}, "models"),
     ({"distances": ["cosine"]}, "distances"),
-    ({"dataset": "cifar10"}, "dataset"),
+    ({"dataset": "cifar 10"}, "dataset"),  # "cifar10" is a name an upload may have
     ({"epochs": 0}, "epochs"),
     ({"epochs": 10**6}, "epochs"),
     ({"batch_size": -1}, "batch_size"),

@@ -233,7 +233,8 @@ def test_every_option_of_the_read_commands_says_what_it_is():
     (["--epochs", "0"], "invalid epochs"),
     (["--lr", "nan"], "invalid lr"),
     (["--batch-size", "-5"], "invalid batch_size"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--dataset", "cifar"], "no uploaded data set 'cifar'"),
+    (["--dataset", "not a name"], "invalid dataset"),
 ])
 def test_run_refuses_bad_input_before_any_work(tmp_path, args, msg):
     url = f"sqlite:///{tmp_path / 'bad.db'}"

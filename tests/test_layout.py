@@ -6,7 +6,8 @@ import sys
 COMPUTE = ["common.compute.data", "common.compute.models", "common.compute.training", "common.compute.neighbors",
            "common.compute.kernels", "common.compute.metrics"]
 NO_TORCH = ["common.study.config", "common.study.report", "common.store.db", "common.settings",
-            "common.compute.names", "common.store.migrate", "common.study.jobs", "common.study.submissions"]
+            "common.compute.names", "common.store.migrate", "common.study.jobs", "common.study.submissions",
+            "common.compute.sources", "common.compute.pictures", "common.study.datasets", "api.main"]
 
 
 def _run(code: str) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from common.compute.sources import MAX_DIM, read_source
 from common.store import db
 from common.study.config import StudyConfig
-from tests.test_neighbors import brute_force
+from tests.test_neighbors import _sequential_brute, brute_force
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,9 +84,16 @@ def test_every_format_reads_the_bytes_and_labels_as_written(tmp_path):
                                                                                   tmp_path / "y.npy").name
     np.savez(tmp_path / "e.npz", X=x, y=(y + 1) % 4)
     assert read_source(tmp_path / "e.npz").name != read_source(tmp_path / "d.npz").name
-    # whole numbers in 0..255 of any dtype are taken exactly
+    # whole numbers in 0..255 of any dtype are taken exactly, as bytes (the exact integer paths)
     np.savez(tmp_path / "f.npz", X=x.astype(np.float64), y=y.astype(np.float32))
+    assert read_source(tmp_path / "f.npz").images.dtype == np.uint8
     np.testing.assert_array_equal(read_source(tmp_path / "f.npz").images, x)
+    # any other numbers as float: float32 stays float32, the rest float64, every value as written
+    for data, dtype in ((x / 7.0, np.float64), ((x / 7.0).astype(np.float32), np.float32),
+                        (x.astype(np.int16) * 300 - 9000, np.float64)):
+        np.savez(tmp_path / "g.npz", X=data, y=y)
+        got = read_source(tmp_path / "g.npz").images
+        assert got.dtype == dtype and (got == data).all()
 
 
 def test_image_folders_and_cifar_folders_read_in_order(tmp_path):
@@ -122,7 +129,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     nan = x.astype(np.float32)
     nan[3, 4] = np.nan
     np.save(tmp / "nan.npy", nan)
-    np.save(tmp / "half.npy", x / 2.0 + 0.25)
+    np.save(tmp / "words.npy", np.array([["a", "b"]] * 40))
     np.save(tmp / "wide.npy", np.zeros((3, MAX_DIM + 1), np.uint8))
     raw = (tmp / "x.npy").read_bytes()
     (tmp / "cut.npy").write_bytes(raw[: len(raw) // 2])
@@ -144,7 +151,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "labels of another length": ([str(tmp / "x.npy"), "--labels", str(tmp / "y-short.npy")],
                                      "one label per sample"),
         "NaN": ([str(tmp / "nan.npy"), "--labels", str(tmp / "y.npy")], "must be finite"),
-        "not whole bytes": ([str(tmp / "half.npy"), "--labels", str(tmp / "y.npy")], "whole numbers in 0..255"),
+        "not numbers": ([str(tmp / "words.npy"), "--labels", str(tmp / "y.npy")], "expected numbers"),
         "too wide": ([str(tmp / "wide.npy"), "--labels", str(tmp / "y.npy")], f"at most {MAX_DIM}"),
         "truncated .npy": ([str(tmp / "cut.npy"), "--labels", str(tmp / "y.npy")], "truncated"),
         "no X": ([str(tmp / "noX.npz")], "expected the data as 'X'"),
@@ -228,7 +235,7 @@ def test_an_npz_of_mnist_gives_the_named_data_sets_answer_bit_for_bit(tmp_path, 
     assert got == want
 
 
-@pytest.mark.parametrize("source", ["cifar", "folder", "vectors"])
+@pytest.mark.parametrize("source", ["cifar", "folder", "vectors", "floats"])
 def test_the_whole_study_runs_on_your_data_with_exact_tables_and_serves_its_pictures(source, tmp_path, data_dir):
     """A CIFAR-10 folder (3,072 values a sample), a folder of grey PNGs and plain vectors with labels: every
     model, both distances, the pixel tables equal to a float64 brute force, the codes' tables to one over the
@@ -245,6 +252,13 @@ def test_the_whole_study_runs_on_your_data_with_exact_tables_and_serves_its_pict
         grey, y = classes(300, 12 * 10, 3, 4)
         write_folder(tmp_path / "folder", grey.reshape(-1, 12, 10), y)
         data, extra, size = tmp_path / "folder", {}, (20, 24)
+    elif source == "floats":  # feature vectors: float64, near ties, a constant column
+        vec, y = classes(300, 40, 4, 6)
+        vec = vec / 3.0 + 1000.0
+        vec[:, 4] = 0.5
+        vec[40:50] = vec[30] + np.random.default_rng(0).normal(size=(10, 40)) * 1e-12
+        np.savez(tmp_path / "f.npz", X=vec, y=y)
+        data, extra, size = tmp_path / "f.npz", {}, (14, 14)  # 40 -> 7 x 7
     else:
         vec, y = classes(300, 50, 4, 5)
         np.save(tmp_path / "v.npy", vec)
@@ -259,7 +273,9 @@ def test_the_whole_study_runs_on_your_data_with_exact_tables_and_serves_its_pict
         n = len(ds.labels)
         for t in db.experiment_tables(session=s, experiment_id=eid):
             ids = db.load_table_ids(session=s, table_id=t.id, n=n, k=30, cols=30)
-            if t.space == db.ORIGINAL:
+            if t.space == db.ORIGINAL and source == "floats":  # the float engine's one formula, in float64
+                np.testing.assert_array_equal(ids, _sequential_brute(ds.images, t.distance, 30))
+            elif t.space == db.ORIGINAL:
                 np.testing.assert_array_equal(ids, brute_force(ds.images, 30, t.distance)[0])
             else:
                 codes = reads.map_codes(s.get(db.ModelRow, t.model_id)).astype(np.float64)
@@ -281,3 +297,147 @@ def test_the_whole_study_runs_on_your_data_with_exact_tables_and_serves_its_pict
         r = client.get(f"/samples/{i}/neighbors?experiment={eid}&space=original&k=3")
         assert r.status_code == 200
         assert [nb["id"] for nb in r.json()["neighbors"]] == [j for j in np.flatnonzero(same[:, i]) if j != i]
+
+
+# ---------------------------------------------------------------- uploads over REST
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def uploads(engine):
+    """The API on a fresh database (SQLite and PostgreSQL), with a small upload cap."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from common.settings import Settings
+
+    settings = Settings(database_url=str(engine.url.render_as_string(hide_password=False)), max_upload=2_000_000)
+    with TestClient(create_app(settings)) as client:
+        yield client, db.session_factory(engine)
+
+
+def test_an_uploaded_data_set_is_stored_once_listed_and_read_back(uploads):
+    client, factory = uploads
+    x, y = classes(120, 6 * 5, 3, 8)
+    body = npz_bytes(X=x.reshape(-1, 6, 5), y=y)
+    r = client.post("/datasets?name=my-cells", content=body)
+    assert r.status_code == 201, r.text
+    got = r.json()
+    assert (got["name"], got["n"], got["shape"], got["classes"]) == ("my-cells", 120, [6, 5], 3)
+    assert got["sha256"] == __import__("hashlib").sha256(body).hexdigest()
+    again = client.post("/datasets?name=other-name", content=body)  # the same bytes: the same data set
+    assert again.status_code == 200 and again.json()["id"] == got["id"] and again.json()["name"] == "my-cells"
+    taken = client.post("/datasets?name=my-cells", content=npz_bytes(X=x, y=(y + 1) % 3))
+    assert taken.status_code == 409 and "my-cells" in taken.json()["message"]
+    assert [d["name"] for d in client.get("/datasets").json()] == ["my-cells"]
+    assert client.get(f"/datasets/{got['id']}").json() == got == client.get("/datasets/my-cells").json()
+    assert client.get("/datasets/nothing").status_code == 404
+    from common.study.datasets import uploaded
+
+    ds = uploaded(factory, "my-cells")
+    np.testing.assert_array_equal(ds.images, x)
+    np.testing.assert_array_equal(ds.labels, y)
+
+
+def test_every_bad_upload_is_a_clear_error_and_stores_nothing(uploads):
+    client, factory = uploads
+    x, y = classes(50, 12, 3, 9)
+    nan = x.astype(np.float32)
+    nan[1, 1] = np.nan
+    full = npz_bytes(X=x, y=y)
+    cases = {
+        "NaN": (npz_bytes(X=nan, y=y), 422, "must be finite"),
+        "wrong shape": (npz_bytes(X=x.ravel(), y=y), 422, "expected N x D"),
+        "labels of another length": (npz_bytes(X=x, y=y[:-3]), 422, "one label per sample"),
+        "no labels": (npz_bytes(X=x), 422, "no labels"),
+        "a .npy alone": (_npy(x), 422, "no labels"),
+        "truncated": (full[: len(full) // 2], 422, "not a readable .npz"),
+        "not a file of arrays": (b"hello", 422, "not a .npy or .npz"),
+        "empty": (b"", 422, "empty"),
+        "past the cap": (b"\0" * 2_000_001, 413, "AEKNN_MAX_UPLOAD"),
+    }
+    for what, (body, status, words) in cases.items():
+        r = client.post("/datasets?name=bad", content=body)
+        assert r.status_code == status and words in r.json()["message"], (what, r.status_code, r.text)
+    # a gigabyte streamed without a length (chunked): 413 once the cap is passed; nothing of it is kept
+    def gigabyte():
+        for _ in range(1024):
+            yield b"\0" * (1 << 20)
+
+    r = client.post("/datasets?name=huge", content=gigabyte())
+    assert r.status_code == 413 and "AEKNN_MAX_UPLOAD" in r.json()["message"]
+    for name, status in (("mnist", 422), ("no spaces", 422)):
+        assert client.post(f"/datasets?name={name}", content=full).status_code == status
+    with factory() as s:
+        assert s.scalar(select(func.count()).select_from(db.DatasetRow)) == 0
+    # an experiment naming an upload that is not there, or too small for K: 422, nothing recorded
+    r = client.post("/experiments", json={"dataset": "not-there", "epochs": 1})
+    assert r.status_code == 422 and "not-there" in r.json()["message"], r.text
+    assert client.post("/datasets?name=small", content=full).status_code == 201
+    r = client.post("/experiments", json={"dataset": "small", "epochs": 1})  # K = 200 > N = 50
+    assert r.status_code == 422 and "N=50" in r.json()["message"], r.text
+    with factory() as s:
+        assert s.scalar(select(func.count()).select_from(db.Experiment)) == 0
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- float data, exact
+
+
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_float_data_tables_equal_a_float64_brute_force_with_near_ties(distance, tmp_path):
+    """3,000 float vectors read as your data, full of near ties (pairs whose distances differ far below
+    float32's resolution), copies and a constant column: every row of the table equals a float64 brute
+    force (the sum over coordinates in order), and the near ties were really there."""
+    from common.compute.neighbors import exact_knn
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(3000, 24)) + 50.0
+    x[:, 5] = -3.25  # constant
+    x[100:112] = x[7]  # copies
+    for c in range(0, 3000, 150):  # near ties: a point and 9 neighbours nudged by 1e-11 around it
+        x[c + 1:c + 10] = x[c] + rng.normal(size=(9, 24)) * 1e-11
+    np.savez(tmp_path / "near.npz", X=x, y=np.arange(3000) % 5)
+    ds = read_source(tmp_path / "near.npz")
+    assert ds.images.dtype == np.float64
+    got = exact_knn(ds.images, k=30, distance=distance)
+    want = _sequential_brute(ds.images, distance, 30)
+    np.testing.assert_array_equal(got.ids, want)
+    d = np.sort(np.abs(x[:, None] - x[None, 0:3000:150]).sum(-1) if distance == "l1"
+                else ((x[:, None] - x[None, 0:3000:150]) ** 2).sum(-1), axis=0)
+    near = int((np.diff(d[1:11], axis=0) < 1e-9).sum())
+    print(f"{distance}: {near} near ties among the first ten neighbours of 20 rows")
+    assert near >= 150
+
+
+def test_mnist_scaled_to_float_has_exact_rows_at_full_size(mnist):
+    """All 60,000 MNIST images as float32 in [0, 1] (the float engine, not the byte paths): 200 random rows
+    of the L2 and L1 tables against a float64 brute force over all 60,000."""
+    from common.compute.neighbors import knn_rows, prepare
+
+    x = (mnist.images / np.float32(255)).astype(np.float32)
+    rows = np.sort(np.random.default_rng(3).choice(len(x), 200, replace=False))
+    xd = x.astype(np.float64)
+    for distance in ("l2", "l1"):
+        space = prepare(x, distance)
+        assert space.path == "f32+exact"
+        got = np.concatenate([knn_rows(space, int(r), int(r) + 1, 50).ids for r in rows])
+        for block in range(0, 200, 50):
+            q = rows[block:block + 50]
+            v = np.zeros((len(q), len(x)))
+            for j in range(x.shape[1]):  # the engine's one formula: coordinates in order, in float64
+                diff = xd[q, j][:, None] - xd[:, j][None, :]
+                v += np.abs(diff) if distance == "l1" else diff * diff
+            v[np.arange(len(q)), q] = np.inf
+            want = np.lexsort((np.broadcast_to(np.arange(len(x)), v.shape), v), axis=1)[:, :50]
+            np.testing.assert_array_equal(got[block:block + 50], want)

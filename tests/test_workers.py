@@ -591,3 +591,39 @@ def test_your_data_runs_on_the_workers_as_in_process_and_an_unreadable_path_fail
     assert "elsewhere.npz" in exp.error and "no such file" in exp.error
     (item,) = stack.items(gone, "data")
     assert item.attempts == 1
+
+
+def test_a_data_set_uploaded_over_rest_runs_on_the_workers_and_its_neighbours_are_served(stack, tmp_path):
+    """POST /datasets with an .npz, POST /experiments naming it (with a limit: its first rows), the real
+    workers read it from PostgreSQL; the neighbours served equal a brute force over the uploaded rows."""
+    import io
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from common.settings import Settings
+    from tests.test_neighbors import brute_force
+    from tests.test_sources import classes
+
+    x, y = classes(700, 20 * 15, 6, 11)
+    buf = io.BytesIO()
+    np.savez(buf, X=x.reshape(-1, 20, 15), y=y)
+    stack.worker("w1")
+    with TestClient(create_app(Settings(database_url=stack.db_url, broker_url=REDIS_URL))) as api:
+        up = api.post("/datasets?name=lab-scans", content=buf.getvalue())
+        assert up.status_code == 201, up.text
+        r = api.post("/experiments", json={"dataset": "lab-scans", "limit": 600, "epochs": 2, "k": 40,
+                                           "ks": [5, 10], "models": ["relu_mse"]})
+        assert r.status_code in (201, 202), r.text
+        eid = r.json()["id"]
+        stack.wait(eid)
+        want = brute_force(x[:600], 40, "l2")[0]
+        for i in (0, 6, 599):
+            got = api.get(f"/samples/{i}/neighbors?experiment={eid}&space=original&distance=l2&k=40").json()
+            assert [nb["id"] for nb in got["neighbors"]] == list(want[i])
+            assert [nb["label"] for nb in got["neighbors"]] == list(y[want[i]])
+        assert api.get(f"/metrics/score_at_k?experiment={eid}").status_code == 200
+    with stack.factory() as s:
+        row = s.get(db.DatasetRow, stack.experiment(eid).dataset_id)
+        assert (row.name, row.n, row.shape, row.sha256) == ("lab-scans", 600, [20, 15], None)  # its first 600

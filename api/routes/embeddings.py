@@ -3,7 +3,6 @@ two spaces' neighbourhoods. The codes are checked and stored here (numpy only); 
 
 from __future__ import annotations
 
-import tempfile
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,6 +12,7 @@ from pydantic import BaseModel
 from api.deps import FactoryDep, SessionDep, SettingsDep, require_read, require_write
 from api.errors import ERROR_RESPONSES, AppError
 from api.schemas import EmbeddingOut
+from api.uploads import spooled
 from common.study import embeddings, jobs, reads
 from common.study.config import Distance
 
@@ -43,14 +43,7 @@ async def upload_embedding(experiment_id: int, name: NameQ, request: Request, fa
     ``self`` link. NAME then reads as one more model everywhere (neighbours, metric tables, codes, plots).
     The same name with the same codes again is the same upload. 409: the experiment has not finished, or
     the name is taken; 422: the codes are not N x m finite numbers."""
-    with tempfile.TemporaryFile() as f:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_upload:
-                raise AppError("too_large", f"the body is over AEKNN_MAX_UPLOAD ({settings.max_upload:,} bytes)")
-            f.write(chunk)
-        f.seek(0)
+    async with spooled(request, settings) as (f, _):
         codes = await run_in_threadpool(embeddings.read_codes, f, "the body")
     try:
         model_id, _ = await run_in_threadpool(embeddings.submit, factory, settings, experiment_id, name, codes)

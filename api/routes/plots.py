@@ -137,7 +137,7 @@ def reconstructions_png(request: Request, exp: ExperimentDep, session: SessionDe
 
     def draw() -> bytes:
         ids = rows[0].recon_ids
-        originals = reads.images(session, exp.dataset_id)[ids].astype(np.float32) / 255 * 2 - 1
+        originals = reads.unit_rows(session, exp.dataset_id, ids)
         return plots.reconstructions(reads.sample_shape(session, exp.dataset_id), [("original", originals)] + [
             (f"{m.name} (epoch {m.recon_epoch})", np.frombuffer(m.reconstructions, "<f4").reshape(len(ids), -1))
             for m in rows])

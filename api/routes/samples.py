@@ -41,7 +41,7 @@ def sprite(session: SessionDep,
     for i in wanted:
         reads.check_sample(exp, exp.n, i)
     shape = reads.sample_shape(session, exp.dataset_id)
-    sheet = pictures.sheet(reads.images(session, exp.dataset_id)[wanted], shape, SPRITE_COLUMNS)
+    sheet = pictures.sheet(reads.picture_rows(session, exp.dataset_id, wanted), shape, SPRITE_COLUMNS)
     img = Image.fromarray(sheet, mode=pictures.mode(shape)).resize(
         (sheet.shape[1] * scale, sheet.shape[0] * scale), Image.NEAREST)
     buf = io.BytesIO()
@@ -95,7 +95,7 @@ def image(sample_id: int, session: SessionDep, experiment: ExperimentQ = None,
     exp = reads.finished(session, experiment)
     reads.check_sample(exp, exp.n, sample_id)
     shape = reads.sample_shape(session, exp.dataset_id)
-    [pixels] = pictures.pictures(reads.images(session, exp.dataset_id)[[sample_id]], shape)
+    [pixels] = pictures.pictures(reads.picture_rows(session, exp.dataset_id, [sample_id]), shape)
     img = Image.fromarray(pixels, mode=pictures.mode(shape)).resize(
         (pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
     buf = io.BytesIO()

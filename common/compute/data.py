@@ -3,7 +3,7 @@
 Files are looked for in the data directory first (offline) and read directly; torchvision downloads
 them only when they are nowhere to be found. Every file is checked against the IDX format (magic number, shape,
 length) before use, so a truncated or corrupt file is reported by name instead of failing deep
-inside torchvision. Imports only numpy / torch / torchvision.
+inside torchvision. Imports numpy; torch for scaled(), torchvision for a download.
 """
 
 from __future__ import annotations
@@ -16,12 +16,15 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from common.compute.names import DATASETS
 from common.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class Dataset:
     """A training split: pixels as bytes (exact integer distances) and labels."""
 
     name: str
-    images: np.ndarray  # (N, D) uint8: (N, 784) for MNIST
+    images: np.ndarray  # (N, D) uint8: (N, 784) for MNIST; float32 or float64 for your float data
     labels: np.ndarray  # (N,) uint8
     shape: tuple[int, ...] = (SIDE, SIDE)  # one sample's: (H, W) grey, (H, W, C) colour, or (D,) values
 
@@ -65,8 +68,15 @@ class Dataset:
         return int(self.labels.shape[0])
 
     def scaled(self) -> torch.Tensor:
-        """Inputs scaled to [-1, 1] (x/255*2-1), the range of the tanh decoder. (N, D) float32."""
-        return torch.from_numpy(self.images).float().div_(255.0).mul_(2.0).sub_(1.0)
+        """Inputs scaled to [-1, 1], the range of the tanh decoder: bytes as x/255*2-1, float data by their
+        smallest and largest value. (N, D) float32."""
+        import torch  # here: reading and checking data (the API's uploads) needs numpy only
+
+        if self.images.dtype == np.uint8:
+            return torch.from_numpy(self.images).float().div_(255.0).mul_(2.0).sub_(1.0)
+        lo, hi = float(self.images.min()), float(self.images.max())
+        unit = (self.images.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)
+        return torch.from_numpy((unit * 2.0 - 1.0).astype(np.float32))
 
 
 def check_idx_file(path: Path, spec: IdxSpec) -> None:

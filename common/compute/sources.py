@@ -10,11 +10,12 @@ What is read, each into a :class:`~common.compute.data.Dataset` of (N, D) bytes 
 - a CIFAR-10 or CIFAR-100 folder in the published python format (``data_batch_1..5``/``test_batch``, or
   ``train``/``test``), or the folder holding it.
 
-The exact engines compute integer distances between bytes, so the values must be whole numbers in 0..255
-(any integer or float dtype holding only such values is taken exactly). Everything is checked before any
-work starts and a bad file is a DataError naming it and what was expected. A data set is named by its
-file's name and a hash of its content, so the same data read twice is one data set.
-Imports only numpy (and Pillow for image folders).
+Whole numbers in 0..255 (of any integer or float type) are taken as bytes, whose distances the exact integer
+engines compute; any other finite numbers (feature vectors, profiles) as float64 (float32 data as float32),
+whose tables the float engine makes exact: a float32 pass with a proven error bound, then float64.
+Everything is checked before any work starts and a bad file is a DataError naming it and what was expected.
+A data set is named by its file's name and a hash of its content, so the same data read twice is one data set.
+Imports only numpy (and Pillow for image folders): the API reads uploads with it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import hashlib
 import io
 import pickle
 import struct
+import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -40,6 +43,25 @@ IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
 NAME_LENGTH = 32  # the database's data set names
 # values per sample: an L2 score |b|^2 - 2 a.b of bytes shifted to -128..127 stays an exact int32 below this
 MAX_DIM = (2**31 - 1) // (3 * 128 * 128)
+
+
+def read_upload(f: BinaryIO, name: str, what: str = "the body") -> Dataset:
+    """An uploaded ``.npz`` (arrays ``X`` and ``y``) or ``.npy`` file (a binary file at its start), checked as a
+    file on disk is; DataError says what is wrong, naming ``what``. Never unpickles."""
+    head = f.read(6)
+    f.seek(0)
+    label = Path(what)
+    if head[:4] == b"PK\x03\x04":
+        x, y = _read_npz(f, what)
+    elif head == b"\x93NUMPY":
+        x, y = _read_npy(f, what), None
+    else:
+        raise DataError(f"{what}: not a .npy or .npz file (an .npz of arrays X and y: numpy.savez)" if head
+                        else f"{what}: empty; expected an .npz of arrays X and y")
+    if y is None:
+        raise DataError(f"{what}: no labels; upload an .npz holding the data as 'X' and the labels as 'y'")
+    images, shape = _as_values(x, label)
+    return Dataset(name=name, images=images, labels=_as_labels(y, label, len(images)), shape=shape)
 
 
 def read_source(path: Path | str, labels: Path | str | None = None, split: str = "train") -> Dataset:
@@ -73,7 +95,7 @@ def read_source(path: Path | str, labels: Path | str | None = None, split: str =
     if y is None:
         raise DataError(f"{path}: no labels; give them (--labels FILE for .npy and IDX data, an array 'y' in "
                         "an .npz): aeknn's label metrics need them")
-    images, shape = _as_bytes(x, path)
+    images, shape = _as_values(x, path)
     return Dataset(name=_name(path, images, shape, y), images=images, labels=_as_labels(y, labels or path,
                                                                                          len(images)),
                    shape=shape)
@@ -82,17 +104,16 @@ def read_source(path: Path | str, labels: Path | str | None = None, split: str =
 # ---------------------------------------------------------------- checks
 
 
-def _as_bytes(x: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
-    """(N, D) uint8 rows and one sample's shape, or a DataError saying what is wrong."""
+def _as_values(x: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(N, D) rows and one sample's shape, or a DataError saying what is wrong. Whole numbers in 0..255 (of any
+    type) become bytes, for the exact integer paths; other numbers float64 (float32 data stay float32), whose
+    tables are exact through common/compute/neighbors.py's proven float pass."""
     if x.ndim not in (2, 3, 4):
         raise DataError(f"{path}: an array of shape {x.shape}; expected N x D, N x H x W or N x H x W x C")
     if x.ndim == 4 and x.shape[3] not in (1, 3, 4):
         raise DataError(f"{path}: an array of shape {x.shape}; N x H x W x C images have 1, 3 or 4 channels")
     if x.shape[0] < 2 or int(np.prod(x.shape[1:])) < 1:
         raise DataError(f"{path}: an array of shape {x.shape}; expected at least 2 samples of at least 1 value")
-    if int(np.prod(x.shape[1:])) > MAX_DIM:
-        raise DataError(f"{path}: {int(np.prod(x.shape[1:]))} values per sample; the exact integer engines take at "
-                        f"most {MAX_DIM}")
     if x.dtype.kind not in "uifb":
         raise DataError(f"{path}: values of type {x.dtype}; expected numbers")
     if x.dtype.kind == "f":
@@ -101,18 +122,19 @@ def _as_bytes(x: np.ndarray, path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
             i = np.argwhere(bad)[0]
             raise DataError(f"{path}: value {x[tuple(i)]} at index {tuple(int(v) for v in i)}; every value must "
                             "be finite")
-    if x.dtype != np.uint8:
-        lo, hi = x.min(), x.max()
-        whole = x.dtype.kind != "f" or bool(np.all(np.floor(x) == x))
-        if lo < 0 or hi > 255 or not whole:
-            raise DataError(
-                f"{path}: values of type {x.dtype} from {lo} to {hi}; aeknn's exact engines take whole numbers "
-                "in 0..255 (uint8 images, or any array holding only such values): scale or quantise the data "
-                "to 0..255 first")
+    x = np.asarray(x)
+    as_bytes = x.dtype == np.uint8 or (x.min() >= 0 and x.max() <= 255 and (x.dtype.kind != "f" or bool(
+        np.all(np.floor(x) == x))))
+    if as_bytes and int(np.prod(x.shape[1:])) > MAX_DIM:
+        raise DataError(f"{path}: {int(np.prod(x.shape[1:]))} values per sample; the exact integer engines take at "
+                        f"most {MAX_DIM}")
+    if x.dtype.kind in "iu" and not as_bytes and np.abs(x).max() > 2**53:
+        raise DataError(f"{path}: integers up to {np.abs(x).max()}; float64 holds them exactly only to 2^53")
+    dtype = np.uint8 if as_bytes else (np.float32 if x.dtype == np.float32 or x.dtype == np.float16 else np.float64)
     shape = tuple(int(v) for v in x.shape[1:])
     if len(shape) == 3 and shape[2] == 1:
         shape = shape[:2]
-    images = np.ascontiguousarray(np.asarray(x).reshape(x.shape[0], -1).astype(np.uint8, copy=False))
+    images = np.ascontiguousarray(x.reshape(x.shape[0], -1).astype(dtype, copy=False))
     return images, shape
 
 
@@ -132,7 +154,7 @@ def _as_labels(y: np.ndarray, path: Path | str, n: int) -> np.ndarray:
 def _name(path: Path, images: np.ndarray, shape: tuple[int, ...], labels: np.ndarray) -> str:
     """The file's name (cut) and 12 hex digits of the SHA-256 of the content: one name per data set."""
     h = hashlib.sha256()
-    h.update(repr(shape).encode())
+    h.update(repr((shape, images.dtype.name)).encode())
     h.update(images.data)
     h.update(np.asarray(labels).astype(np.int64).tobytes())
     stem = (path.name.split(".")[0] or "data")[: NAME_LENGTH - 13]
@@ -142,26 +164,28 @@ def _name(path: Path, images: np.ndarray, shape: tuple[int, ...], labels: np.nda
 # ---------------------------------------------------------------- files
 
 
-def _read_npy(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
+def _read_npy(path: Path | BinaryIO, what: str) -> np.ndarray:
+    if isinstance(path, Path) and not path.is_file():
         raise DataError(f"{path}: no such file ({what})")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy file ({exc}); expected {what} as a NumPy array "
+        where = path if isinstance(path, Path) else what
+        raise DataError(f"{where}: not a readable .npy file ({exc}); expected {what} as a NumPy array "
                         "(a truncated file reads like this)") from exc
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_npz(path: Path | BinaryIO, what: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    what = what or str(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if "X" not in z.files:
-                raise DataError(f"{path}: arrays {z.files}; expected the data as 'X' (and the labels as 'y')")
+                raise DataError(f"{what}: arrays {z.files}; expected the data as 'X' (and the labels as 'y')")
             return z["X"], (z["y"] if "y" in z.files else None)
     except DataError:
         raise
-    except (ValueError, OSError, EOFError, zlib.error, KeyError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc}); expected arrays 'X' and 'y' "
+    except (ValueError, OSError, EOFError, zlib.error, KeyError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{what}: not a readable .npz file ({exc}); expected arrays 'X' and 'y' "
                         "(a truncated file reads like this)") from exc
 
 

@@ -63,6 +63,11 @@ class DatasetRow(Base):
     images: Mapped[bytes] = mapped_column(LargeBinary)  # (n, D) uint8: (n, 784) for MNIST
     # one sample's shape: [H, W] grey, [H, W, C] colour, [D] values; none (stored before 0007): 28 x 28
     shape: Mapped[list | None] = mapped_column(JSON)
+    # the values' type: uint8 (none: stored before 0007) on the exact integer paths, float32 or float64 otherwise
+    dtype: Mapped[str | None] = mapped_column(String(8))
+    # an upload (POST /datasets): the SHA-256 of its body, so the same bytes are one data set; none otherwise
+    sha256: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[dt.datetime | None] = mapped_column(default=utcnow)
 
 
 class Experiment(Base):
@@ -302,6 +307,11 @@ def dataset_shape(row: DatasetRow) -> tuple[int, ...]:
     return tuple(row.shape) if row.shape else (28, 28)
 
 
+def dataset_values(row: DatasetRow) -> np.ndarray:
+    """The data set's (n, D) values, writable (as torch wants its arrays): bytes, or float32/float64."""
+    return np.frombuffer(row.images, np.dtype(row.dtype or "uint8")).reshape(row.n, -1).copy()
+
+
 def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, images: np.ndarray,
                           shape: Sequence[int] = (28, 28)) -> int:
     n = int(labels.shape[0])
@@ -312,8 +322,10 @@ def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, im
     found = find()
     if found is not None:
         return found
-    row = DatasetRow(name=name, n=n, labels=labels.astype(np.uint8).tobytes(),
-                     images=images.astype(np.uint8).tobytes(), shape=[int(v) for v in shape])
+    if images.dtype not in (np.uint8, np.float32, np.float64):
+        raise ValueError(f"values of type {images.dtype}; stored are uint8, float32 and float64")
+    row = DatasetRow(name=name, n=n, labels=labels.astype(np.uint8).tobytes(), images=images.tobytes(),
+                     shape=[int(v) for v in shape], dtype=images.dtype.name)
     got = _insert_or_find(session, row, find)
     return got.id if isinstance(got, DatasetRow) else got
 

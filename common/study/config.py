@@ -6,10 +6,11 @@ before any work starts. Every default is the seed study's setting (STUDY.md).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 
 from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES, SEED_MODELS
 from common.compute.references import MIN_SAMPLES
@@ -50,10 +51,32 @@ Int = Annotated[int, BeforeValidator(_a_number)]
 Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
+UPLOAD_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"  # an uploaded data set's name
+UploadName = Annotated[str, Strict(), Field(pattern=f"^{UPLOAD_NAME}$")]
+UploadId = Annotated[int, Strict(), Field(ge=1, lt=2**31)]
+
+
+def _a_data_set(v: object) -> object:
+    """A named data set, or an upload's id or name: one message for anything else."""
+    if isinstance(v, DatasetName) or (isinstance(v, str) and v in DATASETS):
+        return DatasetName(v)
+    if isinstance(v, float) and v.is_integer():  # 7.0 is an integer, as JSON Schema says
+        v = int(v)
+    if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31:
+        return v
+    if isinstance(v, str) and re.fullmatch(UPLOAD_NAME, v):
+        return v
+    raise ValueError(f"{v!r} is not a data set: expected {' or '.join(DATASETS)}, or an uploaded data set's id "
+                     "(a whole number from 1) or name (1 to 32 letters, digits, '_', '.' or '-', starting with a "
+                     "letter or digit)")
+
+
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: DatasetName = DatasetName.mnist
+    dataset: Annotated[DatasetName | UploadId | UploadName, BeforeValidator(_a_data_set), Field(
+        description="mnist or fashion-mnist, or an uploaded data set's id or name (POST /datasets)",
+    )] = DatasetName.mnist
     data: str | None = Field(default=None, min_length=1, max_length=4096,
                              description="your data instead of a named data set: the path, on the machine the "
                                          "study runs on, of a .npy, .npz or IDX file, a folder of images with "
@@ -89,17 +112,30 @@ class StudyConfig(BaseModel):
         return v
 
     @property
+    def named(self) -> str | None:
+        """The named data set studied (mnist, fashion-mnist), or None for your data or an upload."""
+        return self.dataset.value if self.data is None and isinstance(self.dataset, DatasetName) else None
+
+    @property
+    def upload(self) -> int | str | None:
+        """The uploaded data set studied, by id or name (POST /datasets), or None."""
+        return None if isinstance(self.dataset, DatasetName) else self.dataset
+
+    @property
     def n(self) -> int | None:
-        """The number of samples studied (None for your data until it is read: then :meth:`check_n`)."""
-        if self.data is not None:
+        """The number of samples studied (None for your data or an upload until it is read: then
+        :meth:`check_n`)."""
+        if self.named is None:
             return self.limit
-        full = DATASETS[self.dataset.value][1]
+        full = DATASETS[self.named][1]
         return full if self.limit is None else min(self.limit, full)
 
     @property
     def source(self) -> str:
-        """What is studied, in words: the data set's name or your data's path."""
-        return self.data if self.data is not None else self.dataset.value
+        """What is studied, in words: the data set's name, your data's path, or the upload."""
+        if self.data is not None:
+            return self.data
+        return self.named or f"uploaded data set {self.upload!r}"
 
     @model_validator(mode="after")
     def _sizes(self) -> StudyConfig:
@@ -107,10 +143,10 @@ class StudyConfig(BaseModel):
             raise ValueError("labels: only with data (the labels of your .npy or IDX data)")
         if self.data is not None and "dataset" in self.model_fields_set:
             raise ValueError("dataset: give either a named data set or your data (data), not both")
-        if self.data is None:
-            full = DATASETS[self.dataset.value][1]
+        if self.named is not None:
+            full = DATASETS[self.named][1]
             if self.limit is not None and self.limit > full:
-                raise ValueError(f"limit: {self.dataset.value} has {full} training samples, got {self.limit}")
+                raise ValueError(f"limit: {self.named} has {full} training samples, got {self.limit}")
         if self.n is not None:
             self.check_n(self.n)
         else:

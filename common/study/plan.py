@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset
@@ -75,7 +76,7 @@ class Stored:
         if self._data is None:
             with self.factory() as s:
                 ds = s.get(db.DatasetRow, self.exp.dataset_id)
-                self._data = (ds.n, len(ds.images) // ds.n,
+                self._data = (ds.n, len(ds.images) // ds.n // np.dtype(ds.dtype or "uint8").itemsize,
                               {m.name: m for m in db.list_models(session=s, experiment_id=self.exp.id)})
         return self._data
 

@@ -166,7 +166,7 @@ def _dataset(session: Session, dataset_id: int, pixels: bool) -> tuple[np.ndarra
     if hit is None or (pixels and hit[1] is None):
         row = session.get(db.DatasetRow, dataset_id)
         labels = np.frombuffer(row.labels, np.uint8).copy()
-        images = np.frombuffer(row.images, np.uint8).reshape(row.n, -1).copy() if pixels else None
+        images = db.dataset_values(row) if pixels else None
         hit = (labels, images, db.dataset_shape(row))
         with _lock:
             _datasets[key] = hit
@@ -181,6 +181,24 @@ def labels(session: Session, dataset_id: int) -> np.ndarray:
 
 def images(session: Session, dataset_id: int) -> np.ndarray:
     return _dataset(session, dataset_id, True)[1]
+
+
+def unit_rows(session: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
+    """The samples' values as the models see them, in [-1, 1]: bytes as x/255*2-1, float data by the data
+    set's smallest and largest value (as common/compute/data.py scales them). (len(ids), D) float32."""
+    values = images(session, dataset_id)
+    if values.dtype == np.uint8:
+        return values[ids].astype(np.float32) / 255 * 2 - 1
+    lo, hi = float(values.min()), float(values.max())
+    return (((values[ids].astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)) * 2 - 1).astype(np.float32)
+
+
+def picture_rows(session: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
+    """The samples' values as bytes to draw: as they are, or float data spread over 0..255 by their range."""
+    values = images(session, dataset_id)
+    if values.dtype == np.uint8:
+        return values[ids]
+    return np.rint((unit_rows(session, dataset_id, ids) + 1) / 2 * 255).astype(np.uint8)
 
 
 def sample_shape(session: Session, dataset_id: int) -> tuple[int, ...]:

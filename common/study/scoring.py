@@ -105,7 +105,7 @@ def rank_sums_of(session: Session, experiment_id: int, cfg: StudyConfig, names: 
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     ds = session.get(db.DatasetRow, exp.dataset_id)
     top = top_k(cfg, ds.n)
-    pixels = np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1).copy()  # writable, as torch wants its arrays
+    pixels = db.dataset_values(ds)  # writable, as torch wants its arrays
     rows = {r.name: r for r in db.list_models(session=session, experiment_id=experiment_id)}
     codes = {m: db.model_codes(rows[m]).copy() for m in names}
     out = {}

@@ -25,7 +25,7 @@ from common.compute.sources import read_source
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.errors import DataError
 from common.store import db as db
-from common.study import embeddings
+from common.study import datasets, embeddings
 from common.study.config import StudyConfig
 from common.study.ranking import RankSettings
 from common.study.runtime import Runtime
@@ -58,13 +58,20 @@ def _timed(rt: Runtime, experiment_id: int, stage: str, t0: float) -> None:
 # ---------------------------------------------------------------- stages
 
 
-def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path) -> Dataset:
-    """The data the config names (a named data set, or your data: common/compute/sources.py), its first
-    ``limit`` samples, checked against the study's sizes (K, ks, each model's least N) before any work."""
-    if cfg.data is None:
-        ds = load_dataset(cfg.dataset.value, data_dir, cache_dir, cfg.limit)
+def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path,
+              factory: sessionmaker[Session] | None = None) -> Dataset:
+    """The data the config names (a named data set, your data: common/compute/sources.py, or an upload read
+    through ``factory``), its first ``limit`` samples, checked against the study's sizes (K, ks, each model's
+    least N) before any work."""
+    if cfg.named is not None:
+        ds = load_dataset(cfg.named, data_dir, cache_dir, cfg.limit)
     else:
-        ds = read_source(cfg.data, cfg.labels)
+        if cfg.upload is not None:
+            if factory is None:
+                raise ValueError("an uploaded data set is read from the database: give the factory")
+            ds = datasets.uploaded(factory, cfg.upload)
+        else:
+            ds = read_source(cfg.data, cfg.labels)
         if cfg.limit is not None and cfg.limit < ds.n:
             ds = Dataset(ds.name, np.ascontiguousarray(ds.images[: cfg.limit]),
                          np.ascontiguousarray(ds.labels[: cfg.limit]), ds.shape)
@@ -80,16 +87,16 @@ def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Datase
     with factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         row = s.get(db.DatasetRow, exp.dataset_id)
-        labels = np.frombuffer(row.labels, np.uint8)
-        images = np.frombuffer(row.images, np.uint8).reshape(row.n, -1).copy()  # writable, for torch
-        return Dataset(row.name, images, labels, db.dataset_shape(row))
+        return Dataset(row.name, db.dataset_values(row), np.frombuffer(row.labels, np.uint8),
+                       db.dataset_shape(row))
 
 
 def stage_data(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset | None = None) -> Dataset:
     """Load the data set (unless ``ds`` is it, read already) and store it (labels, pixels, one sample's
     shape) once per (data set, N)."""
     t0 = time.perf_counter()
-    ds = ds if ds is not None else read_data(cfg, rt.data_dir, rt.cache_dir)
+    if ds is None:
+        ds = read_data(cfg, rt.data_dir, rt.cache_dir, rt.factory)
     with db.transaction(rt.factory) as s:
         dataset_id = db.get_or_create_dataset(session=s, name=ds.name, labels=ds.labels, images=ds.images,
                                               shape=ds.shape)

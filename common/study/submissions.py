@@ -12,7 +12,7 @@ from common.compute import kernels
 from common.compute.names import KEEP_MODELS, REFERENCE_MAPS, keep_encoder_epochs, model_kind
 from common.settings import Settings
 from common.store import db as db
-from common.study import embeddings, jobs
+from common.study import datasets, embeddings, jobs
 from common.study.config import StudyConfig
 
 CANCELLED = db.CANCELLED  # what cancel() returns when it cancelled
@@ -49,6 +49,7 @@ def submit(factory: sessionmaker[Session], settings: Settings, config: StudyConf
     """
     body = config.as_json()
     with db.transaction(factory) as s:
+        datasets.check_study(s, config)  # an upload it names: stored, and large enough
         db.serialize(session=s, name="submit")
         found = _existing(s, body, idempotency_key)
         if found is None:

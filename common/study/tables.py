@@ -25,6 +25,9 @@ def plan_table(factory: sessionmaker[Session], *, dataset_id: int, space: str, m
                distance: str, k: int, n: int, dim: int, memory_budget: int, device: str) -> db.TableRow:
     """The table's row, planned once: its chunks are fixed here so that every worker agrees on them."""
     pixels = space == db.ORIGINAL
+    if pixels:  # your float data's space is planned as codes are (float64 values, not bytes)
+        with factory() as s:
+            pixels = (s.get(db.DatasetRow, dataset_id).dtype or "uint8") == "uint8"
     size = plan_chunk(n, dim, k, distance, pixels=pixels, memory_budget=memory_budget,
                       device=resolve_device(device))
     with db.transaction(factory) as s:
@@ -37,7 +40,7 @@ def table_points(session: Session, table: db.TableRow) -> tuple[np.ndarray, np.n
     ds = session.get(db.DatasetRow, table.dataset_id)
     labels = np.frombuffer(ds.labels, np.uint8)
     if table.model_id is None:
-        return np.frombuffer(ds.images, np.uint8).reshape(ds.n, -1).copy(), labels
+        return db.dataset_values(ds), labels
     return db.model_codes(session.get(db.ModelRow, table.model_id)).copy(), labels
 
 

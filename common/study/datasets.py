@@ -1,0 +1,105 @@
+"""Uploaded data sets (``POST /datasets``): an ``.npz`` of arrays X and y, checked as a file on disk is
+(common/compute/sources.py), stored whole in the database under a name and the SHA-256 of its bytes, so the
+same bytes are one data set and workers on any machine read it from there. An experiment names it by id or
+name in its config's ``dataset``. numpy and SQL only: the API calls this."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, BinaryIO
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.compute.data import Dataset
+from common.compute.names import DATASETS
+from common.compute.sources import read_upload
+from common.errors import Conflict, DataError, Invalid, NotFound
+from common.store import db as db
+from common.study.config import UPLOAD_NAME, StudyConfig
+
+NAME_RULE = "1 to 32 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def check_name(name: str) -> None:
+    if not re.fullmatch(UPLOAD_NAME, name or ""):
+        raise Invalid(f"name: {name!r} is not a data set name ({NAME_RULE})")
+    if name in DATASETS:
+        raise Invalid(f"name: {name!r} is a named data set of aeknn's; choose another name")
+
+
+def read(f: BinaryIO, name: str) -> Dataset:
+    """The upload's data set, or Invalid saying what is wrong with the body."""
+    try:
+        return read_upload(f, name)
+    except DataError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def store(factory: sessionmaker[Session], name: str, ds: Dataset, sha256: str) -> tuple[int, bool]:
+    """Store the upload once: (its id, whether it is new). The same bytes again are the data set stored
+    before (under its first name); a name taken by other bytes is a Conflict."""
+    with db.transaction(factory) as s:
+        db.serialize(session=s, name="datasets")
+        same = s.scalar(select(db.DatasetRow).where(db.DatasetRow.sha256 == sha256))
+        if same is not None:
+            return same.id, False
+        if s.scalar(select(db.DatasetRow.id).where(db.DatasetRow.name == name)) is not None:
+            raise Conflict(f"name: a data set named {name!r} is stored already, with other data")
+        row = db.DatasetRow(name=name, n=ds.n, labels=ds.labels.tobytes(), images=ds.images.tobytes(),
+                            shape=list(ds.shape), dtype=ds.images.dtype.name, sha256=sha256,
+                            created_at=db.utcnow())
+        s.add(row)
+        s.flush()
+        return row.id, True
+
+
+def _find(session: Session, ref: int | str) -> db.DatasetRow | None:
+    col = db.DatasetRow.id if isinstance(ref, int) else db.DatasetRow.name
+    return session.scalar(select(db.DatasetRow).where(col == ref, db.DatasetRow.sha256.is_not(None)))
+
+
+def describe(row: db.DatasetRow) -> dict[str, Any]:
+    labels = np.frombuffer(row.labels, np.uint8)
+    return {"id": row.id, "name": row.name, "n": row.n, "shape": list(db.dataset_shape(row)),
+            "classes": int(len(np.unique(labels))), "sha256": row.sha256, "created_at": row.created_at,
+            "links": {"self": f"/datasets/{row.id}"}}
+
+
+def one(session: Session, ref: int | str) -> dict[str, Any]:
+    row = _find(session, ref)
+    if row is None:
+        raise NotFound(f"no uploaded data set {ref!r}")
+    return describe(row)
+
+
+def listing(session: Session) -> list[dict[str, Any]]:
+    rows = session.scalars(select(db.DatasetRow).where(db.DatasetRow.sha256.is_not(None))
+                           .order_by(db.DatasetRow.id)).all()
+    return [describe(r) for r in rows]
+
+
+def uploaded(factory: sessionmaker[Session], ref: int | str) -> Dataset:
+    """The uploaded data set ``ref`` (id or name) as the data stage reads it; DataError if it is not stored."""
+    with factory() as s:
+        row = _find(s, ref)
+        if row is None:
+            raise DataError(f"uploaded data set {ref!r}: not stored (POST /datasets uploads one; GET /datasets "
+                            "lists them)")
+        return Dataset(row.name, db.dataset_values(row), np.frombuffer(row.labels, np.uint8).copy(),
+                       db.dataset_shape(row))
+
+
+def check_study(session: Session, cfg: StudyConfig) -> None:
+    """Invalid unless an uploaded data set the study names is stored and large enough for it."""
+    if cfg.upload is None:
+        return
+    row = _find(session, cfg.upload)
+    if row is None:
+        raise Invalid(f"dataset: no uploaded data set {cfg.upload!r} (GET /datasets lists them; the named ones "
+                      f"are {', '.join(DATASETS)})")
+    try:
+        cfg.check_n(row.n)
+    except ValueError as exc:
+        raise Invalid(f"{exc} (the data set {row.name!r})") from None
