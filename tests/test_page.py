@@ -3,6 +3,7 @@ package; no browser is downloaded), against the API under uvicorn, over an exper
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -731,3 +732,36 @@ def test_uploaded_embeddings_appear_among_the_models_marked_and_compared(page, u
     # the tables mark a trained model best, never an upload (a yardstick, as a reference map)
     for cell in page.query_selector_all("#t-score_at_k td.best"):
         assert cell.get_attribute("data-space") not in ("mine2", "mine5", "pca")
+
+
+@pytest.fixture(scope="module")
+def colour(tmp_path_factory, data_dir):
+    """A study of a CIFAR-10 folder made here (32 x 32 colour images), served by a real API process."""
+    from tests.test_sources import classes, write_cifar
+
+    folder = tmp_path_factory.mktemp("colour")
+    rgb, y = classes(400, 3072, 10, 13)
+    write_cifar(folder / "cifar", rgb.reshape(-1, 32, 32, 3), y)
+    url = f"sqlite:///{folder / 'colour.db'}"
+    eid, factory = study_in_process(url, StudyConfig(data=str(folder / "cifar"), epochs=2, k=30, ks=[5, 10],
+                                                     models=["relu_mse", "pca"]), data_dir, folder / "cache")
+    factory.kw["bind"].dispose()
+    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
+    yield {"url": api.url, "id": eid}
+    api.stop()
+
+
+def test_your_colour_images_are_shown_as_they_are(page, colour):
+    """Your data on the page: the run named by its folder, each neighbour drawn from the sprite in colour."""
+    open_page(page, f"{colour['url']}/?sample=3&k=8")
+    wait_sample(page, 3)
+    assert shown(page, "original") == wanted(colour, 3, "original", "l2", 8)
+    assert shown(page, "encoded") == wanted(colour, 3, "encoded", "l2", 8)
+    assert "cifar" in page.inner_text("body")
+    url = page.eval_on_selector("#nbrs-original .thumb .digit",
+                                "d => getComputedStyle(d).backgroundImage.slice(5, -2)")
+    png = httpx.get(url if url.startswith("http") else colour["url"] + url).content
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png))
+    assert img.mode == "RGB" and img.size[1] == 64  # one row of tiles, each 32 x 32 at scale 2
