@@ -5,12 +5,13 @@
 
 Each measurement runs in its own process (peak RSS is that process's, minus its baseline after the
 data is loaded). The slow peers (float L1) run on the first --rows query rows only and are scaled to
-all rows (marked "x N/rows"). Agreement: the share of query rows whose neighbour *sets* equal ours,
-ties aside (rows whose K-th and (K+1)-th distances tie are not counted against anyone).
+all rows (marked "x N/rows"): their time is linear in the rows. Ours are always timed over all rows, as a
+table is computed: a whole table goes through the sweep, which computes each block of the distance
+matrix once for two row sets, so a few rows scaled up would read about twice its time. Agreement: the
+share of query rows whose neighbour *sets* equal ours, ties aside (rows whose K-th and (K+1)-th distances
+tie are not counted against anyone).
 Our pixel tables are measured on the path chosen by speed ("ours") and on every exact path this machine
 runs, forced ("ours:f32", ...): the row per path shows what a machine without, say, VNNI would get.
-A forced path whose probe block is over 4x slower than the fastest path's (int8 on a CPU without VNNI)
-is timed on the first --rows query rows and scaled, like the slow peers.
 """
 
 from __future__ import annotations
@@ -64,20 +65,18 @@ def run_one(tool: str, space: str, distance: str, limit: int, k: int, rows: int,
     x = _points(space, limit)
     base = _rss_mb()
     n = len(x)
-    # float L1 over 784 dims (the peers, and our own torch path): minutes, so timed on the first rows
-    slow = scaled or (tool in ("faiss", "sklearn", "ours:torch", "ours:sad-portable") and space == "pixels"
-                      and distance == "l1")
+    # the peers' float L1 over 784 dims takes minutes and is linear in the rows: timed on the first rows.
+    # Ours never: a whole table is one sweep, which a few rows scaled up would overstate (about twice)
+    slow = not tool.startswith("ours") and (scaled or (tool in ("faiss", "sklearn") and space == "pixels"
+                                                        and distance == "l1"))
     q = min(rows, n) if slow else n
     t0 = time.perf_counter()
     if tool.startswith("ours"):  # "ours": the path chosen by speed; "ours:f32": that path, forced
-        from common.compute.neighbors import exact_knn, knn_rows, prepare
+        from common.compute.neighbors import exact_knn
 
         kernel = tool.partition(":")[2] or None
-        if slow:
-            ids = knn_rows(prepare(x, distance, kernel=kernel), 0, q, k).ids
-        else:
-            ids = exact_knn(x, k=k, distance=distance, memory_budget=budget, kernel=kernel,
-                            cache_dir="/tmp/aeknn-bench-cache").ids
+        ids = exact_knn(x, k=k, distance=distance, memory_budget=budget, kernel=kernel,
+                        cache_dir="/tmp/aeknn-bench-cache").ids
     elif tool == "faiss":
         import faiss
 
@@ -174,10 +173,8 @@ def main() -> None:
     from common.compute.neighbors import pixel_paths
 
     forced = {d: [f"ours:{p}" for p in pixel_paths(d, 784)] for d in ("l1", "l2")}  # every exact path here
-    # a forced path whose probe block takes over SLOW x the fastest's (int8 without VNNI: ~30x) is timed on
-    # the first --rows query rows and scaled, as the slow peers are: its whole table would take many minutes
+    # each path's probe block, as the choice "auto" times them; every path's table is then timed whole
     probes = {d: _probe_times(d, a.limit) for d in ("l1", "l2") if f"pixels-{d}" in a.tables.split(",")}
-    slow_paths = {f"ours:{p}" for d, t in probes.items() for p, s in t.items() if s > SLOW * min(t.values())}
     for d, t in probes.items():
         print(f"# probe ({d}, one block of 256 x 8192): " + ", ".join(f"{p} {s * 1e3:.1f} ms" for p, s in t.items()))
     plan = [("pixels", "l2", ["ours", *forced["l2"], "faiss", "sklearn"]),
@@ -194,7 +191,7 @@ def main() -> None:
         for tool in tools:
             if a.skip_slow and space == "pixels" and dist == "l1" and tool in ("sklearn", "ours:torch"):
                 continue
-            m = measure(tool, space, dist, scaled=tool in slow_paths)
+            m = measure(tool, space, dist)
             if tool == "ours":
                 ours = m
                 ours_ids = np.load(m["ids"])
@@ -216,8 +213,6 @@ def main() -> None:
         print(f"| {b} | {m['seconds']:.1f} | {m['extra_mb']:.0f} | {table_mb:.0f} | {m['extra_mb'] - table_mb:.0f} | "
               f"{budget / (1 << 20):.0f} |", flush=True)
 
-
-SLOW = 4.0
 
 
 def _probe_times(distance: str, limit: int) -> dict[str, float]:
