@@ -79,7 +79,7 @@ class DatasetOut(BaseModel):
     name: str
     n: int = Field(description="samples")
     shape: list[int] = Field(description="one sample's: [H, W], [H, W, C] or [D]")
-    classes: int = Field(description="distinct labels")
+    classes: int | None = Field(description="distinct labels (null: the data came without labels)")
     sha256: str = Field(description="of the uploaded bytes: the same bytes are one data set")
     created_at: UTCDatetime | None
     links: dict[str, str]
@@ -135,13 +135,13 @@ class ExperimentPage(BaseModel):
 
 class SampleRef(BaseModel):
     id: int
-    label: int
+    label: int | None = Field(description="null where the data came without labels")
 
 
 class Neighbor(BaseModel):
     rank: int
     id: int
-    label: int
+    label: int | None = Field(description="null where the data came without labels")
     distance: float
 
 
@@ -158,7 +158,7 @@ class NeighborsOut(BaseModel):
 class SampleOut(BaseModel):
     experiment: int
     id: int
-    label: int
+    label: int | None = Field(description="null where the data came without labels")
     codes: dict[str, list[float]]  # model -> [x, y]
 
 

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Path(".aeknn-cache")
     # Working memory for one chunk of neighbour rows: bytes, or a size such as 256M or 1G (default 1 GiB).
     memory_budget: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MEMORY_BUDGET, gt=0)
-    # The largest upload (an embedding's .npy) the API takes: bytes, or a size such as 512M (default 1 GiB).
+    # The largest upload (an embedding's .npy, a data set's .npz) the API takes: bytes, or a size such as 512M.
     max_upload: Annotated[int, BeforeValidator(parse_size)] = Field(default=1 << 30, gt=0)
     # auto = CUDA when present, else the CPU.
     device: str = "auto"

@@ -765,3 +765,36 @@ def test_your_colour_images_are_shown_as_they_are(page, colour):
 
     img = Image.open(io.BytesIO(png))
     assert img.mode == "RGB" and img.size[1] == 64  # one row of tiles, each 32 x 32 at scale 2
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory, data_dir):
+    """A study of vectors that came without labels, served by a real API process."""
+    import numpy as np
+
+    from tests.test_sources import classes
+
+    folder = tmp_path_factory.mktemp("unlabelled")
+    x, _ = classes(300, 40, 4, 15)
+    np.savez(folder / "cells.npz", X=x / 7.0)
+    url = f"sqlite:///{folder / 'cells.db'}"
+    eid, factory = study_in_process(url, StudyConfig(data=str(folder / "cells.npz"), epochs=1, k=30, ks=[5, 10],
+                                                     models=["relu_mse", "pca"]), data_dir, folder / "cache")
+    factory.kw["bind"].dispose()
+    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
+    yield {"url": api.url, "id": eid}
+    api.stop()
+
+
+def test_data_without_labels_is_shown_without_any_label_table(page, unlabelled):
+    """The page of data that came without labels: the map, the neighbours and every table that needs no
+    label; no label table, a sentence saying why, and nothing thrown."""
+    open_page(page, f"{unlabelled['url']}/?sample=5&k=6")
+    page.wait_for_selector("#findings[data-ready='1']", timeout=30_000)
+    wait_sample(page, 5)
+    got = page.eval_on_selector_all("#nbrs-original .thumb", "ts => ts.map(t => Number(t.dataset.id))")
+    assert got == [i for i, _ in wanted(unlabelled, 5, "original", "l2", 6)]
+    ids = page.eval_on_selector_all("#tables table", "ts => ts.map(t => t.id)")
+    assert "t-score_at_k" in ids and "t-trustworthiness" in ids
+    assert not {"t-knn_accuracy", "t-score_at_k_by_label", "t-label_agreement_change"} & set(ids)
+    assert "came without labels" in page.inner_text("#findings")

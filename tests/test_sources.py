@@ -134,7 +134,6 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
     raw = (tmp / "x.npy").read_bytes()
     (tmp / "cut.npy").write_bytes(raw[: len(raw) // 2])
     np.savez(tmp / "noX.npz", data=x, y=y)
-    np.savez(tmp / "nolabels.npz", X=x)
     np.savez(tmp / "bigy.npz", X=x, y=y + 300)
     mixed = tmp / "mixed"
     write_folder(mixed, np.zeros((4, 8, 8), np.uint8), np.array([0, 0, 1, 1]))
@@ -155,7 +154,6 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "too wide": ([str(tmp / "wide.npy"), "--labels", str(tmp / "y.npy")], f"at most {MAX_DIM}"),
         "truncated .npy": ([str(tmp / "cut.npy"), "--labels", str(tmp / "y.npy")], "truncated"),
         "no X": ([str(tmp / "noX.npz")], "expected the data as 'X'"),
-        "no labels": ([str(tmp / "nolabels.npz")], "no labels"),
         "labels past a byte": ([str(tmp / "bigy.npz")], "whole numbers 0..255"),
         "mixed sizes": ([str(mixed)], "every image must be of one size"),
         "not an image": ([str(tmp / "notimg")], "not a readable PNG/JPEG"),
@@ -342,6 +340,10 @@ def test_an_uploaded_data_set_is_stored_once_listed_and_read_back(uploads):
     ds = uploaded(factory, "my-cells")
     np.testing.assert_array_equal(ds.images, x)
     np.testing.assert_array_equal(ds.labels, y)
+    # a .npy alone: data without labels (every label metric of its studies absent)
+    r = client.post("/datasets?name=unlabelled", content=_npy(x / 3.0))
+    assert r.status_code == 201 and r.json()["classes"] is None and r.json()["shape"] == [30]
+    assert uploaded(factory, "unlabelled").labelled is False
 
 
 def test_every_bad_upload_is_a_clear_error_and_stores_nothing(uploads):
@@ -354,8 +356,6 @@ def test_every_bad_upload_is_a_clear_error_and_stores_nothing(uploads):
         "NaN": (npz_bytes(X=nan, y=y), 422, "must be finite"),
         "wrong shape": (npz_bytes(X=x.ravel(), y=y), 422, "expected N x D"),
         "labels of another length": (npz_bytes(X=x, y=y[:-3]), 422, "one label per sample"),
-        "no labels": (npz_bytes(X=x), 422, "no labels"),
-        "a .npy alone": (_npy(x), 422, "no labels"),
         "truncated": (full[: len(full) // 2], 422, "not a readable .npz"),
         "not a file of arrays": (b"hello", 422, "not a .npy or .npz"),
         "empty": (b"", 422, "empty"),
@@ -441,3 +441,49 @@ def test_mnist_scaled_to_float_has_exact_rows_at_full_size(mnist):
             v[np.arange(len(q)), q] = np.inf
             want = np.lexsort((np.broadcast_to(np.arange(len(x)), v.shape), v), axis=1)[:, :50]
             np.testing.assert_array_equal(got[block:block + 50], want)
+
+
+# ---------------------------------------------------------------- data without labels
+
+
+def test_data_without_labels_runs_whole_and_every_label_metric_is_absent(tmp_path, data_dir):
+    """An .npz without y: tables, codes and every metric that needs no label, exactly as with labels; no
+    label-based metric is stored (none reads 0); the API says so by name (404), a sample's label is null,
+    `aeknn metrics` prints the tables without the label ones, and the page draws it without a label table."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from common.settings import Settings
+    from tests.test_workers import snapshot
+
+    x, y = classes(300, 30, 3, 14)
+    np.savez(tmp_path / "with.npz", X=x, y=y)
+    np.savez(tmp_path / "without.npz", X=x)
+    fields = {"epochs": 1, "k": 30, "ks": [5, 10], "models": ["relu_mse", "pca"]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fa, ea = run_in_process(tmp_path / "a", data_dir, data=str(tmp_path / "with.npz"), **fields)
+    fb, eb = run_in_process(tmp_path / "b", data_dir, data=str(tmp_path / "without.npz"), **fields)
+    want, got = snapshot(fa, ea), snapshot(fb, eb)
+    label_metrics = {"knn_accuracy", "same_label_rate", "label_agreement_change", "label_agreement_distance",
+                     "score_at_k_by_label"}
+    assert got["status"] == db.SUCCEEDED
+    assert got["tables"].keys() == want["tables"].keys()
+    for key in want["tables"]:  # ids and distances as with labels; every stored label 0
+        assert [(r[0], r[1], r[3]) for r in got["tables"][key]] == [(r[0], r[1], r[3]) for r in want["tables"][key]]
+    assert got["models"] == want["models"]
+    assert not {m for m, *_ in got["metrics"]} & label_metrics
+    assert got["metrics"] == {key: v for key, v in want["metrics"].items() if key[0] not in label_metrics}
+    with TestClient(create_app(Settings(database_url=str(fb.kw["bind"].url)))) as client:
+        for route in ("knn_accuracy", "label_agreement", "score_at_k/by_label"):
+            r = client.get(f"/metrics/{route}?experiment={eb}")
+            assert r.status_code == 404 and "without labels" in r.json()["message"], (route, r.text)
+        assert client.get(f"/metrics/score_at_k?experiment={eb}").status_code == 200
+        assert client.get(f"/samples/3?experiment={eb}").json()["label"] is None
+        nbrs = client.get(f"/samples/3/neighbors?experiment={eb}&space=original&k=5").json()
+        assert nbrs["sample"]["label"] is None and {n["label"] for n in nbrs["neighbors"]} == {None}
+    p = subprocess.run([sys.executable, "-m", "cli", "metrics", "--db", str(fb.kw["bind"].url)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "score@k" in p.stdout and "trustworthiness" in p.stdout
+    assert "kNN accuracy" not in p.stdout and "by label" not in p.stdout and "same-label" not in p.stdout

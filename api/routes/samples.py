@@ -80,7 +80,8 @@ def sample(sample_id: int, session: SessionDep, experiment: ExperimentQ = None) 
     """The sample's label and its 2-D code under each model."""
     exp = reads.finished(session, experiment)
     codes = reads.sample_codes(session, exp, sample_id)
-    return SampleOut(experiment=exp.id, id=sample_id, label=int(reads.labels(session, exp.dataset_id)[sample_id]),
+    label = int(reads.labels(session, exp.dataset_id)[sample_id]) if exp.labelled else None
+    return SampleOut(experiment=exp.id, id=sample_id, label=label,
                      codes=codes)
 
 

@@ -59,6 +59,9 @@ Object.defineProperty(app, "codes", { get: () => app.main.codes });  // the main
 
 // ------------------------------------------------------------------ helpers
 
+// A label-based table of data that came without labels is 404: null here, and the page leaves it out
+const ifLabelled = (promise) => promise.catch((e) => { if (e.status === 404) return null; throw e; });
+
 async function api(path, kind = "json") {
   let r = await fetch(path);
   if (r.status === 401 && await haveKey()) r = await fetch(path);  // a server with AEKNN_READ_KEY set
@@ -499,8 +502,8 @@ async function loadFindings() {
   const k = cfg.ks.includes(10) ? 10 : cfg.ks[0], d = cfg.distances.includes("l2") ? "l2" : cfg.distances[0];
   const q = `experiment=${id}&k=${k}`;
   const [score, acc, agree, byLabel] = await Promise.all([api(`/metrics/score_at_k?${q}`),
-    api(`/metrics/knn_accuracy?experiment=${id}&k=5`), api(`/metrics/label_agreement?${q}`),
-    api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, cfg.k)}`)]);
+    ifLabelled(api(`/metrics/knn_accuracy?experiment=${id}&k=5`)), ifLabelled(api(`/metrics/label_agreement?${q}`)),
+    ifLabelled(api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, cfg.k)}`))]);
   if (id !== state.experiment) return;
   const all = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }))
     .sort((a, b) => b.v - a.v);
@@ -508,11 +511,12 @@ async function loadFindings() {
   const ups = all.filter((r) => UPLOADS.has(r.model));
   const rows = trained.length ? trained : all;
   const best = rows[0], worst = rows[rows.length - 1];
-  const pixel = acc.rows.find((r) => r.space === "original" && r.distance === d);
-  const bestAcc = acc.rows.find((r) => r.space === best.model && r.distance === d);
-  const ag = agree.rows.find((r) => r.model === best.model && r.distance === d && r.k === k);
-  const lab = byLabel.rows.find((r) => r.model === best.model && r.distance === d);
-  const labels = Object.entries(lab.by_label).sort((a, b) => b[1] - a[1]);
+  const labelled = acc !== null && agree !== null && byLabel !== null;
+  const pixel = labelled && acc.rows.find((r) => r.space === "original" && r.distance === d);
+  const bestAcc = labelled && acc.rows.find((r) => r.space === best.model && r.distance === d);
+  const ag = labelled && agree.rows.find((r) => r.model === best.model && r.distance === d && r.k === k);
+  const lab = labelled && byLabel.rows.find((r) => r.model === best.model && r.distance === d);
+  const labels = labelled ? Object.entries(lab.by_label).sort((a, b) => b[1] - a[1]) : [];
   const top = all[0];  // the best of all, reference maps included
   const among = trained.length && refs.length + ups.length ? " of the trained models" : "";
   const sentences = [
@@ -523,6 +527,9 @@ async function loadFindings() {
       (UPLOADS.has(top.model) ? "an uploaded embedding)." : "a reference map, fitted by a library rather than trained).")]
       : []),
     `Even so, a 2-D code keeps little: ${pct(1 - best.v)} of each ${k}-neighbourhood is lost.`,
+    ...(labelled ? [] : ["The data came without labels, so no label-based measure is shown."]),
+  ];
+  if (labelled) sentences.push(
     `Labels ${labels[0][0]} and ${labels[1][0]} keep the most under ${best.model} (score@${lab.k} ` +
     `${labels[0][1].toFixed(3)} and ${labels[1][1].toFixed(3)}); label ${labels[labels.length - 1][0]} the least ` +
     `(${labels[labels.length - 1][1].toFixed(3)}).`,
@@ -530,8 +537,7 @@ async function loadFindings() {
     `${ag.original_rate.toFixed(3)} in pixel space ${ag.encoded_rate.toFixed(3) === ag.original_rate.toFixed(3) ? "in" : "to"} ` +
     `${ag.encoded_rate.toFixed(3)} in ${best.model}'s code (${ag.change >= 0 ? "+" : ""}${ag.change.toFixed(3)}).`,
     `A 5-nearest-neighbour vote finds the right label for ${pct(pixel.values["5"])} of the samples in pixel space ` +
-    `and ${pct(bestAcc.values["5"])} in ${best.model}'s code.`,
-  ];
+    `and ${pct(bestAcc.values["5"])} in ${best.model}'s code.`);
   if (ups.length) {
     sentences.push(`The uploaded embeddings keep ${ups.map((r) => `${pct(r.v)} (${r.model})`).join(", ")} of each ` +
       `${k}-neighbourhood.`);
@@ -594,12 +600,12 @@ async function headOf(e) { // a run's headline: its best trained model at k = 10
   const k = Math.min(10, e.config.k), d = e.config.distances.includes("l2") ? "l2" : e.config.distances[0];
   try {
     const [score, acc] = await Promise.all([api(`/metrics/score_at_k?experiment=${e.id}&k=${k}`),
-      api(`/metrics/knn_accuracy?experiment=${e.id}&k=${Math.min(5, e.config.k)}`)]);
+      ifLabelled(api(`/metrics/knn_accuracy?experiment=${e.id}&k=${Math.min(5, e.config.k)}`))]);
     const rows = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }));
     // trained by that run (its own models, not a reference map; an upload is neither)
     const trained = rows.filter((r) => e.config.models.includes(r.model) && !REFERENCE_MAPS.has(r.model));
     const best = (trained.length ? trained : rows).sort((a, b) => b.v - a.v)[0];
-    const accOf = acc.rows.find((r) => r.space === best.model && r.distance === d);
+    const accOf = acc && acc.rows.find((r) => r.space === best.model && r.distance === d);
     return { id: e.id, k, d, best, acc: accOf ? Object.values(accOf.values)[0] : null };
   } catch (err) { return { id: e.id, k, d, best: null, acc: null }; }
 }
@@ -1127,9 +1133,9 @@ async function loadTables() {
   let score, rnx, acc, agree, byLabel, trust, cont, mrre, lcmc, auc;
   try {
     [score, rnx, acc, agree, byLabel, trust, cont, mrre, lcmc, auc] = await Promise.all([
-      api(`/metrics/score_at_k?${q}`), api(`/metrics/r_nx?${q}`), api(`/metrics/knn_accuracy?${q}`),
-      api(`/metrics/label_agreement?${q}`),
-      api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, app.exp.config.k)}`),
+      api(`/metrics/score_at_k?${q}`), api(`/metrics/r_nx?${q}`), ifLabelled(api(`/metrics/knn_accuracy?${q}`)),
+      ifLabelled(api(`/metrics/label_agreement?${q}`)),
+      ifLabelled(api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, app.exp.config.k)}`)),
       api(`/metrics/trustworthiness?${q}`), api(`/metrics/continuity?${q}`), api(`/metrics/mrre?${q}`),
       api(`/metrics/lcmc?${q}`), api(`/metrics/auc_rnx?experiment=${id}`)]);
   } catch (e) { note("ks", e.message); return; }
@@ -1159,25 +1165,27 @@ async function loadTables() {
     }
     return out.concat(agreeRows("encoded_rate", "same_label_rate"));
   };
-  const labelCols = byLabel.rows.length ? Object.keys(byLabel.rows[0].by_label).sort((a, b) => a - b) : [];
-  const byLabelRows = byLabel.rows.map((r) => ({ name: [r.model, r.distance],
+  const labelled = acc !== null && agree !== null && byLabel !== null;  // data without labels: none of these
+  const labelCols = labelled && byLabel.rows.length ? Object.keys(byLabel.rows[0].by_label).sort((a, b) => a - b) : [];
+  const byLabelRows = !labelled ? [] : byLabel.rows.map((r) => ({ name: [r.model, r.distance],
     values: labelCols.map((l) => r.by_label[l] ?? null),
     attrs: labelCols.map((l) => ({ metric: "score_at_k_by_label", space: r.model, distance: r.distance,
                                    k: r.k, label: l })) }));
   $("tables").replaceChildren(...[
     table("score@k: share of each pixel-space neighbourhood kept", "t-score_at_k",
       ["model", "distance", ...kcols], values(score, "score_at_k"), "max"),
-    table(`score@${byLabel.k} by label`, "t-score_at_k_by_label", ["model", "distance", ...labelCols],
-      byLabelRows, "max"),
-    table("same-label rate (pixel space, then each model's code space)", "t-same_label_rate",
-      ["space", "distance", ...kcols], rateRows(), "max"),
-    table("label agreement change (encoded - original; negative = same-label neighbours lost)",
-      "t-label_agreement_change", ["model", "distance", ...kcols],
-      agreeRows("change", "label_agreement_change"), "max"),
-    table("label agreement distance (mean |change|; lower is better)", "t-label_agreement_distance",
-      ["model", "distance", ...kcols], agreeRows("abs_change", "label_agreement_distance"), "min"),
-    table("kNN accuracy@k (leave-one-out)", "t-knn_accuracy", ["space", "distance", ...kcols],
-      values(acc, "knn_accuracy"), "max"),
+    ...(!labelled ? [] : [
+      table(`score@${byLabel.k} by label`, "t-score_at_k_by_label", ["model", "distance", ...labelCols],
+        byLabelRows, "max"),
+      table("same-label rate (pixel space, then each model's code space)", "t-same_label_rate",
+        ["space", "distance", ...kcols], rateRows(), "max"),
+      table("label agreement change (encoded - original; negative = same-label neighbours lost)",
+        "t-label_agreement_change", ["model", "distance", ...kcols],
+        agreeRows("change", "label_agreement_change"), "max"),
+      table("label agreement distance (mean |change|; lower is better)", "t-label_agreement_distance",
+        ["model", "distance", ...kcols], agreeRows("abs_change", "label_agreement_distance"), "min"),
+      table("kNN accuracy@k (leave-one-out)", "t-knn_accuracy", ["space", "distance", ...kcols],
+        values(acc, "knn_accuracy"), "max")]),
     table("R_NX(k): score@k corrected for chance", "t-r_nx", ["model", "distance", ...kcols],
       values(rnx, "r_nx"), "max"),
     table("trustworthiness T(k) (1 = every code-space neighbour is a pixel-space one; k < N/2)",

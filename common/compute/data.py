@@ -62,6 +62,7 @@ class Dataset:
     images: np.ndarray  # (N, D) uint8: (N, 784) for MNIST; float32 or float64 for your float data
     labels: np.ndarray  # (N,) uint8
     shape: tuple[int, ...] = (SIDE, SIDE)  # one sample's: (H, W) grey, (H, W, C) colour, or (D,) values
+    labelled: bool = True  # False: your data came without labels (labels all 0, every label metric absent)
 
     @property
     def n(self) -> int:

@@ -58,9 +58,10 @@ def read_upload(f: BinaryIO, name: str, what: str = "the body") -> Dataset:
     else:
         raise DataError(f"{what}: not a .npy or .npz file (an .npz of arrays X and y: numpy.savez)" if head
                         else f"{what}: empty; expected an .npz of arrays X and y")
-    if y is None:
-        raise DataError(f"{what}: no labels; upload an .npz holding the data as 'X' and the labels as 'y'")
     images, shape = _as_values(x, label)
+    if y is None:  # no labels: every label-based metric is absent, the rest as with them
+        return Dataset(name=name, images=images, labels=np.zeros(len(images), np.uint8), shape=shape,
+                       labelled=False)
     return Dataset(name=name, images=images, labels=_as_labels(y, label, len(images)), shape=shape)
 
 
@@ -92,10 +93,10 @@ def read_source(path: Path | str, labels: Path | str | None = None, split: str =
     else:
         raise DataError(f"{path}: not a .npy, .npz or IDX file; expected one of those, a folder of images "
                         "with one subfolder per class, or a CIFAR-10/100 python folder")
-    if y is None:
-        raise DataError(f"{path}: no labels; give them (--labels FILE for .npy and IDX data, an array 'y' in "
-                        "an .npz): aeknn's label metrics need them")
     images, shape = _as_values(x, path)
+    if y is None:  # no labels: every label-based metric is absent, the rest as with them
+        return Dataset(name=_name(path, images, shape, None), images=images,
+                       labels=np.zeros(len(images), np.uint8), shape=shape, labelled=False)
     return Dataset(name=_name(path, images, shape, y), images=images, labels=_as_labels(y, labels or path,
                                                                                          len(images)),
                    shape=shape)
@@ -151,12 +152,12 @@ def _as_labels(y: np.ndarray, path: Path | str, n: int) -> np.ndarray:
     return np.ascontiguousarray(y.astype(np.uint8))
 
 
-def _name(path: Path, images: np.ndarray, shape: tuple[int, ...], labels: np.ndarray) -> str:
+def _name(path: Path, images: np.ndarray, shape: tuple[int, ...], labels: np.ndarray | None) -> str:
     """The file's name (cut) and 12 hex digits of the SHA-256 of the content: one name per data set."""
     h = hashlib.sha256()
     h.update(repr((shape, images.dtype.name)).encode())
     h.update(images.data)
-    h.update(np.asarray(labels).astype(np.int64).tobytes())
+    h.update(b"no labels" if labels is None else np.asarray(labels).astype(np.int64).tobytes())
     stem = (path.name.split(".")[0] or "data")[: NAME_LENGTH - 13]
     return f"{stem}-{h.hexdigest()[:12]}"
 

@@ -63,6 +63,8 @@ class DatasetRow(Base):
     images: Mapped[bytes] = mapped_column(LargeBinary)  # (n, D) uint8: (n, 784) for MNIST
     # one sample's shape: [H, W] grey, [H, W, C] colour, [D] values; none (stored before 0007): 28 x 28
     shape: Mapped[list | None] = mapped_column(JSON)
+    # false: the data came without labels (stored as 0; every label metric absent); none (before 0007): true
+    labelled: Mapped[bool | None] = mapped_column()
     # the values' type: uint8 (none: stored before 0007) on the exact integer paths, float32 or float64 otherwise
     dtype: Mapped[str | None] = mapped_column(String(8))
     # an upload (POST /datasets): the SHA-256 of its body, so the same bytes are one data set; none otherwise
@@ -307,13 +309,18 @@ def dataset_shape(row: DatasetRow) -> tuple[int, ...]:
     return tuple(row.shape) if row.shape else (28, 28)
 
 
+def dataset_labelled(row: DatasetRow) -> bool:
+    """Whether the data set came with labels (a row stored before the column existed did)."""
+    return row.labelled is not False
+
+
 def dataset_values(row: DatasetRow) -> np.ndarray:
     """The data set's (n, D) values, writable (as torch wants its arrays): bytes, or float32/float64."""
     return np.frombuffer(row.images, np.dtype(row.dtype or "uint8")).reshape(row.n, -1).copy()
 
 
 def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, images: np.ndarray,
-                          shape: Sequence[int] = (28, 28)) -> int:
+                          shape: Sequence[int] = (28, 28), labelled: bool = True) -> int:
     n = int(labels.shape[0])
 
     def find():
@@ -325,7 +332,7 @@ def get_or_create_dataset(*, session: Session, name: str, labels: np.ndarray, im
     if images.dtype not in (np.uint8, np.float32, np.float64):
         raise ValueError(f"values of type {images.dtype}; stored are uint8, float32 and float64")
     row = DatasetRow(name=name, n=n, labels=labels.astype(np.uint8).tobytes(), images=images.tobytes(),
-                     shape=[int(v) for v in shape], dtype=images.dtype.name)
+                     shape=[int(v) for v in shape], dtype=images.dtype.name, labelled=labelled)
     got = _insert_or_find(session, row, find)
     return got.id if isinstance(got, DatasetRow) else got
 

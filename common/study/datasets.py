@@ -48,7 +48,8 @@ def store(factory: sessionmaker[Session], name: str, ds: Dataset, sha256: str) -
         if s.scalar(select(db.DatasetRow.id).where(db.DatasetRow.name == name)) is not None:
             raise Conflict(f"name: a data set named {name!r} is stored already, with other data")
         row = db.DatasetRow(name=name, n=ds.n, labels=ds.labels.tobytes(), images=ds.images.tobytes(),
-                            shape=list(ds.shape), dtype=ds.images.dtype.name, sha256=sha256,
+                            shape=list(ds.shape), dtype=ds.images.dtype.name, labelled=ds.labelled,
+                            sha256=sha256,
                             created_at=db.utcnow())
         s.add(row)
         s.flush()
@@ -63,7 +64,8 @@ def _find(session: Session, ref: int | str) -> db.DatasetRow | None:
 def describe(row: db.DatasetRow) -> dict[str, Any]:
     labels = np.frombuffer(row.labels, np.uint8)
     return {"id": row.id, "name": row.name, "n": row.n, "shape": list(db.dataset_shape(row)),
-            "classes": int(len(np.unique(labels))), "sha256": row.sha256, "created_at": row.created_at,
+            "classes": int(len(np.unique(labels))) if db.dataset_labelled(row) else None,
+            "sha256": row.sha256, "created_at": row.created_at,
             "links": {"self": f"/datasets/{row.id}"}}
 
 
@@ -88,7 +90,7 @@ def uploaded(factory: sessionmaker[Session], ref: int | str) -> Dataset:
             raise DataError(f"uploaded data set {ref!r}: not stored (POST /datasets uploads one; GET /datasets "
                             "lists them)")
         return Dataset(row.name, db.dataset_values(row), np.frombuffer(row.labels, np.uint8).copy(),
-                       db.dataset_shape(row))
+                       db.dataset_shape(row), db.dataset_labelled(row))
 
 
 def check_study(session: Session, cfg: StudyConfig) -> None:

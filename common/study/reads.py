@@ -40,6 +40,7 @@ class Finished:
     metrics_all_k: bool
     uploads: tuple[str, ...] = ()  # its scored uploads (common/study/embeddings.py), in upload order
     revision: int = 0  # bumped when a space is added: part of every ETag of its answers
+    labelled: bool = True  # False: its data came without labels, so it has no label-based metric
 
     @property
     def models(self) -> list[str]:
@@ -139,9 +140,10 @@ def finished(session: Session, experiment_id: int | None, fresh: bool = False) -
     exp = experiment(session, experiment_id)
     if exp.status != db.SUCCEEDED:
         raise NotReady(f"experiment {experiment_id} is {exp.status}: its tables are not complete yet")
-    n = int(session.scalar(select(db.DatasetRow.n).where(db.DatasetRow.id == exp.dataset_id)))
-    out = Finished(exp.id, dict(exp.config), exp.dataset_id, n, bool(exp.metrics_all_k),
-                   tuple(ready_uploads(session, exp.id)), int(exp.revision or 0))
+    n, labelled = session.execute(select(db.DatasetRow.n, db.DatasetRow.labelled)
+                                  .where(db.DatasetRow.id == exp.dataset_id)).one()
+    out = Finished(exp.id, dict(exp.config), exp.dataset_id, int(n), bool(exp.metrics_all_k),
+                   tuple(ready_uploads(session, exp.id)), int(exp.revision or 0), labelled is not False)
     if out.metrics_all_k:  # final: kept (one still being filled is looked up again)
         with _lock:
             _finished[(key, experiment_id)] = (time.monotonic(), out)
@@ -287,7 +289,9 @@ def neighbors(session: Session, exp: Finished, sample_id: int, *, space: str, mo
     if not 1 <= k <= big_k:
         raise Invalid(f"k: must be in 1..{big_k} (the table's K), got {k}")
     ids, labs, dists = db.sample_neighbors(session=session, table_id=table_id, sample_id=sample_id)
-    own = int(labels(session, exp.dataset_id)[sample_id])
+    own = int(labels(session, exp.dataset_id)[sample_id]) if exp.labelled else None
+    if not exp.labelled:
+        labs = np.full(len(labs), None, object)
     return {"experiment": exp.id, "sample": {"id": sample_id, "label": own}, "space": space,
             "model": None if space == "original" else model, "distance": distance, "k": k,
             "neighbors": [{"rank": r + 1, "id": i, "label": lab, "distance": d} for r, (i, lab, d) in
@@ -314,11 +318,19 @@ def _values(session: Session, exp: Finished, metric: str, ks: list[int]) -> dict
             for v in db.load_metrics(session=session, experiment_id=exp.id, metric=metric, ks=ks)}
 
 
+def check_labelled(exp: Finished, what: str) -> None:
+    """NotFound for a label-based metric of an experiment whose data came without labels."""
+    if not exp.labelled:
+        raise NotFound(f"experiment {exp.id}: its data came without labels, so it has no {what}")
+
+
 def value_rows(session: Session, exp: Finished, metric: str, ks: list[int]) -> list[dict]:
     """score_at_k, r_nx, trustworthiness, continuity, lcmc (a row per model and distance) or knn_accuracy
     (the pixel space too): each row's value at every k of ``ks`` (None where it is not defined: the rank
     measures need k < N / 2, or where the experiment was scored before the measure was stored)."""
     _stored(session, exp, ks)
+    if metric == "knn_accuracy":
+        check_labelled(exp, "kNN accuracy")
     v = _values(session, exp, metric, ks)
     if metric == "knn_accuracy":
         spaces = [db.ORIGINAL, *exp.models]
@@ -346,6 +358,7 @@ def auc_rows(session: Session, exp: Finished) -> list[dict]:
 
 def agreement_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]:
     """Both same-label rates, their change (encoded - original) and mean |change|, per model, distance, k."""
+    check_labelled(exp, "label agreement")
     _stored(session, exp, ks)
     rate = _values(session, exp, "same_label_rate", ks)
     change = _values(session, exp, "label_agreement_change", ks)
@@ -357,6 +370,7 @@ def agreement_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]
 
 def by_label_rows(session: Session, exp: Finished, k: int) -> list[dict]:
     """score@k over the samples of each label, per model and distance."""
+    check_labelled(exp, "score@k by label")
     check_ks([k], exp.top_k)
     v = _values(session, exp, "score_at_k_by_label", [k])
     if not v:

@@ -68,10 +68,12 @@ def study_tables(session, exp, ks: list[int], by_label_k: int) -> list[Table]:
     score@k by label at ``by_label_k``: the same rows, and the same columns, the API serves."""
     from common.study import reads
 
+    labelled = [by_label_table(reads.by_label_rows(session, exp, by_label_k), by_label_k),
+                agreement_table(reads.agreement_rows(session, exp, ks)),
+                values_table("knn_accuracy", reads.value_rows(session, exp, "knn_accuracy", ks), ks)
+                ] if exp.labelled else []  # data without labels: no label-based table
     return [values_table("score_at_k", reads.value_rows(session, exp, "score_at_k", ks), ks),
-            by_label_table(reads.by_label_rows(session, exp, by_label_k), by_label_k),
-            agreement_table(reads.agreement_rows(session, exp, ks)),
-            values_table("knn_accuracy", reads.value_rows(session, exp, "knn_accuracy", ks), ks),
+            *labelled,
             values_table("r_nx", reads.value_rows(session, exp, "r_nx", ks), ks),
             values_table("trustworthiness", reads.value_rows(session, exp, "trustworthiness", ks), ks),
             values_table("continuity", reads.value_rows(session, exp, "continuity", ks), ks),

@@ -25,15 +25,19 @@ def top_k(cfg: StudyConfig, n: int) -> int:
 RANK_MEASURES = ("trustworthiness", "continuity", "mrre_false", "mrre_missing")  # need ranks beyond K
 
 
-def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.ndarray],
+def compute_metrics(cfg: StudyConfig, labels: np.ndarray | None, orig: dict[str, np.ndarray],
                     enc: Mapping[tuple[str, str], np.ndarray] | Iterable[tuple[tuple[str, str], np.ndarray]],
                     ranks: Mapping | None = None) -> list[dict]:
     """Every metric of STUDY.md at every k = 1..top_k from the id tables: orig[distance], enc[(model,
     distance)], score@k by label too. ``enc`` may be an iterable of ((model, distance), table) pairs, read
     one at a time. Values are sums of integers divided once (score@k = total overlap / (N k)). With
     ``ranks`` (common/study/ranking.py's sums per (model, distance)), the rank-based measures at each k
-    where they are defined (k < N / 2); LCMC at every k and the AUC of R_NX (stored at k = top) always."""
-    n = labels.shape[0]
+    where they are defined (k < N / 2); LCMC at every k and the AUC of R_NX (stored at k = top) always.
+    ``labels`` None (your data came without them): every label-based metric is left out, not stored as 0."""
+    labelled = labels is not None
+    n = next(iter(orig.values())).shape[0]
+    if labels is None:
+        labels = np.zeros(n, np.uint8)
     top = top_k(cfg, n)
     ks = np.arange(1, top + 1)
     classes = int(labels.max()) + 1
@@ -46,8 +50,9 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
 
     for d, o in orig.items():
         o = o[:, :top]
-        put("same_label_rate", db.ORIGINAL, d, M.same_label_curves(o, None, labels)["original_rate"])
-        put("knn_accuracy", db.ORIGINAL, d, M.knn_accuracy_curve(o, labels))
+        if labelled:
+            put("same_label_rate", db.ORIGINAL, d, M.same_label_curves(o, None, labels)["original_rate"])
+            put("knn_accuracy", db.ORIGINAL, d, M.knn_accuracy_curve(o, labels))
     for (m, d), e in enc.items() if isinstance(enc, Mapping) else enc:
         o, e = orig[d][:, :top], e[:, :top]
         shared = M.overlap_sums(o, e, labels, classes)  # (labels, top): summed overlaps of each label's rows
@@ -66,6 +71,8 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray, orig: dict[str, np.nda
                                   ("mrre_missing", M.mrre_curve(r.relative_missing[:kr], n))):
                 out.extend({"metric": metric, "space": m, "distance": d, "k": int(k), "label": -1,
                             "value": float(v)} for k, v in zip(ks[:kr], curve, strict=True))
+        if not labelled:
+            continue
         la = M.same_label_curves(o, e, labels)
         put("same_label_rate", m, d, la["encoded_rate"])
         put("label_agreement_change", m, d, la["change"])
@@ -85,11 +92,12 @@ def _ids(session: Session, experiment_id: int, space: str, d: str, width: int) -
 
 
 def _tables(session: Session, experiment_id: int, cfg: StudyConfig, width: int, spaces: list[str] | None = None):
-    """Labels, the pixel-space id tables, and the code-space ones (``spaces``, default every model and
-    every scored upload) as a generator that reads each table when it is reached; only the first
-    ``width`` columns of each."""
+    """Labels (None: the data came without them), the pixel-space id tables, and the code-space ones
+    (``spaces``, default every model and every scored upload) as a generator that reads each table when it
+    is reached; only the first ``width`` columns of each."""
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
-    labels = db.dataset_labels(session=session, dataset_id=exp.dataset_id)
+    labelled = session.scalar(db.select(db.DatasetRow.labelled).where(db.DatasetRow.id == exp.dataset_id))
+    labels = db.dataset_labels(session=session, dataset_id=exp.dataset_id) if labelled is not False else None
     distances = [d.value for d in cfg.distances]
     orig = {d: _ids(session, experiment_id, db.ORIGINAL, d, width) for d in distances}
     names = spaces if spaces is not None else [m.value for m in cfg.models] + ready_uploads(session, experiment_id)

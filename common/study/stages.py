@@ -74,7 +74,7 @@ def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path,
             ds = read_source(cfg.data, cfg.labels)
         if cfg.limit is not None and cfg.limit < ds.n:
             ds = Dataset(ds.name, np.ascontiguousarray(ds.images[: cfg.limit]),
-                         np.ascontiguousarray(ds.labels[: cfg.limit]), ds.shape)
+                         np.ascontiguousarray(ds.labels[: cfg.limit]), ds.shape, ds.labelled)
     try:
         cfg.check_n(ds.n)
     except ValueError as exc:
@@ -88,7 +88,7 @@ def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Datase
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         row = s.get(db.DatasetRow, exp.dataset_id)
         return Dataset(row.name, db.dataset_values(row), np.frombuffer(row.labels, np.uint8),
-                       db.dataset_shape(row))
+                       db.dataset_shape(row), db.dataset_labelled(row))
 
 
 def stage_data(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset | None = None) -> Dataset:
@@ -99,7 +99,7 @@ def stage_data(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset | 
         ds = read_data(cfg, rt.data_dir, rt.cache_dir, rt.factory)
     with db.transaction(rt.factory) as s:
         dataset_id = db.get_or_create_dataset(session=s, name=ds.name, labels=ds.labels, images=ds.images,
-                                              shape=ds.shape)
+                                              shape=ds.shape, labelled=ds.labelled)
         db.update_experiment(session=s, experiment_id=experiment_id, dataset_id=dataset_id)
     _timed(rt, experiment_id, "data", t0)
     return ds
