@@ -742,9 +742,14 @@ def colour(tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp("colour")
     rgb, y = classes(400, 3072, 10, 13)
     write_cifar(folder / "cifar", rgb.reshape(-1, 32, 32, 3), y)
-    url = f"sqlite:///{folder / 'colour.db'}"
-    eid, factory = study_in_process(url, StudyConfig(data=str(folder / "cifar"), epochs=2, k=30, ks=[5, 10],
-                                                     models=["relu_mse", "pca"]), data_dir, folder / "cache")
+    yield from served(folder, StudyConfig(data=str(folder / "cifar"), epochs=2, k=30, ks=[5, 10],
+                                          models=["relu_mse", "pca"]), data_dir)
+
+
+def served(folder, config, data_dir):
+    """The study run in this process into a database in ``folder``, then served by a real API process."""
+    url = f"sqlite:///{folder / 'study.db'}"
+    eid, factory = study_in_process(url, config, data_dir, folder / "cache")
     factory.kw["bind"].dispose()
     api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
     yield {"url": api.url, "id": eid}
@@ -777,13 +782,8 @@ def unlabelled(tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp("unlabelled")
     x, _ = classes(300, 40, 4, 15)
     np.savez(folder / "cells.npz", X=x / 7.0)
-    url = f"sqlite:///{folder / 'cells.db'}"
-    eid, factory = study_in_process(url, StudyConfig(data=str(folder / "cells.npz"), epochs=1, k=30, ks=[5, 10],
-                                                     models=["relu_mse", "pca"]), data_dir, folder / "cache")
-    factory.kw["bind"].dispose()
-    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
-    yield {"url": api.url, "id": eid}
-    api.stop()
+    yield from served(folder, StudyConfig(data=str(folder / "cells.npz"), epochs=1, k=30, ks=[5, 10],
+                                          models=["relu_mse", "pca"]), data_dir)
 
 
 def test_data_without_labels_is_shown_without_any_label_table(page, unlabelled):
