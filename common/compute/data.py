@@ -75,9 +75,9 @@ class Dataset:
 
         if self.images.dtype == np.uint8:
             return torch.from_numpy(self.images).float().div_(255.0).mul_(2.0).sub_(1.0)
-        lo, hi = float(self.images.min()), float(self.images.max())
-        unit = (self.images.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)
-        return torch.from_numpy((unit * 2.0 - 1.0).astype(np.float32))
+        from common.compute.pictures import unit_scaled
+
+        return torch.from_numpy(unit_scaled(self.images, self.images))
 
 
 def check_idx_file(path: Path, spec: IdxSpec) -> None:

@@ -10,6 +10,15 @@ import numpy as np
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # Pillow's image mode by channels
 
 
+def unit_scaled(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``rows`` of the data set ``values`` as the models see them, in [-1, 1], float32: bytes as x/255*2-1,
+    float data by the data set's smallest and largest value."""
+    if values.dtype == np.uint8:
+        return rows.astype(np.float32) / 255 * 2 - 1
+    lo, hi = float(values.min()), float(values.max())
+    return (((rows.astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)) * 2 - 1).astype(np.float32)
+
+
 def tile_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The picture of one sample of ``shape``: (H, W) or (H, W, C); a (D,) vector as a ceil(sqrt D) square."""
     if len(shape) >= 2:

@@ -20,6 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.compute import pictures
 from common.compute.names import BY_LABEL_K, DEFAULT_MODEL, MODEL_NAMES
 from common.errors import Invalid, NotFound, NotReady
 from common.store import db
@@ -189,10 +190,7 @@ def unit_rows(session: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
     """The samples' values as the models see them, in [-1, 1]: bytes as x/255*2-1, float data by the data
     set's smallest and largest value (as common/compute/data.py scales them). (len(ids), D) float32."""
     values = images(session, dataset_id)
-    if values.dtype == np.uint8:
-        return values[ids].astype(np.float32) / 255 * 2 - 1
-    lo, hi = float(values.min()), float(values.max())
-    return (((values[ids].astype(np.float64) - lo) / (hi - lo if hi > lo else 1.0)) * 2 - 1).astype(np.float32)
+    return pictures.unit_scaled(values[ids], values)
 
 
 def picture_rows(session: Session, dataset_id: int, ids: list[int]) -> np.ndarray:
