@@ -245,7 +245,7 @@ class CodesOut(BaseModel):
     experiment: int
     model: str
     ids: list[int]
-    labels: list[int]
+    labels: list[int] | None  # null: the data came without labels
     codes: list[list[float]]
 
 

@@ -798,3 +798,9 @@ def test_data_without_labels_is_shown_without_any_label_table(page, unlabelled):
     assert "t-score_at_k" in ids and "t-trustworthiness" in ids
     assert not {"t-knn_accuracy", "t-score_at_k_by_label", "t-label_agreement_change"} & set(ids)
     assert "came without labels" in page.inner_text("#findings")
+    # the comparison names no label where there is none
+    page.select_option("#compare", "pca")
+    page.wait_for_selector("#compare-summary[data-agreement]", timeout=30_000)
+    summary = page.inner_text("#compare-summary")
+    assert "relu_mse and pca share" in summary and "label" not in summary, summary
+    assert "label" not in (page.get_attribute("#compare-summary a", "title") or "x label")

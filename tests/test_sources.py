@@ -482,6 +482,12 @@ def test_data_without_labels_runs_whole_and_every_label_metric_is_absent(tmp_pat
         assert client.get(f"/samples/3?experiment={eb}").json()["label"] is None
         nbrs = client.get(f"/samples/3/neighbors?experiment={eb}&space=original&k=5").json()
         assert nbrs["sample"]["label"] is None and {n["label"] for n in nbrs["neighbors"]} == {None}
+        codes = client.get(f"/experiments/{eb}/codes?model=pca").json()
+        assert codes["labels"] is None and len(codes["codes"]) == 300
+        packed = client.get(f"/experiments/{eb}/codes.bin?model=pca")
+        assert packed.headers["X-Labelled"] == "false" and len(packed.content) == 300 * 9
+        both = client.get(f"/experiments/{eb}/compare?models=relu_mse,pca&k=5").json()
+        assert both["by_label"] == {} and {d["label"] for d in both["differ_most"]} == {None}
     p = subprocess.run([sys.executable, "-m", "cli", "metrics", "--db", str(fb.kw["bind"].url)], capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr

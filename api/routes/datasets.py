@@ -12,12 +12,12 @@ from api.deps import FactoryDep, SessionDep, SettingsDep, require_read, require_
 from api.errors import ERROR_RESPONSES
 from api.schemas import DatasetOut
 from api.uploads import spooled
+from common.compute.names import USER_NAME, USER_NAME_RULE
 from common.study import datasets
-from common.study.config import UPLOAD_NAME
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
-NameQ = Annotated[str, Query(pattern=f"^{UPLOAD_NAME}$", description=f"the data set's name: {datasets.NAME_RULE}")]
+NameQ = Annotated[str, Query(pattern=f"^{USER_NAME}$", description=f"the data set's name: {USER_NAME_RULE}")]
 UPLOAD = {"requestBody": {"required": True, "description": "an .npz file (numpy.savez) holding the data as X "
                           "(N x D, N x H x W or N x H x W x C whole numbers in 0..255) and the labels as y (N whole "
                           "numbers in 0..255)",
@@ -49,7 +49,7 @@ def list_datasets(session: SessionDep) -> list[DatasetOut]:
 
 
 @router.get("/{ref}", response_model=DatasetOut)
-def dataset(ref: Annotated[str, Path(pattern=f"^{UPLOAD_NAME}$", description="its id or name")],
+def dataset(ref: Annotated[str, Path(pattern=f"^{USER_NAME}$", description="its id or name")],
             session: SessionDep) -> DatasetOut:
     """An uploaded data set, by id or name."""
     return DatasetOut(**datasets.one(session, int(ref) if ref.isdigit() else ref))

@@ -13,13 +13,14 @@ from api.deps import FactoryDep, SessionDep, SettingsDep, require_read, require_
 from api.errors import ERROR_RESPONSES, AppError
 from api.schemas import EmbeddingOut
 from api.uploads import spooled
+from common.compute.names import USER_NAME, USER_NAME_RULE
 from common.study import embeddings, jobs, reads
 from common.study.config import Distance
 
 router = APIRouter(prefix="/experiments", tags=["embeddings"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
-NameQ = Annotated[str, Query(pattern=f"^{embeddings.NAME.pattern}$",
-                             description=f"the space's name: {embeddings.NAME_RULE}")]
+NameQ = Annotated[str, Query(pattern=f"^{USER_NAME}$",
+                             description=f"the space's name: {USER_NAME_RULE}")]
 UPLOAD = {"requestBody": {"required": True, "description": "the codes as a .npy file (N x m numbers, one row per "
                           "sample in the experiment's order), or an .npz holding an array named codes",
                           "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}

@@ -80,7 +80,7 @@ def codes(request: Request, exp: ExperimentDep, session: SessionDep, model: Mode
     def make() -> Response:
         c = reads.codes(row)
         body = {"experiment": exp.id, "model": row.name, "ids": list(range(len(c))),
-                "labels": reads.labels(session, exp.dataset_id).tolist(),
+                "labels": None if (labs := reads.known_labels(session, exp.dataset_id)) is None else labs.tolist(),
                 "codes": _shortest(c) if c.dtype == np.float32 else c.tolist()}
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
@@ -93,15 +93,18 @@ def codes_bin(request: Request, exp: ExperimentDep, session: SessionDep,
               model: ModelQ = None) -> Response:
     """The map's codes, packed for the web page: N x 2 float32 (little-endian, row-major), then N uint8
     labels. Sample i is row i. N is in the X-Count header. An uploaded embedding of m != 2 dimensions is
-    drawn from its first two principal components (m = 1: y is 0); X-Map says so."""
+    drawn from its first two principal components (m = 1: y is 0); X-Map says so. Data without labels
+    send zeros there and say ``X-Labelled: false``."""
     row = reads.model_row(session, exp, model)
 
     def make() -> Response:
         c = np.ascontiguousarray(reads.map_codes(row), dtype="<f4")
-        labels = reads.labels(session, exp.dataset_id)
+        labels = reads.known_labels(session, exp.dataset_id)
         note = reads.map_note(row)
-        return Response(c.tobytes() + labels.astype(np.uint8).tobytes(), media_type="application/octet-stream",
-                        headers={"X-Count": str(len(c)), **({"X-Map": note} if note else {})})
+        packed = np.zeros(len(c), np.uint8) if labels is None else labels.astype(np.uint8)
+        return Response(c.tobytes() + packed.tobytes(), media_type="application/octet-stream",
+                        headers={"X-Count": str(len(c)), **({"X-Map": note} if note else {}),
+                                 **({} if labels is not None else {"X-Labelled": "false"})})
 
     return _finished(request, exp, make)
 

@@ -72,7 +72,10 @@ async function api(path, kind = "json") {
     err.status = r.status;
     throw err;
   }
-  return kind === "json" ? r.json() : r.arrayBuffer();
+  if (kind === "json") return r.json();
+  const buf = await r.arrayBuffer();
+  buf.labelled = r.headers.get("X-Labelled") !== "false";  // codes.bin: data without labels send zeros
+  return buf;
 }
 
 // One question for every request that met the 401 at once (the first view fetches in parallel); asked
@@ -684,7 +687,7 @@ async function fetchCodes(id, model) { // one request per experiment and model, 
   }
   const buf = await app.codeCache.get(key);
   const n = buf.byteLength / 9;
-  return { n, codes: new Float32Array(buf, 0, 2 * n), labels: new Uint8Array(buf, 8 * n, n),
+  return { n, codes: new Float32Array(buf, 0, 2 * n), labels: new Uint8Array(buf, 8 * n, n), labelled: buf.labelled,
            sx: new Float32Array(n), sy: new Float32Array(n) };
 }
 
@@ -925,7 +928,7 @@ function setupMap(m) {
     const rank = app.nbrs.original.find((nb) => nb.id === hit);
     const [x, y] = [m.codes.codes[2 * hit], m.codes.codes[2 * hit + 1]];
     tip.replaceChildren(el("img", { src: imageUrl(hit), alt: `sample ${hit}` }),
-      el("div", { text: `#${hit} · label ${m.codes.labels[hit]}` + (rank ? ` · pixel-space rank ${rank.rank}` : "") }),
+      el("div", { text: `#${hit}` + (m.codes.labelled ? ` · label ${m.codes.labels[hit]}` : "") + (rank ? ` · pixel-space rank ${rank.rank}` : "") }),
       el("div", { class: "code", text: `code (${x.toPrecision(4)}, ${y.toPrecision(4)})` }));
     tip.style.left = `${ev.clientX - r.left + 14}px`; tip.style.top = `${ev.clientY - r.top + 14}px`;
     tip.hidden = false;
@@ -941,12 +944,13 @@ async function loadAgreement() {
   const c = await api(`/experiments/${experiment}/compare?models=${model},${compare}&k=${k}&distance=${distance}`);
   if (experiment !== state.experiment || compare !== state.compare || model !== state.model || k !== state.k) return;
   const labels = Object.entries(c.by_label).sort((a, b) => a[1] - b[1]);
+  const byLabel = !labels.length ? "" : `; least on label ${labels[0][0]} (${pct(labels[0][1])}), most on ` +
+    `label ${labels[labels.length - 1][0]} (${pct(labels[labels.length - 1][1])})`;
   box.replaceChildren(`${model} and ${compare} share ${pct(c.agreement)} of each sample's ${k} nearest ` +
-    `(${distance.toUpperCase()}); least on label ${labels[0][0]} (${pct(labels[0][1])}), most on label ` +
-    `${labels[labels.length - 1][0]} (${pct(labels[labels.length - 1][1])}). They differ most on `,
+    `(${distance.toUpperCase()})${byLabel}. They differ most on `,
     ...c.differ_most.slice(0, 8).flatMap((d, i) => {
       const a = el("a", { href: "#", "data-id": d.id, text: `#${d.id}`,
-                          title: `label ${d.label}: shared ${pct(d.agreement)}; pixel neighbourhood kept: ` +
+                          title: (d.label === null ? "" : `label ${d.label}: `) + `shared ${pct(d.agreement)}; pixel neighbourhood kept: ` +
                                  Object.entries(d.kept).map(([m, v]) => `${m} ${pct(v)}`).join(", ") });
       a.addEventListener("click", (e) => { e.preventDefault(); selectSample(d.id); });
       return i ? [", ", a] : [a];

@@ -21,6 +21,10 @@ DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)  # k of the metric tables
 BY_LABEL_K = 20  # k of score@k by label
 DEFAULT_K = 200  # K: neighbours kept per sample
 
+# the name a user gives an uploaded data set or embedding (a regular expression, and the rule in words)
+USER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"
+USER_NAME_RULE = "1 to 32 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
 
 # relu_keep trains in two phases: its encoder for this share of the study's epochs (at least one), then the
 # map of its training codes refined for the study's epochs (common/compute/keeping.py)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 
-from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES, SEED_MODELS
+from common.compute.names import DATASETS, DEFAULT_K, DEFAULT_KS, DISTANCES, MODEL_NAMES, SEED_MODELS, USER_NAME
 from common.compute.references import MIN_SAMPLES
 
 ModelName = StrEnum("ModelName", {n: n for n in MODEL_NAMES})
@@ -51,8 +51,7 @@ Int = Annotated[int, BeforeValidator(_a_number)]
 Float = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-UPLOAD_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"  # an uploaded data set's name
-UploadName = Annotated[str, Strict(), Field(pattern=f"^{UPLOAD_NAME}$")]
+UploadName = Annotated[str, Strict(), Field(pattern=f"^{USER_NAME}$")]
 UploadId = Annotated[int, Strict(), Field(ge=1, lt=2**31)]
 
 
@@ -64,7 +63,7 @@ def _a_data_set(v: object) -> object:
         v = int(v)
     if isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31:
         return v
-    if isinstance(v, str) and re.fullmatch(UPLOAD_NAME, v):
+    if isinstance(v, str) and re.fullmatch(USER_NAME, v):
         return v
     raise ValueError(f"{v!r} is not a data set: expected {' or '.join(DATASETS)}, or an uploaded data set's id "
                      "(a whole number from 1) or name (1 to 32 letters, digits, '_', '.' or '-', starting with a "

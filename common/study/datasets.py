@@ -13,18 +13,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute.data import Dataset
-from common.compute.names import DATASETS
+from common.compute.names import DATASETS, USER_NAME, USER_NAME_RULE
 from common.compute.sources import read_upload
 from common.errors import Conflict, DataError, Invalid, NotFound
 from common.store import db as db
-from common.study.config import UPLOAD_NAME, StudyConfig
-
-NAME_RULE = "1 to 32 letters, digits, '_', '.' or '-', starting with a letter or digit"
+from common.study.config import StudyConfig
 
 
 def check_name(name: str) -> None:
-    if not re.fullmatch(UPLOAD_NAME, name or ""):
-        raise Invalid(f"name: {name!r} is not a data set name ({NAME_RULE})")
+    if not re.fullmatch(USER_NAME, name or ""):
+        raise Invalid(f"name: {name!r} is not a data set name ({USER_NAME_RULE})")
     if name in DATASETS:
         raise Invalid(f"name: {name!r} is a named data set of aeknn's; choose another name")
 

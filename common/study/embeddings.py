@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.compute.names import MODEL_NAMES, REFERENCE_MAPS, model_kind
+from common.compute.names import MODEL_NAMES, REFERENCE_MAPS, USER_NAME, USER_NAME_RULE, model_kind
 from common.errors import Conflict, Invalid, NotFound, NotReady
 from common.settings import Settings
 from common.store import db as db
@@ -26,8 +26,6 @@ from common.study import jobs
 
 UPLOADED = "uploaded"
 QUEUED, SCORING, READY, FAILED = "queued", "scoring", "ready", "failed"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-NAME_RULE = "1 to 32 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 
 def read_codes(data: bytes | BinaryIO, source: str = "the body") -> np.ndarray:
@@ -74,8 +72,8 @@ def check_codes(codes: np.ndarray, n: int, source: str = "the codes") -> np.ndar
 
 
 def check_name(name: str, taken: list[str]) -> None:
-    if not NAME.fullmatch(name or ""):
-        raise Invalid(f"name: {name!r} is not a space name ({NAME_RULE})")
+    if not re.fullmatch(USER_NAME, name or ""):
+        raise Invalid(f"name: {name!r} is not a space name ({USER_NAME_RULE})")
     if name == db.ORIGINAL or name in MODEL_NAMES:
         raise Invalid(f"name: {name!r} is the name of a study model or of the pixel space; choose another")
     if name in taken:

@@ -161,16 +161,17 @@ def table(session: Session, exp: Finished, space: str, distance: str) -> tuple[i
     return _tables[key]
 
 
-def _dataset(session: Session, dataset_id: int, pixels: bool) -> tuple[np.ndarray, np.ndarray | None, tuple]:
-    """A data set's labels (and pixels) and one sample's shape, the last four kept: stored data never changes
-    once written."""
+def _dataset(session: Session, dataset_id: int, pixels: bool,
+             ) -> tuple[np.ndarray, np.ndarray | None, tuple, bool]:
+    """A data set's labels (and pixels), one sample's shape and whether it came with labels, the last four
+    kept: stored data never changes once written."""
     key = (_key(session), dataset_id)
     hit = _datasets.get(key)
     if hit is None or (pixels and hit[1] is None):
         row = session.get(db.DatasetRow, dataset_id)
         labels = np.frombuffer(row.labels, np.uint8).copy()
         images = db.dataset_values(row) if pixels else None
-        hit = (labels, images, db.dataset_shape(row))
+        hit = (labels, images, db.dataset_shape(row), db.dataset_labelled(row))
         with _lock:
             _datasets[key] = hit
             while len(_datasets) > 4:
@@ -180,6 +181,12 @@ def _dataset(session: Session, dataset_id: int, pixels: bool) -> tuple[np.ndarra
 
 def labels(session: Session, dataset_id: int) -> np.ndarray:
     return _dataset(session, dataset_id, False)[0]
+
+
+def known_labels(session: Session, dataset_id: int) -> np.ndarray | None:
+    """The labels, or None where the data came without them (stored as zeros)."""
+    hit = _dataset(session, dataset_id, False)
+    return hit[0] if hit[3] else None
 
 
 def images(session: Session, dataset_id: int) -> np.ndarray:
@@ -493,8 +500,9 @@ def row_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def compare(session: Session, exp: Finished, models: list[str], distance: str, k: int, worst: int = 20) -> dict:
     """How often two spaces' k-neighbourhoods agree: the mean share of each sample's k neighbours they have
-    in common, overall and per label, and the ``worst`` samples where they differ most (lowest share, lower
-    id first), each with how much of its pixel-space neighbourhood either space keeps."""
+    in common, overall and per label (none for data without labels), and the ``worst`` samples where they
+    differ most (lowest share, lower id first), each with how much of its pixel-space neighbourhood either
+    space keeps."""
     if len(models) != 2:
         raise Invalid(f"models: name two models, like relu_mse,pca (got {','.join(models)})")
     for m in models:
@@ -509,10 +517,12 @@ def compare(session: Session, exp: Finished, models: list[str], distance: str, k
         ids[space] = db.load_table_ids(session=session, table_id=found[0], n=exp.n, k=found[1], cols=k)
     shared = row_overlap(ids[models[0]], ids[models[1]]) / k
     kept = [row_overlap(ids[db.ORIGINAL], ids[m]) / k for m in models]
-    labs = labels(session, exp.dataset_id)
+    labs = known_labels(session, exp.dataset_id)
     order = np.lexsort((np.arange(exp.n), shared))[:worst]
     return {"experiment": exp.id, "models": models, "distance": distance, "k": k,
             "agreement": float(shared.mean()),
-            "by_label": {str(int(lab)): float(shared[labs == lab].mean()) for lab in np.unique(labs)},
-            "differ_most": [{"id": int(i), "label": int(labs[i]), "agreement": float(shared[i]),
+            "by_label": {} if labs is None else {str(int(lab)): float(shared[labs == lab].mean())
+                                                 for lab in np.unique(labs)},
+            "differ_most": [{"id": int(i), "label": None if labs is None else int(labs[i]),
+                             "agreement": float(shared[i]),
                              "kept": {m: float(kept[j][i]) for j, m in enumerate(models)}} for i in order]}
