@@ -72,8 +72,13 @@ def _runtime(settings: Settings, factory):
 
 
 def _path(given: str | None) -> str | None:
-    """A data path as the config stores it: absolute, so the experiment can be resumed from anywhere."""
-    return None if given is None else str(Path(given).expanduser().absolute())
+    """A data path as the config stores it: absolute, so the experiment can be resumed from anywhere; a CIFAR
+    set asked for by name (cifar10, cifar100) stays its name where no such path is here."""
+    from common.compute.sources import CIFAR_NAMES
+
+    if given is None or (given in CIFAR_NAMES and not Path(given).exists()):
+        return given
+    return str(Path(given).expanduser().absolute())
 
 
 def _config(args: argparse.Namespace, cmd: str):

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "uploaded to the database (POST /datasets)")
         sp.add_argument("--data", metavar="PATH",
                         help="your data instead of --dataset: a .npy, .npz (arrays X, y) or IDX file, a folder of "
-                             "PNG/JPEG images with one subfolder per class, or a CIFAR-10/100 python folder")
+                             "PNG/JPEG images with one subfolder per class, or a CIFAR-10/100 python folder; "
+                             "or cifar10 / cifar100: looked for in the data directory, else downloaded")
         sp.add_argument("--labels", metavar="FILE", help="the labels of .npy or IDX data (a second such file)")
         sp.add_argument("--limit", type=int, help="use the first N training samples (default: all)")
         sp.add_argument("--models", type=_csv,

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from common.compute.sources import MAX_DIM, read_source
+from common.compute.sources import MAX_DIM, locate, read_source
 from common.store import db
 from common.study.config import StudyConfig
 from tests.test_neighbors import _sequential_brute, brute_force
@@ -94,6 +94,41 @@ def test_every_format_reads_the_bytes_and_labels_as_written(tmp_path):
         np.savez(tmp_path / "g.npz", X=data, y=y)
         got = read_source(tmp_path / "g.npz").images
         assert got.dtype == dtype and (got == data).all()
+
+
+def test_cifar_asked_by_name_is_found_in_the_data_directory_or_downloaded_only_where_there_is_a_network(
+        tmp_path, monkeypatch):
+    """``--data cifar10``: the python folder under the data directory (or data_dir/cifar100/ for CIFAR-100) is
+    read as its path would be; nowhere there, torchvision downloads it, and where that fails (here: every
+    request sent to a closed port) the error names the folder, where it was looked for and why."""
+    from common.errors import DataError
+    from common.study.stages import read_data
+
+    rng = np.random.default_rng(2)
+    rgb, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 4
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    write_cifar(data / "cifar-10-batches-py", rgb, y)
+    write_cifar(data / "cifar100" / "cifar-100-python", rgb, y + 50, fine=True)
+    assert locate("cifar10", data, cache) == data / "cifar-10-batches-py"
+    assert locate("cifar100", data, cache) == data / "cifar100" / "cifar-100-python"
+    got = read_data(StudyConfig(data="cifar10", k=10, ks=[5], models=["pca"]), data, cache)
+    want = read_source(data / "cifar-10-batches-py")
+    assert got.name == want.name and got.shape == (32, 32, 3)
+    np.testing.assert_array_equal(got.images, rgb.reshape(40, -1))
+    np.testing.assert_array_equal(got.labels, y)
+    assert locate("elsewhere/x.npy", data, cache) == Path("elsewhere/x.npy")  # any other name is a path
+    monkeypatch.chdir(tmp_path)
+    write_cifar(tmp_path / "cifar10", rgb, y)  # a folder that is called cifar10 is that folder
+    assert locate("cifar10", tmp_path / "empty", cache) == Path("cifar10")
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: the download fails at once
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(DataError) as err:
+        locate("cifar100", tmp_path / "empty", cache)
+    assert f"cifar100: its python folder cifar-100-python is not in {tmp_path / 'empty' / 'cifar-100-python'}" in str(
+        err.value) and "could not be downloaded" in str(err.value)
+    assert not (cache / "cifar-100-python").exists()
 
 
 def test_image_folders_and_cifar_folders_read_in_order(tmp_path):

@@ -8,7 +8,8 @@ What is read, each into a :class:`~common.compute.data.Dataset` of (N, D) bytes 
 - a folder of PNG/JPEG images with one subfolder per class (labels: the classes in name order), all of
   one size;
 - a CIFAR-10 or CIFAR-100 folder in the published python format (``data_batch_1..5``/``test_batch``, or
-  ``train``/``test``), or the folder holding it.
+  ``train``/``test``), or the folder holding it; or asked for by name (``cifar10``, ``cifar100``): found in
+  the data directory or downloaded there by torchvision (:func:`locate`).
 
 Whole numbers in 0..255 (of any integer or float type) are taken as bytes, whose distances the exact integer
 engines compute; any other finite numbers (feature vectors, profiles) as float64 (float32 data as float32),
@@ -37,6 +38,8 @@ from common.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_CLASSES = 256  # labels are stored as bytes
+# CIFAR asked for by name (--data cifar10): torchvision's class and the folder its archive unpacks to
+CIFAR_NAMES = {"cifar10": ("CIFAR10", "cifar-10-batches-py"), "cifar100": ("CIFAR100", "cifar-100-python")}
 CIFAR_TRAIN = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -63,6 +66,29 @@ def read_upload(f: BinaryIO, name: str, what: str = "the body") -> Dataset:
         return Dataset(name=name, images=images, labels=np.zeros(len(images), np.uint8), shape=shape,
                        labelled=False)
     return Dataset(name=name, images=images, labels=_as_labels(y, label, len(images)), shape=shape)
+
+
+def locate(data: str, data_dir: Path, cache_dir: Path) -> Path:
+    """The path ``data`` names: itself, or for ``cifar10``/``cifar100`` (when no such path exists) the
+    published python folder, looked for in ``data_dir``, ``data_dir/<name>`` and ``cache_dir``, and
+    downloaded into ``cache_dir`` by torchvision (which checks the archive's MD5) when it is in none."""
+    if data not in CIFAR_NAMES or Path(data).exists():
+        return Path(data)
+    cls, folder = CIFAR_NAMES[data]
+    places = [data_dir / folder, data_dir / data / folder, cache_dir / folder]
+    for p in places:
+        if _cifar_folder(p) is not None:
+            return p
+    try:
+        from torchvision import datasets as tv  # heavy import, only for a download
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        getattr(tv, cls)(str(cache_dir), train=True, download=True)
+    except Exception as exc:  # torchvision raises bare RuntimeError / URLError when offline
+        raise DataError(f"{data}: its python folder {folder} is not in {', '.join(map(str, places[:2]))} and "
+                        f"could not be downloaded ({exc}). Unpack {folder}.tar.gz's archive into "
+                        f"{data_dir} or give --data the folder's path") from exc
+    return cache_dir / folder
 
 
 def read_source(path: Path | str, labels: Path | str | None = None, split: str = "train") -> Dataset:

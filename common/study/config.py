@@ -79,7 +79,8 @@ class StudyConfig(BaseModel):
     data: str | None = Field(default=None, min_length=1, max_length=4096,
                              description="your data instead of a named data set: the path, on the machine the "
                                          "study runs on, of a .npy, .npz or IDX file, a folder of images with "
-                                         "one subfolder per class, or a CIFAR-10/100 python folder")
+                                         "one subfolder per class, or a CIFAR-10/100 python folder; or "
+                                         "cifar10 / cifar100: found in the data directory or downloaded")
     labels: str | None = Field(default=None, min_length=1, max_length=4096,
                                description="the labels of .npy or IDX data: the path of a second such file")
     limit: Annotated[int, Field(gt=0, le=MAX_SAMPLES),

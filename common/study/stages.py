@@ -21,7 +21,7 @@ from common.compute.keeping import KeepConfig, keep_map, train_keeping
 from common.compute.models import is_autoencoder
 from common.compute.names import REFERENCE_MAPS, keep_encoder_epochs
 from common.compute.references import check_available, fit_map
-from common.compute.sources import read_source
+from common.compute.sources import locate, read_source
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.errors import DataError
 from common.store import db as db
@@ -71,7 +71,7 @@ def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path,
                 raise ValueError("an uploaded data set is read from the database: give the factory")
             ds = datasets.uploaded(factory, cfg.upload)
         else:
-            ds = read_source(cfg.data, cfg.labels)
+            ds = read_source(locate(cfg.data, data_dir, cache_dir), cfg.labels)
         if cfg.limit is not None and cfg.limit < ds.n:
             ds = Dataset(ds.name, np.ascontiguousarray(ds.images[: cfg.limit]),
                          np.ascontiguousarray(ds.labels[: cfg.limit]), ds.shape, ds.labelled)
