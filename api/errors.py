@@ -17,7 +17,7 @@ from common.study.config import error_text
 log = logging.getLogger(__name__)
 
 STATUS = {"unauthorized": 401, "not_found": 404, "conflict": 409, "too_large": 413, "invalid": 422,
-          "too_many": 429, "unavailable": 503}
+          "too_many": 429, "failed": 500, "unavailable": 503}
 
 
 class ErrorOut(BaseModel):
@@ -169,6 +169,8 @@ class HeadAsGet:
 
 
 UPLOAD_PATH = re.compile(r"/experiments/[^/]+/embeddings|/datasets")
+ENCODE_PATH = re.compile(r"/experiments/[^/]+/encode")
+ENCODE_BODY = 64 * 1024 * 1024  # new images (api/routes/encode.py): 256 of a quarter MB, base64 in JSON
 
 
 class BodyLimit:
@@ -187,6 +189,10 @@ class BodyLimit:
             # an embedding's .npy (AEKNN_MAX_UPLOAD): the route streams it to disk and stops at the cap
             if length is not None and length.isdigit() and int(length) > self.uploads:
                 return await self._reject(send, self.uploads, "AEKNN_MAX_UPLOAD")
+            return await self.app(scope, receive, send)
+        if ENCODE_PATH.fullmatch(scope.get("path", "")):  # the route reads it up to its own cap
+            if length is not None and length.isdigit() and int(length) > ENCODE_BODY:
+                return await self._reject(send, ENCODE_BODY)
             return await self.app(scope, receive, send)
         if length is not None and length.isdigit():
             if int(length) > self.limit:

@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from api import deps, errors
 from api.hotpath import NeighborsHotPath
-from api.routes import datasets, embeddings, experiments, health, metrics, page, plots, samples, session, sweeps
+from api.routes import datasets, embeddings, encode, experiments, health, metrics, page, plots, samples, session, sweeps
 from common import secrets
 from common.settings import Settings, get_settings
 
@@ -45,8 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     secrets.install(app.state.settings)  # no password or key in any answer or log line
     errors.install(app)
-    for r in (experiments.router, datasets.router, embeddings.router, sweeps.router, samples.router, metrics.router,
-              plots.router, health.router, session.router, page.router):
+    for r in (experiments.router, encode.router, datasets.router, embeddings.router, sweeps.router, samples.router,
+              metrics.router, plots.router, health.router, session.router, page.router):
         app.include_router(r)
     app.mount("/static", page.static_files(), name="static")
     app.add_middleware(errors.BodyLimit, limit=MAX_BODY, uploads=app.state.settings.max_upload)

@@ -200,6 +200,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0 if status == "cancelled" else 1
 
 
+def cmd_encoder(args: argparse.Namespace) -> int:
+    """Answer POST /experiments/{id}/encode until stopped (worker/encoder.py)."""
+    from worker.encoder import run
+
+    run(_settings(args))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Replace this process with a Celery worker (the workers import torch; this CLI does not)."""
     import os

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--format", choices=["text", "json"], default="text")
     on_one_experiment("cancel", "cancel a queued or running experiment", c.cmd_cancel, compute=False)
 
+    en = sub.add_parser("encoder", help="answer POST /experiments/{id}/encode (new images placed on the maps)")
+    common_opts(en, compute=True, broker=True)
+    en.set_defaults(func=c.cmd_encoder)
+
     wk = sub.add_parser("worker", help="start a Celery worker (celery -A worker.celery_app worker ...)")
     wk.add_argument("--queues", type=_csv, help="comma list of control,train,neighbors (default: all)")
     wk.add_argument("--concurrency", "-c", type=int, default=1, help="pool processes (default: 1)")

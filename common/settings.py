@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # The study `aeknn init` submits once (JSON of the POST /experiments body; {} = the seed study)
     init_study: dict[str, Any] = Field(default_factory=dict)
 
+    # How long POST /experiments/{id}/encode waits for the encoder process (`aeknn encoder`), in seconds.
+    encode_timeout: float = Field(default=30.0, gt=0)
+
     # torch threads in each worker pool process (0 = torch's default, all cores; `aeknn worker -c N`
     # sets cores / N).
     worker_threads: int = Field(default=0, ge=0)

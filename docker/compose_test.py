@@ -1,7 +1,7 @@
 """`make compose-test`: build the image and play what a `docker compose up` user does, for real.
 
 1. up with a small init study; follow it over HTTP from the host to `succeeded`; read a sample's
-   neighbours and the score@k table;
+   neighbours, place a drawn digit through the encoder service, and read the score@k table;
 2. down (volumes kept) and up again: the results are still there and no second study starts;
 3. scale worker-neighbors to 2, submit a second study (relu_mse and the reference maps pca, umap and
    tsne, fitted by the image's maps extra), `docker kill` one neighbours container mid-job, and see the
@@ -69,6 +69,16 @@ def post(path: str, body: dict):
         return r.status, json.loads(r.read())
 
 
+def _encode(body: dict):
+    """POST /experiments/1/encode, or None while the encoder is not up yet (503)."""
+    try:
+        return post("/experiments/1/encode?k=20", body)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return None
+        raise
+
+
 def wait_for(what: str, check, timeout: float, every: float = 2.0):
     end = time.monotonic() + timeout
     last = None
@@ -128,7 +138,7 @@ def compose(*args: str, **kw):
 def write_override() -> None:
     """The test's own settings: MNIST from this machine (read-only; no download), the API on 127.0.0.1
     only, fast loss detection, a network of its own (compose makes one per project)."""
-    services = ("init", "api", "control", "worker-train", "worker-neighbors")
+    services = ("init", "api", "control", "worker-train", "worker-neighbors", "encoder")
     env = {"AEKNN_DATA_DIR": "/mnist", "AEKNN_LOST_AFTER": "12", "AEKNN_HEARTBEAT_EVERY": "2",
            "AEKNN_SWEEP_EVERY": "3", "AEKNN_STALE_AFTER": "20", "AEKNN_MEMORY_BUDGET": "2000000"}
     lines = ["version: '3.8'", "services:"]
@@ -183,6 +193,12 @@ def main() -> None:
             wait_for("the init study to succeed", lambda: finished(1), 420, every=3)
             nb = get("/samples/3/neighbors?space=encoded&k=20")
             assert nb["experiment"] == 1 and len(nb["neighbors"]) == 20, nb
+            digit = [[255 if 4 <= r < 24 and 13 <= c < 15 else 0 for c in range(28)] for r in range(28)]  # a 1
+            status, placed = wait_for("the encoder", lambda: _encode({"arrays": [digit]}), 120)
+            item = placed["images"][0]
+            assert status == 200 and len(item["pixel"]["l2"]) == 20 and item["models"]["relu_mse"]["placed"], placed
+            print(f"   a drawn 1 placed on every map by the encoder service; relu_mse code "
+                  f"{item['models']['relu_mse']['code']}", flush=True)
             table = get("/metrics/score_at_k")
             assert len(table["rows"]) == 8 and all(v is not None for r in table["rows"] for v in r["values"].values())
             users = sh("docker", "exec", f"{PROJECT}_api_1", "sh", "-c", "id -u; touch /opt/venv/x 2>&1 || true; "
@@ -218,7 +234,7 @@ def main() -> None:
             print(f"   {', '.join(MAPS)} fitted in the image, each scored", flush=True)
     except BaseException:
         print(compose("ps", check=False, capture=True).stdout, flush=True)
-        for service in ("init", "api", "control", "worker-train", "worker-neighbors", "postgres"):
+        for service in ("init", "api", "control", "worker-train", "worker-neighbors", "encoder", "postgres"):
             logs = compose("logs", "--tail", "25", service, check=False, capture=True).stdout
             print(logs[-2500:], flush=True)
         raise

@@ -178,6 +178,30 @@ class ApiServer:
                 self.proc.wait(timeout=15)
 
 
+class Encoder:
+    """``aeknn encoder`` as a real process: it answers POST /experiments/{id}/encode over ``broker``."""
+
+    def __init__(self, db_url: str, broker: str, log_dir: Path) -> None:
+        import redis
+
+        from common.study import jobs
+
+        self.redis = redis.Redis.from_url(broker)
+        self.redis.delete(jobs.ENCODER_ALIVE, jobs.ENCODE_QUEUE)
+        self.log = log_dir / "encoder.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "encoder"], cwd=ROOT, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, "AEKNN_DATABASE_URL": db_url, "AEKNN_BROKER_URL": broker})
+        wait_for(lambda: self.redis.exists(jobs.ENCODER_ALIVE) or self.proc.poll() is not None, 60,
+                 "the encoder to start")
+        assert self.proc.poll() is None, f"the encoder died:\n{self.log.read_text()[-3000:]}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
 def study_in_process(url: str, config, data_dir: Path, cache_dir: Path) -> tuple[int, object]:
     """A study run whole in this process (as `aeknn run` does) into the database at ``url``: its id and
     the session factory (the caller disposes of ``factory.kw["bind"]`` when done)."""

@@ -5,7 +5,8 @@ OpenAPI can state is in its schema; the rules left compare a value with another 
 or with what is stored (K below N, ks within K, k within the stored K, a umap study's size, a sweep's
 number of points, an Idempotency-Key already used for another body, an uploaded embedding's .npy body
 with one row per stored sample, its name against the study's models; your data: a path or a named data set,
-not both, an upload's .npz of whole bytes and labels, a stored upload named). RELIABILITY.md (items 11 and 21)
+not both, an upload's .npz of whole bytes and labels, a stored upload named; a new image that is one, or
+a sample of the data's shape, and k below N). RELIABILITY.md (items 11 and 21)
 asks 422 for those, naming the field. This check is
 positive_data_acceptance with exactly those refusals allowed: any other refusal of valid data fails."""
 
@@ -37,7 +38,12 @@ UNSTATABLE = re.compile(
     r"|^the body: (not a \.npy or \.npz file|empty; expected|not a readable \.np[yz] file|no labels|an array of "
     r"shape|values of type|value .* at index|arrays .*; expected the data as 'X'|labels (of|from) |\d+ values per "
     r"sample)"
-    r"|is a named data set of aeknn's")
+    r"|is a named data set of aeknn's"
+    # new images (POST /experiments/{id}/encode): a body that is an image, or samples of the data's shape
+    r"|^(the image|images\[\d+\]|arrays|the \.npy): "
+    r"|^the body: (not JSON|expected \{|images and arrays are lists|no samples|\d+ samples; at most)"
+    r"|^Content-Type .*: expected image/png"
+    r"|^k: \d+; expected 1\.\.\d+ \(the experiment has \d+ samples\)")  # k against N
 
 
 @schemathesis.check

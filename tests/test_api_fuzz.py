@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from common.study.config import StudyConfig
-from tests.services import ApiServer, study_in_process
+from tests.services import ApiServer, Encoder, study_in_process
 
 HERE = Path(__file__).resolve().parent
 BROKER = "redis://127.0.0.1:6379/15"  # a test database of the machine's Redis, emptied after
@@ -32,7 +32,9 @@ def served(tmp_path_factory, data_dir):
     factory.kw["bind"].dispose()
     server = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": BROKER, "AEKNN_API_KEY": "",
                         "AEKNN_READ_KEY": ""}, where)
+    encoder = Encoder(url, BROKER, where)  # POST /experiments/{id}/encode answers for real
     yield server, where
+    encoder.stop()
     server.stop()
     redis.Redis.from_url(BROKER).flushdb()
 

@@ -63,7 +63,7 @@ def test_every_service_command_is_a_real_entry_point():
     parser = build_parser()
     services = compose_config("docker-compose.yml")["services"]
     ours = {n: s for n, s in services.items() if str(s.get("image", "")).startswith("aeknn")}
-    assert set(ours) == {"init", "api", "control", "worker-train", "worker-neighbors"}
+    assert set(ours) == {"init", "api", "control", "worker-train", "worker-neighbors", "encoder"}
     for name, s in ours.items():
         cmd = s["command"]
         assert cmd[0] == "aeknn", name  # the console script of pyproject.toml

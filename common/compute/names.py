@@ -20,6 +20,7 @@ DATASETS: dict[str, tuple[str, int, int]] = {
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 50)  # k of the metric tables
 BY_LABEL_K = 20  # k of score@k by label
 DEFAULT_K = 200  # K: neighbours kept per sample
+PIXEL_UNIT = 2.0 / 255.0  # byte pixel-space distances are reported on the [-1, 1] inputs the models see
 
 # the name a user gives an uploaded data set or embedding (a regular expression, and the rule in words)
 USER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}"

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from common.compute import kernels
-from common.compute.names import DISTANCES
+from common.compute.names import DISTANCES, PIXEL_UNIT
 from common.compute.sizes import DEFAULT_MEMORY_BUDGET
 
 try:  # the compiled SAD kernel; without it the portable path gives the same integers
@@ -50,7 +50,6 @@ try:  # the compiled exact top-K over integer scores; without it the float paths
 except ImportError:  # pragma: no cover
     _select = None
 
-PIXEL_UNIT = 2.0 / 255.0  # pixel-space distances are reported on the [-1, 1] inputs the models see
 PAD = 32  # extra candidates per row; ties wider than this fall back to an exact full row
 BLOCK = 256  # query rows per block of a chunk on the fused paths: its (rows, N) scores stay near the caches
 PANEL = 1024  # query rows per block of a whole-table sweep: a wider GEMM runs nearer the CPU's peak

@@ -23,6 +23,11 @@ SWEEP = "aeknn.sweep"
 BACKFILL = "aeknn.backfill_metrics"  # store every k of an experiment stored before every k was
 EMBED = "aeknn.score_embedding"  # an uploaded embedding's tables and metrics (common/study/embeddings.py)
 
+# new samples placed on a finished experiment's maps (POST /experiments/{id}/encode): the API pushes a request
+# on this Redis list and waits for the answer on the reply key it names; `aeknn encoder` answers, and while
+# it runs keeps ENCODER_ALIVE set (expiring after ENCODER_ALIVE_TTL seconds), so the API knows to send 503
+ENCODE_QUEUE, ENCODER_ALIVE, ENCODER_ALIVE_TTL = "aeknn:encode", "aeknn:encoder:alive", 5
+
 # queues: training and neighbour work apart, so that each can get its own workers
 CONTROL, TRAIN_QUEUE, NEIGHBORS = "control", "train", "neighbors"
 QUEUES = (CONTROL, TRAIN_QUEUE, NEIGHBORS)

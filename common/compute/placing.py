@@ -1,0 +1,215 @@
+"""New images: brought to the data's format, and their exact nearest samples in pixel space and code space.
+
+- :func:`prepare`: an image (decoded by Pillow) made into one of the data set's samples as its own were
+  made. For 28 x 28 grey data (MNIST's format): grey, light ink on a dark ground (a light ground is
+  inverted), the ink's bounding box scaled to fit 20 x 20 and placed in 28 x 28 so that its centre of
+  mass falls on the centre (LeCun et al.). Other images: resized to the data's size and mode. Raw arrays
+  of the data's shape are taken as they are.
+- :class:`Pixels`: the data set's rows, searched exactly for query rows: integer squared L2 and L1 for bytes
+  (common/compute/_l1.c, AVX2 or AVX-512), float64 sums for float data; ties to the lower id, as in the tables.
+- :func:`code_neighbors`: the same in a 2-D code space, with the tables' float64 formula.
+
+Imports numpy and Pillow; torch and the C kernels only when :class:`Pixels` is built (the encoder
+process, never the web process).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from common.compute.names import DEFAULT_K, PIXEL_UNIT
+from common.errors import DataError
+
+MAX_PIXELS = 4096  # an image's width or height at most
+MAX_IMAGE_BYTES = 4 * 1024 * 1024  # an encoded image's size at most
+MAX_IMAGES = 256  # per request
+BOX, SIDE = 20, 28  # MNIST: the digit's box fits 20 x 20, centred by mass in 28 x 28
+
+
+class TooLarge(DataError):
+    """An image past MAX_IMAGE_BYTES (the API answers 413)."""
+
+
+def decode(data: bytes, what: str) -> Image.Image:  # noqa: F821 (Pillow, imported here)
+    """A PNG or JPEG image, or a DataError naming ``what`` and why."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > MAX_IMAGE_BYTES:
+        raise TooLarge(f"{what}: {len(data)} bytes; an image is at most {MAX_IMAGE_BYTES} bytes (4 MB)")
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.format not in ("PNG", "JPEG"):
+            raise DataError(f"{what}: a {im.format} image; expected PNG or JPEG")
+        if max(im.size) > MAX_PIXELS:
+            raise DataError(f"{what}: {im.size[0]} x {im.size[1]} pixels; at most {MAX_PIXELS} a side")
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{what}: not a readable PNG or JPEG image ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{what}: too many pixels ({exc})") from exc
+    return im
+
+
+def _grey(im) -> np.ndarray:
+    """Grey values 0..255 (float64). A transparent ground is dark under light strokes (a drawing pad's) and
+    light under dark ones."""
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"))
+        strokes = np.asarray(rgba.convert("L"))[alpha > 127]
+        light = strokes.size > 0 and strokes.mean() > 127
+        ground = Image.new("RGBA", rgba.size, (0, 0, 0, 255) if light else (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(ground, rgba).convert("L"), np.float64)
+    return np.asarray(im.convert("L"), np.float64)
+
+
+def mnist_format(grey: np.ndarray, what: str) -> np.ndarray:
+    """A grey image (any size, 0..255) as MNIST made its digits: (28, 28) uint8. One already 28 x 28 is
+    taken as it is (inverted only if its ground is light): MNIST's own images come back unchanged."""
+    from PIL import Image
+
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if border.mean() > 127:
+        grey = 255 - grey  # dark ink on a light ground: MNIST's digits are light on black
+    ink = grey > 0.1 * 255
+    if not ink.any() or grey.max() - grey.min() < 16:
+        raise DataError(f"{what}: a blank image (no stroke to place)")
+    if grey.shape == (SIDE, SIDE):
+        return grey.round().clip(0, 255).astype(np.uint8)
+    rows, cols = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    box = grey[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    h, w = box.shape
+    scale = BOX / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = np.asarray(Image.fromarray(box.clip(0, 255).astype(np.uint8)).resize(size, Image.LANCZOS),
+                       np.float64)
+    mass = small.sum()
+    cy = (small.sum(1) * np.arange(small.shape[0])).sum() / mass
+    cx = (small.sum(0) * np.arange(small.shape[1])).sum() / mass
+    top = int(np.clip(round(SIDE / 2 - 0.5 - cy), 0, SIDE - small.shape[0]))
+    left = int(np.clip(round(SIDE / 2 - 0.5 - cx), 0, SIDE - small.shape[1]))
+    out = np.zeros((SIDE, SIDE), np.float64)
+    out[top: top + small.shape[0], left: left + small.shape[1]] = small
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def prepare(im, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """A decoded image as one sample of data of one sample's ``shape``: (D,) uint8."""
+    from PIL import Image
+
+    if len(shape) == 1:
+        raise DataError(f"{what}: this experiment's samples are vectors of {shape[0]} values, not images; send "
+                        "them as arrays (JSON or .npy)")
+    if shape == (SIDE, SIDE):
+        return mnist_format(_grey(im), what).reshape(-1)
+    h, w = shape[:2]
+    if len(shape) == 2:
+        grey = _grey(im)
+        if grey.max() - grey.min() < 1:
+            raise DataError(f"{what}: a blank image (every pixel {int(grey.max())})")
+        out = Image.fromarray(grey.round().astype(np.uint8)).resize((w, h), Image.LANCZOS)
+    else:
+        rgb = im.convert("RGB")
+        if np.ptp(np.asarray(rgb)) < 1:
+            raise DataError(f"{what}: a blank image")
+        out = rgb.resize((w, h), Image.LANCZOS)
+    return np.asarray(out, np.uint8).reshape(-1)
+
+
+def as_rows(values: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    """Raw samples (M, *shape) or one (*shape) as (M, D) rows of the data's type, or a DataError."""
+    a = np.asarray(values)
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise DataError(f"{what}: not numbers (a {a.dtype} array)")
+    if tuple(a.shape) == tuple(shape):
+        a = a[None]
+    if a.ndim < 1 or tuple(a.shape[1:]) != tuple(shape):
+        raise DataError(f"{what}: shape {tuple(a.shape)}; expected {tuple(shape)} or (M, {', '.join(map(str, shape))})")
+    if len(a) == 0:
+        raise DataError(f"{what}: no samples")
+    if len(a) > MAX_IMAGES:
+        raise DataError(f"{what}: {len(a)} samples; at most {MAX_IMAGES} a request")
+    if not np.isfinite(a.astype(np.float64)).all():
+        raise DataError(f"{what}: NaN or infinite values")
+    rows = a.reshape(len(a), -1)
+    if np.dtype(dtype) == np.uint8:
+        if (rows < 0).any() or (rows > 255).any() or (rows != np.round(rows)).any():
+            raise DataError(f"{what}: this experiment's samples are bytes; expected whole numbers in 0..255")
+        return rows.astype(np.uint8)
+    return rows.astype(dtype)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """The ids of the k smallest scores, ties to the lower id."""
+    kth = np.partition(scores, k - 1)[k - 1]
+    cand = np.flatnonzero(scores <= kth)
+    return cand[np.lexsort((cand, scores[cand]))][:k]
+
+
+class Pixels:
+    """Exact pixel-space neighbours of new rows among a data set's ``x`` (N, D)."""
+
+    def __init__(self, x: np.ndarray, kernel: str | None = None) -> None:
+        """``kernel``: AEKNN_KERNEL, whose L1 path (sad-avx512, sad-avx2, sad-portable) is used when it names
+        one; otherwise the fastest here."""
+        self.x, self.n = x, x.shape[0]
+        # bytes whose squared L2 fits int32 go through the C kernels; float data and wider rows (past 33,025
+        # bytes) through code_neighbors' float64 formula, row by row (exact for integers below 2^53)
+        self.bytes = x.dtype == np.uint8 and x.shape[1] * 255 * 255 < 2**31
+        if self.bytes:
+            from common.compute import neighbors as nb
+
+            self.width = -(-x.shape[1] // 64) * 64  # the C kernels' rows: whole 64-byte vectors, zero padded
+            self.padded = np.zeros((self.n, self.width), np.uint8)
+            self.padded[:, : x.shape[1]] = x
+            path = nb.choose_pixel_path(x[: min(self.n, 4096)], "l1", kernel=kernel)
+            self.isa = path[len("sad-"):] if path.startswith("sad-") else nb.pixel_paths("l1", x.shape[1])[0][4:]
+
+    def scores(self, q: np.ndarray, distance: str) -> np.ndarray:
+        """(M, N) exact int64 squared L2 or L1 of byte rows ``q`` against every sample: one pass of
+        common/compute/_l1.c's kernels over the samples per row (AVX2 or AVX-512; plain C elsewhere)."""
+        from common.compute import _l1
+
+        lhs = np.zeros((len(q), self.width), np.uint8)
+        lhs[:, : q.shape[1]] = q
+        out = np.empty((len(q), self.n), np.int32)
+        kernel = _l1.ssd_block if distance == "l2" else _l1.l1_block
+        kernel(lhs, self.padded, out, self.width, self.isa)
+        return out.astype(np.int64)
+
+    def neighbors(self, q: np.ndarray, distance: str, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row of ``q``: the ids of its k nearest samples and their distances (float32, as the tables
+        serve them: bytes in units of the models' [-1, 1] inputs, L2 as the square root; float data by
+        the float64 formula of :func:`code_neighbors`)."""
+        if not self.bytes:
+            return [code_neighbors(self.x, row, distance, k) for row in q]
+        out = []
+        for s in self.scores(q, distance):
+            ids = _top(s, k)
+            d = s[ids].astype(np.float64)
+            out.append((ids, ((np.sqrt(d) if distance == "l2" else d) * PIXEL_UNIT).astype(np.float32)))
+        return out
+
+
+def code_neighbors(codes: np.ndarray, code: np.ndarray, distance: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of ``codes`` (N, m) to ``code`` (m,), by the tables' float64 formula (one coordinate at a
+    time), ties to the lower id; their distances as float32."""
+    x, c = np.asarray(codes, np.float64), np.asarray(code, np.float64)
+    acc = np.zeros(len(x))
+    for j in range(x.shape[1]):
+        diff = c[j] - x[:, j]
+        acc += np.abs(diff) if distance == "l1" else diff * diff
+    ids = _top(acc, k)
+    d = acc[ids] if distance == "l1" else np.sqrt(acc[ids])
+    return ids, d.astype(np.float32)
+
+
+def check_k(k: int, n: int) -> None:
+    """DataError unless 1 <= k < N (and at most 5 K)."""
+    top = min(n - 1, DEFAULT_K * 5)
+    if not 1 <= k <= top:
+        raise DataError(f"k: {k}; expected 1..{top} (the experiment has {n} samples)")
