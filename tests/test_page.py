@@ -13,7 +13,7 @@ import pytest
 from common.compute.names import REFERENCE_MAPS
 from common.store import db as db
 from common.study.config import StudyConfig
-from tests.services import ApiServer, study_in_process
+from tests.services import ApiServer, Encoder, study_in_process
 
 CHROMIUM = "/usr/bin/chromium"
 CFG = StudyConfig(limit=800, epochs=2, k=50, ks=[5, 10, 20],
@@ -28,8 +28,11 @@ def server(tmp_path_factory, data_dir):
     url = f"sqlite:///{folder / 'page.db'}"
     eid, factory = study_in_process(url, CFG, data_dir, folder / "cache")
     factory.kw["bind"].dispose()
-    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
+    broker = "redis://127.0.0.1:6379/12"  # its own: the encoder answers this study's new images only
+    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": broker}, folder)
+    encoder = Encoder(url, broker, folder)
     yield {"url": api.url, "id": eid, "db": url}
+    encoder.stop()
     api.stop()
 
 
@@ -474,16 +477,64 @@ def test_behind_a_read_key_the_page_asks_once_and_its_cookie_opens_reads_only(br
 
 # ------------------------------------------------------------------ the habits users bring (issue 40, parts 3 and 4)
 
-def colour_count(page, canvas: str, colour: str) -> int:
-    """Pixels of one exact colour on a canvas (a label's points)."""
+def colour_js(canvas: str, colour: str) -> str:
+    """A JavaScript expression: the pixels of one exact colour on a canvas (a label's points)."""
     r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
-    return page.evaluate(f"""(() => {{ const c = document.getElementById('{canvas}');
+    return f"""(() => {{ const c = document.getElementById('{canvas}');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
         for (let i = 0; i < d.length; i += 4) if (d[i] === {r} && d[i + 1] === {g} && d[i + 2] === {b}) n++;
-        return n; }})()""")
+        return n; }})()"""
+
+
+def colour_count(page, canvas: str, colour: str) -> int:
+    return page.evaluate(colour_js(canvas, colour))
 
 
 LABEL_0, LABEL_3, LABEL_7 = "#1f77b4", "#d62728", "#7f7f7f"  # app.js's COLOURS
+
+
+DRAWN = "#d4006a"  # app.js's DRAWN_MARK
+
+
+def test_a_drawn_digit_lands_on_the_map_beside_its_neighbours_in_both_spaces(page, server):
+    """A stroke drawn on the pad in headless Chromium: the marker on the map where the encoder placed it, and
+    both neighbour columns, the same lists the API gives for the prepared image; clear takes it away."""
+    import numpy as np
+
+    open_page(page, f"{server['url']}/?experiment={server['id']}&k=8")  # other tests add experiments
+    assert colour_count(page, "map", DRAWN) == 0
+    page.locator("#pad").scroll_into_view_if_needed()
+    box = page.locator("#pad").bounding_box()
+    x = box["x"] + box["width"] / 2
+    page.mouse.move(x, box["y"] + 0.15 * box["height"])
+    page.mouse.down()
+    for t in range(1, 21):  # a long vertical stroke: a 1
+        page.mouse.move(x + t * 0.2, box["y"] + (0.15 + 0.035 * t) * box["height"])
+    page.mouse.up()
+    page.wait_for_function("document.getElementById('msg-pad').className.includes('error') || "
+                           "(window.aeknn.pad.pending === 0 && !window.aeknn.pad.dirty && "
+                           "document.getElementById('pad').dataset.placed === String(window.aeknn.pad.seq))",
+                           timeout=20_000)
+    assert page.inner_text("#msg-pad") == ""
+    assert page.get_attribute("#nbrs-encoded", "data-sample") == "drawn"
+    orig = [int(t.get_attribute("data-id")) for t in page.query_selector_all("#nbrs-original .thumb")]
+    enc = [int(t.get_attribute("data-id")) for t in page.query_selector_all("#nbrs-encoded .thumb")]
+    prepared = page.evaluate("window.aeknn.drawn.prepared")
+    r = httpx.post(f"{server['url']}/experiments/{server['id']}/encode?k=8&models=relu_mse",
+                   json={"arrays": [np.reshape(prepared, (28, 28)).tolist()]})
+    item = r.json()["images"][0]
+    assert orig == [n["id"] for n in item["pixel"]["l2"]]
+    assert enc == [n["id"] for n in item["models"]["relu_mse"]["neighbors"]["l2"]]
+    assert page.evaluate("JSON.parse(document.getElementById('pad').dataset.code)") == \
+        item["models"]["relu_mse"]["code"]
+    labels = [int(t.get_attribute("data-label")) for t in page.query_selector_all("#nbrs-original .thumb")]
+    assert labels.count(1) >= 6, labels  # a vertical stroke looks like the 1s
+    assert "your image" in page.inner_text("#selected")
+    page.wait_for_function(f"{colour_js('map', DRAWN)} > 40")  # the diamond where it landed (next frame)
+    at = page.evaluate("window.aeknn.drawnAt()")
+    assert at is not None and all(0 < v < 600 for v in at)
+    page.click("#pad-clear")
+    page.wait_for_function(f"window.aeknn.drawn === null && {colour_js('map', DRAWN)} === 0")
 
 
 def test_the_legend_hides_a_label_or_shows_one_alone_and_the_link_keeps_it(page, server):

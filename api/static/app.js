@@ -42,6 +42,7 @@ function fallbackModel(cfg) {
 // where a sample's pixel-space neighbours landed in the code space: a deep magenta that no label's colour is
 // near (label 1's orange hid the old #e65c00), drawn over a white halo so it reads on every label
 const PIXEL_MARK = "#b4007e";
+const DRAWN_MARK = "#d4006a";  // your own image on the map
 const $ = (id) => document.getElementById(id);
 
 // compare: the model of the second map (null: none); hide: labels hidden in the legend; overlay: runs whose
@@ -428,7 +429,7 @@ async function refresh() {
 
 async function selectExperiment(id) {
   state.experiment = id;
-  app.exp = null; app.main.codes = null; app.side.codes = null;
+  app.exp = null; app.main.codes = null; app.side.codes = null; app.drawn = null;
   say("");
   await refresh();
 }
@@ -846,6 +847,14 @@ function draw(m) {
     g.lineWidth = 2.5; g.strokeStyle = "#000"; g.beginPath();
     g.arc(sx[state.sample] + 1, sy[state.sample] + 1, 8, 0, 2 * Math.PI); g.stroke();
   }
+  const code = app.drawn && (m === app.main ? app.drawn.code : app.drawn.sideCode);
+  if (code) { // your image: a diamond where it landed
+    const [x, y] = toScreen(m, code[0], code[1]);
+    g.save(); g.translate(x, y); g.rotate(Math.PI / 4);
+    g.lineWidth = 3; g.strokeStyle = "#fff"; g.strokeRect(-6, -6, 12, 12);
+    g.fillStyle = DRAWN_MARK; g.fillRect(-6, -6, 12, 12);
+    g.restore();
+  }
   if (app.hover !== null && app.hover < n) { // the sample under the pointer, on both maps
     g.lineWidth = 1.5; g.strokeStyle = "#555"; g.beginPath();
     g.arc(sx[app.hover] + 1, sy[app.hover] + 1, 5, 0, 2 * Math.PI); g.stroke();
@@ -985,7 +994,8 @@ function digit(sprite, id) { // its size is the CSS's --s (a thumbnail, the sele
 }
 
 function thumb(sprite, nb, own, shared) {
-  const cls = ["thumb", shared ? "shared" : "", nb.label === own ? "" : "other-label"].join(" ").trim();
+  const other = own !== null && own !== undefined && nb.label !== own;  // your image has no label
+  const cls = ["thumb", shared ? "shared" : "", other ? "other-label" : ""].join(" ").trim();
   const t = el("div", { class: cls, "data-id": nb.id, "data-label": nb.label, tabindex: "0", role: "button",
                         "aria-label": `sample ${nb.id}, label ${nb.label}, rank ${nb.rank}, distance ${nb.distance}` +
                           (shared ? ", in both lists" : ""),
@@ -1001,6 +1011,7 @@ function thumb(sprite, nb, own, shared) {
 }
 
 async function showNeighbours() {
+  if (state.sample === null && app.drawn && pad.blob) return placeImage(pad.blob);  // your image, again
   if (state.sample === null || !app.exp) return;
   const seq = ++app.seq, { sample, model, distance, k, experiment, compare } = state;
   const q = `distance=${distance}&k=${k}&experiment=${experiment}`;
@@ -1021,41 +1032,152 @@ async function showNeighbours() {
   }
   if (seq !== app.seq) return; // a later selection won
   note("sample");
-  const own = orig.sample.label;
-  const inOrig = new Set(orig.neighbors.map((n) => n.id)), inEnc = new Set(enc.neighbors.map((n) => n.id));
+  app.drawn = null;  // a stored sample is the selection now
+  renderLists({ sample, own: orig.sample.label, orig: orig.neighbors, enc: enc.neighbors,
+                cmp: cmp ? cmp.neighbors : null, model, compare, distance, k });
+}
+
+// The selection (a stored sample, or your drawing: sample null, picture its data URL) and its lists side
+// by side, with how much they share; the maps mark where they landed.
+function renderLists({ sample, own, orig, enc, cmp, model, compare, distance, k, picture = null }) {
+  const inOrig = new Set(orig.map((n) => n.id)), inEnc = new Set(enc.map((n) => n.id));
   const overlap = (list) => list.filter((n) => inOrig.has(n.id)).length;
   const same = (list) => list.filter((n) => n.label === own).length / list.length;
-  app.nbrs = { original: orig.neighbors, encoded: enc.neighbors, compare: cmp ? cmp.neighbors : [] };
-  app.main.encoded = enc.neighbors; app.side.encoded = app.nbrs.compare;
-  const sprite = spriteOf([sample, ...orig.neighbors.map((n) => n.id), ...enc.neighbors.map((n) => n.id),
+  app.nbrs = { original: orig, encoded: enc, compare: cmp || [] };
+  app.main.encoded = enc; app.side.encoded = app.nbrs.compare;
+  const sprite = spriteOf([...(sample === null ? [] : [sample]), ...orig.map((n) => n.id), ...enc.map((n) => n.id),
                            ...app.nbrs.compare.map((n) => n.id)]);
-  const both = overlap(enc.neighbors);
-  $("selected").replaceChildren(digit(sprite, sample),
-    el("div", {}, el("strong", { text: `sample #${sample}` }), el("br"), `label ${own}`));
-  $("selected").dataset.sample = sample;
+  const both = overlap(enc);
+  const what = sample === null ? "your image" : `sample #${sample}`;
+  $("selected").replaceChildren(
+    sample === null ? el("img", { class: "drawn", src: picture, alt: "your image as the data's samples are made" })
+      : digit(sprite, sample),
+    el("div", {}, el("strong", { text: what }), el("br"),
+       sample === null ? "placed by the encoder" : `label ${own}`));
+  $("selected").dataset.sample = sample === null ? "drawn" : sample;
   $("stats").replaceChildren(
     el("span", { id: "overlap", "data-value": both / k,
                  text: `${both} of its ${k} pixel-space neighbours are among its ${k} code-space neighbours ` +
                        `(overlap ${(both / k).toFixed(3)})` }),
-    " · same-label rate: pixel space ",
-    el("span", { id: "rate-original", text: same(orig.neighbors).toFixed(3) }),
-    `, ${model} `, el("span", { id: "rate-encoded", text: same(enc.neighbors).toFixed(3) }),
-    ...(cmp ? [`, ${compare} `, el("span", { id: "rate-compare", text: same(cmp.neighbors).toFixed(3) }),
-      ` (overlap ${(overlap(cmp.neighbors) / k).toFixed(3)})`] : []));
+    ...(own === null || own === undefined ? [] : [" · same-label rate: pixel space ",
+      el("span", { id: "rate-original", text: same(orig).toFixed(3) }),
+      `, ${model} `, el("span", { id: "rate-encoded", text: same(enc).toFixed(3) }),
+      ...(cmp ? [`, ${compare} `, el("span", { id: "rate-compare", text: same(cmp).toFixed(3) })] : [])]),
+    ...(cmp ? [` · ${compare} overlap ${(overlap(cmp) / k).toFixed(3)}`] : []));
   $("title-original").textContent = `pixel space (${distance})`;
   $("title-encoded").textContent = `${model} code space (${distance})`;
-  $("nbrs-original").replaceChildren(...orig.neighbors.map((n) => thumb(sprite, n, own, inEnc.has(n.id))));
-  $("nbrs-encoded").replaceChildren(...enc.neighbors.map((n) => thumb(sprite, n, own, inOrig.has(n.id))));
+  $("nbrs-original").replaceChildren(...orig.map((n) => thumb(sprite, n, own, inEnc.has(n.id))));
+  $("nbrs-encoded").replaceChildren(...enc.map((n) => thumb(sprite, n, own, inOrig.has(n.id))));
   $("col-compare").hidden = !cmp;
+  const tag = sample === null ? "drawn" : sample;
   if (cmp) {
     $("title-compare").textContent = `${compare} code space (${distance})`;
-    $("nbrs-compare").replaceChildren(...cmp.neighbors.map((n) => thumb(sprite, n, own, inOrig.has(n.id))));
-    $("nbrs-compare").dataset.sample = sample;
+    $("nbrs-compare").replaceChildren(...cmp.map((n) => thumb(sprite, n, own, inOrig.has(n.id))));
+    $("nbrs-compare").dataset.sample = tag;
   }
-  $("nbrs-encoded").dataset.sample = sample;
-  $("export-nbrs").hidden = false;
+  $("nbrs-encoded").dataset.sample = tag;
+  $("export-nbrs").hidden = sample === null;
   redraw();
 }
+
+// ------------------------------------------------------------------ your own image
+
+// Draw a digit (or drop an image): it is posted to POST /experiments/{id}/encode while you draw (at most
+// every PAD_EVERY ms) and when the stroke ends; the answer's code is marked on the map and its lists shown.
+const PAD_EVERY = 250;
+const pad = { drawing: false, dirty: false, timer: null, seq: 0, blob: null, pending: 0 };
+app.pad = pad;  // tests wait for pending === 0 and #pad[data-placed] === seq: the last drawing is shown
+
+function clearPad() {
+  const c = $("pad"), g = c.getContext("2d");
+  g.fillStyle = "#000"; g.fillRect(0, 0, c.width, c.height);
+  g.strokeStyle = "#fff"; g.lineWidth = c.width / 14; g.lineCap = "round"; g.lineJoin = "round";
+}
+
+function setupPad() {
+  const c = $("pad"), g = c.getContext("2d");
+  clearPad();
+  const at = (ev) => {
+    const r = c.getBoundingClientRect();
+    return [((ev.clientX - r.left) * c.width) / r.width, ((ev.clientY - r.top) * c.height) / r.height];
+  };
+  c.addEventListener("pointerdown", (ev) => {
+    pad.drawing = true; c.setPointerCapture(ev.pointerId);
+    const [x, y] = at(ev);
+    g.beginPath(); g.moveTo(x, y); g.lineTo(x + 0.01, y); g.stroke();
+    pad.dirty = true;
+  });
+  c.addEventListener("pointermove", (ev) => {
+    if (!pad.drawing) return;
+    const [x, y] = at(ev);
+    g.lineTo(x, y); g.stroke();
+    pad.dirty = true;
+    if (pad.timer === null) pad.timer = setTimeout(sendPad, PAD_EVERY);  // while drawing: at most every PAD_EVERY
+  });
+  const end = () => {
+    if (!pad.drawing) return;
+    pad.drawing = false;
+    clearTimeout(pad.timer); pad.timer = null;
+    sendPad();
+  };
+  c.addEventListener("pointerup", end);
+  c.addEventListener("pointercancel", end);
+  $("pad-clear").addEventListener("click", () => {
+    clearPad(); pad.seq++; pad.blob = null; note("pad");
+    if (app.drawn) { app.drawn = null; landing(); redraw(); }
+  });
+  $("pad-file").addEventListener("change", (e) => { if (e.target.files[0]) placeImage(e.target.files[0]); });
+  c.addEventListener("dragover", (e) => e.preventDefault());
+  c.addEventListener("drop", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer.files[0]) placeImage(e.dataTransfer.files[0]);
+  });
+}
+
+function sendPad() {
+  pad.timer = null;
+  if (!pad.dirty) return;
+  pad.dirty = false;
+  pad.pending++;
+  $("pad").toBlob((blob) => placeImage(blob).finally(() => { pad.pending--; }), "image/png");
+}
+
+async function placeImage(blob) {
+  if (!app.exp || !blob) return;
+  pad.blob = blob;
+  const seq = ++pad.seq, { experiment, model, compare, distance, k } = state;
+  const models = [model, ...(compare && compare !== model ? [compare] : [])].join(",");
+  note("pad", "placing…", "busy");
+  let r, body;
+  try {
+    r = await fetch(`/experiments/${experiment}/encode?k=${k}&models=${models}`,
+                    { method: "POST", headers: { "Content-Type": blob.type || "image/png" }, body: blob });
+    body = await r.json();
+  } catch (e) {
+    if (seq === pad.seq) note("pad", e.message);
+    return;
+  }
+  if (seq !== pad.seq || experiment !== state.experiment) return;  // a later drawing (or experiment) won
+  if (!r.ok) { note("pad", body.message || `${r.status} ${r.statusText}`); return; }
+  const item = body.images[0], main = item.models[model], side = compare ? item.models[compare] : null;
+  if (!main.placed) { note("pad", main.why); return; }
+  note("pad", side && !side.placed ? side.why : "", "info");
+  app.drawn = { code: main.code, sideCode: side && side.placed ? side.code : null, prepared: item.prepared };
+  $("pad").dataset.code = JSON.stringify(main.code);
+  $("pad").dataset.placed = seq;
+  state.sample = null; $("sample-id").value = "";
+  renderLists({ sample: null, own: null, orig: item.pixel[distance], enc: main.neighbors[distance],
+                cmp: side && side.placed ? side.neighbors[distance] : null, model, compare, distance, k,
+                picture: item.picture });
+}
+
+function drawnAt(m = app.main) { // where your image landed, in CSS pixels relative to the canvas (tests use this)
+  const code = m === app.main ? app.drawn && app.drawn.code : app.drawn && app.drawn.sideCode;
+  if (!code || !m.view) return null;
+  const c = m.canvas, r = c.getBoundingClientRect(), [x, y] = toScreen(m, code[0], code[1]);
+  return [(x * r.width) / c.width, (y * r.height) / c.height];
+}
+app.drawnAt = drawnAt;
 
 // The lists shown, one row per neighbour: which list, its rank, id, label, distance, and whether the
 // pixel-space list and that code space share it.
@@ -1362,6 +1484,7 @@ async function main() {
   setupControls();
   setupMap(app.main);
   setupMap(app.side);
+  setupPad();
   for (const id of [...CURVES.map((c) => c.id), "sweep-chart", "sweep-loss", "loss-l1", "loss-mse", "loss-keep"]) {
     setupChart($(id));
   }
