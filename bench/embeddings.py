@@ -44,7 +44,7 @@ def checked(factory, exp, name: str, codes: np.ndarray, rows: int = 200) -> str:
     for d in exp.config["distances"]:
         with factory() as s:
             t = db.find_table(session=s, experiment_id=exp.id, space=name, distance=d)
-            got = {r.sample_id: np.frombuffer(r.ids, "<i4") for r in s.scalars(db.select(db.NeighborRow).where(
+            got = {r.sample_id: db.unpack_ids(r.ids, t.k) for r in s.scalars(db.select(db.NeighborRow).where(
                 db.NeighborRow.table_id == t.id, db.NeighborRow.sample_id.in_(picks.tolist())))}
         same = 0
         for i in picks:

@@ -55,7 +55,10 @@ def _fresh_postgres():
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine(request, tmp_path):
-    """A fresh, empty database of each kind."""
+    """A fresh, empty database of each kind (what this process keeps of the last one at that URL forgotten)."""
+    from common.study import reads
+
+    reads.forget()
     if request.param == "sqlite":
         eng = db.make_engine(f"sqlite:///{tmp_path / 'test.db'}")
         db.init_db(eng)

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from common.store import db as db
+from common.study import reads
 from common.study.config import StudyConfig
 from tests.services import ROOT, ApiServer, Worker, fresh_database, study_in_process, wait_for
 
@@ -75,10 +76,8 @@ def brute(codes: np.ndarray, distance: str, k: int) -> tuple[np.ndarray, np.ndar
 def stored(factory, eid: int, space: str, distance: str) -> tuple[np.ndarray, np.ndarray]:
     with factory() as s:
         t = db.find_table(session=s, experiment_id=eid, space=space, distance=distance)
-        rows = {r.sample_id: r for r in s.scalars(db.select(db.NeighborRow).where(db.NeighborRow.table_id == t.id))}
-    ids = np.stack([np.frombuffer(rows[i].ids, "<i4") for i in range(t.n)])
-    dists = np.stack([np.frombuffer(rows[i].distances, "<f4") for i in range(t.n)])
-    return ids, dists
+        got = [reads.stored_neighbors(s, t, t.dataset_id, i) for i in range(t.n)]
+    return np.stack([g[0] for g in got]), np.stack([g[2] for g in got])
 
 
 def overlap_score(orig: np.ndarray, enc: np.ndarray, k: int) -> float:

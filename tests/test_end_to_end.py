@@ -13,6 +13,7 @@ from scipy.spatial.distance import cdist
 
 from common.compute.neighbors import PIXEL_UNIT
 from common.store import db as db
+from common.study import reads
 from common.study.config import StudyConfig
 
 pytestmark = pytest.mark.slow
@@ -90,7 +91,7 @@ def test_stored_neighbors_equal_brute_force(study, mnist):
                 want_ids, want_d = brute_rows(points, queries, 200, distance)
                 unit = PIXEL_UNIT if space == "original" else 1.0
                 for q, wi, wd in zip(queries, want_ids, want_d, strict=True):
-                    ids, lab, dist = db.sample_neighbors(session=s, table_id=table.id, sample_id=int(q))
+                    ids, lab, dist = reads.stored_neighbors(s, table, table.dataset_id, int(q))
                     np.testing.assert_array_equal(ids, wi, err_msg=f"{space}/{distance} sample {q}")
                     np.testing.assert_array_equal(lab, labels[wi])
                     np.testing.assert_allclose(dist, wd * unit, rtol=1e-5, atol=1e-6)
@@ -164,7 +165,7 @@ def test_neighbors_command(study, mnist):
     # distances keep their significant digits, however small (a collapsed model's codes are close)
     with study["factory"]() as s:
         t = db.find_table(session=s, experiment_id=study["id"], space="linear_l1", distance="l2")
-        first = float(db.sample_neighbors(session=s, table_id=t.id, sample_id=7)[2][0])
+        first = float(reads.stored_neighbors(s, t, t.dataset_id, 7)[2][0])
     row = aeknn("neighbors", "7", "--space", "encoded", "--model", "linear_l1", env_db=study["url"]).stdout
     shown = float(row.splitlines()[2].split()[3])
     assert shown == pytest.approx(first, rel=1e-5) and (first == 0 or shown != 0)
@@ -352,7 +353,7 @@ def test_relu_keep_trains_on_the_stored_pixel_table_resumes_and_its_tables_are_e
         queries = np.random.default_rng(3).choice(1000, 20, replace=False)
         want_ids, want_d = brute_rows(codes, queries, 50, "l2")
         for q, wi, wd in zip(queries, want_ids, want_d, strict=True):
-            ids, lab, dist = db.sample_neighbors(session=s, table_id=table.id, sample_id=int(q))
+            ids, lab, dist = reads.stored_neighbors(s, table, table.dataset_id, int(q))
             np.testing.assert_array_equal(ids, wi)
             np.testing.assert_allclose(dist, wd, rtol=1e-5, atol=1e-6)
         score = {v.k: v.value for v in db.load_metrics(session=s, experiment_id=clean, metric="score_at_k")
@@ -391,7 +392,7 @@ def test_reference_maps_are_stored_as_read_only_models_and_scored_like_the_other
             queries = np.random.default_rng(5).choice(1000, 10, replace=False)
             want_ids, want_d = brute_rows(db.model_codes(row), queries, 50, "l2")
             for q, wi, wd in zip(queries, want_ids, want_d, strict=True):
-                ids, _, dist = db.sample_neighbors(session=s, table_id=table.id, sample_id=int(q))
+                ids, _, dist = reads.stored_neighbors(s, table, table.dataset_id, int(q))
                 np.testing.assert_array_equal(ids, wi)
                 np.testing.assert_allclose(dist, wd, rtol=1e-5, atol=1e-6)
         score = {(v.space, v.k): v.value for v in db.load_metrics(session=s, experiment_id=a, metric="score_at_k")}

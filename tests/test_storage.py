@@ -5,6 +5,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from common.store import db as db
+from common.study import reads
 
 
 def test_neighbor_rows_round_trip_and_one_row_per_sample(engine):
@@ -18,31 +19,32 @@ def test_neighbor_rows_round_trip_and_one_row_per_sample(engine):
         t = db.get_or_create_table(session=s, dataset_id=ds, space=db.ORIGINAL, model_id=None,
                                    distance="l2", k=7, n=50, chunk_size=20)
     ids = rng.integers(0, 50, (50, 7)).astype(np.int32)
-    dist = rng.random((50, 7)).astype(np.float32)
     assert db.table_chunks(t) == [(0, 20), (20, 40), (40, 50)]
     for start, stop in db.table_chunks(t):  # one transaction per chunk: its rows and its done-mark
         with db.transaction(f) as s:
-            assert db.save_chunk(session=s, table_id=t.id, start=start, ids=ids[start:stop],
-                                 labels=labels[ids[start:stop]], distances=dist[start:stop])
+            assert db.save_chunk(session=s, table_id=t.id, start=start, ids=ids[start:stop])
     with db.transaction(f) as s:  # a repeated chunk is skipped
-        assert not db.save_chunk(session=s, table_id=t.id, start=20, ids=ids[20:40],
-                                 labels=labels[ids[20:40]], distances=dist[20:40])
+        assert not db.save_chunk(session=s, table_id=t.id, start=20, ids=ids[20:40])
         assert db.done_chunks(session=s, table_id=t.id) == {0, 20, 40}
     with f() as s:
-        got = db.sample_neighbors(session=s, table_id=t.id, sample_id=33)
+        got = db.sample_neighbors(session=s, table_id=t.id, sample_id=33, k=7)
         np.testing.assert_array_equal(got[0], ids[33])
-        np.testing.assert_array_equal(got[1], labels[ids[33]])
-        np.testing.assert_array_equal(got[2], dist[33])
+        assert got[1] is None and got[2] is None  # kept: the ids alone, 3 bytes each
+        assert len(s.scalar(db.select(db.NeighborRow.ids).where(db.NeighborRow.sample_id == 33))) == 21
+        # the reads layer gives the labels and the distances: bytes' exact L2 in [-1, 1] units
+        rid, rlab, rdist = reads.stored_neighbors(s, t, ds, 33)
+        np.testing.assert_array_equal(rlab, labels[ids[33]])
+        d = images[ids[33]].astype(np.int64) - images[33]
+        np.testing.assert_array_equal(rdist, (np.sqrt((d * d).sum(1)) * 2 / 255).astype(np.float32))
         np.testing.assert_array_equal(db.load_table_ids(session=s, table_id=t.id, n=50, k=7), ids)
         np.testing.assert_array_equal(db.load_table_ids(session=s, table_id=t.id, n=50, k=7, cols=3), ids[:, :3])
         with pytest.raises(ValueError, match="cols must be in 1..7"):
             db.load_table_ids(session=s, table_id=t.id, n=50, k=7, cols=8)
-        assert db.sample_neighbors(session=s, table_id=t.id, sample_id=50) is None
+        assert db.sample_neighbors(session=s, table_id=t.id, sample_id=50, k=7) is None
         np.testing.assert_array_equal(db.dataset_labels(session=s, dataset_id=ds), labels)
     # the same rows twice are refused by the primary key, and the failed transaction leaves nothing half-done
     with pytest.raises(IntegrityError), db.transaction(f) as s:
-        db.save_neighbors(session=s, table_id=t.id, start=0, ids=ids[:1], labels=labels[ids[:1]],
-                          distances=dist[:1])
+        db.save_neighbors(session=s, table_id=t.id, start=0, ids=ids[:1])
     with f() as s:
         np.testing.assert_array_equal(db.load_table_ids(session=s, table_id=t.id, n=50, k=7), ids)
     with f() as s, pytest.raises(RuntimeError, match="holds 50 rows, expected 60"):
@@ -120,3 +122,35 @@ def test_a_row_another_process_inserted_first_is_found_not_fatal(engine):
     # and with nothing to find, the IntegrityError is not swallowed
     with pytest.raises(IntegrityError), db.transaction(f) as s:
         db._insert_or_find(s, row(), lambda: None)
+
+
+def test_ids_pack_in_three_bytes_below_2_24_and_rows_stored_whole_before_still_read(engine):
+    """Ids below 2^24 take 3 bytes, larger ones 4 (int32), read back by length; a row an older aeknn stored
+    with its labels and distances is served as it was stored."""
+    small = np.array([[0, 1, 255, 256, 65535, 65536, 2**24 - 1]], np.int32)
+    big = np.array([[0, 2**24, 2**31 - 1, 5, 6, 7, 8]], np.int32)
+    for ids, width in ((small, 21), (big, 28)):
+        [blob] = db.pack_ids(ids)
+        assert len(blob) == width
+        np.testing.assert_array_equal(db.unpack_ids(blob, 7), ids[0])
+        np.testing.assert_array_equal(db.unpack_ids(blob, 7, 3), ids[0, :3])
+    with pytest.raises(ValueError, match="holds no 7 ids"):
+        db.unpack_ids(b"12345", 7)
+    f = db.session_factory(engine)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 20).astype(np.uint8)
+    with db.transaction(f) as s:
+        ds = db.get_or_create_dataset(session=s, name="old", labels=labels,
+                                      images=rng.integers(0, 256, (20, 784)).astype(np.uint8))
+        t = db.get_or_create_table(session=s, dataset_id=ds, space=db.ORIGINAL, model_id=None, distance="l1",
+                                   k=3, n=20, chunk_size=20)
+        ids, dist = np.array([4, 9, 2], "<i4"), np.array([0.5, 0.25, 0.125], "<f4")
+        s.execute(db.insert(db.NeighborRow).values(table_id=t.id, sample_id=0, ids=ids.tobytes(),
+                                                   labels=labels[ids].tobytes(), distances=dist.tobytes()))
+    with f() as s:
+        got = reads.stored_neighbors(s, s.get(db.TableRow, t.id), ds, 0)
+        np.testing.assert_array_equal(got[0], ids)
+        np.testing.assert_array_equal(got[1], labels[ids])
+        np.testing.assert_array_equal(got[2], dist)  # as stored, not computed again
+        np.testing.assert_array_equal(db.load_table_ids(session=s, table_id=t.id, n=1, k=3), ids[None])
+

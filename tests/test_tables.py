@@ -8,6 +8,7 @@ import numpy as np
 from common.compute.neighbors import exact_knn, prepare
 from common.compute.sizes import DEFAULT_MEMORY_BUDGET
 from common.store import db as db
+from common.study import reads
 from common.study.runtime import Runtime
 from common.study.tables import build_chunk, build_table
 
@@ -27,7 +28,7 @@ def test_a_half_written_table_is_finished_by_the_sweep_to_the_same_rows(engine, 
     eid, table = _table(f, images, labels, 60, 170)  # chunks of 170 rows: panels straddle them
     space = prepare(images, "l2", kernel="f32")
     for start in (170, 680):  # two chunks stored earlier, out of order (a worker, or a stopped run)
-        assert build_chunk(f, table, space, labels, start, memory_budget=DEFAULT_MEMORY_BUDGET)
+        assert build_chunk(f, table, space, start, memory_budget=DEFAULT_MEMORY_BUDGET)
     notes: list[str] = []
 
     class Notes:
@@ -37,7 +38,7 @@ def test_a_half_written_table_is_finished_by_the_sweep_to_the_same_rows(engine, 
         def note(self, text): notes.append(text)
 
     rt = Runtime(factory=f, data_dir=tmp_path, cache_dir=tmp_path, device="cpu", kernel="f32", progress=Notes())
-    build_table(rt, experiment_id=eid, table=table, points=images, labels=labels, title="original l2")
+    build_table(rt, experiment_id=eid, table=table, points=images, title="original l2")
     want = exact_knn(images, k=60, distance="l2")
     with f() as s:
         t = db.get_table(session=s, table_id=table.id)
@@ -48,7 +49,7 @@ def test_a_half_written_table_is_finished_by_the_sweep_to_the_same_rows(engine, 
         assert full / 2 < t.work < full
         assert len(db.done_chunks(session=s, table_id=t.id)) == 9
         for i in (0, 169, 170, 500, 849, 1499):
-            ids, lab, dist = db.sample_neighbors(session=s, table_id=t.id, sample_id=i)
+            ids, lab, dist = reads.stored_neighbors(s, t, t.dataset_id, i)
             np.testing.assert_array_equal(ids, want.ids[i])
             np.testing.assert_array_equal(dist, want.distances[i])
             np.testing.assert_array_equal(lab, labels[want.ids[i]])
@@ -61,8 +62,8 @@ def test_a_table_computed_by_workers_on_different_paths_says_so(engine, mnist):
     f = db.session_factory(engine)
     images, labels = mnist.images[:400], mnist.labels[:400]
     _, table = _table(f, images, labels, 20, 200)
-    build_chunk(f, table, prepare(images, "l2", kernel="f32"), labels, 0, memory_budget=DEFAULT_MEMORY_BUDGET)
-    build_chunk(f, table, prepare(images, "l2", kernel="torch"), labels, 200, memory_budget=DEFAULT_MEMORY_BUDGET)
+    build_chunk(f, table, prepare(images, "l2", kernel="f32"), 0, memory_budget=DEFAULT_MEMORY_BUDGET)
+    build_chunk(f, table, prepare(images, "l2", kernel="torch"), 200, memory_budget=DEFAULT_MEMORY_BUDGET)
     from common.study.tables import finish_table
 
     assert finish_table(f, table.id, seconds=1.0)

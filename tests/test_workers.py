@@ -231,7 +231,7 @@ def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
     stack.wait(eid)
     with stack.factory() as s:
         table = db.find_table(session=s, experiment_id=eid, space="original", distance="l2")
-        points, labels = table_points(s, table)
+        points = table_points(s, table)
         first_rows = s.scalar(select(db.NeighborRow.ids).where(db.NeighborRow.table_id == table.id,
                                                                     db.NeighborRow.sample_id == 0))
         # forget chunk 0, as if it had never been written
@@ -244,7 +244,7 @@ def test_the_same_chunk_twice_at_once_leaves_one_copy(stack, data_dir):
 
     def deliver():
         barrier.wait()
-        results.append(build_chunk(stack.factory, table, space, labels, 0, worker="racer",
+        results.append(build_chunk(stack.factory, table, space, 0, worker="racer",
                                    memory_budget=DEFAULT_MEMORY_BUDGET))
 
     threads = [threading.Thread(target=deliver) for _ in range(2)]

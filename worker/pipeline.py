@@ -360,7 +360,7 @@ def do_train(factory, settings, item: db.WorkItem) -> None:
           stored_dataset(factory, item.experiment_id))
 
 
-_space_cache: dict[int, tuple] = {}
+_space_cache: dict[int, object] = {}
 
 
 def do_chunk(factory, settings, item: db.WorkItem) -> None:
@@ -372,14 +372,13 @@ def do_chunk(factory, settings, item: db.WorkItem) -> None:
     with factory() as s:
         table = db.get_table(session=s, table_id=item.table_id)
         if cached is None:
-            points, labels = table_points(s, table)
+            points = table_points(s, table)
     if cached is None:
         _space_cache.clear()  # one table's points per worker process at a time
-        cached = (prepare_space(points, table.distance, device=settings.device, kernel=settings.kernel,
-                                cache_dir=settings.cache_dir), labels)
+        cached = prepare_space(points, table.distance, device=settings.device, kernel=settings.kernel,
+                               cache_dir=settings.cache_dir)
         _space_cache[item.table_id] = cached
-    space, labels = cached
-    build_chunk(factory, table, space, labels, item.start, worker=item.worker, memory_budget=settings.memory_budget)
+    build_chunk(factory, table, cached, item.start, worker=item.worker, memory_budget=settings.memory_budget)
 
 
 def do_metrics(factory, settings, item: db.WorkItem) -> None:

@@ -161,9 +161,13 @@ class NeighborRow(Base):
         ForeignKey("neighbor_tables.id", ondelete="CASCADE"), primary_key=True
     )
     sample_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    ids: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) int32 little-endian
-    labels: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) uint8
-    distances: Mapped[bytes] = mapped_column(LargeBinary)  # (K,) float32 little-endian
+    # (K,) ids: 3 bytes each, little-endian, where every id is below 2^24; else int32 (and rows stored by an
+    # older aeknn). Its labels and distances are not kept (empty): the reads layer takes them from the data
+    # set's labels and computes them again from the points, in the tables' own arithmetic (about 3 times
+    # smaller). Rows written before hold them: (K,) uint8 and (K,) float32 little-endian.
+    ids: Mapped[bytes] = mapped_column(LargeBinary)
+    labels: Mapped[bytes] = mapped_column(LargeBinary)
+    distances: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class WorkItem(Base):
@@ -496,9 +500,8 @@ def done_chunks(*, session: Session, table_id: int) -> set[int]:
     return set(session.scalars(select(ChunkRow.start).where(ChunkRow.table_id == table_id)))
 
 
-def save_chunk(*, session: Session, table_id: int, start: int, ids: np.ndarray, labels: np.ndarray,
-               distances: np.ndarray, worker: str | None = None, path: str | None = None,
-               seconds: float | None = None, work: float | None = None) -> bool:
+def save_chunk(*, session: Session, table_id: int, start: int, ids: np.ndarray, worker: str | None = None,
+               path: str | None = None, seconds: float | None = None, work: float | None = None) -> bool:
     """A chunk's rows and its done-mark, in the caller's transaction. False when it was already done.
 
     Two deliveries of the same chunk racing each other: the second one's commit fails on the primary
@@ -508,7 +511,7 @@ def save_chunk(*, session: Session, table_id: int, start: int, ids: np.ndarray, 
         return False
     session.add(ChunkRow(table_id=table_id, start=start, stop=start + int(ids.shape[0]), worker=worker, path=path,
                          seconds=seconds, work=work))
-    save_neighbors(session=session, table_id=table_id, start=start, ids=ids, labels=labels, distances=distances)
+    save_neighbors(session=session, table_id=table_id, start=start, ids=ids)
     return True
 
 
@@ -536,14 +539,38 @@ _INSERT_NEIGHBORS = (f"INSERT INTO {NeighborRow.__tablename__} (table_id, sample
                      "VALUES (?, ?, ?, ?, ?)")
 
 
-def save_neighbors(*, session: Session, table_id: int, start: int, ids: np.ndarray,
-                   labels: np.ndarray, distances: np.ndarray) -> None:
-    """Rows start..start+len(ids) of a table; ``labels`` are the neighbours' labels, (rows, K)."""
+ID_BYTES = 3  # a stored id's bytes while every id is below 2^24 (16.7 million samples)
+
+
+def pack_ids(ids: np.ndarray) -> list[bytes]:
+    """Each row of ``ids`` (rows, K) as stored: 3 bytes an id (little-endian) when all are below 2^24, else
+    4 (int32)."""
     ids = np.ascontiguousarray(ids, "<i4")
-    labels = np.ascontiguousarray(labels, np.uint8)
-    distances = np.ascontiguousarray(distances, "<f4")
-    rows = [(table_id, start + r, ids[r].tobytes(), labels[r].tobytes(), distances[r].tobytes())
-            for r in range(ids.shape[0])]
+    if ids.size and int(ids.max()) >= 1 << (8 * ID_BYTES):
+        return [row.tobytes() for row in ids]
+    packed = ids.view(np.uint8).reshape(ids.shape[0], -1, 4)[:, :, :ID_BYTES]
+    return [row.tobytes() for row in packed]
+
+
+def unpack_ids(blob: bytes, k: int, cols: int | None = None) -> np.ndarray:
+    """The first ``cols`` (default all K) ids of a stored row, int32: its length says how it was packed."""
+    cols = k if cols is None else cols
+    if len(blob) == 4 * k:
+        return np.frombuffer(blob, "<i4", count=cols)
+    if len(blob) != ID_BYTES * k:
+        raise ValueError(f"a neighbour row of {len(blob)} bytes holds no {k} ids")
+    out = np.zeros((cols, 4), np.uint8)
+    out[:, :ID_BYTES] = np.frombuffer(blob, np.uint8, count=ID_BYTES * cols).reshape(cols, ID_BYTES)
+    return out.view("<i4").reshape(cols)
+
+
+_INSERT_NEIGHBORS = (f"INSERT INTO {NeighborRow.__tablename__} (table_id, sample_id, ids, labels, distances) "
+                     "VALUES (?, ?, ?, ?, ?)")
+
+
+def save_neighbors(*, session: Session, table_id: int, start: int, ids: np.ndarray) -> None:
+    """Rows start..start+len(ids) of a table, their ids alone (see NeighborRow)."""
+    rows = [(table_id, start + r, blob, b"", b"") for r, blob in enumerate(pack_ids(ids))]
     # The driver's own executemany, in the session's transaction: the ORM's bulk insert spent 1.7 s of
     # SQLAlchemy bookkeeping on a 60,000-row table that the driver stores in 0.5 to 0.8 s (SQLite).
     _driver_sql(session, _INSERT_NEIGHBORS, rows)
@@ -583,13 +610,17 @@ _SELECT_NEIGHBORS = (f"SELECT ids, labels, distances FROM {NeighborRow.__tablena
                      "WHERE table_id = ? AND sample_id = ?")
 
 
-def sample_neighbors(*, session: Session, table_id: int, sample_id: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """One sample's (ids, labels, distances), nearest first: one indexed read, through the driver (the
-    API's hot path: building and compiling the ORM statement cost more than the read itself)."""
+def sample_neighbors(*, session: Session, table_id: int, sample_id: int, k: int
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
+    """One sample's stored (ids, labels, distances), nearest first, from a table of K = ``k``; labels and
+    distances None where the row does not keep them (the reads layer makes them: common/study/reads.py).
+    One indexed read, through the driver (the API's hot path: building and compiling the ORM statement cost
+    more than the read itself)."""
     row = _driver_sql(session, _SELECT_NEIGHBORS, (table_id, sample_id)).first()
     if row is None:
         return None
+    if not row[1]:
+        return unpack_ids(row[0], k), None, None
     return (np.frombuffer(row[0], "<i4"), np.frombuffer(row[1], np.uint8), np.frombuffer(row[2], "<f4"))
 
 
@@ -604,7 +635,7 @@ def load_table_ids(*, session: Session, table_id: int, n: int, k: int, cols: int
                           .where(NeighborRow.table_id == table_id)
                           .execution_options(yield_per=5000))
     for sample_id, blob in res:
-        out[sample_id] = np.frombuffer(blob, "<i4", count=cols)
+        out[sample_id] = unpack_ids(blob, k, cols)
         seen += 1
     if seen != n:
         raise RuntimeError(f"neighbour table {table_id} holds {seen} rows, expected {n}")

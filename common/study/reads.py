@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.compute import pictures
-from common.compute.names import BY_LABEL_K, DEFAULT_MODEL, MODEL_NAMES
+from common.compute.names import BY_LABEL_K, DEFAULT_MODEL, MODEL_NAMES, PIXEL_UNIT
 from common.errors import Invalid, NotFound, NotReady
 from common.store import db
 from common.study.embeddings import READY, UPLOADED, ready_uploads
@@ -77,15 +77,16 @@ def by_label_k(top: int) -> int:
 
 _lock = threading.Lock()
 _finished: dict[tuple[str, int], tuple[float, Finished]] = {}  # with when its revision was last checked
-_tables: dict[tuple[str, int, str, str], tuple[int, int] | None] = {}
+_tables: dict[tuple[str, int, str, str], tuple[int, int, int | None, str] | None] = {}
 _latest: dict[str, tuple[float, int | None]] = {}
 _datasets: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+_codes: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # a model's codes as float64, the last eight
 
 
 def forget() -> None:
     """Drop what this process keeps (as a new process would start)."""
     with _lock:
-        _finished.clear(), _tables.clear(), _latest.clear(), _datasets.clear()
+        _finished.clear(), _tables.clear(), _latest.clear(), _datasets.clear(), _codes.clear()
 
 
 _keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -153,12 +154,66 @@ def finished(session: Session, experiment_id: int | None, fresh: bool = False) -
 
 def table(session: Session, exp: Finished, space: str, distance: str) -> tuple[int, int] | None:
     """(table id, K) of a finished experiment's complete table, or None."""
+    found = _table(session, exp, space, distance)
+    return None if found is None else found[:2]
+
+
+def _table(session: Session, exp: Finished, space: str, distance: str,
+           ) -> tuple[int, int, int | None, str] | None:
+    """(table id, K, its model's id, distance) of a finished experiment's complete table, or None."""
     key = (_key(session), exp.id, space, distance)
     if key not in _tables:
         t = db.find_table(session=session, experiment_id=exp.id, space=space, distance=distance)
         with _lock:
-            _tables[key] = None if t is None else (t.id, t.k)
+            _tables[key] = None if t is None else (t.id, t.k, t.model_id, t.distance)
     return _tables[key]
+
+
+def stored_neighbors(session: Session, t: db.TableRow | tuple[int, int, int | None, str], dataset_id: int,
+                     sample_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sample's row of a table ((table id, K, model id) or its TableRow): ids, labels and distances,
+    nearest first. A row that keeps its ids alone (common/store/db.py, NeighborRow) gets its labels from the
+    data set and its distances computed again from the points in the tables' own arithmetic: exact integers
+    for bytes (the square root for L2, in units of the models' [-1, 1] inputs), float64 one coordinate at a
+    time for float values and codes, each rounded once to float32."""
+    table_id, k, model_id, distance = (t.id, t.k, t.model_id, t.distance) if isinstance(t, db.TableRow) else t
+    got = db.sample_neighbors(session=session, table_id=table_id, sample_id=sample_id, k=k)
+    if got is None:
+        raise NotFound(f"table {table_id} has no row for sample {sample_id}")
+    ids, labs, dists = got
+    if labs is not None:  # a row stored whole by an older aeknn
+        return ids, labs, dists
+    points = images(session, dataset_id) if model_id is None else _model_codes(session, model_id)
+    return ids, labels(session, dataset_id)[ids], _distances(points, sample_id, ids, distance)
+
+
+def _model_codes(session: Session, model_id: int) -> np.ndarray:
+    key = (_key(session), model_id)
+    hit = _codes.get(key)
+    if hit is None:
+        row = session.execute(select(db.ModelRow.codes, db.ModelRow.code_dim)
+                              .where(db.ModelRow.id == model_id)).one()
+        hit = db.model_codes(row).astype(np.float64)
+        with _lock:
+            _codes[key] = hit
+            while len(_codes) > 8:
+                _codes.popitem(last=False)
+    return hit
+
+
+def _distances(points: np.ndarray, sample_id: int, ids: np.ndarray, distance: str) -> np.ndarray:
+    """The distances from ``sample_id`` to ``ids`` as the tables compute them (see stored_neighbors)."""
+    if points.dtype == np.uint8:
+        d = points[ids].astype(np.int64) - points[sample_id].astype(np.int64)
+        exact = (d * d).sum(axis=1) if distance == "l2" else np.abs(d).sum(axis=1)
+        value = np.sqrt(exact.astype(np.float64)) if distance == "l2" else exact.astype(np.float64)
+        return (value * PIXEL_UNIT).astype(np.float32)
+    x, q = np.asarray(points[ids], np.float64), np.asarray(points[sample_id], np.float64)
+    acc = np.zeros(len(ids))
+    for j in range(x.shape[1]):  # one coordinate at a time, in order, as the engine sums
+        diff = q[j] - x[:, j]
+        acc += np.abs(diff) if distance == "l1" else diff * diff
+    return (acc if distance == "l1" else np.sqrt(acc)).astype(np.float32)
 
 
 def _dataset(session: Session, dataset_id: int, pixels: bool,
@@ -290,10 +345,10 @@ def neighbors(session: Session, exp: Finished, sample_id: int, *, space: str, mo
     found = table(session, exp, name, distance)
     if found is None:
         raise NotReady(f"experiment {exp.id} has no complete {name}/{distance} table")
-    table_id, big_k = found
+    _, big_k = found
     if not 1 <= k <= big_k:
         raise Invalid(f"k: must be in 1..{big_k} (the table's K), got {k}")
-    ids, labs, dists = db.sample_neighbors(session=session, table_id=table_id, sample_id=sample_id)
+    ids, labs, dists = stored_neighbors(session, _table(session, exp, name, distance), exp.dataset_id, sample_id)
     own = int(labels(session, exp.dataset_id)[sample_id]) if exp.labelled else None
     if not exp.labelled:
         labs = np.full(len(labs), None, object)

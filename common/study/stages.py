@@ -115,7 +115,7 @@ def stage_pixel_table(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dat
     if table.complete:
         log.info("experiment %d: reusing the stored original/%s table", experiment_id, distance)
         return
-    build_table(rt, experiment_id=experiment_id, table=table, points=ds.images, labels=ds.labels,
+    build_table(rt, experiment_id=experiment_id, table=table, points=ds.images,
                  title=f"original {distance}")
     _timed(rt, experiment_id, f"table original {distance}", t0)
 
@@ -269,7 +269,7 @@ def stage_code_table(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Data
                        k=cfg.k, n=ds.n, dim=codes.shape[1], memory_budget=rt.memory_budget, device=rt.device)
     if table.complete:
         return
-    build_table(rt, experiment_id=experiment_id, table=table, points=codes, labels=ds.labels,
+    build_table(rt, experiment_id=experiment_id, table=table, points=codes,
                  title=f"{name} {distance}")
     _timed(rt, experiment_id, f"table {name} {distance}", t0)
 
@@ -300,7 +300,7 @@ def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
                                device=rt.device)
             if not table.complete:
                 t1 = time.perf_counter()
-                build_table(rt, experiment_id=experiment_id, table=table, points=codes, labels=labels,
+                build_table(rt, experiment_id=experiment_id, table=table, points=codes,
                             title=f"{name} {d}")
                 _timed(rt, experiment_id, f"table {name} {d}", t1)
         store_space_metrics(rt.factory, experiment_id, name)

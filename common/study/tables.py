@@ -35,13 +35,11 @@ def plan_table(factory: sessionmaker[Session], *, dataset_id: int, space: str, m
                                       distance=distance, k=k, n=n, chunk_size=size)
 
 
-def table_points(session: Session, table: db.TableRow) -> tuple[np.ndarray, np.ndarray]:
-    """The points of a table's space (uint8 pixels or float codes) and the samples' labels."""
-    ds = session.get(db.DatasetRow, table.dataset_id)
-    labels = np.frombuffer(ds.labels, np.uint8)
+def table_points(session: Session, table: db.TableRow) -> np.ndarray:
+    """The points of a table's space: uint8 pixels or float values, or a model's codes."""
     if table.model_id is None:
-        return db.dataset_values(ds), labels
-    return db.model_codes(session.get(db.ModelRow, table.model_id)).copy(), labels
+        return db.dataset_values(session.get(db.DatasetRow, table.dataset_id))
+    return db.model_codes(session.get(db.ModelRow, table.model_id)).copy()
 
 
 def prepare_space(points: np.ndarray, distance: str, *, device: str, kernel: str, cache_dir: Path | str) -> Space:
@@ -49,10 +47,9 @@ def prepare_space(points: np.ndarray, distance: str, *, device: str, kernel: str
     return prepare(points, distance, resolve_device(device), kernel=kernel, cache_dir=str(cache_dir))
 
 
-def store_chunk(factory: sessionmaker[Session], table: db.TableRow, labels: np.ndarray, start: int,
-                part: NeighborTable, *, worker: str | None = None, path: str | None = None,
-                seconds: float | None = None, work: float | None = None,
-                store_seconds: list[float] | None = None) -> bool:
+def store_chunk(factory: sessionmaker[Session], table: db.TableRow, start: int, part: NeighborTable, *,
+                worker: str | None = None, path: str | None = None, seconds: float | None = None,
+                work: float | None = None, store_seconds: list[float] | None = None) -> bool:
     """Store one chunk's rows with its done-mark (and how it was computed) in one transaction.
 
     Returns False when the chunk was already stored (a repeated delivery): nothing is written twice.
@@ -61,8 +58,7 @@ def store_chunk(factory: sessionmaker[Session], table: db.TableRow, labels: np.n
     t0 = time.perf_counter()
     try:
         with db.transaction(factory) as s:
-            return db.save_chunk(session=s, table_id=table.id, start=start, ids=part.ids,
-                                 labels=labels[part.ids], distances=part.distances, worker=worker, path=path,
+            return db.save_chunk(session=s, table_id=table.id, start=start, ids=part.ids, worker=worker, path=path,
                                  seconds=seconds, work=work)
     except IntegrityError:  # the same chunk committed by another delivery in the meantime
         return False
@@ -71,8 +67,8 @@ def store_chunk(factory: sessionmaker[Session], table: db.TableRow, labels: np.n
             store_seconds.append(time.perf_counter() - t0)
 
 
-def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, labels: np.ndarray,
-                start: int, *, memory_budget: int, worker: str | None = None) -> bool:
+def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space, start: int, *,
+                memory_budget: int, worker: str | None = None) -> bool:
     """Compute one chunk (its rows against every point) and store it; False when already stored.
     ``memory_budget``: the computing process's own, which sizes the blocks its device computes at once."""
     with factory() as s:
@@ -80,8 +76,7 @@ def build_chunk(factory: sessionmaker[Session], table: db.TableRow, space: Space
             return False
     stop = min(table.n, start + table.chunk_size)
     ((_, part, seconds, work),) = table_rows(space, table.k, memory_budget, [(start, stop)])
-    return store_chunk(factory, table, labels, start, part, worker=worker, path=space.path, seconds=seconds,
-                       work=work)
+    return store_chunk(factory, table, start, part, worker=worker, path=space.path, seconds=seconds, work=work)
 
 
 def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float | None = None) -> bool:
@@ -96,8 +91,7 @@ def finish_table(factory: sessionmaker[Session], table_id: int, seconds: float |
         return True
 
 
-def build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points: np.ndarray,
-                labels: np.ndarray, title: str) -> None:
+def build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points: np.ndarray, title: str) -> None:
     """Every chunk not yet stored, in this process; a table left half-written continues where it was.
     The engine decides how (common/compute/neighbors.py, ``table_rows``): one sweep from the first missing
     chunk on where it can (a half-written table included), chunk by chunk otherwise.
@@ -112,7 +106,7 @@ def build_table(rt: Runtime, *, experiment_id: int, table: db.TableRow, points: 
     rt.progress.begin(title, table.n, "rows")
     rt.progress.advance(table.n - sum(b - a for a, b in todo))
     for start, part, seconds, work in table_rows(space, table.k, rt.memory_budget, todo):
-        store_chunk(rt.factory, table, labels, start, part, path=space.path, seconds=seconds, work=work,
+        store_chunk(rt.factory, table, start, part, path=space.path, seconds=seconds, work=work,
                     store_seconds=stored)
         rt.progress.advance(len(part.ids))
     rt.progress.end()
