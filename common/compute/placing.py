@@ -182,30 +182,50 @@ class Pixels:
         return out.astype(np.int64)
 
     def neighbors(self, q: np.ndarray, distance: str, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per row of ``q``: the ids of its k nearest samples and their distances (float32, as the tables
-        serve them: bytes in units of the models' [-1, 1] inputs, L2 as the square root; float data by
-        the float64 formula of :func:`code_neighbors`)."""
+        """Per row of ``q``: the ids of its k nearest samples and their distances as the tables serve them
+        (:func:`served`); float data by :func:`code_neighbors`."""
         if not self.bytes:
             return [code_neighbors(self.x, row, distance, k) for row in q]
         out = []
         for s in self.scores(q, distance):
             ids = _top(s, k)
-            d = s[ids].astype(np.float64)
-            out.append((ids, ((np.sqrt(d) if distance == "l2" else d) * PIXEL_UNIT).astype(np.float32)))
+            out.append((ids, served(s[ids], distance, True)))
         return out
 
 
-def code_neighbors(codes: np.ndarray, code: np.ndarray, distance: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest of ``codes`` (N, m) to ``code`` (m,), by the tables' float64 formula (one coordinate at a
-    time), ties to the lower id; their distances as float32."""
-    x, c = np.asarray(codes, np.float64), np.asarray(code, np.float64)
+def float_sums(x: np.ndarray, q: np.ndarray, distance: str) -> np.ndarray:
+    """Sum |q - x| or (q - x)^2 over the columns of each row of ``x``, in float64, one coordinate at a time in
+    order: the tables' formula for float values and codes (common/compute/neighbors.py, CodeSpace)."""
+    x, q = np.asarray(x, np.float64), np.asarray(q, np.float64)
     acc = np.zeros(len(x))
     for j in range(x.shape[1]):
-        diff = c[j] - x[:, j]
+        diff = q[j] - x[:, j]
         acc += np.abs(diff) if distance == "l1" else diff * diff
+    return acc
+
+
+def served(sums: np.ndarray, distance: str, pixels: bool) -> np.ndarray:
+    """Distances as the tables serve them, from exact sums (integers for bytes, float64 otherwise): the
+    square root for L2, byte distances in units of the models' [-1, 1] inputs, rounded once to float32."""
+    d = np.asarray(sums, np.float64)
+    d = np.sqrt(d) if distance == "l2" else d
+    return (d * PIXEL_UNIT if pixels else d).astype(np.float32)
+
+
+def exact_distances(points: np.ndarray, ids: np.ndarray, sample: int, distance: str) -> np.ndarray:
+    """The served distances from sample ``sample`` of ``points`` (bytes, float values or codes) to ``ids``."""
+    if points.dtype == np.uint8:
+        d = points[ids].astype(np.int64) - points[sample].astype(np.int64)
+        return served((d * d).sum(axis=1) if distance == "l2" else np.abs(d).sum(axis=1), distance, True)
+    return served(float_sums(points[ids], points[sample], distance), distance, False)
+
+
+def code_neighbors(codes: np.ndarray, code: np.ndarray, distance: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of ``codes`` (N, m) to ``code`` (m,), by the tables' float64 formula (:func:`float_sums`),
+    ties to the lower id; their served distances."""
+    acc = float_sums(codes, code, distance)
     ids = _top(acc, k)
-    d = acc[ids] if distance == "l1" else np.sqrt(acc[ids])
-    return ids, d.astype(np.float32)
+    return ids, served(acc[ids], distance, False)
 
 
 def check_k(k: int, n: int) -> None:

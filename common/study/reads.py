@@ -20,8 +20,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.compute import pictures
-from common.compute.names import BY_LABEL_K, DEFAULT_MODEL, MODEL_NAMES, PIXEL_UNIT
+from common.compute import pictures, placing
+from common.compute.names import BY_LABEL_K, DEFAULT_MODEL, MODEL_NAMES
 from common.errors import Invalid, NotFound, NotReady
 from common.store import db
 from common.study.embeddings import READY, UPLOADED, ready_uploads
@@ -184,7 +184,7 @@ def stored_neighbors(session: Session, t: db.TableRow | tuple[int, int, int | No
     if labs is not None:  # a row stored whole by an older aeknn
         return ids, labs, dists
     points = images(session, dataset_id) if model_id is None else _model_codes(session, model_id)
-    return ids, labels(session, dataset_id)[ids], _distances(points, sample_id, ids, distance)
+    return ids, labels(session, dataset_id)[ids], placing.exact_distances(points, ids, sample_id, distance)
 
 
 def _model_codes(session: Session, model_id: int) -> np.ndarray:
@@ -199,21 +199,6 @@ def _model_codes(session: Session, model_id: int) -> np.ndarray:
             while len(_codes) > 8:
                 _codes.popitem(last=False)
     return hit
-
-
-def _distances(points: np.ndarray, sample_id: int, ids: np.ndarray, distance: str) -> np.ndarray:
-    """The distances from ``sample_id`` to ``ids`` as the tables compute them (see stored_neighbors)."""
-    if points.dtype == np.uint8:
-        d = points[ids].astype(np.int64) - points[sample_id].astype(np.int64)
-        exact = (d * d).sum(axis=1) if distance == "l2" else np.abs(d).sum(axis=1)
-        value = np.sqrt(exact.astype(np.float64)) if distance == "l2" else exact.astype(np.float64)
-        return (value * PIXEL_UNIT).astype(np.float32)
-    x, q = np.asarray(points[ids], np.float64), np.asarray(points[sample_id], np.float64)
-    acc = np.zeros(len(ids))
-    for j in range(x.shape[1]):  # one coordinate at a time, in order, as the engine sums
-        diff = q[j] - x[:, j]
-        acc += np.abs(diff) if distance == "l1" else diff * diff
-    return (acc if distance == "l1" else np.sqrt(acc)).astype(np.float32)
 
 
 def _dataset(session: Session, dataset_id: int, pixels: bool,
