@@ -103,6 +103,9 @@ def exponent(ns: list[int], ts: list[float]) -> float:
 def summary(runs: dict[int, dict], ns: list[int], epochs: int, study_epochs: int) -> None:
     """Each stage against N: its exponent fitted over every N and over the last doubling; projected to
     N = 1,000,000 with the larger of the two, training counted at the study's epochs."""
+    if len(ns) < 2:  # one N: its figures above are all there is; a growth needs two
+        print("\n(one N: no growth exponent or projection; give --ns two or more sizes for them)")
+        return
     at_1m: dict[str, float] = {}
     print(f"\n{'stage':<22}" + "".join(f"{n:>11,}" for n in ns) + "   fitted    last   at 1,000,000")
     rows = [(name, [grouped(runs[n]["stages"])[name] for n in ns]) for name in grouped(runs[ns[0]]["stages"])]
