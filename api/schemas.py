@@ -172,6 +172,7 @@ class ScoreTable(BaseModel):
     experiment: int
     k: list[int]
     rows: list[ValuesRow]
+    split: str = Field(default="train", description="train: the study's samples; test: the held-out test split")
 
 
 class MrreRow(BaseModel):
@@ -211,6 +212,7 @@ class ByLabelTable(BaseModel):
     experiment: int
     k: int
     rows: list[ByLabelRow]
+    split: str = Field(default="train", description="train: the study's samples; test: the held-out test split")
 
 
 class AgreementRow(BaseModel):
@@ -227,6 +229,7 @@ class AgreementTable(BaseModel):
     experiment: int
     k: list[int]
     rows: list[AgreementRow]
+    split: str = Field(default="train", description="train: the study's samples; test: the held-out test split")
 
 
 class SpaceRow(BaseModel):
@@ -239,6 +242,7 @@ class AccuracyTable(BaseModel):
     experiment: int
     k: list[int]
     rows: list[SpaceRow]
+    split: str = Field(default="train", description="train: the study's samples; test: the held-out test split")
 
 
 class CodesOut(BaseModel):

@@ -86,7 +86,7 @@ def _config(args: argparse.Namespace, cmd: str):
     from common.study.config import StudyConfig, error_text
 
     fields = {"dataset": args.dataset, "data": _path(args.data), "labels": _path(args.labels), "limit": args.limit,
-              "models": args.models, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "split": args.split, "models": args.models, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
               "weight_decay": args.weight_decay, "k": args.k, "distances": args.distances, "seed": args.seed,
               "ks": args.ks}
     try:

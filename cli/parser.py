@@ -83,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "PNG/JPEG images with one subfolder per class, or a CIFAR-10/100 python folder; "
                              "or cifar10 / cifar100: looked for in the data directory, else downloaded")
         sp.add_argument("--labels", metavar="FILE", help="the labels of .npy or IDX data (a second such file)")
-        sp.add_argument("--limit", type=int, help="use the first N training samples (default: all)")
+        sp.add_argument("--limit", type=int, help="use the first N training samples (default: all), and the "
+                                                  "first N of the test split where it is scored")
+        sp.add_argument("--split", choices=["train", "test", "all"],
+                        help="the samples scored: train (default: the training split, every metric), test (the "
+                             "held-out test split placed by every model: score@k, kNN accuracy and label "
+                             "agreement against the training samples) or all (both)")
         sp.add_argument("--models", type=_csv,
                         help=f"comma list of {','.join(MODEL_NAMES)} (default: the study's four; relu_keep "
                              "and the reference maps pca, umap, tsne on request)")

@@ -5,7 +5,8 @@ OpenAPI can state is in its schema; the rules left compare a value with another 
 or with what is stored (K below N, ks within K, k within the stored K, a umap study's size, a sweep's
 number of points, an Idempotency-Key already used for another body, an uploaded embedding's .npy body
 with one row per stored sample, its name against the study's models; your data: a path or a named data set,
-not both, an upload's .npz of whole bytes and labels, a stored upload named; a new image that is one, or
+not both, an upload's .npz of whole bytes and labels, a stored upload named, and studied on its training
+split alone; a new image that is one, or
 a sample of the data's shape, and k below N). RELIABILITY.md (items 11 and 21)
 asks 422 for those, naming the field. This check is
 positive_data_acceptance with exactly those refusals allowed: any other refusal of valid data fails."""
@@ -33,6 +34,7 @@ UNSTATABLE = re.compile(
     r"|is the name of a study model or of the pixel space"  # an upload's name against the stored spaces
     # your data: a named data set or a path, not both; labels only with a path; an upload that is stored
     r"|give either a named data set or your data \(data\), not both|^labels: only with data"
+    r"|^split: an uploaded data set has no test split"  # split against the data set
     r"|^dataset: no uploaded data set|^limit: [a-z-]+ has \d+ training samples, got"  # limit against its data set
     # an uploaded data set's body: an .npz of X (whole numbers in 0..255) and y, and its name not a named set's
     r"|^the body: (not a \.npy or \.npz file|empty; expected|not a readable \.np[yz] file|no labels|an array of "

@@ -16,7 +16,7 @@ from common.store import db as db
 from common.store import migrate
 from tests.services import ROOT, ApiServer, fresh_database
 
-HEAD = "0007"  # this aeknn's newest revision: a new migration must change it here on purpose
+HEAD = "0008"  # this aeknn's newest revision: a new migration must change it here on purpose
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

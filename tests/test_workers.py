@@ -25,7 +25,8 @@ from tests.services import REDIS_START, TcpProxy, Worker, fresh_database, wait_f
 pytestmark = pytest.mark.workers
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SMALL = {"limit": 2000, "epochs": 3}
-EVERY = {**SMALL, "models": list(MODEL_NAMES)}  # the study's four, relu_keep and the reference maps
+# the study's four, relu_keep and the reference maps, its held-out test split placed by each and scored too
+EVERY = {**SMALL, "models": list(MODEL_NAMES), "split": "all"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -38,7 +39,7 @@ def snapshot(factory, experiment_id: int) -> dict:
         out = {"status": exp.status,
                "metrics": {(v.metric, v.space, v.distance, v.k, v.label): v.value
                            for v in db.load_metrics(session=s, experiment_id=experiment_id)},
-               "models": {m.name: (m.losses, m.codes, m.weights)
+               "models": {m.name: (m.losses, m.codes, m.weights, m.test_codes)
                           for m in db.list_models(session=s, experiment_id=experiment_id)},
                "tables": {}}
         for t in db.experiment_tables(session=s, experiment_id=experiment_id):
@@ -148,6 +149,7 @@ def assert_same_results(got: dict, want: dict) -> None:
     for name in want["models"]:
         assert got["models"][name][0] == want["models"][name][0], f"{name}: loss history differs"
         assert got["models"][name][1] == want["models"][name][1], f"{name}: codes differ"
+        assert got["models"][name][3] == want["models"][name][3], f"{name}: the test split's codes differ"
     assert got["tables"].keys() == want["tables"].keys()
     for key in want["tables"]:
         assert got["tables"][key] == want["tables"][key], f"table {key} differs"
@@ -170,7 +172,10 @@ def test_two_workers_share_the_job_and_match_the_in_process_run(stack, tmp_path_
     assert {w.split("@")[0] for w in by} == {"w1", "w2"}, by  # both workers computed chunks
     assert n_chunks > 20
     assert exp.attempts == 1
-    assert_same_results(snapshot(stack.factory, eid), reference(tmp_path_factory, data_dir, **EVERY))
+    got = snapshot(stack.factory, eid)
+    assert_same_results(got, reference(tmp_path_factory, data_dir, **EVERY))
+    assert all(m[3] is not None for m in got["models"].values())  # every model placed the test split
+    assert {k[0] for k in got["metrics"]} >= {"test_score_at_k", "test_knn_accuracy", "score_at_k", "trustworthiness"}
     with stack.factory() as s:
         assert {i.kind for i in db.items_of(session=s, experiment_id=eid)} == {"data", "train", "keep", "maps",
                                                                                 "chunk", "metrics"}

@@ -34,6 +34,16 @@ from common.study.config import MAX_K
 router = APIRouter(prefix="/metrics", tags=["metrics"], responses=ERROR_RESPONSES,
                    dependencies=[Depends(require_read)])
 ExperimentQ = Annotated[int | None, Query(ge=1, description="default: the latest succeeded experiment")]
+
+
+class Split(StrEnum):
+    train = "train"
+    test = "test"
+
+
+SplitQ = Annotated[Split, Query(description="train (default): the study's samples; test: the held-out test split "
+                                            "(score_at_k, its by_label, knn_accuracy and label_agreement), each test "
+                                            "sample against the training samples, of a study with split test or all")]
 CSV = {200: {"content": {"application/json": {}, "text/csv": {}}}}
 
 
@@ -58,6 +68,10 @@ def _respond(request: Request, fmt: Format | None, model: BaseModel, table: repo
     return response
 
 
+def _split(table: report.Table, split: Split) -> report.Table:
+    return report.held_out(table) if split == Split.test else table
+
+
 def _prepare(session, experiment: int | None, k: str | None) -> tuple[reads.Finished, list[int]]:
     """The experiment and the k columns asked for (by default its own ks)."""
     exp = reads.finished(session, experiment, fresh=True)
@@ -66,13 +80,13 @@ def _prepare(session, experiment: int | None, k: str | None) -> tuple[reads.Fini
 
 def _values_table(metric: str):
     def endpoint(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                 k: KsQ = None, format: Format | None = None):  # noqa: A002
+                 k: KsQ = None, format: Format | None = None, split: SplitQ = Split.train):  # noqa: A002
         exp, ks = _prepare(session, experiment, k)
-        found = reads.value_rows(session, exp, metric, ks)
+        found = reads.value_rows(session, exp, metric, ks, split.value)
         rows = [ValuesRow(model=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
                 for r in found]
-        return _respond(request, format, ScoreTable(experiment=exp.id, k=ks, rows=rows),
-                        report.values_table(metric, found, ks), experiment is not None, exp.revision)
+        return _respond(request, format, ScoreTable(experiment=exp.id, k=ks, rows=rows, split=split.value),
+                        _split(report.values_table(metric, found, ks), split), experiment is not None, exp.revision)
     return endpoint
 
 
@@ -92,10 +106,11 @@ for _name, _summary in (
 
 @router.get("/mrre", response_model=MrreTable, responses=CSV)
 def mrre(request: Request, session: SessionDep, experiment: ExperimentQ = None, k: KsQ = None,
-         format: Format | None = None):  # noqa: A002
+         format: Format | None = None, split: SplitQ = Split.train):  # noqa: A002
     """Mean relative rank errors as ZADU reports them (higher is better), both ways: ``false`` over each sample's
     code-space neighbours, ``missing`` over its pixel-space ones. Defined for k < N/2 (null beyond)."""
     exp, ks = _prepare(session, experiment, k)
+    reads.check_split(exp, split.value, "mrre")
     found = reads.mrre_rows(session, exp, ks)
     rows = [MrreRow(model=r["space"], distance=r["distance"], direction=r["direction"],
                     values={str(x): v for x, v in r["values"].items()}) for r in found]
@@ -105,10 +120,11 @@ def mrre(request: Request, session: SessionDep, experiment: ExperimentQ = None, 
 
 @router.get("/auc_rnx", response_model=AucTable, responses=CSV)
 def auc_rnx(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-            format: Format | None = None):  # noqa: A002
+            format: Format | None = None, split: SplitQ = Split.train):  # noqa: A002
     """The area under the R_NX(k) curve with log-k weights (Lee and Verleysen) over k = 1..K: one number per
     model and distance."""
     exp = reads.finished(session, experiment, fresh=True)
+    reads.check_split(exp, split.value, "auc_rnx")
     found = reads.auc_rows(session, exp)
     rows = [AucRow(model=r["space"], distance=r["distance"], k_max=r["k_max"], value=r["value"]) for r in found]
     return _respond(request, format, AucTable(experiment=exp.id, rows=rows), report.auc_table(found),
@@ -118,32 +134,36 @@ def auc_rnx(request: Request, session: SessionDep, experiment: ExperimentQ = Non
 @router.get("/score_at_k/by_label", response_model=ByLabelTable, responses=CSV)
 def score_at_k_by_label(request: Request, session: SessionDep, experiment: ExperimentQ = None,
                         k: Annotated[int | None, Query(ge=1, le=MAX_K, description="default: 20, or K where smaller")]
-                        = None, format: Format | None = None):  # noqa: A002
+                        = None, format: Format | None = None, split: SplitQ = Split.train):  # noqa: A002
     """score@k over the samples of each label (table 2: the study shows k = 20; every k up to K is stored)."""
     exp = reads.finished(session, experiment, fresh=True)
     k = reads.by_label_k(exp.top_k) if k is None else k
-    found = reads.by_label_rows(session, exp, k)
-    return _respond(request, format, ByLabelTable(experiment=exp.id, k=k, rows=[ByLabelRow(**r) for r in found]),
-                    report.by_label_table(found, k), experiment is not None, exp.revision)
+    found = reads.by_label_rows(session, exp, k, split.value)
+    return _respond(request, format, ByLabelTable(experiment=exp.id, k=k, rows=[ByLabelRow(**r) for r in found],
+                                                  split=split.value),
+                    _split(report.by_label_table(found, k), split), experiment is not None, exp.revision)
 
 
 @router.get("/label_agreement", response_model=AgreementTable, responses=CSV)
 def label_agreement(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                    k: KsQ = None, format: Format | None = None):  # noqa: A002
+                    k: KsQ = None, format: Format | None = None, split: SplitQ = Split.train):  # noqa: A002
     """Same-label rates before and after encoding, their change (enc - orig) and mean |change| (tables 3, 4)."""
     exp, ks = _prepare(session, experiment, k)
-    found = reads.agreement_rows(session, exp, ks)
-    return _respond(request, format, AgreementTable(experiment=exp.id, k=ks, rows=[AgreementRow(**r) for r in found]),
-                    report.agreement_table(found), experiment is not None, exp.revision)
+    found = reads.agreement_rows(session, exp, ks, split.value)
+    return _respond(request, format, AgreementTable(experiment=exp.id, k=ks, rows=[AgreementRow(**r) for r in found],
+                                                    split=split.value),
+                    _split(report.agreement_table(found), split), experiment is not None, exp.revision)
 
 
 @router.get("/knn_accuracy", response_model=AccuracyTable, responses=CSV)
 def knn_accuracy(request: Request, session: SessionDep, experiment: ExperimentQ = None,
-                 k: KsQ = None, format: Format | None = None):  # noqa: A002
-    """Leave-one-out kNN accuracy@k of every space (ties go to the nearest label)."""
+                 k: KsQ = None, format: Format | None = None, split: SplitQ = Split.train):  # noqa: A002
+    """Leave-one-out kNN accuracy@k of every space (ties go to the nearest label); of the held-out test split
+    (split=test), each test sample's label voted for by its k nearest training samples."""
     exp, ks = _prepare(session, experiment, k)
-    found = reads.value_rows(session, exp, "knn_accuracy", ks)
+    found = reads.value_rows(session, exp, "knn_accuracy", ks, split.value)
     rows = [SpaceRow(space=r["space"], distance=r["distance"], values={str(x): v for x, v in r["values"].items()})
             for r in found]
-    return _respond(request, format, AccuracyTable(experiment=exp.id, k=ks, rows=rows),
-                    report.values_table("knn_accuracy", found, ks), experiment is not None, exp.revision)
+    return _respond(request, format, AccuracyTable(experiment=exp.id, k=ks, rows=rows, split=split.value),
+                    _split(report.values_table("knn_accuracy", found, ks), split), experiment is not None,
+                    exp.revision)

@@ -112,15 +112,18 @@ def overlap_sums(orig: np.ndarray, enc: np.ndarray, groups: np.ndarray | None = 
     return np.cumsum(hist.reshape(n_groups, k), axis=1)
 
 
-def same_label_curves(orig: np.ndarray, enc: np.ndarray | None, labels: np.ndarray) -> dict[str, np.ndarray]:
+def same_label_curves(orig: np.ndarray, enc: np.ndarray | None, labels: np.ndarray,
+                      own: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """For k = 1..K: the mean same-label rate of ``orig`` (and of ``enc``), and with ``enc`` the mean change
-    (encoded - original) and the mean |change|, each (K,) float."""
+    (encoded - original) and the mean |change|, each (K,) float. ``own``: the rows' own labels, where the rows
+    are not the samples the ids point to (held-out rows against ``labels``, the samples'); default ``labels``."""
     n, k = orig.shape
+    own = labels if own is None else own
     ks = np.arange(1, k + 1)
     sums = {"original_rate": np.zeros(k), "encoded_rate": np.zeros(k), "change": np.zeros(k),
             "abs_change": np.zeros(k)}
     for r0 in range(0, n, ROWS):
-        lab = labels[r0:r0 + ROWS, None]
+        lab = own[r0:r0 + ROWS, None]
         so = np.cumsum(labels[orig[r0:r0 + ROWS]] == lab, axis=1, dtype=np.int32)  # same-label count in the first k
         sums["original_rate"] += so.sum(axis=0)
         if enc is not None:
@@ -132,14 +135,16 @@ def same_label_curves(orig: np.ndarray, enc: np.ndarray | None, labels: np.ndarr
     return out if enc is not None else {"original_rate": out["original_rate"]}
 
 
-def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
     """kNN accuracy@k for k = 1..K, (K,) float: the vote of :func:`knn_predict` grown one rank at a time.
+    ``own``: the rows' true labels where they are not the samples voting (held-out rows); default ``labels``.
 
     The score of a label is its votes * (K + 1) minus the rank it was first met at, so the highest
     score is the majority with ties to the nearest; one rank adds one vote (and a first rank) per row.
     Two labels never tie (their first ranks differ by less than K + 1), and a vote raises one label's
     score only, so each row's winner is tracked as it changes instead of searched for at every rank."""
     n, k = table.shape
+    own = labels if own is None else own
     n_classes = int(labels.max()) + 1
     right = np.zeros(k, np.int64)
     for r0 in range(0, n, ROWS):
@@ -148,7 +153,7 @@ def knn_accuracy_curve(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
         score = np.full((len(nl), n_classes), -k, np.int64)  # no vote yet, met "at rank K"
         best = np.zeros(len(nl), np.intp)  # each row's winning label so far
         best_score = np.full(len(nl), -k - 1, np.int64)  # below any score: the first vote wins
-        truth = labels[r0:r0 + ROWS]
+        truth = own[r0:r0 + ROWS]
         for r in range(k):
             c = nl[:, r]
             s = score[rows, c]

@@ -8,6 +8,8 @@
 - :class:`Pixels`: the data set's rows, searched exactly for query rows: integer squared L2 and L1 for bytes
   (common/compute/_l1.c, AVX2 or AVX-512), float64 sums for float data; ties to the lower id, as in the tables.
 - :func:`code_neighbors`: the same in a 2-D code space, with the tables' float64 formula.
+- :func:`cross_table`: many query rows at once (the held-out test split against the training samples), a
+  block of rows at a time: each row's k nearest ids, ties to the lower id, as the tables order them.
 
 Imports numpy and Pillow; torch and the C kernels only when :class:`Pixels` is built (the encoder
 process, never the web process).
@@ -181,6 +183,11 @@ class Pixels:
         kernel(lhs, self.padded, out, self.width, self.isa)
         return out.astype(np.int64)
 
+    def sums(self, q: np.ndarray, distance: str) -> np.ndarray:
+        """(M, N) exact sums of ``q``'s rows against every sample: :meth:`scores` for bytes, the float64 formula
+        (:func:`block_sums`) for float data."""
+        return self.scores(q, distance) if self.bytes else block_sums(self.x, q, distance)
+
     def neighbors(self, q: np.ndarray, distance: str, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per row of ``q``: the ids of its k nearest samples and their distances as the tables serve them
         (:func:`served`); float data by :func:`code_neighbors`."""
@@ -202,6 +209,50 @@ def float_sums(x: np.ndarray, q: np.ndarray, distance: str) -> np.ndarray:
         diff = q[j] - x[:, j]
         acc += np.abs(diff) if distance == "l1" else diff * diff
     return acc
+
+
+def block_sums(x: np.ndarray, q: np.ndarray, distance: str) -> np.ndarray:
+    """(M, N): :func:`float_sums` of every row of ``q`` (M, m) at once, the same float64 operations in the same
+    order, so each row's sums equal float_sums' to the last bit."""
+    x, q = np.asarray(x, np.float64), np.asarray(q, np.float64)
+    acc = np.zeros((len(q), len(x)))
+    for j in range(x.shape[1]):
+        diff = q[:, j, None] - x[None, :, j]
+        acc += np.abs(diff) if distance == "l1" else diff * diff
+    return acc
+
+
+def smallest(sums: np.ndarray, k: int) -> np.ndarray:
+    """(M, k) int32: the ids of each row's k smallest ``sums`` (M, N), nearest first, ties to the lower id."""
+    m, n = sums.shape
+    kth = np.partition(sums, k - 1, axis=1)[:, k - 1:k]
+    take = sums <= kth
+    over = np.flatnonzero(take.sum(axis=1) > k)  # rows whose k-th value is tied beyond k: the lower ids stay
+    if len(over):
+        tied = sums[over] == kth[over]
+        room = k - (sums[over] < kth[over]).sum(axis=1, keepdims=True)
+        take[over] = (sums[over] < kth[over]) | (tied & (np.cumsum(tied, axis=1) <= room))
+    ids = np.nonzero(take)[1].reshape(m, k)  # each row's ids ascending
+    order = np.argsort(np.take_along_axis(sums, ids, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(ids, order, axis=1).astype(np.int32)
+
+
+def cross_table(sums_of, queries: np.ndarray, k: int, block: int = 128) -> np.ndarray:
+    """(M, k) int32: the k nearest ids of every row of ``queries``, ``block`` rows at a time, where
+    ``sums_of(rows)`` gives their (B, N) exact sums against the samples (:meth:`Pixels.sums`, :func:`block_sums`)."""
+    out = np.empty((len(queries), k), np.int32)
+    for r0 in range(0, len(queries), block):
+        out[r0:r0 + block] = smallest(sums_of(queries[r0:r0 + block]), k)
+    return out
+
+
+def unseen_neighbors(joint: Pixels, rows: np.ndarray, n_map: int, distance: str, m: int) -> np.ndarray:
+    """(M, m) int32: the first ``m`` neighbours of each unseen row among ``joint``'s samples (the map's
+    ``n_map`` rows, then the M unseen ones, row i at id n_map + i), itself left out: keeping.place's ``nbr``."""
+    ids = cross_table(lambda q: joint.sums(q, distance), rows, m + 1)
+    keep = ids != (n_map + np.arange(len(rows)))[:, None]
+    keep[keep.all(axis=1), -1] = False  # itself beyond m + 1 (as many duplicates before it): drop the last
+    return ids[keep].reshape(len(rows), m)
 
 
 def served(sums: np.ndarray, distance: str, pixels: bool) -> np.ndarray:

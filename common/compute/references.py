@@ -51,9 +51,9 @@ def check_available(names: Iterable[str]) -> None:
         raise MissingExtra(f"reference maps: {'; '.join(missing)}, not installed here: pip install 'aeknn[maps]'")
 
 
-def fit_map(name: str, x: np.ndarray, *, seed: int | None) -> tuple[np.ndarray, Transform | None]:
+def fit_map(name: str, x: np.ndarray, *, seed: int | None) -> tuple[np.ndarray, Transform]:
     """The reference map ``name`` of the rows of ``x`` (N, D): their (N, 2) float32 codes, and how it maps
-    unseen rows (None for t-SNE, which places only the rows it was fitted on). Seeded, UMAP and t-SNE
+    unseen rows (its library's transform; openTSNE's places them on the map held still). Seeded, UMAP and t-SNE
     run on one thread: both lay out in parallel in an order that moves their result with the thread
     count (t-SNE, 5,000 MNIST images: other codes on 2 threads than on 1). ``seed`` None: the
     libraries' defaults, on every core, not reproducible."""
@@ -70,4 +70,5 @@ def fit_map(name: str, x: np.ndarray, *, seed: int | None) -> tuple[np.ndarray, 
         return np.asarray(um.fit_transform(xs), np.float32), lambda rows: np.asarray(um.transform(rows), np.float32)
     logging.getLogger("openTSNE").setLevel(logging.WARNING)  # not a line per phase among the study's own
     emb = lib.TSNE(n_jobs=jobs, random_state=0 if seed is None else seed).fit(xs)
-    return np.asarray(emb, np.float32), None
+    return np.asarray(emb, np.float32), lambda rows: np.asarray(emb.transform(np.ascontiguousarray(rows, np.float32)),
+                                                                np.float32)

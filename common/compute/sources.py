@@ -294,6 +294,12 @@ def _grey_palette(im) -> bool:
     return bool(np.all(rgb[..., 0] == rgb[..., 1]) and np.all(rgb[..., 1] == rgb[..., 2]))
 
 
+def has_test_split(path: Path | str) -> bool:
+    """Whether the data at ``path`` has a held-out test split that aeknn reads: a CIFAR python folder."""
+    path = Path(path)
+    return path.is_dir() and _cifar_folder(path) is not None
+
+
 def _cifar_folder(path: Path) -> Path | None:
     """The folder holding CIFAR's python batches: ``path`` or its cifar-10-batches-py / cifar-100-python."""
     for p in (path, path / "cifar-10-batches-py", path / "cifar-100-python"):

@@ -91,6 +91,8 @@ class Experiment(Base):
     metrics_all_k: Mapped[bool] = mapped_column(default=False, server_default=false())
     # bumped whenever a space is added (an uploaded embedding): what a cache of its spaces revalidates by
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # the held-out test split ("split": "test" or "all"), stored beside the training data: a datasets row
+    test_dataset_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class ModelRow(Base):
@@ -109,6 +111,7 @@ class ModelRow(Base):
     recon_epoch: Mapped[int | None] = mapped_column(Integer)
     reconstructions: Mapped[bytes | None] = mapped_column(LargeBinary)  # (R, 784) float32
     codes: Mapped[bytes | None] = mapped_column(LargeBinary)  # (n, 2) float32; an upload's (n, code_dim) float64
+    test_codes: Mapped[bytes | None] = mapped_column(LargeBinary)  # the held-out test split's (n_test, 2) float32
     seconds: Mapped[float | None] = mapped_column(Float)
     # an uploaded embedding (source "uploaded"): a user's codes scored beside the study's models
     source: Mapped[str | None] = mapped_column(String(16))  # None: trained or a reference map (by its name)
@@ -434,25 +437,36 @@ def save_checkpoint(*, session: Session, model_id: int, epoch: int, losses: list
         epochs_done=epoch, losses=list(losses), checkpoint=checkpoint))
 
 
+def _f4(codes: np.ndarray | None) -> bytes | None:
+    return None if codes is None else np.asarray(codes).astype("<f4").tobytes()
+
+
 def save_trained(*, session: Session, model_id: int, weights: bytes, recon_ids: list[int],
                  recon_epoch: int | None, reconstructions: np.ndarray | None, codes: np.ndarray,
-                 seconds: float | None) -> None:
+                 seconds: float | None, test_codes: np.ndarray | None = None) -> None:
+    """A trained model: its weights, reconstructions and codes (and the held-out test split's, when studied)."""
     session.execute(update(ModelRow).where(ModelRow.id == model_id).values(
-        weights=weights, recon_ids=recon_ids, recon_epoch=recon_epoch,
-        reconstructions=None if reconstructions is None else reconstructions.astype("<f4").tobytes(),
-        codes=codes.astype("<f4").tobytes(), seconds=seconds))
+        weights=weights, recon_ids=recon_ids, recon_epoch=recon_epoch, reconstructions=_f4(reconstructions),
+        codes=_f4(codes), seconds=seconds, test_codes=_f4(test_codes)))
 
 
-def save_map(*, session: Session, model_id: int, codes: np.ndarray, seconds: float) -> None:
-    """A reference map's codes (common/compute/references.py): fitted once, so its one "epoch" is done."""
+def save_map(*, session: Session, model_id: int, codes: np.ndarray, seconds: float,
+             test_codes: np.ndarray | None = None) -> None:
+    """A reference map's codes (common/compute/references.py): fitted once, so its one "epoch" is done; the
+    held-out test split's placed by its transform, when studied."""
     session.execute(update(ModelRow).where(ModelRow.id == model_id).values(
-        epochs_done=1, codes=codes.astype("<f4").tobytes(), seconds=seconds))
+        epochs_done=1, codes=_f4(codes), seconds=seconds, test_codes=_f4(test_codes)))
 
 
 def waiting_uploads(*, session: Session, before: dt.datetime) -> list[int]:
     """Uploaded embeddings still queued that were stored before ``before`` (their message may be lost)."""
     return list(session.scalars(select(ModelRow.id).where(ModelRow.source == "uploaded", ModelRow.state == "queued",
                                                           ModelRow.created_at < before)))
+
+
+def model_test_codes(row: ModelRow) -> np.ndarray | None:
+    """The held-out test split's codes (n_test, 2) float32, or None (the study scores its training split only)."""
+    return None if row.test_codes is None else np.frombuffer(row.test_codes, "<f4").reshape(-1, 2)
 
 
 def model_codes(row: ModelRow) -> np.ndarray:

@@ -25,6 +25,14 @@ def error_text(e: dict) -> str:
     return str(e.get("msg", "invalid")).removeprefix("Value error, ")
 
 
+class Split(StrEnum):
+    """The samples a study scores: its training split (the study's own), the held-out test split, or both."""
+
+    train = "train"
+    test = "test"
+    all = "all"
+
+
 class Space(StrEnum):
     original = "original"
     encoded = "encoded"
@@ -86,6 +94,12 @@ class StudyConfig(BaseModel):
     limit: Annotated[int, Field(gt=0, le=MAX_SAMPLES),
                      BeforeValidator(_a_number)] | None = Field(
         default=None, description="use the first N training samples")
+    split: Split = Field(default=Split.train, description=(
+        "the samples scored: train (the study's own, every metric), test (the data's held-out test split: each "
+        "test sample placed by every model and its k nearest training samples in pixel space against its k "
+        "nearest training codes, as score@k, kNN accuracy and label agreement), or all (both). The models and "
+        "tables are always the training split's. The test split: mnist's and fashion-mnist's 10,000, a CIFAR "
+        "folder's test batch; limit takes its first N too"))
     models: list[ModelName] = Field(default_factory=lambda: [ModelName(n) for n in SEED_MODELS], min_length=1,
                                     json_schema_extra={"uniqueItems": True},
                                     description="default: the study's four autoencoders; on request relu_keep and the "
@@ -143,6 +157,9 @@ class StudyConfig(BaseModel):
             raise ValueError("labels: only with data (the labels of your .npy or IDX data)")
         if self.data is not None and "dataset" in self.model_fields_set:
             raise ValueError("dataset: give either a named data set or your data (data), not both")
+        if self.scores_test and self.upload is not None:
+            raise ValueError(f"split: an uploaded data set has no test split; got {self.split.value} (use train, "
+                             "or study a named data set or a CIFAR folder, which have one)")
         if self.named is not None:
             full = DATASETS[self.named][1]
             if self.limit is not None and self.limit > full:
@@ -170,7 +187,17 @@ class StudyConfig(BaseModel):
 
     def as_json(self) -> dict:
         """As stored: a named data set's study as before your data existed (no ``data``, no ``labels``); your
-        data's without the named data set's field (its default, unused)."""
+        data's without the named data set's field (its default, unused); a training split's without ``split``."""
         unset = {"data", "labels"} if self.data is None else {"dataset"} | ({"labels"} if self.labels is None
                                                                            else set())
+        if self.split == Split.train:  # as stored before the test split existed: the same study, the same config
+            unset.add("split")
         return self.model_dump(mode="json", exclude=unset)
+
+    @property
+    def scores_train(self) -> bool:
+        return self.split != Split.test
+
+    @property
+    def scores_test(self) -> bool:
+        return self.split != Split.train

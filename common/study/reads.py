@@ -53,9 +53,17 @@ class Finished:
         """The largest k of its metrics: K, or N - 2 where that is smaller (R_NX needs k < N - 1)."""
         return top_k(int(self.config["k"]), self.n)
 
-    def pairs(self) -> list[tuple[str, str]]:
-        """(model, distance) of every code table, in the study's order."""
-        return [(m, d) for m in self.models for d in sorted(self.config["distances"])]
+    def pairs(self, split: str = "train") -> list[tuple[str, str]]:
+        """(model, distance) of every code table, in the study's order; of the test split, the study's models
+        (an uploaded embedding holds codes of the training samples alone)."""
+        models = self.models if split == "train" else sorted(self.config["models"], key=study_order)
+        return [(m, d) for m in models for d in sorted(self.config["distances"])]
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits it scores: train, test, or both."""
+        split = self.config.get("split", "train")
+        return ["train", "test"] if split == "all" else [split]
 
 
 def study_order(name: str) -> tuple[int, str]:
@@ -358,9 +366,27 @@ def _stored(session: Session, exp: Finished, ks: list[int]) -> None:
                        "will be there shortly")
 
 
-def _values(session: Session, exp: Finished, metric: str, ks: list[int]) -> dict[tuple, float]:
+SPLITS = ("train", "test")
+HELDOUT = ("score_at_k", "score_at_k_by_label", "knn_accuracy", "label_agreement")  # the test split's tables
+
+
+def check_split(exp: Finished, split: str, what: str = "score_at_k") -> None:
+    """NotFound unless the experiment scored ``split`` (and, of the test split, the metric ``what``)."""
+    if split not in exp.splits:
+        if split == "test":
+            raise NotFound(f"split: experiment {exp.id} scored its training split only (its split is train); a "
+                           "study with \"split\": \"test\" or \"all\" scores the held-out test split")
+        raise NotFound(f"split: experiment {exp.id} scored its held-out test split only (its split is test): "
+                       "ask with split=test")
+    if split == "test" and what not in HELDOUT:
+        raise NotFound(f"split: the held-out test split is scored by {', '.join(HELDOUT)}; {what} needs the test "
+                       "samples' own neighbour tables (ask it of the training split)")
+
+
+def _values(session: Session, exp: Finished, metric: str, ks: list[int], split: str = "train") -> dict[tuple, float]:
+    name = metric if split == "train" else f"test_{metric}"
     return {(v.space, v.distance, v.k, v.label): v.value
-            for v in db.load_metrics(session=session, experiment_id=exp.id, metric=metric, ks=ks)}
+            for v in db.load_metrics(session=session, experiment_id=exp.id, metric=name, ks=ks)}
 
 
 def check_labelled(exp: Finished, what: str) -> None:
@@ -369,25 +395,28 @@ def check_labelled(exp: Finished, what: str) -> None:
         raise NotFound(f"experiment {exp.id}: its data came without labels, so it has no {what}")
 
 
-def value_rows(session: Session, exp: Finished, metric: str, ks: list[int]) -> list[dict]:
+def value_rows(session: Session, exp: Finished, metric: str, ks: list[int], split: str = "train") -> list[dict]:
     """score_at_k, r_nx, trustworthiness, continuity, lcmc (a row per model and distance) or knn_accuracy
     (the pixel space too): each row's value at every k of ``ks`` (None where it is not defined: the rank
-    measures need k < N / 2, or where the experiment was scored before the measure was stored)."""
+    measures need k < N / 2, or where the experiment was scored before the measure was stored). ``split``
+    test: the held-out test split's (score_at_k and knn_accuracy)."""
+    check_split(exp, split, metric)
     _stored(session, exp, ks)
     if metric == "knn_accuracy":
         check_labelled(exp, "kNN accuracy")
-    v = _values(session, exp, metric, ks)
+    v = _values(session, exp, metric, ks, split)
     if metric == "knn_accuracy":
-        spaces = [db.ORIGINAL, *exp.models]
-        pairs = [(s, d) for s in spaces for d in sorted(exp.config["distances"])]
+        models = exp.models if split == "train" else sorted(exp.config["models"], key=study_order)
+        pairs = [(s, d) for s in [db.ORIGINAL, *models] for d in sorted(exp.config["distances"])]
     else:
-        pairs = exp.pairs()
+        pairs = exp.pairs(split)
     return [{"space": s, "distance": d, "values": {k: v.get((s, d, k, -1)) for k in ks}} for s, d in pairs]
 
 
 def mrre_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]:
     """MRRE both ways, a row per model, distance and direction (``false``: the code-space neighbours'
     relative rank errors; ``missing``: the pixel-space neighbours'), each at every k of ``ks``."""
+    check_split(exp, "train")
     _stored(session, exp, ks)
     v = {d: _values(session, exp, f"mrre_{d}", ks) for d in MRRE_DIRECTIONS}
     return [{"space": m, "distance": d, "direction": way, "values": {k: v[way].get((m, d, k, -1)) for k in ks}}
@@ -396,35 +425,38 @@ def mrre_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]:
 
 def auc_rows(session: Session, exp: Finished) -> list[dict]:
     """The area under R_NX with log-k weights over k = 1..K, one per model and distance."""
+    check_split(exp, "train")
     v = {(m.space, m.distance): m.value for m in db.load_metrics(session=session, experiment_id=exp.id,
                                                                  metric="auc_rnx", ks=[exp.top_k])}
     return [{"space": m, "distance": d, "k_max": exp.top_k, "value": v.get((m, d))} for m, d in exp.pairs()]
 
 
-def agreement_rows(session: Session, exp: Finished, ks: list[int]) -> list[dict]:
+def agreement_rows(session: Session, exp: Finished, ks: list[int], split: str = "train") -> list[dict]:
     """Both same-label rates, their change (encoded - original) and mean |change|, per model, distance, k."""
+    check_split(exp, split, "label_agreement")
     check_labelled(exp, "label agreement")
     _stored(session, exp, ks)
-    rate = _values(session, exp, "same_label_rate", ks)
-    change = _values(session, exp, "label_agreement_change", ks)
-    dist = _values(session, exp, "label_agreement_distance", ks)
+    rate = _values(session, exp, "same_label_rate", ks, split)
+    change = _values(session, exp, "label_agreement_change", ks, split)
+    dist = _values(session, exp, "label_agreement_distance", ks, split)
     return [{"model": m, "distance": d, "k": x, "original_rate": rate.get((db.ORIGINAL, d, x, -1)),
              "encoded_rate": rate.get((m, d, x, -1)), "change": change.get((m, d, x, -1)),
-             "abs_change": dist.get((m, d, x, -1))} for m, d in exp.pairs() for x in ks]
+             "abs_change": dist.get((m, d, x, -1))} for m, d in exp.pairs(split) for x in ks]
 
 
-def by_label_rows(session: Session, exp: Finished, k: int) -> list[dict]:
+def by_label_rows(session: Session, exp: Finished, k: int, split: str = "train") -> list[dict]:
     """score@k over the samples of each label, per model and distance."""
+    check_split(exp, split, "score_at_k_by_label")
     check_labelled(exp, "score@k by label")
     check_ks([k], exp.top_k)
-    v = _values(session, exp, "score_at_k_by_label", [k])
+    v = _values(session, exp, "score_at_k_by_label", [k], split)
     if not v:
         stored = sorted(db.stored_ks(session=session, experiment_id=exp.id))
         shown = f"1..{stored[-1]}" if stored == list(range(1, len(stored) + 1)) else str(stored)
         raise Invalid(f"k: experiment {exp.id} stores score@k by label at k in {shown}, got {k}")
     return [{"model": m, "distance": d, "k": k,
              "by_label": {str(key[3]): val for key, val in sorted(v.items()) if key[:3] == (m, d, k)}}
-            for m, d in exp.pairs()]
+            for m, d in exp.pairs(split)]
 
 
 def model_row(session: Session, exp: Finished | db.Experiment, model: str | None) -> db.ModelRow:

@@ -68,18 +68,33 @@ def study_tables(session, exp, ks: list[int], by_label_k: int) -> list[Table]:
     score@k by label at ``by_label_k``: the same rows, and the same columns, the API serves."""
     from common.study import reads
 
-    labelled = [by_label_table(reads.by_label_rows(session, exp, by_label_k), by_label_k),
-                agreement_table(reads.agreement_rows(session, exp, ks)),
-                values_table("knn_accuracy", reads.value_rows(session, exp, "knn_accuracy", ks), ks)
+    def labelled(split: str) -> list[Table]:
+        return [by_label_table(reads.by_label_rows(session, exp, by_label_k, split), by_label_k),
+                agreement_table(reads.agreement_rows(session, exp, ks, split)),
+                values_table("knn_accuracy", reads.value_rows(session, exp, "knn_accuracy", ks, split), ks)
                 ] if exp.labelled else []  # data without labels: no label-based table
-    return [values_table("score_at_k", reads.value_rows(session, exp, "score_at_k", ks), ks),
-            *labelled,
-            values_table("r_nx", reads.value_rows(session, exp, "r_nx", ks), ks),
-            values_table("trustworthiness", reads.value_rows(session, exp, "trustworthiness", ks), ks),
-            values_table("continuity", reads.value_rows(session, exp, "continuity", ks), ks),
-            mrre_table(reads.mrre_rows(session, exp, ks), ks),
-            values_table("lcmc", reads.value_rows(session, exp, "lcmc", ks), ks),
-            auc_table(reads.auc_rows(session, exp))]
+
+    out = []
+    if "train" in exp.splits:
+        out += [values_table("score_at_k", reads.value_rows(session, exp, "score_at_k", ks), ks),
+                *labelled("train"),
+                values_table("r_nx", reads.value_rows(session, exp, "r_nx", ks), ks),
+                values_table("trustworthiness", reads.value_rows(session, exp, "trustworthiness", ks), ks),
+                values_table("continuity", reads.value_rows(session, exp, "continuity", ks), ks),
+                mrre_table(reads.mrre_rows(session, exp, ks), ks),
+                values_table("lcmc", reads.value_rows(session, exp, "lcmc", ks), ks),
+                auc_table(reads.auc_rows(session, exp))]
+    if "test" in exp.splits:  # the held-out test split's, named test_<table>
+        out += [held_out(t) for t in [values_table("score_at_k", reads.value_rows(session, exp, "score_at_k", ks,
+                                                                                  "test"), ks), *labelled("test")]]
+    return out
+
+
+def held_out(table: Table) -> Table:
+    """A table of the held-out test split: named test_<name>, its title saying so."""
+    title = table.title.replace("leave-one-out majority", "majority")  # a test sample is not among the voters
+    return Table(f"test_{table.name}", f"{title} (held-out test split: each test sample against the training "
+                                       "samples)", table.columns, table.rows)
 
 
 def sweep_table(grid: dict[str, list], metric: str, rows: list[dict]) -> Table:

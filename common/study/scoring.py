@@ -83,6 +83,85 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray | None, orig: dict[str,
     return out
 
 
+TEST = "test_"  # the held-out test split's metrics are stored under these names: test_score_at_k, ...
+HELDOUT_METRICS = ("score_at_k", "score_at_k_by_label", "knn_accuracy", "same_label_rate", "label_agreement_change",
+                   "label_agreement_distance")  # what the test split is scored by (the rest need its own tables)
+
+
+def heldout_metrics(cfg: StudyConfig, n_train: int, labels: np.ndarray | None, test_labels: np.ndarray | None,
+                    orig: dict[str, np.ndarray],
+                    enc: Iterable[tuple[tuple[str, str], np.ndarray]]) -> list[dict]:
+    """The held-out test split's metrics at every k = 1..top_k, stored as test_<metric>: each test sample's k
+    nearest training samples in pixel space (``orig[distance]``, (M, K) ids of training samples) against its k
+    nearest training codes (``enc``'s ((model, distance), (M, K)) pairs): score@k (the share kept), score@k by
+    label, kNN accuracy (the training samples' labels voting for the test sample's own) and label agreement,
+    as STUDY.md defines them with the test samples as the rows. ``labels`` None: only score@k."""
+    top = top_k(cfg, n_train)
+    ks = np.arange(1, top + 1)
+    m_rows = len(next(iter(orig.values())))
+    labelled = labels is not None and test_labels is not None
+    classes = int(max(labels.max(), test_labels.max())) + 1 if labelled else 1
+    own = test_labels if labelled else np.zeros(m_rows, np.uint8)
+    per_label = np.bincount(own, minlength=classes)
+    out: list[dict] = []
+
+    def put(metric: str, space: str, distance: str, values: np.ndarray, label: int = -1) -> None:
+        out.extend({"metric": TEST + metric, "space": space, "distance": distance, "k": int(k), "label": label,
+                    "value": float(v)} for k, v in zip(ks, values, strict=True))
+
+    for d, o in orig.items():
+        if labelled:
+            put("same_label_rate", db.ORIGINAL, d, M.same_label_curves(o, None, labels, own)["original_rate"])
+            put("knn_accuracy", db.ORIGINAL, d, M.knn_accuracy_curve(o, labels, own))
+    for (m, d), e in enc:
+        o = orig[d]
+        shared = M.overlap_sums(o, e, own, classes)
+        put("score_at_k", m, d, shared.sum(axis=0) / m_rows / ks)
+        if not labelled:
+            continue
+        la = M.same_label_curves(o, e, labels, own)
+        put("same_label_rate", m, d, la["encoded_rate"])
+        put("label_agreement_change", m, d, la["change"])
+        put("label_agreement_distance", m, d, la["abs_change"])
+        put("knn_accuracy", m, d, M.knn_accuracy_curve(e, labels, own))
+        for label in np.flatnonzero(per_label):
+            put("score_at_k_by_label", m, d, shared[label] / per_label[label] / ks, int(label))
+    return out
+
+
+def heldout_values(session: Session, experiment_id: int, cfg: StudyConfig, settings=None) -> list[dict]:
+    """The held-out test split's metrics (:func:`heldout_metrics`) from its stored samples and codes: each test
+    sample's exact top-K among the training samples, in pixel space and in every model's code space, computed
+    here a block of test samples at a time (common/compute/placing.py: the C kernels for bytes, the tables'
+    float64 formula for codes; ties to the lower id). Imports the kernels (and torch) when called."""
+    from common.compute.placing import Pixels, block_sums, cross_table
+
+    exp = db.get_experiment(session=session, experiment_id=experiment_id)
+    train, test = session.get(db.DatasetRow, exp.dataset_id), session.get(db.DatasetRow, exp.test_dataset_id)
+    if test is None:
+        raise LookupError(f"experiment {experiment_id}: its test split is not stored (split {cfg.split.value})")
+    top = top_k(cfg, train.n)
+    distances = [d.value for d in cfg.distances]
+    pixels = Pixels(db.dataset_values(train), kernel=getattr(settings, "kernel", None))
+    xt = db.dataset_values(test)
+    orig = {d: cross_table(lambda q, d=d: pixels.sums(q, d), xt, top) for d in distances}
+    del pixels
+    rows = {r.name: r for r in db.list_models(session=session, experiment_id=experiment_id)}
+
+    def enc():
+        for m in (x.value for x in cfg.models):
+            codes, placed = db.model_codes(rows[m]), db.model_test_codes(rows[m])
+            if placed is None:
+                raise LookupError(f"experiment {experiment_id}: {m} has not placed the test split")
+            for d in distances:
+                yield (m, d), cross_table(lambda q, d=d: block_sums(codes, q, d), placed, top)
+
+    labelled = db.dataset_labelled(train) and db.dataset_labelled(test)
+    labels = np.frombuffer(train.labels, np.uint8) if labelled else None
+    test_labels = np.frombuffer(test.labels, np.uint8) if labelled else None
+    return heldout_metrics(cfg, train.n, labels, test_labels, orig, enc())
+
+
 def _ids(session: Session, experiment_id: int, space: str, d: str, width: int) -> np.ndarray:
     """The first ``width`` columns of a complete stored id table."""
     t = db.find_table(session=session, experiment_id=experiment_id, space=space, distance=d)
@@ -126,16 +205,22 @@ def rank_sums_of(session: Session, experiment_id: int, cfg: StudyConfig, names: 
 
 
 def store_metrics(factory: sessionmaker[Session], experiment_id: int, settings=None) -> None:
-    """Compute and store every metric of an experiment at every k (replacing what was stored).
-    ``settings``: where the exact ranks are computed (common/study/ranking.py's RankSettings)."""
+    """Compute and store every metric of an experiment at every k (replacing what was stored): its training
+    split's, its held-out test split's, or both, as its config's split says. ``settings``: where the exact
+    ranks are computed (common/study/ranking.py's RankSettings)."""
     with factory() as s:  # one table in memory at a time, beside the pixel-space ones
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         cfg = StudyConfig.model_validate(exp.config)
         n = s.get(db.DatasetRow, exp.dataset_id).n
-        names = [m.value for m in cfg.models] + ready_uploads(s, experiment_id)
-        ranks = rank_sums_of(s, experiment_id, cfg, names, settings)
-        labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n))
-        values = compute_metrics(cfg, labels, orig, enc, ranks)
+        values = []
+        if cfg.scores_train:
+            names = [m.value for m in cfg.models] + ready_uploads(s, experiment_id)
+            ranks = rank_sums_of(s, experiment_id, cfg, names, settings)
+            labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n))
+            values = compute_metrics(cfg, labels, orig, enc, ranks)
+            del orig, enc
+        if cfg.scores_test:
+            values += heldout_values(s, experiment_id, cfg, settings)
     with db.transaction(factory) as s:
         db.save_metrics(session=s, experiment_id=experiment_id, values=values)
         db.update_experiment(session=s, experiment_id=experiment_id, metrics_all_k=True)

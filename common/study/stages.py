@@ -21,7 +21,7 @@ from common.compute.keeping import KeepConfig, keep_map, train_keeping
 from common.compute.models import is_autoencoder
 from common.compute.names import REFERENCE_MAPS, keep_encoder_epochs
 from common.compute.references import check_available, fit_map
-from common.compute.sources import locate, read_source
+from common.compute.sources import has_test_split, locate, read_source
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.errors import DataError
 from common.store import db as db
@@ -82,6 +82,51 @@ def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path,
     return ds
 
 
+def test_name(name: str) -> str:
+    """The stored name of a data set's test split (32 characters at most, as every data set's)."""
+    return f"{name[:27]}/test"
+
+
+def read_test(cfg: StudyConfig, ds: Dataset, data_dir: Path, cache_dir: Path) -> Dataset | None:
+    """The held-out test split the config scores (None: it scores the training split only), its first ``limit``
+    samples, checked to be samples of the training data's shape and type."""
+    if not cfg.scores_test:
+        return None
+    if cfg.named is not None:
+        test = load_dataset(cfg.named, data_dir, cache_dir, cfg.limit, split="test")
+    else:
+        path = locate(cfg.data, data_dir, cache_dir) if cfg.data is not None else None
+        if path is None or not has_test_split(path):
+            raise DataError(f"split: {cfg.source} has no test split that aeknn reads (mnist, fashion-mnist and "
+                            f"CIFAR folders have one); got split {cfg.split.value}: study it with split train")
+        test = read_source(path, split="test")
+    images, labels = test.images[: cfg.limit], test.labels[: cfg.limit]
+    if tuple(test.shape) != tuple(ds.shape) or images.dtype != ds.images.dtype or not len(images):
+        raise DataError(f"split: {cfg.source}'s test split holds {len(images)} samples of shape {tuple(test.shape)} "
+                        f"({images.dtype}); its training samples are {tuple(ds.shape)} ({ds.images.dtype})")
+    return Dataset(test_name(ds.name), np.ascontiguousarray(images), np.ascontiguousarray(labels), ds.shape,
+                   ds.labelled)
+
+
+def stored_test(factory: sessionmaker[Session], experiment_id: int) -> Dataset | None:
+    """The experiment's held-out test split as its data stage stored it, or None (it scores its training split)."""
+    with factory() as s:
+        exp = db.get_experiment(session=s, experiment_id=experiment_id)
+        if exp.test_dataset_id is None:
+            return None
+        row = s.get(db.DatasetRow, exp.test_dataset_id)
+        return Dataset(row.name, db.dataset_values(row), np.frombuffer(row.labels, np.uint8), db.dataset_shape(row),
+                       db.dataset_labelled(row))
+
+
+def scaled_like(test: Dataset, ds: Dataset) -> torch.Tensor:
+    """The test split's inputs as the models see the training data's: bytes as x/255*2-1, float data by the
+    training data's range."""
+    from common.compute.pictures import unit_scaled
+
+    return ds.scaled() if test is ds else torch.from_numpy(unit_scaled(test.images, ds.images))
+
+
 def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Dataset:
     """The experiment's data as its data stage stored it (the database is the source of truth)."""
     with factory() as s:
@@ -93,14 +138,18 @@ def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Datase
 
 def stage_data(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset | None = None) -> Dataset:
     """Load the data set (unless ``ds`` is it, read already) and store it (labels, pixels, one sample's
-    shape) once per (data set, N)."""
+    shape) once per (data set, N); the held-out test split too, when the study scores it."""
     t0 = time.perf_counter()
     if ds is None:
         ds = read_data(cfg, rt.data_dir, rt.cache_dir, rt.factory)
+    test = read_test(cfg, ds, rt.data_dir, rt.cache_dir)
     with db.transaction(rt.factory) as s:
         dataset_id = db.get_or_create_dataset(session=s, name=ds.name, labels=ds.labels, images=ds.images,
                                               shape=ds.shape, labelled=ds.labelled)
-        db.update_experiment(session=s, experiment_id=experiment_id, dataset_id=dataset_id)
+        test_id = None if test is None else db.get_or_create_dataset(
+            session=s, name=test.name, labels=test.labels, images=test.images, shape=test.shape,
+            labelled=test.labelled)
+        db.update_experiment(session=s, experiment_id=experiment_id, dataset_id=dataset_id, test_dataset_id=test_id)
     _timed(rt, experiment_id, "data", t0)
     return ds
 
@@ -159,24 +208,30 @@ def stage_train(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) 
                         on_epoch_end=on_epoch_end)
     rt.progress.end()
     seconds = time.perf_counter() - t0
+    test = stored_test(rt.factory, experiment_id)
+    xt = None if test is None else scaled_like(test, ds)
     for name, ck in final.items():
-        _store_trained(rt, rows[name].id, load_trained(name, ck.model_state), x, seconds, recon_ids=rids,
-                       recon_epoch=ck.recon_epoch, reconstructions=ck.reconstructions)
+        model = load_trained(name, ck.model_state)
+        _store_trained(rt, rows[name].id, model, x, seconds, recon_ids=rids, recon_epoch=ck.recon_epoch,
+                       reconstructions=ck.reconstructions,
+                       test_codes=None if xt is None else encode(model, xt).numpy())
     _timed(rt, experiment_id, "train", t0)
 
 
 def _store_trained(rt: Runtime, model_id: int, model: torch.nn.Module, x: torch.Tensor, seconds: float, *,
                    recon_ids: list[int], recon_epoch: int | None, reconstructions: torch.Tensor | None,
-                   codes: np.ndarray | None = None) -> None:
+                   codes: np.ndarray | None = None, test_codes: np.ndarray | None = None) -> None:
     """A trained model's weights, reconstructions and the code of every sample (``codes``, else the
-    model's encoding of ``x``), in one transaction."""
+    model's encoding of ``x``), and the held-out test split's codes when the study scores it, in one
+    transaction."""
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     with db.transaction(rt.factory) as s:
         db.save_trained(session=s, model_id=model_id, weights=buf.getvalue(), recon_ids=recon_ids,
                         recon_epoch=recon_epoch,
                         reconstructions=None if reconstructions is None else reconstructions.numpy(),
-                        codes=encode(model, x).numpy() if codes is None else codes, seconds=seconds)
+                        codes=encode(model, x).numpy() if codes is None else codes, seconds=seconds,
+                        test_codes=test_codes)
 
 
 def keep_distance(cfg: StudyConfig) -> str:
@@ -231,14 +286,30 @@ def stage_keep(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -
     model, _ = train_keeping(x, nbr, kcfg, resume=resume, on_epoch_end=on_epoch_end)
     rt.progress.end()
     codes = keep_map(model, x, nbr, kcfg)  # not checkpointed: a resume after the last epoch redoes the same bits
+    test = stored_test(rt.factory, experiment_id)
+    test_codes = None if test is None else place_test(model, codes, ds, test, kcfg, distance)
     _store_trained(rt, row.id, model, x, time.perf_counter() - t0, recon_ids=[], recon_epoch=None,
-                   reconstructions=None, codes=codes)
+                   reconstructions=None, codes=codes, test_codes=test_codes)
     _timed(rt, experiment_id, "train relu_keep", t0)
+
+
+def place_test(model: torch.nn.Module, codes: np.ndarray, ds: Dataset, test: Dataset, kcfg: KeepConfig,
+               distance: str) -> np.ndarray:
+    """The held-out test split on relu_keep's refined map, held still: encoded, then placed together as
+    keeping.place places unseen samples (each pulled towards its first pixel-space neighbours among the
+    training and test samples)."""
+    from common.compute.keeping import PLACE_EPOCHS, PLACE_POSITIVES, place
+    from common.compute.placing import Pixels, unseen_neighbors
+
+    joint = Pixels(np.concatenate([ds.images, test.images]))
+    nbr = unseen_neighbors(joint, test.images, ds.n, distance, PLACE_POSITIVES)
+    return place(encode(model, scaled_like(test, ds)).numpy(), codes, nbr, kcfg, PLACE_EPOCHS)
 
 
 def stage_maps(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -> None:
     """Fit the reference maps the experiment asks for (PCA; UMAP and t-SNE with the maps extra), each
-    seeded by the study's seed, and store their codes: read-only models, no weights. Stored already:
+    seeded by the study's seed, and store their codes (and the held-out test split's, placed by each map's
+    transform, when the study scores it): read-only models, no weights. Stored already:
     nothing to do. A missing library fails here, at once (the stage comes first after the data)."""
     names = [m.value for m in cfg.models if m.value in REFERENCE_MAPS]
     with db.transaction(rt.factory) as s:
@@ -246,14 +317,17 @@ def stage_maps(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -
     todo = [n for n in names if rows[n].codes is None]
     check_available(todo)
     x = ds.scaled().numpy()
+    test = stored_test(rt.factory, experiment_id) if todo else None
     for name in todo:
         t0 = time.perf_counter()
         rt.progress.begin(f"fit {name}", 1, "maps")
-        codes, _ = fit_map(name, x, seed=cfg.seed)
+        codes, transform = fit_map(name, x, seed=cfg.seed)
+        test_codes = None if test is None else transform(scaled_like(test, ds).numpy())  # its library's transform
         rt.progress.advance(1)
         rt.progress.end()
         with db.transaction(rt.factory) as s:
-            db.save_map(session=s, model_id=rows[name].id, codes=codes, seconds=time.perf_counter() - t0)
+            db.save_map(session=s, model_id=rows[name].id, codes=codes, seconds=time.perf_counter() - t0,
+                        test_codes=test_codes)
         _timed(rt, experiment_id, f"fit {name}", t0)
 
 
