@@ -855,3 +855,53 @@ def test_data_without_labels_is_shown_without_any_label_table(page, unlabelled):
     summary = page.inner_text("#compare-summary")
     assert "relu_mse and pca share" in summary and "label" not in summary, summary
     assert "label" not in (page.get_attribute("#compare-summary a", "title") or "x label")
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory, data_dir):
+    """Two studies that score MNIST's held-out test split: both splits ("all"), then the test split alone."""
+    folder = tmp_path_factory.mktemp("heldout")
+    url = f"sqlite:///{folder / 'h.db'}"
+    ids = []
+    for split, models in (("all", ["relu_mse", "pca"]), ("test", ["pca"])):
+        eid, factory = study_in_process(url, StudyConfig(limit=300, epochs=1, k=20, ks=[5, 10], models=models,
+                                                         split=split), data_dir, folder / "cache")
+        factory.kw["bind"].dispose()
+        ids.append(eid)
+    api = ApiServer({"AEKNN_DATABASE_URL": url, "AEKNN_BROKER_URL": "redis://127.0.0.1:6379/15"}, folder)
+    yield {"url": api.url, "all": ids[0], "test": ids[1]}
+    api.stop()
+
+
+def test_the_held_out_test_split_is_shown_beside_the_training_split(page, heldout):
+    """Tables of the test split (t-test_*) hold the API's ?split=test values; a chart draws its score@k beside
+    the training split's; the findings say what it kept. A study of the test split alone shows only those."""
+    eid = heldout["all"]
+    open_page(page, f"{heldout['url']}/?experiment={eid}")
+    page.wait_for_selector("#findings[data-ready='1']", timeout=30_000)
+    page.wait_for_selector("#charts[data-ready='1']", timeout=30_000)
+    ids = page.eval_on_selector_all("#tables table", "ts => ts.map(t => t.id)")
+    assert {"t-score_at_k", "t-r_nx", "t-test_score_at_k", "t-test_knn_accuracy", "t-test_score_at_k_by_label",
+            "t-test_label_agreement_change", "t-test_same_label_rate"} <= set(ids)
+    cells = page.eval_on_selector_all("#t-test_score_at_k td[data-metric], #t-test_knn_accuracy td[data-metric]",
+                                      "tds => tds.map(td => ({...td.dataset}))")
+    api = {}
+    for metric in ("score_at_k", "knn_accuracy"):
+        body = httpx.get(f"{heldout['url']}/metrics/{metric}",
+                         params={"experiment": eid, "k": "5,10", "split": "test"}).json()
+        assert body["split"] == "test"
+        for row in body["rows"]:
+            for k, v in row["values"].items():
+                api[("test_" + metric, row.get("model") or row.get("space"), row["distance"], k)] = v
+    assert {(c["metric"], c["space"], c["distance"], c["k"]): float(c["value"]) for c in cells} == api
+    assert page.is_visible("#chart-heldout") and page.is_visible("#chart-rnx")
+    assert "held-out test split" in page.inner_text("#findings")
+    assert "held-out test split" in page.inner_text("#t-test_score_at_k")
+
+    open_page(page, f"{heldout['url']}/?experiment={heldout['test']}")
+    page.wait_for_selector("#findings[data-ready='1']", timeout=30_000)
+    page.wait_for_selector("#charts[data-ready='1']", timeout=30_000)
+    ids = page.eval_on_selector_all("#tables table", "ts => ts.map(t => t.id)")
+    assert ids and all(i.startswith("t-test_") for i in ids), ids
+    assert page.is_visible("#chart-heldout") and not page.is_visible("#chart-score")
+    assert "pca keeps the most" in page.inner_text("#findings")

@@ -495,16 +495,49 @@ function landing() { // before a sample is picked: say how, instead of two empty
 
 // ------------------------------------------------------------------ findings: what the study found
 
+// The splits an experiment scored: its training samples (every metric), the held-out test split, or both.
+const splitsOf = (cfg) => (cfg.split === "all" ? ["train", "test"] : [cfg.split || "train"]);
+
 // The verb for a change, from its sign (at the three decimals shown).
 function trend(before, after) {
   const a = before.toFixed(3), b = after.toFixed(3);
   return a === b ? "stays at" : after > before ? "rises from" : "falls from";
 }
 
+// What the held-out test split adds: how much each model keeps of a test image's neighbourhood among the
+// training images (beside what it keeps of its training samples'), and the vote of the training codes.
+async function heldOutFindings(id, k, d, scoreTrain) {
+  const q = `experiment=${id}&k=${k}&split=test`;
+  const [score, acc] = await Promise.all([api(`/metrics/score_at_k?${q}`),
+    ifLabelled(api(`/metrics/knn_accuracy?experiment=${id}&k=5&split=test`))]);
+  const rows = score.rows.filter((r) => r.distance === d).map((r) => ({ model: r.model, v: r.values[String(k)] }))
+    .sort((a, b) => b.v - a.v);
+  const best = rows[0];
+  const trainOf = (m) => scoreTrain && scoreTrain.rows.find((r) => r.model === m && r.distance === d);
+  const was = trainOf(best.model);
+  const out = [`On the held-out test split, each test image placed by every model: ${best.model} keeps the most, ` +
+    `${pct(best.v)} of a test image's ${k} nearest training images (${d.toUpperCase()}) among its ${k} nearest ` +
+    `training codes` + (was ? ` (${pct(was.values[String(k)])} on its training samples).` : ".") +
+    (rows.length > 1 ? ` Then ${rows.slice(1).map((r) => `${r.model} ${pct(r.v)}`).join(", ")}.` : "")];
+  const a = acc && acc.rows.find((r) => r.space === best.model && r.distance === d);
+  const px = acc && acc.rows.find((r) => r.space === "original" && r.distance === d);
+  if (a && px) out.push(`A 5-nearest-neighbour vote of the training samples labels ${pct(px.values["5"])} of the ` +
+    `test images right in pixel space and ${pct(a.values["5"])} through ${best.model}'s codes.`);
+  return out;
+}
+
 async function loadFindings() {
   const id = state.experiment, cfg = app.exp.config;
   const k = cfg.ks.includes(10) ? 10 : cfg.ks[0], d = cfg.distances.includes("l2") ? "l2" : cfg.distances[0];
   const q = `experiment=${id}&k=${k}`;
+  const splits = splitsOf(cfg);
+  if (!splits.includes("train")) { // the held-out test split alone
+    const sentences = await heldOutFindings(id, k, d, null);
+    if (id !== state.experiment) return;
+    $("findings-text").replaceChildren(...sentences.map((s) => el("li", { text: s })));
+    $("findings").dataset.ready = "1";
+    return;
+  }
   const [score, acc, agree, byLabel] = await Promise.all([api(`/metrics/score_at_k?${q}`),
     ifLabelled(api(`/metrics/knn_accuracy?experiment=${id}&k=5`)), ifLabelled(api(`/metrics/label_agreement?${q}`)),
     ifLabelled(api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, cfg.k)}`))]);
@@ -550,6 +583,11 @@ async function loadFindings() {
     sentences.push(`Fitted by well-kept libraries rather than trained, the reference maps keep ` +
       `${refs.map((r) => `${pct(r.v)} (${r.model})`).join(", ")} of each ${k}-neighbourhood.`);
   }
+  if (splits.includes("test")) {
+    const held = await heldOutFindings(id, k, d, score);
+    if (id !== state.experiment) return;
+    sentences.push(...held);
+  }
   $("findings-text").replaceChildren(...sentences.map((s) => el("li", { text: s })));
   $("findings").dataset.ready = "1";
 }
@@ -583,6 +621,15 @@ async function curvesOf(id) { // an experiment's curves at every k, fetched once
 // dotted and named by its id.
 async function loadCharts() {
   const id = state.experiment, others = [...state.overlay].filter((o) => o !== id);
+  const splits = splitsOf(app.exp.config);
+  for (const c of CURVES) $(c.id).hidden = !splits.includes("train");
+  $("chart-heldout").hidden = !splits.includes("test");
+  if (splits.includes("test")) await heldOutChart(id, splits);
+  if (!splits.includes("train")) {
+    if (id !== state.experiment) return;
+    $("charts").dataset.ready = "1";
+    return;
+  }
   const [mine, ...more] = await Promise.all([curvesOf(id), ...others.map(curvesOf)]);
   if (id !== state.experiment) return;
   const series = (t, run) => t.rows.map((r) => ({ name: `${run ? `#${run} ` : ""}${r.model} ${r.distance}`,
@@ -594,6 +641,21 @@ async function loadCharts() {
   $("charts").dataset.ready = "1";
   $("charts").dataset.points = String(mine[0].k.length);
   $("charts").dataset.overlay = others.join(",");
+}
+
+// score@k of the held-out test split (dotted) beside the training split's (solid), at every k, in one
+// distance (L2 where the study has it).
+async function heldOutChart(id, splits) {
+  const cfg = app.exp.config, d = cfg.distances.includes("l2") ? "l2" : cfg.distances[0];
+  const [test, train] = await Promise.all([api(`/metrics/score_at_k?experiment=${id}&k=all&split=test`),
+    splits.includes("train") ? api(`/metrics/score_at_k?experiment=${id}&k=all`) : Promise.resolve(null)]);
+  if (id !== state.experiment) return;
+  const series = (t, split) => t.rows.filter((r) => r.distance === d).map((r) => ({
+    name: `${r.model} ${split}`, colour: MODEL_COLOURS[r.model] || "#000", dash: split === "test" ? "run" : false,
+    points: t.k.map((k) => [k, r.values[String(k)]]).filter(([, v]) => v !== null && v !== undefined) }));
+  lineChart($("chart-heldout"), { title: `score@k (${d.toUpperCase()}): held-out test split (dotted) beside the ` +
+    "training split (solid)", xLabel: "k", yLabel: "score@k",
+    series: (train ? series(train, "train") : []).concat(series(test, "test")) });
 }
 
 // ------------------------------------------------------------------ runs: every experiment, one row each
@@ -1250,35 +1312,21 @@ function downloadCsv(t) {
 }
 app.csvOf = (id) => csvOf($(id));
 
-async function loadTables() {
-  const id = state.experiment, text = $("ks").value;
-  const ks = parseKs(text);
-  if (!ks) { note("ks", `k: "${text}" is not a comma list of whole numbers, like 5,10,20`); return; }
-  note("ks", "loading the tables…", "busy");
-  const q = `experiment=${id}&k=${ks.join(",")}`;
-  let score, rnx, acc, agree, byLabel, trust, cont, mrre, lcmc, auc;
-  try {
-    [score, rnx, acc, agree, byLabel, trust, cont, mrre, lcmc, auc] = await Promise.all([
-      api(`/metrics/score_at_k?${q}`), api(`/metrics/r_nx?${q}`), ifLabelled(api(`/metrics/knn_accuracy?${q}`)),
-      ifLabelled(api(`/metrics/label_agreement?${q}`)),
-      ifLabelled(api(`/metrics/score_at_k/by_label?experiment=${id}&k=${Math.min(20, app.exp.config.k)}`)),
-      api(`/metrics/trustworthiness?${q}`), api(`/metrics/continuity?${q}`), api(`/metrics/mrre?${q}`),
-      api(`/metrics/lcmc?${q}`), api(`/metrics/auc_rnx?experiment=${id}`)]);
-  } catch (e) { note("ks", e.message); return; }
-  if (id !== state.experiment) return;
-  note("ks");
-  if (ks.join(",") !== (app.exp.config.ks || []).join(",") || state.ks) { state.ks = ks; if (!app.linkProblems.length) writeUrl(); }
-  const kcols = score.k.map((k) => `k=${k}`);
+// The tables every scored split has (score@k, by label, same-label rates, label agreement, kNN accuracy): ids
+// t-<metric>, and t-test_<metric> with "held-out test split" in the title for the test split.
+function splitTables(split, kcols, { score, acc, agree, byLabel }) {
+  const pre = split === "test" ? "test_" : "", of = split === "test" ? " — held-out test split, each test image " +
+    "against the training images" : "";
   const values = (t, metric) => t.rows.map((r) => ({
     name: [r.model ?? r.space, r.distance], values: t.k.map((k) => r.values[String(k)]),
-    attrs: t.k.map((k) => ({ metric, space: r.model ?? r.space, distance: r.distance, k })) }));
+    attrs: t.k.map((k) => ({ metric: pre + metric, space: r.model ?? r.space, distance: r.distance, k })) }));
   const agreeRows = (field, metric) => {
     const rows = new Map();
     for (const r of agree.rows) {
       const key = `${r.model}/${r.distance}`;
       if (!rows.has(key)) rows.set(key, { name: [r.model, r.distance], values: [], attrs: [] });
       rows.get(key).values.push(r[field]);
-      rows.get(key).attrs.push({ metric, space: r.model, distance: r.distance, k: r.k });
+      rows.get(key).attrs.push({ metric: pre + metric, space: r.model, distance: r.distance, k: r.k });
     }
     return [...rows.values()];
   };
@@ -1287,7 +1335,7 @@ async function loadTables() {
     for (const d of [...new Set(agree.rows.map((r) => r.distance))]) {
       const first = agree.rows.filter((r) => r.distance === d && r.model === agree.rows[0].model);
       out.push({ name: ["original", d], values: first.map((r) => r.original_rate),
-                 attrs: first.map((r) => ({ metric: "same_label_rate", space: "original", distance: d, k: r.k })) });
+                 attrs: first.map((r) => ({ metric: pre + "same_label_rate", space: "original", distance: d, k: r.k })) });
     }
     return out.concat(agreeRows("encoded_rate", "same_label_rate"));
   };
@@ -1295,40 +1343,78 @@ async function loadTables() {
   const labelCols = labelled && byLabel.rows.length ? Object.keys(byLabel.rows[0].by_label).sort((a, b) => a - b) : [];
   const byLabelRows = !labelled ? [] : byLabel.rows.map((r) => ({ name: [r.model, r.distance],
     values: labelCols.map((l) => r.by_label[l] ?? null),
-    attrs: labelCols.map((l) => ({ metric: "score_at_k_by_label", space: r.model, distance: r.distance,
+    attrs: labelCols.map((l) => ({ metric: pre + "score_at_k_by_label", space: r.model, distance: r.distance,
                                    k: r.k, label: l })) }));
-  $("tables").replaceChildren(...[
-    table("score@k: share of each pixel-space neighbourhood kept", "t-score_at_k",
+  return [
+    table(`score@k: share of each pixel-space neighbourhood kept${of}`, `t-${pre}score_at_k`,
       ["model", "distance", ...kcols], values(score, "score_at_k"), "max"),
     ...(!labelled ? [] : [
-      table(`score@${byLabel.k} by label`, "t-score_at_k_by_label", ["model", "distance", ...labelCols],
+      table(`score@${byLabel.k} by label${of}`, `t-${pre}score_at_k_by_label`, ["model", "distance", ...labelCols],
         byLabelRows, "max"),
-      table("same-label rate (pixel space, then each model's code space)", "t-same_label_rate",
+      table(`same-label rate (pixel space, then each model's code space)${of}`, `t-${pre}same_label_rate`,
         ["space", "distance", ...kcols], rateRows(), "max"),
-      table("label agreement change (encoded - original; negative = same-label neighbours lost)",
-        "t-label_agreement_change", ["model", "distance", ...kcols],
+      table(`label agreement change (encoded - original; negative = same-label neighbours lost)${of}`,
+        `t-${pre}label_agreement_change`, ["model", "distance", ...kcols],
         agreeRows("change", "label_agreement_change"), "max"),
-      table("label agreement distance (mean |change|; lower is better)", "t-label_agreement_distance",
+      table(`label agreement distance (mean |change|; lower is better)${of}`, `t-${pre}label_agreement_distance`,
         ["model", "distance", ...kcols], agreeRows("abs_change", "label_agreement_distance"), "min"),
-      table("kNN accuracy@k (leave-one-out)", "t-knn_accuracy", ["space", "distance", ...kcols],
-        values(acc, "knn_accuracy"), "max")]),
-    table("R_NX(k): score@k corrected for chance", "t-r_nx", ["model", "distance", ...kcols],
-      values(rnx, "r_nx"), "max"),
-    table("trustworthiness T(k) (1 = every code-space neighbour is a pixel-space one; k < N/2)",
-      "t-trustworthiness", ["model", "distance", ...kcols], values(trust, "trustworthiness"), "max"),
-    table("continuity C(k) (1 = every pixel-space neighbour is a code-space one; k < N/2)", "t-continuity",
-      ["model", "distance", ...kcols], values(cont, "continuity"), "max"),
-    ...["false", "missing"].map((way) => table(way === "false"
-      ? "MRRE(k) of the code-space neighbours (their pixel-space rank errors; higher is better; k < N/2)"
-      : "MRRE(k) of the pixel-space neighbours (their code-space rank errors; higher is better; k < N/2)",
-    `t-mrre_${way}`, ["model", "distance", ...kcols], mrre.rows.filter((r) => r.direction === way).map((r) => ({
-      name: [r.model, r.distance], values: mrre.k.map((k) => r.values[String(k)]),
-      attrs: mrre.k.map((k) => ({ metric: `mrre_${way}`, space: r.model, distance: r.distance, k })) })), "max")),
-    table("LCMC(k) = score@k - k/(N-1)", "t-lcmc", ["model", "distance", ...kcols], values(lcmc, "lcmc"), "max"),
-    table(`AUC of R_NX over k = 1..${auc.rows.length ? auc.rows[0].k_max : "K"} (log-k weights)`, "t-auc_rnx",
-      ["model", "distance", "AUC"], auc.rows.map((r) => ({ name: [r.model, r.distance], values: [r.value],
-        attrs: [{ metric: "auc_rnx", space: r.model, distance: r.distance, k: r.k_max }] })), "max"),
-  ].map((t) => el("div", { class: "table-wrap" }, t)));
+      table(split === "test" ? `kNN accuracy@k (the training images vote)${of}` : "kNN accuracy@k (leave-one-out)",
+        `t-${pre}knn_accuracy`, ["space", "distance", ...kcols], values(acc, "knn_accuracy"), "max")]),
+  ];
+}
+
+async function loadTables() {
+  const id = state.experiment, text = $("ks").value;
+  const ks = parseKs(text);
+  if (!ks) { note("ks", `k: "${text}" is not a comma list of whole numbers, like 5,10,20`); return; }
+  note("ks", "loading the tables…", "busy");
+  const splits = splitsOf(app.exp.config);
+  const fetchSplit = (split) => {
+    const q = `experiment=${id}&k=${ks.join(",")}${split === "test" ? "&split=test" : ""}`;
+    const byLabelQ = `experiment=${id}&k=${Math.min(20, app.exp.config.k)}${split === "test" ? "&split=test" : ""}`;
+    return Promise.all([api(`/metrics/score_at_k?${q}`), ifLabelled(api(`/metrics/knn_accuracy?${q}`)),
+      ifLabelled(api(`/metrics/label_agreement?${q}`)), ifLabelled(api(`/metrics/score_at_k/by_label?${byLabelQ}`))])
+      .then(([score, acc, agree, byLabel]) => ({ score, acc, agree, byLabel }));
+  };
+  const q = `experiment=${id}&k=${ks.join(",")}`;
+  let scored, rest;
+  try {
+    [scored, rest] = await Promise.all([Promise.all(splits.map(fetchSplit)), !splits.includes("train")
+      ? Promise.resolve(null)
+      : Promise.all([api(`/metrics/r_nx?${q}`), api(`/metrics/trustworthiness?${q}`), api(`/metrics/continuity?${q}`),
+        api(`/metrics/mrre?${q}`), api(`/metrics/lcmc?${q}`), api(`/metrics/auc_rnx?experiment=${id}`)])]);
+  } catch (e) { note("ks", e.message); return; }
+  if (id !== state.experiment) return;
+  note("ks");
+  if (ks.join(",") !== (app.exp.config.ks || []).join(",") || state.ks) { state.ks = ks; if (!app.linkProblems.length) writeUrl(); }
+  const kcols = scored[0].score.k.map((k) => `k=${k}`);
+  const values = (t, metric) => t.rows.map((r) => ({
+    name: [r.model ?? r.space, r.distance], values: t.k.map((k) => r.values[String(k)]),
+    attrs: t.k.map((k) => ({ metric, space: r.model ?? r.space, distance: r.distance, k })) }));
+  const tables = [];
+  splits.forEach((split, i) => {
+    tables.push(...splitTables(split, kcols, scored[i]));
+    if (split !== "train") return;
+    const [rnx, trust, cont, mrre, lcmc, auc] = rest;
+    tables.push(
+      table("R_NX(k): score@k corrected for chance", "t-r_nx", ["model", "distance", ...kcols],
+        values(rnx, "r_nx"), "max"),
+      table("trustworthiness T(k) (1 = every code-space neighbour is a pixel-space one; k < N/2)",
+        "t-trustworthiness", ["model", "distance", ...kcols], values(trust, "trustworthiness"), "max"),
+      table("continuity C(k) (1 = every pixel-space neighbour is a code-space one; k < N/2)", "t-continuity",
+        ["model", "distance", ...kcols], values(cont, "continuity"), "max"),
+      ...["false", "missing"].map((way) => table(way === "false"
+        ? "MRRE(k) of the code-space neighbours (their pixel-space rank errors; higher is better; k < N/2)"
+        : "MRRE(k) of the pixel-space neighbours (their code-space rank errors; higher is better; k < N/2)",
+      `t-mrre_${way}`, ["model", "distance", ...kcols], mrre.rows.filter((r) => r.direction === way).map((r) => ({
+        name: [r.model, r.distance], values: mrre.k.map((k) => r.values[String(k)]),
+        attrs: mrre.k.map((k) => ({ metric: `mrre_${way}`, space: r.model, distance: r.distance, k })) })), "max")),
+      table("LCMC(k) = score@k - k/(N-1)", "t-lcmc", ["model", "distance", ...kcols], values(lcmc, "lcmc"), "max"),
+      table(`AUC of R_NX over k = 1..${auc.rows.length ? auc.rows[0].k_max : "K"} (log-k weights)`, "t-auc_rnx",
+        ["model", "distance", "AUC"], auc.rows.map((r) => ({ name: [r.model, r.distance], values: [r.value],
+          attrs: [{ metric: "auc_rnx", space: r.model, distance: r.distance, k: r.k_max }] })), "max"));
+  });
+  $("tables").replaceChildren(...tables.map((t) => el("div", { class: "table-wrap" }, t)));
   $("tables").dataset.ready = "1";
 }
 

@@ -6,6 +6,7 @@ Imports only numpy and SQL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -220,7 +221,10 @@ def store_metrics(factory: sessionmaker[Session], experiment_id: int, settings=N
             values = compute_metrics(cfg, labels, orig, enc, ranks)
             del orig, enc
         if cfg.scores_test:
+            t0 = time.perf_counter()
             values += heldout_values(s, experiment_id, cfg, settings)
+            if settings is not None:  # recorded as a stage's time, beside the rank passes'
+                settings.seconds["metrics test split"] = time.perf_counter() - t0
     with db.transaction(factory) as s:
         db.save_metrics(session=s, experiment_id=experiment_id, values=values)
         db.update_experiment(session=s, experiment_id=experiment_id, metrics_all_k=True)
