@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common.compute import metrics as M
-from common.compute.placing import Pixels, block_sums, cross_table, float_sums, smallest, unseen_neighbors
+from common.compute.placing import (Pixels, block_sums, code_cross_table, cross_table, float_sums, pixel_cross_table,
+                                    smallest, unseen_neighbors)
 from common.settings import Settings
 from common.store import db as db
 from common.study.config import StudyConfig
@@ -57,22 +58,37 @@ def test_block_sums_are_float_sums_to_the_last_bit():
             assert np.array_equal(got[i], float_sums(x, q[i], d))
 
 
-def test_pixel_cross_tables_equal_a_brute_force_on_mnist_with_duplicates(mnist):
+def test_pixel_cross_tables_equal_a_brute_force_on_every_path_here_with_duplicates(mnist):
+    from common.compute.neighbors import pixel_paths
+
     train = mnist.images[:3000]
     test = np.concatenate([mnist.images[5000:5150], train[[7, 7, 2999]]])  # copies of training images: ties at 0
-    pixels = Pixels(train)
     for d in ("l1", "l2"):
         want = brute_top(pixel_sums(train, test, d), 40)
-        assert np.array_equal(cross_table(lambda q, d=d: pixels.sums(q, d), test, 40, block=64), want)
-    floats = Pixels(train[:800].astype(np.float32) / 7)  # float data: the tables' float64 formula
-    want = brute_top(np.stack([float_sums(floats.x, r, "l2") for r in test / np.float32(7)]), 20)
-    assert np.array_equal(cross_table(lambda q: floats.sums(q, "l2"), test.astype(np.float32) / 7, 20), want)
+        for path in pixel_paths(d, train.shape[1]):  # int8 and float32 GEMMs, each SAD kernel, torch's
+            assert np.array_equal(pixel_cross_table(train, test, d, 40, kernel=path, block=64), want), (d, path)
+        pixels = Pixels(train)  # the new images' path, one kernel pass a row
+        assert np.array_equal(cross_table(lambda q, d=d: pixels.sums(q, d), test, 40), want), d
+    floats = train[:800].astype(np.float32) / 7  # float data: the tables' float64 formula
+    want = brute_top(np.stack([float_sums(floats, r, "l2") for r in test / np.float32(7)]), 20)
+    assert np.array_equal(pixel_cross_table(floats, test.astype(np.float32) / 7, "l2", 20), want)
+
+
+def test_code_cross_tables_equal_a_brute_force_with_ties_across_the_cut():
+    rng = np.random.default_rng(2)
+    codes = np.round(rng.normal(size=(4000, 2)), 1).astype(np.float32)  # a grid: many codes share a distance
+    queries = np.concatenate([np.round(rng.normal(size=(300, 2)), 1), codes[:5]]).astype(np.float32)
+    for d in ("l1", "l2"):
+        want = brute_top(np.stack([float_sums(codes, q, d) for q in queries]), 30)
+        for pad in (0, 4, 32):  # no spare candidate: every row with a tie at the cut is searched whole
+            assert np.array_equal(code_cross_table(codes, queries, d, 30, pad=pad), want), (d, pad)
+    assert code_cross_table(codes[:20], queries, "l2", 5).shape == (len(queries), 5)  # k + pad past N: whole
 
 
 def test_an_unseen_sample_is_left_out_of_its_own_neighbours(mnist):
     train, test = mnist.images[:500], np.concatenate([mnist.images[600:640], mnist.images[:2]])
     both = np.concatenate([train, test])
-    got = unseen_neighbors(Pixels(both), test, 500, "l2", 10)
+    got = unseen_neighbors(train, test, "l2", 10)
     sums = pixel_sums(both, test, "l2")
     sums[np.arange(len(test)), 500 + np.arange(len(test))] = np.iinfo(np.int64).max  # itself: never
     assert np.array_equal(got, brute_top(sums, 10))

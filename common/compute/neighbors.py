@@ -281,6 +281,11 @@ class FusedPixels(Space):
         _parallel(part, lhs.shape[0])
         return out
 
+    def ordered_scores(self, q: np.ndarray, c0: int, c1: int) -> np.ndarray:
+        """(len(q), c1 - c0) int64 scores of query rows ``q`` against points c0..c1 in the order of their exact
+        distances, ties kept: the L1 sums, or the squared L2 distances less each query row's own |a|^2."""
+        return self.base[c0:c1].astype(np.int64) + self.a * self._block(q, c0, c1).astype(np.int64)
+
     def _update_rows(self, g: np.ndarray, c0: int, rows: np.ndarray, srow: np.ndarray, st: _TopK) -> None:
         """Block ``g`` (len(rows), m) scored against columns c0..c0+m, into the rows' own states."""
         m, f32 = g.shape[1], g.dtype == np.float32

@@ -246,11 +246,69 @@ def cross_table(sums_of, queries: np.ndarray, k: int, block: int = 128) -> np.nd
     return out
 
 
-def unseen_neighbors(joint: Pixels, rows: np.ndarray, n_map: int, distance: str, m: int) -> np.ndarray:
-    """(M, m) int32: the first ``m`` neighbours of each unseen row among ``joint``'s samples (the map's
-    ``n_map`` rows, then the M unseen ones, row i at id n_map + i), itself left out: keeping.place's ``nbr``."""
-    ids = cross_table(lambda q: joint.sums(q, distance), rows, m + 1)
-    keep = ids != (n_map + np.arange(len(rows)))[:, None]
+def pixel_cross_table(x: np.ndarray, queries: np.ndarray, distance: str, k: int, kernel: str | None = None,
+                      block: int = 256, among_queries: bool = False) -> np.ndarray:
+    """(M, k) int32: each query row's k nearest rows of the data ``x`` (with ``among_queries``, of the data and
+    then the queries, ids continuing: a row then finds itself), exact, ties to the lower id. Bytes go through
+    the tables' own engine (common/compute/neighbors.py, FusedPixels: the int8 or float32 GEMM for L2, the
+    SAD kernel for L1, the fastest measured here unless ``kernel`` forces one; every core), over the data
+    and the queries together, the queries' rows scored against the columns asked for. Float data: the
+    tables' float64 formula (:func:`block_sums`)."""
+    both = np.concatenate([x, queries])
+    n = len(both) if among_queries else len(x)
+    if x.dtype != np.uint8:
+        return cross_table(lambda q: block_sums(both[:n], q, distance), queries, k, block)
+    from common.compute import neighbors as nb
+
+    path = nb.choose_pixel_path(both, distance, kernel=kernel)
+    if path == "torch":  # no C kernels here: one row at a time through Pixels
+        pixels = Pixels(both[:n], kernel)
+        return cross_table(lambda q: pixels.sums(q, distance), queries, k, block)
+    space = nb.FusedPixels(both, distance, path)
+    del both
+    try:
+        return cross_table(lambda rows: space.ordered_scores(rows, 0, n), np.arange(len(x), len(x) + len(queries)), k,
+                           block)
+    finally:
+        nb.release_scratch()
+
+
+def code_cross_table(codes: np.ndarray, queries: np.ndarray, distance: str, k: int, pad: int = 32,
+                     margin: float = 1e-9) -> np.ndarray:
+    """(M, k) int32: each query code's k nearest ``codes``, by the tables' float64 formula (:func:`float_sums`),
+    ties to the lower id. A KD-tree (scipy) proposes k + ``pad`` candidates, the formula ranks them, and the
+    cut is proven as the tables prove it (every code left out is farther, by the tree's distance less a
+    ``margin`` far above rounding); rows it cannot prove (ties across the cut) are searched whole."""
+    from scipy.spatial import cKDTree
+
+    x, q = np.asarray(codes, np.float64), np.asarray(queries, np.float64)
+    n, m = len(x), min(k + pad, len(x))
+    if m == n:
+        return cross_table(lambda rows: block_sums(x, rows, distance), q, k)
+    tree = cKDTree(x, balanced_tree=False)  # balanced_tree=False: as the tables' (neighbors.CodeSpace)
+    out = np.empty((len(q), k), np.int32)
+    for r0 in range(0, len(q), 8192):
+        qb = q[r0:r0 + 8192]
+        td, ti = tree.query(qb, k=m, p=1 if distance == "l1" else 2, workers=-1)
+        ev = np.zeros(ti.shape)
+        for j in range(x.shape[1]):  # float_sums' operations, one coordinate at a time
+            diff = qb[:, j, None] - x[ti, j]
+            ev += np.abs(diff) if distance == "l1" else diff * diff
+        order = np.lexsort((ti, ev), axis=1)
+        ids, vals = np.take_along_axis(ti, order, 1)[:, :k], np.take_along_axis(ev, order, 1)[:, k - 1]
+        edge = td[:, -1] if distance == "l1" else td[:, -1] ** 2
+        bad = ~(vals < edge * (1 - margin))
+        if bad.any():
+            ids[bad] = cross_table(lambda rows: block_sums(x, rows, distance), qb[bad], k)
+        out[r0:r0 + len(qb)] = ids
+    return out
+
+
+def unseen_neighbors(x: np.ndarray, rows: np.ndarray, distance: str, m: int, kernel: str | None = None) -> np.ndarray:
+    """(M, m) int32: the first ``m`` neighbours of each unseen row among the map's samples ``x`` and the M unseen
+    ones (row i at id N + i), itself left out: keeping.place's ``nbr``."""
+    ids = pixel_cross_table(x, rows, distance, m + 1, kernel, among_queries=True)
+    keep = ids != (len(x) + np.arange(len(rows)))[:, None]
     keep[keep.all(axis=1), -1] = False  # itself beyond m + 1 (as many duplicates before it): drop the last
     return ids[keep].reshape(len(rows), m)
 

@@ -133,9 +133,10 @@ def heldout_metrics(cfg: StudyConfig, n_train: int, labels: np.ndarray | None, t
 def heldout_values(session: Session, experiment_id: int, cfg: StudyConfig, settings=None) -> list[dict]:
     """The held-out test split's metrics (:func:`heldout_metrics`) from its stored samples and codes: each test
     sample's exact top-K among the training samples, in pixel space and in every model's code space, computed
-    here a block of test samples at a time (common/compute/placing.py: the C kernels for bytes, the tables'
-    float64 formula for codes; ties to the lower id). Imports the kernels (and torch) when called."""
-    from common.compute.placing import Pixels, block_sums, cross_table
+    here a block of test samples at a time (common/compute/placing.py: the tables' engine for bytes, a
+    KD-tree proven by the tables' float64 formula for codes; ties to the lower id). Imports the kernels (and
+    torch) when called."""
+    from common.compute.placing import code_cross_table, pixel_cross_table
 
     exp = db.get_experiment(session=session, experiment_id=experiment_id)
     train, test = session.get(db.DatasetRow, exp.dataset_id), session.get(db.DatasetRow, exp.test_dataset_id)
@@ -143,10 +144,9 @@ def heldout_values(session: Session, experiment_id: int, cfg: StudyConfig, setti
         raise LookupError(f"experiment {experiment_id}: its test split is not stored (split {cfg.split.value})")
     top = top_k(cfg, train.n)
     distances = [d.value for d in cfg.distances]
-    pixels = Pixels(db.dataset_values(train), kernel=getattr(settings, "kernel", None))
-    xt = db.dataset_values(test)
-    orig = {d: cross_table(lambda q, d=d: pixels.sums(q, d), xt, top) for d in distances}
-    del pixels
+    x, xt = db.dataset_values(train), db.dataset_values(test)
+    orig = {d: pixel_cross_table(x, xt, d, top, kernel=getattr(settings, "kernel", None)) for d in distances}
+    del x
     rows = {r.name: r for r in db.list_models(session=session, experiment_id=experiment_id)}
 
     def enc():
@@ -155,7 +155,7 @@ def heldout_values(session: Session, experiment_id: int, cfg: StudyConfig, setti
             if placed is None:
                 raise LookupError(f"experiment {experiment_id}: {m} has not placed the test split")
             for d in distances:
-                yield (m, d), cross_table(lambda q, d=d: block_sums(codes, q, d), placed, top)
+                yield (m, d), code_cross_table(codes, placed, d, top)
 
     labelled = db.dataset_labelled(train) and db.dataset_labelled(test)
     labels = np.frombuffer(train.labels, np.uint8) if labelled else None

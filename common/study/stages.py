@@ -299,10 +299,9 @@ def place_test(model: torch.nn.Module, codes: np.ndarray, ds: Dataset, test: Dat
     keeping.place places unseen samples (each pulled towards its first pixel-space neighbours among the
     training and test samples)."""
     from common.compute.keeping import PLACE_EPOCHS, PLACE_POSITIVES, place
-    from common.compute.placing import Pixels, unseen_neighbors
+    from common.compute.placing import unseen_neighbors
 
-    joint = Pixels(np.concatenate([ds.images, test.images]))
-    nbr = unseen_neighbors(joint, test.images, ds.n, distance, PLACE_POSITIVES)
+    nbr = unseen_neighbors(ds.images, test.images, distance, PLACE_POSITIVES)
     return place(encode(model, scaled_like(test, ds)).numpy(), codes, nbr, kcfg, PLACE_EPOCHS)
 
 
