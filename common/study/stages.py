@@ -286,8 +286,10 @@ def stage_keep(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -
     model, _ = train_keeping(x, nbr, kcfg, resume=resume, on_epoch_end=on_epoch_end)
     rt.progress.end()
     codes = keep_map(model, x, nbr, kcfg)  # not checkpointed: a resume after the last epoch redoes the same bits
-    test = stored_test(rt.factory, experiment_id)
+    test, t1 = stored_test(rt.factory, experiment_id), time.perf_counter()
     test_codes = None if test is None else place_test(model, codes, ds, test, kcfg, distance)
+    if test is not None:
+        _timed(rt, experiment_id, "place test split relu_keep", t1)
     _store_trained(rt, row.id, model, x, time.perf_counter() - t0, recon_ids=[], recon_epoch=None,
                    reconstructions=None, codes=codes, test_codes=test_codes)
     _timed(rt, experiment_id, "train relu_keep", t0)
