@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 run: install
-	$(VENV)/bin/aeknn run
+	$(VENV)/bin/aeknn run --split all
 	$(VENV)/bin/aeknn serve
 
 test: install-dev
