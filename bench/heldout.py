@@ -5,8 +5,9 @@ a brute force of random test images' pixel-space rows.
 
     python bench/heldout.py --db full.db [--experiment ID] [--avx2] [--check 100]
 
---avx2 runs the same on AVX2 alone: the C kernels' AVX2 path, torch's (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
-and numpy's (NPY_DISABLE_CPU_FEATURES) without AVX-512; the L2 path is then measured again among those. Prints the processor and its flags.
+--avx2 runs the same on AVX2 alone: the C kernels' AVX2 path, torch's (ATEN_CPU_CAPABILITY,
+ONEDNN_MAX_CPU_ISA) and numpy's (NPY_DISABLE_CPU_FEATURES) without AVX-512; the L2 path is then measured
+again among those. Prints the processor and its flags.
 """
 
 from __future__ import annotations

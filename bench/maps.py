@@ -18,7 +18,8 @@ defaults), as the product fits them for an experiment that asks for them (common
 here unseeded, every core). Every map's own exact top-50 table (L2, the project's engine) is compared
 with the pixel space's: score@k for k = 5, 10, 20, 50, kNN accuracy@5 and R_NX(10), as STUDY.md defines
 them. The test split (10,000 images) is scored the same way, neighbours among the test images in both spaces,
-for every method that maps an unseen image (t-SNE through openTSNE's transform), beside the first 10,000 training images scored among themselves (the same N: score@k depends on
+for every method that maps an unseen image (t-SNE through openTSNE's transform),
+beside the first 10,000 training images scored among themselves (the same N: score@k depends on
 how many samples share the map). A last row regresses the seed's encoder onto t-SNE's map
 (--fit-epochs): how much of that map this encoder can draw at all. Times are each method's fit on the
 training split. The budget line is one seed model (relu_mse) trained alone for 100 epochs, estimated

@@ -85,10 +85,10 @@ def _config(args: argparse.Namespace, cmd: str):
     """The StudyConfig the options ask for, or None after printing what is wrong with them."""
     from common.study.config import StudyConfig, error_text
 
-    fields = {"dataset": args.dataset, "data": _path(args.data), "labels": _path(args.labels), "limit": args.limit,
-              "split": args.split, "models": args.models, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-              "weight_decay": args.weight_decay, "k": args.k, "distances": args.distances, "seed": args.seed,
-              "ks": args.ks}
+    fields = {"dataset": args.dataset, "data": _path(args.data), "labels": _path(args.labels),
+              "limit": args.limit, "split": args.split, "models": args.models, "epochs": args.epochs,
+              "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay, "k": args.k,
+              "distances": args.distances, "seed": args.seed, "ks": args.ks}
     try:
         return StudyConfig(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:

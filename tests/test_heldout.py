@@ -14,8 +14,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common.compute import metrics as M
-from common.compute.placing import (Pixels, block_sums, code_cross_table, cross_table, float_sums, pixel_cross_table,
-                                    smallest, unseen_neighbors)
+from common.compute.placing import (
+    Pixels,
+    block_sums,
+    code_cross_table,
+    cross_table,
+    float_sums,
+    pixel_cross_table,
+    smallest,
+    unseen_neighbors,
+)
 from common.settings import Settings
 from common.store import db as db
 from common.study.config import StudyConfig
@@ -68,7 +76,7 @@ def test_pixel_cross_tables_equal_a_brute_force_on_every_path_here_with_duplicat
         for path in pixel_paths(d, train.shape[1]):  # int8 and float32 GEMMs, each SAD kernel, torch's
             assert np.array_equal(pixel_cross_table(train, test, d, 40, kernel=path, block=64), want), (d, path)
         pixels = Pixels(train)  # the new images' path, one kernel pass a row
-        assert np.array_equal(cross_table(lambda q, d=d: pixels.sums(q, d), test, 40), want), d
+        assert np.array_equal(cross_table(lambda q, d=d, p=pixels: p.sums(q, d), test, 40), want), d
     floats = train[:800].astype(np.float32) / 7  # float data: the tables' float64 formula
     want = brute_top(np.stack([float_sums(floats, r, "l2") for r in test / np.float32(7)]), 20)
     assert np.array_equal(pixel_cross_table(floats, test.astype(np.float32) / 7, "l2", 20), want)
@@ -168,7 +176,8 @@ def test_the_test_split_is_stored_and_placed_by_every_model(study, mnist, mnist_
             assert placed.shape == (LIMIT, 2) and np.isfinite(placed).all(), m
         weights = torch.load(io.BytesIO(rows["relu_mse"].weights), weights_only=True)
         x = torch.from_numpy(mnist_test.images).float().div_(255.0).mul_(2.0).sub_(1.0)
-        assert np.array_equal(db.model_test_codes(rows["relu_mse"]), encode(load_trained("relu_mse", weights), x).numpy())
+        model = load_trained("relu_mse", weights)
+        assert np.array_equal(db.model_test_codes(rows["relu_mse"]), encode(model, x).numpy())
 
 
 def test_heldout_metrics_over_http_equal_a_brute_force(study, mnist, mnist_test):

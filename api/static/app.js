@@ -630,12 +630,13 @@ async function loadCharts() {
     $("charts").dataset.ready = "1";
     return;
   }
-  const [mine, ...more] = await Promise.all([curvesOf(id), ...others.map(curvesOf)]);
+  // a ticked run that scored its held-out test split alone has no training curves to lay over these
+  const [mine, ...more] = await Promise.all([curvesOf(id), ...others.map((o) => curvesOf(o).catch(() => null))]);
   if (id !== state.experiment) return;
   const series = (t, run) => t.rows.map((r) => ({ name: `${run ? `#${run} ` : ""}${r.model} ${r.distance}`,
     colour: MODEL_COLOURS[r.model] || "#000", dash: run ? "run" : r.distance === "l1",
     points: t.k.map((k) => [k, r.values[String(k)]]).filter(([, v]) => v !== null && v !== undefined) }));
-  const over = (i) => more.flatMap((tables, j) => series(tables[i], others[j]));
+  const over = (i) => more.flatMap((tables, j) => (tables ? series(tables[i], others[j]) : []));
   CURVES.forEach((c, i) => lineChart($(c.id), { title: c.title, xLabel: "k", yLabel: c.y,
     series: series(mine[i]).concat(over(i)) }));
   $("charts").dataset.ready = "1";

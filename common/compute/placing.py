@@ -257,7 +257,8 @@ def pixel_cross_table(x: np.ndarray, queries: np.ndarray, distance: str, k: int,
     both = np.concatenate([x, queries])
     n = len(both) if among_queries else len(x)
     if x.dtype != np.uint8:
-        return cross_table(lambda q: block_sums(both[:n], q, distance), queries, k, block)
+        data = both[:n]
+        return cross_table(lambda q: block_sums(data, q, distance), queries, k, block)
     from common.compute import neighbors as nb
 
     path = nb.choose_pixel_path(both, distance, kernel=kernel)

@@ -366,7 +366,6 @@ def _stored(session: Session, exp: Finished, ks: list[int]) -> None:
                        "will be there shortly")
 
 
-SPLITS = ("train", "test")
 HELDOUT = ("score_at_k", "score_at_k_by_label", "knn_accuracy", "label_agreement")  # the test split's tables
 
 

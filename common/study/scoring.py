@@ -85,8 +85,6 @@ def compute_metrics(cfg: StudyConfig, labels: np.ndarray | None, orig: dict[str,
 
 
 TEST = "test_"  # the held-out test split's metrics are stored under these names: test_score_at_k, ...
-HELDOUT_METRICS = ("score_at_k", "score_at_k_by_label", "knn_accuracy", "same_label_rate", "label_agreement_change",
-                   "label_agreement_distance")  # what the test split is scored by (the rest need its own tables)
 
 
 def heldout_metrics(cfg: StudyConfig, n_train: int, labels: np.ndarray | None, test_labels: np.ndarray | None,

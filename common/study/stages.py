@@ -124,7 +124,7 @@ def scaled_like(test: Dataset, ds: Dataset) -> torch.Tensor:
     training data's range."""
     from common.compute.pictures import unit_scaled
 
-    return ds.scaled() if test is ds else torch.from_numpy(unit_scaled(test.images, ds.images))
+    return torch.from_numpy(unit_scaled(test.images, ds.images))
 
 
 def stored_dataset(factory: sessionmaker[Session], experiment_id: int) -> Dataset:
