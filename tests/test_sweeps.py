@@ -19,7 +19,7 @@ from common.store import db
 from common.study import sweeps
 from common.study.config import StudyConfig
 
-BASE = {"limit": 700, "models": ["linear_mse", "relu_mse"], "k": 20, "ks": [5, 10], "epochs": 1}
+BASE = {"limit": 700, "models": ["linear_mse", "relu_mse"], "k": 20, "ks": [5, 10], "epochs": 1, "split": "all"}
 GRID = {"weight_decay": [1e-3, 0.0], "seed": [0, 1]}
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -175,6 +175,15 @@ def test_the_aggregates_are_the_mean_and_spread_of_what_each_seed_stored(ran):
                 assert (row["min"], row["max"]) == (min(per_seed), max(per_seed))
         by = sweeps.aggregate(s, ran["id"], "score_at_k_by_label", [10], label_k=10)
         assert {r["label"] for r in by} == set(range(10)) and all(r["k"] == 10 for r in by)
+        held = sweeps.aggregate(s, ran["id"], "test_score_at_k", [10])  # the held-out test split's (split all)
+        for g in info["groups"]:
+            stored = [db.load_metrics(session=s, experiment_id=e, metric="test_score_at_k", ks=[10])
+                      for e in g["experiments"]]
+            per_seed = [next(v.value for v in vs if (v.space, v.distance) == ("relu_mse", "l2")) for vs in stored]
+            (row,) = [r for r in held if r["point"] == g["point"] and (r["space"], r["distance"]) == ("relu_mse", "l2")]
+            assert row["n"] == 2 and row["mean"] == pytest.approx(np.mean(per_seed), abs=1e-15)
+        assert {r["label"] for r in sweeps.aggregate(s, ran["id"], "test_score_at_k_by_label", [10], label_k=10)} \
+            == set(range(10))
         with pytest.raises(Invalid, match="metric: 'nope' is not one of"):
             sweeps.aggregate(s, ran["id"], "nope", [5])
 

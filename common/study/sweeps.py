@@ -28,7 +28,10 @@ GRID_FIELDS = ("dataset", "models", "epochs", "batch_size", "lr", "weight_decay"
 MAX_POINTS = 256
 METRICS = ("score_at_k", "r_nx", "knn_accuracy", "same_label_rate", "label_agreement_change",
            "label_agreement_distance", "score_at_k_by_label", "trustworthiness", "continuity", "mrre_false",
-           "mrre_missing", "lcmc", "auc_rnx")
+           "mrre_missing", "lcmc", "auc_rnx",
+           # the held-out test split's, of a sweep whose base has "split": "test" or "all"
+           "test_score_at_k", "test_knn_accuracy", "test_same_label_rate", "test_label_agreement_change",
+           "test_label_agreement_distance", "test_score_at_k_by_label")
 
 
 def expand(base: dict[str, Any], grid: dict[str, list]) -> list[StudyConfig]:
@@ -192,7 +195,7 @@ def aggregate(s: Session, sweep_id: int, metric: str, ks: list[int], label_k: in
         seeds = [seed for seed, e in zip(g["seeds"], g["experiments"], strict=True) if status[e] == db.SUCCEEDED]
         values: dict[tuple, list[float]] = {}
         for eid in done:
-            want = [label_k] if metric == "score_at_k_by_label" and label_k else ks
+            want = [label_k] if metric.endswith("score_at_k_by_label") and label_k else ks
             # the AUC of R_NX is one number per run, stored at its K: every k asked is ignored
             for v in db.load_metrics(session=s, experiment_id=eid, metric=metric,
                                      ks=None if metric == "auc_rnx" else want):
