@@ -86,8 +86,10 @@ def print_sweep(factory, sweep_id: int, fmt: str, k: str | None = None) -> None:
         info = sweeps.describe(s, sweep_id)
         top = reads.top_k(int(info["base"]["k"]), 10**9)
         ks = reads.parse_ks(k, top, "--k") if k else reads.check_ks(list(info["base"]["ks"]), top)
-        tables = {m: sweeps.aggregate(s, sweep_id, m, ks, label_k=reads.by_label_k(top))
-                  for m in ("score_at_k", "knn_accuracy", "label_agreement_change", "r_nx")}
+        split = info["base"].get("split", "train")  # the held-out test split's too, where the base scores it
+        names = [*(() if split == "test" else ("score_at_k", "knn_accuracy", "label_agreement_change", "r_nx")),
+                 *(() if split == "train" else ("test_score_at_k", "test_knn_accuracy"))]
+        tables = {m: sweeps.aggregate(s, sweep_id, m, ks, label_k=reads.by_label_k(top)) for m in names}
     if fmt == "json":
         print(json.dumps({"sweep": info, "k": ks, "tables": tables}, indent=1, default=str))
         return

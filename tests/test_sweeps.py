@@ -226,6 +226,8 @@ def test_aeknn_metrics_prints_a_sweeps_mean_and_spread(ran):
     data = json.loads(subprocess.run([sys.executable, "-m", "cli", "metrics", "--sweep", str(ran["id"]), "--format",
                                       "json", "--db", ran["url"]], capture_output=True, text=True).stdout)
     assert data["sweep"]["total"] == 4 and data["k"] == [5, 10]
+    assert {"score_at_k", "test_score_at_k", "test_knn_accuracy"} <= set(data["tables"])  # the base: split all
+    assert all(data["tables"]["test_score_at_k"]) and "test_knn_accuracy" in out.stdout
 
 
 def test_one_seed_has_no_spread_to_report(ran):
