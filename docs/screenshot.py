@@ -21,7 +21,8 @@ from urllib.parse import urlencode
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
 # the page's top, or the first element of a section
-SECTIONS = {"map": None, "charts": "#charts", "explore": "#explore", "runs": "#runs-section"}
+SECTIONS = {"map": None, "charts": "#charts", "explore": "#explore", "runs": "#runs-section",
+            "heldout": "#chart-heldout"}
 
 
 def main() -> None:
