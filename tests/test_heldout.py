@@ -266,3 +266,39 @@ def test_a_study_of_the_training_split_has_no_test_split_to_serve(tmp_path, data
     r = TestClient(create_app(Settings(database_url=url))).get("/metrics/score_at_k", params={"split": "test"})
     assert r.status_code == 404 and "scored its training split only" in r.json()["message"]
     f.kw["bind"].dispose()
+
+
+def test_a_cifar_folder_brings_its_test_batch_and_a_folder_without_one_fails_naming_it(tmp_path, data_dir):
+    import pickle
+
+    from common.errors import DataError
+    from tests.test_sources import classes, write_cifar
+
+    x, y = classes(400, 32 * 32 * 3, 4, 3)
+    xt, yt = classes(90, 32 * 32 * 3, 4, 4)
+    rgb, rgb_t = x.reshape(-1, 32, 32, 3), xt.reshape(-1, 32, 32, 3)
+    write_cifar(tmp_path / "cifar", rgb, y)
+    with open(tmp_path / "cifar" / "test_batch", "wb") as f:  # channels first, as published
+        pickle.dump({b"data": rgb_t.transpose(0, 3, 1, 2).reshape(90, -1), b"labels": [int(v) for v in yt]}, f)
+    cfg = StudyConfig(data=str(tmp_path / "cifar"), split="all", models=["pca"], epochs=1, k=12, ks=[5])
+    eid, f = study_in_process(f"sqlite:///{tmp_path / 'c.db'}", cfg, data_dir, tmp_path / "cache")
+    with f() as s:
+        exp = db.get_experiment(session=s, experiment_id=eid)
+        test = s.get(db.DatasetRow, exp.test_dataset_id)
+        assert np.array_equal(db.dataset_values(test), rgb_t.reshape(90, -1))
+        assert np.array_equal(np.frombuffer(test.labels, np.uint8), yt)
+        train = db.dataset_values(s.get(db.DatasetRow, exp.dataset_id))
+        (pca,) = db.list_models(session=s, experiment_id=eid)
+        codes, placed = db.model_codes(pca), db.model_test_codes(pca)
+        got = {(v.k, v.distance): v.value for v in db.load_metrics(session=s, experiment_id=eid,
+                                                                   metric="test_score_at_k", ks=[5, 12])}
+    for d in ("l1", "l2"):
+        pix = brute_top(pixel_sums(train, rgb_t.reshape(90, -1), d), 12)
+        enc = brute_top(np.stack([float_sums(codes, c, d) for c in placed]), 12)
+        for k in (5, 12):
+            assert got[(k, d)] == pytest.approx(M.overlap(pix, enc, k).mean() / k, abs=1e-12)
+    f.kw["bind"].dispose()
+    (tmp_path / "cifar" / "test_batch").unlink()
+    cfg = StudyConfig(data=str(tmp_path / "cifar"), split="test", models=["pca"], epochs=1, k=12, ks=[5])
+    with pytest.raises(DataError, match="test_batch"):
+        study_in_process(f"sqlite:///{tmp_path / 'd.db'}", cfg, data_dir, tmp_path / "cache")
