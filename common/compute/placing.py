@@ -247,13 +247,13 @@ def cross_table(sums_of, queries: np.ndarray, k: int, block: int = 128) -> np.nd
 
 
 def pixel_cross_table(x: np.ndarray, queries: np.ndarray, distance: str, k: int, kernel: str | None = None,
-                      block: int = 256, among_queries: bool = False) -> np.ndarray:
+                      block: int = 256, among_queries: bool = False, cache_dir: str | None = None) -> np.ndarray:
     """(M, k) int32: each query row's k nearest rows of the data ``x`` (with ``among_queries``, of the data and
     then the queries, ids continuing: a row then finds itself), exact, ties to the lower id. Bytes go through
     the tables' own engine (common/compute/neighbors.py, FusedPixels: the int8 or float32 GEMM for L2, the
     SAD kernel for L1, the fastest measured here unless ``kernel`` forces one; every core), over the data
-    and the queries together, the queries' rows scored against the columns asked for. Float data: the
-    tables' float64 formula (:func:`block_sums`)."""
+    and the queries together, the queries' rows scored against the columns asked for (``cache_dir``: where the
+    tables keep which path is fastest here). Float data: the tables' float64 formula (:func:`block_sums`)."""
     both = np.concatenate([x, queries])
     n = len(both) if among_queries else len(x)
     if x.dtype != np.uint8:
@@ -261,7 +261,7 @@ def pixel_cross_table(x: np.ndarray, queries: np.ndarray, distance: str, k: int,
         return cross_table(lambda q: block_sums(data, q, distance), queries, k, block)
     from common.compute import neighbors as nb
 
-    path = nb.choose_pixel_path(both, distance, kernel=kernel)
+    path = nb.choose_pixel_path(both, distance, kernel=kernel, cache_dir=cache_dir)
     if path == "torch":  # no C kernels here: one row at a time through Pixels
         pixels = Pixels(both[:n], kernel)
         return cross_table(lambda q: pixels.sums(q, distance), queries, k, block)

@@ -143,7 +143,8 @@ def heldout_values(session: Session, experiment_id: int, cfg: StudyConfig, setti
     top = top_k(cfg, train.n)
     distances = [d.value for d in cfg.distances]
     x, xt = db.dataset_values(train), db.dataset_values(test)
-    orig = {d: pixel_cross_table(x, xt, d, top, kernel=getattr(settings, "kernel", None)) for d in distances}
+    where = {"kernel": getattr(settings, "kernel", None), "cache_dir": getattr(settings, "cache_dir", None)}
+    orig = {d: pixel_cross_table(x, xt, d, top, **where) for d in distances}
     del x
     rows = {r.name: r for r in db.list_models(session=session, experiment_id=experiment_id)}
 
