@@ -73,7 +73,7 @@ def curves(pixels, codes, d_orig: str, d_enc: str, top: int) -> dict[str, np.nda
 
 
 @pytest.mark.parametrize("distance", ["l1", "l2"])
-@pytest.mark.parametrize("kind", ["pixels", "pixels-torch", "codes-2d-ties", "codes-16d"])
+@pytest.mark.parametrize("kind", ["pixels", "pixels-torch", "codes-2d-ties", "codes-2d-skewed", "codes-16d"])
 def test_ranks_equal_a_brute_force(pixels, kind, distance):
     """Every asked rank, far beyond any K, equals the brute force's; ties (duplicate images, rounded codes)
     go to the lower id. Pixels on the chosen C path and on the portable torch path; 16-D codes on the float32
@@ -84,6 +84,10 @@ def test_ranks_equal_a_brute_force(pixels, kind, distance):
         pts = pixels[:n]
     elif kind == "codes-2d-ties":
         pts = codes_of(pixels[:n], ties=True)
+    elif kind == "codes-2d-skewed":  # most codes in one small cluster, a few far off (linear_l1's shape), copies
+        pts = np.round(rng.normal(size=(n, 2)) * 1e-3, 5)
+        pts[:20] *= 1e4
+        pts[50:60] = pts[40]
     else:
         pts = np.round(rng.normal(size=(n, 16)), 1)
         pts[:, 3] = 0.5  # a constant column
@@ -95,6 +99,26 @@ def test_ranks_equal_a_brute_force(pixels, kind, distance):
     got = np.concatenate([b for _, b in rank_rows(space, asked, memory_budget=64 << 20)])
     want = brute_ranks(pts, distance)[np.arange(n)[:, None], asked]
     assert got.min() >= 1 and (got == want).all()
+
+
+@pytest.mark.parametrize("far", [1.0, 1e5])
+def test_the_rank_grid_cuts_evenly_or_by_counts_each_cell_inside_its_box(far):
+    from common.compute.ranks import rank_grid
+
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(size=(5000, 2)), 4)
+    x[:10] *= far  # far codes: even cuts of the bounding box would leave the rest in a few cells
+    start, ids, cell_of, xy, box = rank_grid(x)
+    counts = np.diff(start)
+    assert len(counts) == 17 * 17 and np.array_equal(np.sort(ids), np.arange(5000)) and np.array_equal(xy, x[ids])
+    if far > 1:  # cut by counts: 5000 / 289 a cell
+        assert counts.min() >= 17 and counts.max() <= 18
+    else:  # cut evenly: the normal's middle holds more than its tails
+        assert counts.max() > 40 and counts.min() == 0
+    for c in np.flatnonzero(counts):
+        part = ids[start[c]:start[c + 1]]
+        assert (np.diff(part) > 0).all() and (cell_of[part] == c).all()  # id order within a cell
+        assert np.array_equal(box[c], [x[part, 0].min(), x[part, 0].max(), x[part, 1].min(), x[part, 1].max()])
 
 
 def test_ranks_of_the_table_itself_are_its_columns(pixels):

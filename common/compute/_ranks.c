@@ -11,6 +11,7 @@
  *   coords(x, l1, rows, q, out)   float codes (N, m) float64: value = sum over coordinates in order of
  *       |x_i - x_l| or (x_i - x_l)^2, one rounding per operation, as common/compute/neighbors.py's float64
  *       formula computes it (this file is built with -ffp-contract=off: no fused multiply-add)
+ *   grid(x, l1, rows, q, out, start, id, cell_of, xy, box)   the same for 2-D codes, over a grid of cells
  * rows (b,) int64 are the query ids, q (b, T) int32 the ids asked per row, out (b, T) int64 their ranks.
  * The GIL is released; callers split rows between threads.
  */
@@ -232,7 +233,8 @@ static inline double pair2(double x0, double x1, double a, double b, int l1) {
     return l1 ? fabs(d0) + fabs(d1) : d0 * d0 + d1 * d1;
 }
 
-/* 2-D codes sorted into a grid of cells (about 16 points each), each with the tight box of its points. For
+/* 2-D codes sorted into a grid of cells (about 16 points each: common/compute/ranks.py's equal_grid builds
+ * it once a pass), each with the tight box of its points. For
  * a query row, a cell's values lie in [lo, hi] computed from its box by the same operations as a pair's
  * (x_i - a rounds monotonically in a, and so do |.|, squaring and the sum): a cell above every threshold
  * is skipped, one wholly between two threshold values is counted at once, and only the others are
@@ -245,51 +247,6 @@ typedef struct {
     double *xy;        /* (n, 2) their codes */
     double *box;       /* (cells, 4): lowest and highest first, then second coordinate */
 } grid_t;
-
-static void grid_free(grid_t *G) { free(G->start), free(G->id), free(G->cell_of), free(G->xy), free(G->box); }
-
-static int grid_build(const double *x, Py_ssize_t n, grid_t *G) {
-    double lo0 = x[0], hi0 = x[0], lo1 = x[1], hi1 = x[1];
-    for (Py_ssize_t i = 1; i < n; i++) {
-        lo0 = fmin(lo0, x[2 * i]), hi0 = fmax(hi0, x[2 * i]);
-        lo1 = fmin(lo1, x[2 * i + 1]), hi1 = fmax(hi1, x[2 * i + 1]);
-    }
-    Py_ssize_t side = (Py_ssize_t)sqrt((double)n / 16.0);
-    side = side < 1 ? 1 : side > 2048 ? 2048 : side;
-    G->cells = side * side;
-    G->start = calloc(G->cells + 1, sizeof(Py_ssize_t));
-    G->id = malloc(sizeof(int32_t) * n);
-    G->cell_of = malloc(sizeof(int32_t) * n);
-    G->xy = malloc(sizeof(double) * 2 * n);
-    G->box = malloc(sizeof(double) * 4 * G->cells);
-    if (!G->start || !G->id || !G->cell_of || !G->xy || !G->box) return 0;
-    double s0 = hi0 > lo0 ? side / (hi0 - lo0) : 0.0, s1 = hi1 > lo1 ? side / (hi1 - lo1) : 0.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t c0 = (Py_ssize_t)((x[2 * i] - lo0) * s0), c1 = (Py_ssize_t)((x[2 * i + 1] - lo1) * s1);
-        c0 = c0 < 0 ? 0 : c0 >= side ? side - 1 : c0;
-        c1 = c1 < 0 ? 0 : c1 >= side ? side - 1 : c1;
-        G->cell_of[i] = (int32_t)(c1 * side + c0);
-        G->start[G->cell_of[i] + 1]++;
-    }
-    for (Py_ssize_t c = 0; c < G->cells; c++) {
-        G->start[c + 1] += G->start[c];
-        G->box[4 * c] = G->box[4 * c + 2] = INFINITY;
-        G->box[4 * c + 1] = G->box[4 * c + 3] = -INFINITY;
-    }
-    Py_ssize_t *fill = malloc(sizeof(Py_ssize_t) * G->cells);
-    if (!fill) return 0;
-    for (Py_ssize_t c = 0; c < G->cells; c++) fill[c] = G->start[c];
-    for (Py_ssize_t i = 0; i < n; i++) { /* in id order within each cell */
-        int32_t c = G->cell_of[i];
-        Py_ssize_t at = fill[c]++;
-        G->id[at] = (int32_t)i, G->xy[2 * at] = x[2 * i], G->xy[2 * at + 1] = x[2 * i + 1];
-        double *bx = G->box + 4 * c;
-        bx[0] = fmin(bx[0], x[2 * i]), bx[1] = fmax(bx[1], x[2 * i]);
-        bx[2] = fmin(bx[2], x[2 * i + 1]), bx[3] = fmax(bx[3], x[2 * i + 1]);
-    }
-    free(fill);
-    return 1;
-}
 
 /* the least and the most |x - a| over a in [lo, hi], as fl(x - a) gives them */
 static inline void spread(double x, double lo, double hi, double *least, double *most) {
@@ -425,19 +382,9 @@ static PyObject *py_coords(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    grid_t G = {0};
-    int gridded = m == 2 && n >= 64;
-    int built = 1;
     Py_BEGIN_ALLOW_THREADS
-    if (gridded) built = grid_build(x.buf, n, &G);
-    if (gridded && built) grid_rows(&G, x.buf, l1, rows.buf, b, q.buf, T, out.buf, &s);
-    else if (!gridded) coord_rows(x.buf, n, m, l1, rows.buf, b, q.buf, T, out.buf, &s);
+    coord_rows(x.buf, n, m, l1, rows.buf, b, q.buf, T, out.buf, &s); /* 2-D codes: grid(), over a given grid */
     Py_END_ALLOW_THREADS
-    grid_free(&G);
-    if (!built) {
-        PyErr_NoMemory();
-        goto done;
-    }
 ok:
     result = Py_None;
     Py_INCREF(result);
@@ -447,7 +394,63 @@ done:
     return result;
 }
 
+/* grid(x, l1, rows, q, out, start, id, cell_of, xy, box): as coords for 2-D codes, over a grid the caller
+ * built once (common/compute/ranks.py: cells of equal counts): start (cells + 1,) int64, id and cell_of (n,)
+ * int32, xy (n, 2) float64 (the codes cell by cell), box (cells, 4) float64 (each cell's tight box). */
+static PyObject *py_grid(PyObject *self, PyObject *args) {
+    Py_buffer x, rows, q, out, start, id, cell_of, xy, box;
+    int l1;
+    if (!PyArg_ParseTuple(args, "y*py*y*w*y*y*y*y*y*", &x, &l1, &rows, &q, &out, &start, &id, &cell_of, &xy, &box))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = x.len / 16, b = rows.len / 8, T = b ? q.len / 4 / b : 0, cells = start.len / 8 - 1;
+    scratch_t s = {0};
+    const int64_t *st = start.buf;
+    const int32_t *gid = id.buf, *gc = cell_of.buf;
+    if (sizeof(Py_ssize_t) != 8 || n <= 0 || n >= (Py_ssize_t)INT32_MAX || x.len != n * 16 || q.len != b * T * 4 ||
+        out.len != b * T * 8 || cells < 1 || id.len != n * 4 || cell_of.len != n * 4 || xy.len != n * 16 ||
+        box.len != cells * 32 || st[0] != 0 || st[cells] != n) {
+        fail("grid: x (n, 2) float64, rows (b,) int64, q (b, T) int32, out (b, T) int64, start (cells + 1,) int64 from "
+             "0 to n, id and cell_of (n,) int32, xy (n, 2) and box (cells, 4) float64");
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < cells; c++)
+        if (st[c + 1] < st[c]) {
+            fail("grid: start must not decrease");
+            goto done;
+        }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (gid[i] < 0 || gid[i] >= n || gc[i] < 0 || gc[i] >= cells) {
+            fail("grid: an id or a cell is out of range");
+            goto done;
+        }
+    if (!rows_ok(rows.buf, b, n) || !ids_ok(q.buf, b * T, n)) {
+        fail("grid: an id is out of range");
+        goto done;
+    }
+    if (T == 0 || b == 0) goto ok;
+    if (!scratch_of(&s, T, n)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    grid_t G = {cells, (Py_ssize_t *)start.buf, (int32_t *)id.buf, (int32_t *)cell_of.buf, (double *)xy.buf,
+                (double *)box.buf};
+    Py_BEGIN_ALLOW_THREADS
+    grid_rows(&G, x.buf, l1, rows.buf, b, q.buf, T, out.buf, &s);
+    Py_END_ALLOW_THREADS
+ok:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    scratch_free(&s);
+    PyBuffer_Release(&x), PyBuffer_Release(&rows), PyBuffer_Release(&q), PyBuffer_Release(&out);
+    PyBuffer_Release(&start), PyBuffer_Release(&id), PyBuffer_Release(&cell_of), PyBuffer_Release(&xy);
+    PyBuffer_Release(&box);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"grid", py_grid, METH_VARARGS, "grid(x, l1, rows, q, out, start, id, cell_of, xy, box): coords over a given grid"},
     {"block", py_block, METH_VARARGS, "block(g, kind, n, base, a, rows, q, out): ranks of q's ids in whole rows"},
     {"coords", py_coords, METH_VARARGS, "coords(x, m, l1, rows, q, out): ranks of q's ids among float codes"},
     {NULL, NULL, 0, NULL}};

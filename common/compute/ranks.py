@@ -42,6 +42,43 @@ def _split(fn, count: int) -> None:
     nb._parallel(fn, count)  # one slice of rows per torch thread; the kernel releases the GIL
 
 
+CROWDED = 512  # a point's cell-mates on average (even cuts) past which the rank grid cuts by counts instead
+
+
+def rank_grid(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The grid of 2-D codes (N, 2) float64 that a rank pass places rows by (common/compute/_ranks.c, grid): about
+    16 points a cell. Even cuts of the codes' bounding box, where the codes spread over it; where a few far
+    codes crowd the rest into a handful of cells (a point sharing its cell with more than CROWDED others on
+    average), cells of equal counts: the codes sorted by their first coordinate into slabs, each slab by its
+    second into cells. Either way each cell's points in id order, with the cell's tight box (any partition
+    gives exact ranks). Returns (start (cells + 1,) int64, id (N,) int32, cell_of (N,) int32, xy (N, 2),
+    box (cells, 4)); an empty cell's box is empty (inf, -inf)."""
+    n = len(x)
+    side = int(min(2048, max(1, int(np.sqrt(n / 16.0)))))
+    lo, span = x.min(axis=0), np.ptp(x, axis=0)
+    scale = np.divide(side, span, out=np.zeros(2), where=span > 0)
+    even = np.clip(((x - lo) * scale).astype(np.int64), 0, side - 1)
+    cell_of = (even[:, 1] * side + even[:, 0]).astype(np.int32)
+    counts = np.bincount(cell_of, minlength=side * side)
+    if (counts.astype(np.float64) ** 2).sum() / n > CROWDED:  # equal counts instead
+        ids = np.arange(n)
+        for s, slab in enumerate(np.array_split(np.lexsort((ids, x[:, 0])), side)):
+            for c, cell in enumerate(np.array_split(slab[np.lexsort((slab, x[slab, 1]))], side)):
+                cell_of[cell] = s * side + c
+        counts = np.bincount(cell_of, minlength=side * side)
+    order = np.lexsort((np.arange(n), cell_of)).astype(np.int32)  # cell by cell, in id order within each
+    start = np.zeros(side * side + 1, np.int64)
+    start[1:] = np.cumsum(counts)
+    xy = np.ascontiguousarray(x[order])
+    box = np.empty((side * side, 4))
+    live = counts > 0
+    at = start[:-1][live]
+    box[live] = np.stack([np.minimum.reduceat(xy[:, 0], at), np.maximum.reduceat(xy[:, 0], at),
+                          np.minimum.reduceat(xy[:, 1], at), np.maximum.reduceat(xy[:, 1], at)], axis=1)
+    box[~live] = [np.inf, -np.inf, np.inf, -np.inf]
+    return start, order, cell_of, xy, np.ascontiguousarray(box)
+
+
 def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndarray:
     """Ranks (len(rows), T) int64 of the ids ``asked`` (len(rows), T) from each query row ``rows``."""
     _need_kernel()
@@ -52,9 +89,15 @@ def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndar
     if isinstance(space, nb.CodeSpace):
         x = np.ascontiguousarray(space.x.cpu().numpy(), np.float64)
         m, l1 = x.shape[1], space.l1
+        grid = getattr(space, "rank_grid", None)
+        if grid is None and m == 2 and n >= 64:  # built once a space: every block of its pass shares it
+            grid = space.rank_grid = rank_grid(x)
 
         def part(lo: int, hi: int) -> None:
-            _ranks.coords(x, m, l1, rows[lo:hi], asked[lo:hi], out[lo:hi])
+            if grid is not None:
+                _ranks.grid(x, l1, rows[lo:hi], asked[lo:hi], out[lo:hi], *grid)
+            else:
+                _ranks.coords(x, m, l1, rows[lo:hi], asked[lo:hi], out[lo:hi])
 
         _split(part, len(rows))
         return out
