@@ -11,7 +11,9 @@
  *   coords(x, l1, rows, q, out)   float codes (N, m) float64: value = sum over coordinates in order of
  *       |x_i - x_l| or (x_i - x_l)^2, one rounding per operation, as common/compute/neighbors.py's float64
  *       formula computes it (this file is built with -ffp-contract=off: no fused multiply-add)
- *   grid(x, l1, rows, q, out, start, id, cell_of, xy, box)   the same for 2-D codes, over a grid of cells
+ *   coords(x, 2, l1, rows, q, out, start, id, cell_of, xy, box)   2-D codes over a grid of cells the caller
+ *       built once (common/compute/ranks.py, rank_grid): start (cells + 1,) int64, id and cell_of (n,)
+ *       int32, xy (n, 2) float64 (the codes cell by cell), box (cells, 4) float64 (each cell's tight box)
  * rows (b,) int64 are the query ids, q (b, T) int32 the ids asked per row, out (b, T) int64 their ranks.
  * The GIL is released; callers split rows between threads.
  */
@@ -360,19 +362,44 @@ done:
     return result;
 }
 
+/* the optional grid of coords (cells + 1 offsets, then per point its id and cell, its code, per cell its box):
+ * whether it is whole and consistent, else a ValueError */
+static int grid_ok(const Py_buffer *start, const Py_buffer *id, const Py_buffer *cell_of, const Py_buffer *xy,
+                   const Py_buffer *box, Py_ssize_t n, Py_ssize_t m) {
+    Py_ssize_t cells = start->len / 8 - 1;
+    const int64_t *st = start->buf;
+    const int32_t *gid = id->buf, *gc = cell_of->buf;
+    if (sizeof(Py_ssize_t) != 8 || m != 2 || cells < 1 || id->len != n * 4 || cell_of->len != n * 4 ||
+        xy->len != n * 16 || box->len != cells * 32 || st[0] != 0 || st[cells] != n) {
+        fail("coords: a grid is for 2-D codes: start (cells + 1,) int64 from 0 to n, id and cell_of (n,) int32, xy "
+             "(n, 2) and box (cells, 4) float64");
+        return 0;
+    }
+    for (Py_ssize_t c = 0; c < cells; c++)
+        if (st[c + 1] < st[c]) return fail("coords: the grid's start must not decrease") != NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (gid[i] < 0 || gid[i] >= n || gc[i] < 0 || gc[i] >= cells)
+            return fail("coords: a grid id or cell is out of range") != NULL;
+    return 1;
+}
+
 static PyObject *py_coords(PyObject *self, PyObject *args) {
-    Py_buffer x, rows, q, out;
+    Py_buffer x, rows, q, out, start = {0}, id = {0}, cell_of = {0}, xy = {0}, box = {0};
     Py_ssize_t m;
     int l1;
-    if (!PyArg_ParseTuple(args, "y*npy*y*w*", &x, &m, &l1, &rows, &q, &out)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*npy*y*w*|y*y*y*y*y*", &x, &m, &l1, &rows, &q, &out, &start, &id, &cell_of, &xy,
+                          &box))
+        return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = m > 0 ? x.len / 8 / m : 0, b = rows.len / 8, T = b ? q.len / 4 / b : 0;
+    int gridded = start.obj != NULL;
     scratch_t s = {0};
     if (m <= 0 || n <= 0 || n >= (Py_ssize_t)INT32_MAX || x.len != n * m * 8 || q.len != b * T * 4 ||
-        out.len != b * T * 8) {
-        fail("coords: x must be (n, m) float64, rows (b,) int64, q (b, T) int32, out (b, T) int64");
+        out.len != b * T * 8 || (gridded && box.obj == NULL)) {
+        fail("coords: x must be (n, m) float64, rows (b,) int64, q (b, T) int32, out (b, T) int64, and a grid whole");
         goto done;
     }
+    if (gridded && !grid_ok(&start, &id, &cell_of, &xy, &box, n, m)) goto done;
     if (!rows_ok(rows.buf, b, n) || !ids_ok(q.buf, b * T, n)) {
         fail("coords: an id is out of range");
         goto done;
@@ -382,8 +409,11 @@ static PyObject *py_coords(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
+    grid_t G = {start.len / 8 - 1, (Py_ssize_t *)start.buf, (int32_t *)id.buf, (int32_t *)cell_of.buf,
+                (double *)xy.buf, (double *)box.buf};
     Py_BEGIN_ALLOW_THREADS
-    coord_rows(x.buf, n, m, l1, rows.buf, b, q.buf, T, out.buf, &s); /* 2-D codes: grid(), over a given grid */
+    if (gridded) grid_rows(&G, x.buf, l1, rows.buf, b, q.buf, T, out.buf, &s);
+    else coord_rows(x.buf, n, m, l1, rows.buf, b, q.buf, T, out.buf, &s);
     Py_END_ALLOW_THREADS
 ok:
     result = Py_None;
@@ -391,66 +421,13 @@ ok:
 done:
     scratch_free(&s);
     PyBuffer_Release(&x), PyBuffer_Release(&rows), PyBuffer_Release(&q), PyBuffer_Release(&out);
-    return result;
-}
-
-/* grid(x, l1, rows, q, out, start, id, cell_of, xy, box): as coords for 2-D codes, over a grid the caller
- * built once (common/compute/ranks.py: cells of equal counts): start (cells + 1,) int64, id and cell_of (n,)
- * int32, xy (n, 2) float64 (the codes cell by cell), box (cells, 4) float64 (each cell's tight box). */
-static PyObject *py_grid(PyObject *self, PyObject *args) {
-    Py_buffer x, rows, q, out, start, id, cell_of, xy, box;
-    int l1;
-    if (!PyArg_ParseTuple(args, "y*py*y*w*y*y*y*y*y*", &x, &l1, &rows, &q, &out, &start, &id, &cell_of, &xy, &box))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t n = x.len / 16, b = rows.len / 8, T = b ? q.len / 4 / b : 0, cells = start.len / 8 - 1;
-    scratch_t s = {0};
-    const int64_t *st = start.buf;
-    const int32_t *gid = id.buf, *gc = cell_of.buf;
-    if (sizeof(Py_ssize_t) != 8 || n <= 0 || n >= (Py_ssize_t)INT32_MAX || x.len != n * 16 || q.len != b * T * 4 ||
-        out.len != b * T * 8 || cells < 1 || id.len != n * 4 || cell_of.len != n * 4 || xy.len != n * 16 ||
-        box.len != cells * 32 || st[0] != 0 || st[cells] != n) {
-        fail("grid: x (n, 2) float64, rows (b,) int64, q (b, T) int32, out (b, T) int64, start (cells + 1,) int64 from "
-             "0 to n, id and cell_of (n,) int32, xy (n, 2) and box (cells, 4) float64");
-        goto done;
-    }
-    for (Py_ssize_t c = 0; c < cells; c++)
-        if (st[c + 1] < st[c]) {
-            fail("grid: start must not decrease");
-            goto done;
-        }
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (gid[i] < 0 || gid[i] >= n || gc[i] < 0 || gc[i] >= cells) {
-            fail("grid: an id or a cell is out of range");
-            goto done;
-        }
-    if (!rows_ok(rows.buf, b, n) || !ids_ok(q.buf, b * T, n)) {
-        fail("grid: an id is out of range");
-        goto done;
-    }
-    if (T == 0 || b == 0) goto ok;
-    if (!scratch_of(&s, T, n)) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    grid_t G = {cells, (Py_ssize_t *)start.buf, (int32_t *)id.buf, (int32_t *)cell_of.buf, (double *)xy.buf,
-                (double *)box.buf};
-    Py_BEGIN_ALLOW_THREADS
-    grid_rows(&G, x.buf, l1, rows.buf, b, q.buf, T, out.buf, &s);
-    Py_END_ALLOW_THREADS
-ok:
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    scratch_free(&s);
-    PyBuffer_Release(&x), PyBuffer_Release(&rows), PyBuffer_Release(&q), PyBuffer_Release(&out);
-    PyBuffer_Release(&start), PyBuffer_Release(&id), PyBuffer_Release(&cell_of), PyBuffer_Release(&xy);
-    PyBuffer_Release(&box);
+    Py_buffer *grid[] = {&start, &id, &cell_of, &xy, &box};
+    for (int i = 0; i < 5; i++)
+        if (grid[i]->obj != NULL) PyBuffer_Release(grid[i]);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"grid", py_grid, METH_VARARGS, "grid(x, l1, rows, q, out, start, id, cell_of, xy, box): coords over a given grid"},
     {"block", py_block, METH_VARARGS, "block(g, kind, n, base, a, rows, q, out): ranks of q's ids in whole rows"},
     {"coords", py_coords, METH_VARARGS, "coords(x, m, l1, rows, q, out): ranks of q's ids among float codes"},
     {NULL, NULL, 0, NULL}};

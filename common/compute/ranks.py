@@ -94,10 +94,7 @@ def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndar
             grid = space.rank_grid = rank_grid(x)
 
         def part(lo: int, hi: int) -> None:
-            if grid is not None:
-                _ranks.grid(x, l1, rows[lo:hi], asked[lo:hi], out[lo:hi], *grid)
-            else:
-                _ranks.coords(x, m, l1, rows[lo:hi], asked[lo:hi], out[lo:hi])
+            _ranks.coords(x, m, l1, rows[lo:hi], asked[lo:hi], out[lo:hi], *(grid or ()))
 
         _split(part, len(rows))
         return out
