@@ -57,13 +57,18 @@ def test_smallest_keeps_the_lower_ids_among_ties_beyond_k():
     assert smallest(np.array([[2, 1, 1, 0, 1]]), 3).tolist() == [[3, 1, 2]]  # worked by hand
 
 
-def test_block_sums_are_float_sums_to_the_last_bit():
+def test_block_sums_are_the_tables_formula_to_the_last_bit():
+    """Each row's sums: float64, coordinate by coordinate in order, |q - x| or (q - x)^2, as CodeSpace sums."""
     rng = np.random.default_rng(1)
-    x, q = rng.normal(size=(500, 2)).astype(np.float32), rng.normal(size=(7, 2)).astype(np.float32)
+    x, q = rng.normal(size=(500, 3)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    x64, q64 = x.astype(np.float64), q.astype(np.float64)
     for d in ("l1", "l2"):
         got = block_sums(x, q, d)
         for i in range(len(q)):
-            assert np.array_equal(got[i], float_sums(x, q[i], d))
+            t = [q64[i, j] - x64[:, j] for j in range(3)]
+            t = [np.abs(v) if d == "l1" else v * v for v in t]
+            assert np.array_equal(got[i], (t[0] + t[1]) + t[2])
+            assert np.array_equal(float_sums(x, q[i], d), got[i])
 
 
 def test_pixel_cross_tables_equal_a_brute_force_on_every_path_here_with_duplicates(mnist):

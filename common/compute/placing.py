@@ -203,17 +203,11 @@ class Pixels:
 def float_sums(x: np.ndarray, q: np.ndarray, distance: str) -> np.ndarray:
     """Sum |q - x| or (q - x)^2 over the columns of each row of ``x``, in float64, one coordinate at a time in
     order: the tables' formula for float values and codes (common/compute/neighbors.py, CodeSpace)."""
-    x, q = np.asarray(x, np.float64), np.asarray(q, np.float64)
-    acc = np.zeros(len(x))
-    for j in range(x.shape[1]):
-        diff = q[j] - x[:, j]
-        acc += np.abs(diff) if distance == "l1" else diff * diff
-    return acc
+    return block_sums(x, np.asarray(q)[None], distance)[0]
 
 
 def block_sums(x: np.ndarray, q: np.ndarray, distance: str) -> np.ndarray:
-    """(M, N): :func:`float_sums` of every row of ``q`` (M, m) at once, the same float64 operations in the same
-    order, so each row's sums equal float_sums' to the last bit."""
+    """(M, N): :func:`float_sums` of every row of ``q`` (M, m) at once, one coordinate at a time in order."""
     x, q = np.asarray(x, np.float64), np.asarray(q, np.float64)
     acc = np.zeros((len(q), len(x)))
     for j in range(x.shape[1]):
