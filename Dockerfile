@@ -32,7 +32,7 @@ COPY worker ./worker
 COPY api ./api
 COPY cli ./cli
 RUN pip install ${PIP_ARGS} --no-deps . \
-    && cd / && python -c "import common.store.migrate, api.main, worker.celery_app, cli.main; from common.compute import _l1, _select, _ranks"
+    && cd / && python -c "import common.store.migrate, api.main, worker.celery_app, cli.main; from common.compute import _l1, _select, _ranks, _embed"
 # 3. what a running aeknn never uses: torch's headers, tests and tools, pip, the symbol table of libtorch,
 #    and the compiled bytecode of modules no process imports (it is compiled again for those that do)
 RUN cd /opt/venv/lib/python3*/site-packages \

@@ -8,7 +8,7 @@ export AEKNN_DATA_DIR ?= $(if $(wildcard ../shared/data/mnist),../shared/data,da
 
 .PHONY: run test install install-dev lint clean compose-test
 
-$(VENV)/.installed: pyproject.toml setup.py common/compute/_l1.c common/compute/_select.c common/compute/_ranks.c
+$(VENV)/.installed: pyproject.toml setup.py common/compute/_l1.c common/compute/_select.c common/compute/_ranks.c common/compute/_embed.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
