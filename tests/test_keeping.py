@@ -409,7 +409,7 @@ def test_the_study_refines_the_map_for_its_epochs_after_a_share_of_them_on_the_e
     from common.study.config import StudyConfig
     from common.study.stages import keep_config
 
-    assert (keep_config(StudyConfig()).epochs, keep_config(StudyConfig()).refine_epochs) == (60, 100)
+    assert (keep_config(StudyConfig()).epochs, keep_config(StudyConfig()).refine_epochs) == (30, 100)
     assert (keep_config(StudyConfig(epochs=1)).epochs, keep_config(StudyConfig(epochs=1)).refine_epochs) == (1, 1)
     for bad, match in (({"refine_epochs": -1}, "refine_epochs must be at least 0"),
                        ({"refine_lr": 0.0}, r"refine_lr must be in \(0, 1\]"),

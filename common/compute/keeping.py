@@ -18,11 +18,13 @@ scale; its positive and the negatives none): the encoder learns to map an image 
 alike, and so maps unseen images more as it maps the training images (chosen by measurement: the test
 split within 10 % of the training split, kNN accuracy up on both, at a cost to the training split's
 score@10; README, "Keeping neighbourhoods").
-After training, the map is refined (:func:`refine`): the encoder's codes of the training images, moved as
-free 2-D points under the same loss, keep each image's nearest few far better than any function of this
-size draws them (chosen by measurement; README, "Keeping neighbourhoods"); :func:`place` puts unseen
-images on a refined map the same way, the map held still and the unseen images pulling each other both
-ways, as the map's images did (chosen by measurement, likewise).
+After training, the map is refined: the encoder's codes of the training images, moved as free 2-D points
+under t-SNE's objective over the exact table with the gradient in full (common/compute/refining.py), keep
+each image's nearest neighbours as t-SNE does and more (chosen by measurement: docs/keeping.md; ``refiner``
+``infonce`` keeps the earlier refinement, this loss on free points, :func:`refine`). :func:`place` puts
+unseen images on a refined map, each started at the median of its nearest map images' codes
+(:func:`map_start`), the map held still and the unseen images pulling each other both ways, as the map's
+images did (chosen by measurement, likewise).
 A second loss, ``neg`` (each negative pushed away on its own, as UMAP does), is kept for comparison:
 ``bench/maps.py`` measures both. Imports only torch and numpy.
 """
@@ -50,6 +52,7 @@ from common.compute.training import (
 )
 
 LOSSES = ("infonce", "neg")
+REFINERS = ("tsne", "infonce")  # the map's refinement: t-SNE's objective in full (refining.py), or as before
 ATTRACTION = 1.3  # chosen by measurement: README, "Keeping neighbourhoods"
 FINAL_POSITIVES = 5  # chosen by measurement: README, "Keeping neighbourhoods"
 NOISE = 0.3  # chosen by measurement: README, "Keeping neighbourhoods"
@@ -81,12 +84,16 @@ class KeepConfig:
     loss: str = "infonce"  # or "neg"
     attraction: float = ATTRACTION  # weight of the pull towards the positive (t-SNE's exaggeration); >= 1
     noise: float = NOISE  # standard deviation of the Gaussian noise on each anchor's input; 0: none
-    refine_epochs: int = 0  # then the training codes refined as free points this many epochs (:func:`refine`)
-    refine_lr: float = REFINE_LR  # Adam on the free points
+    refine_epochs: int = 0  # then the training codes refined as free points (0: not refined): by ``refiner``
+    refine_lr: float = REFINE_LR  # Adam on the free points (``infonce``)
+    refiner: str = "tsne"  # t-SNE's objective and schedule (refining.refine_map; its own iterations, whatever
+    # refine_epochs), or ``infonce``: this loss on free points for refine_epochs epochs (:func:`refine`)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {list(LOSSES)}")
+        if self.refiner not in REFINERS:
+            raise ValueError(f"unknown refiner {self.refiner!r}; expected one of {list(REFINERS)}")
         check_attraction(self.attraction)
         if not 0 <= self.noise <= 10:  # also refuses NaN; 10 drowns any image (pixels lie in [-1, 1])
             raise ValueError(f"noise must be in [0, 10] (a standard deviation on the [-1, 1] pixel scale), "
@@ -433,10 +440,21 @@ def refine_step(z: Tensor, ids: Tensor, nb: int, attraction: float) -> tuple[Ten
     return loss, rows, torch.zeros(rows.shape[0], 2, dtype=g.dtype).index_add_(0, inv, g)
 
 
-def keep_map(model: KeepingEncoder, x: Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig) -> np.ndarray:
-    """relu_keep's codes of ``x``: the encoder's, refined ``cfg.refine_epochs`` epochs (none at 0)."""
+def keep_map(model: KeepingEncoder, x: Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig,
+             points: np.ndarray | None = None, distance: str = "l2") -> np.ndarray:
+    """relu_keep's codes of ``x``: the encoder's, then (``cfg.refine_epochs`` > 0) refined by ``cfg.refiner``:
+    ``tsne`` over ``points`` (the samples as stored, whose exact ``distance`` table ``nbr`` is) with
+    refining.refine_map, ``infonce`` with :func:`refine`."""
     codes = encode(model, x).numpy()
-    return refine(codes, nbr, cfg, cfg.refine_epochs, cfg.refine_lr)[0] if cfg.refine_epochs else codes
+    if not cfg.refine_epochs:
+        return codes
+    if cfg.refiner == "infonce":
+        return refine(codes, nbr, cfg, cfg.refine_epochs, cfg.refine_lr)[0]
+    from common.compute.refining import refine_map
+
+    if points is None:
+        raise ValueError("the tsne refiner needs the samples (points) whose table nbr is")
+    return refine_map(codes, points, np.asarray(nbr), distance)
 
 
 def refine(codes: np.ndarray | Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig, epochs: int,
@@ -542,9 +560,41 @@ def draw_among(ptr: Tensor, ids: Tensor, seed: int, epoch: int) -> Tensor:
     return ids[ptr[:-1] + torch.minimum(col, count - 1)]
 
 
+def map_start(reference: np.ndarray | Tensor, nbr: np.ndarray | Tensor, positives: int = PLACE_POSITIVES
+              ) -> np.ndarray:
+    """Where :func:`place` starts each unseen sample on a refined map: the median (per coordinate) of the map
+    codes ``reference`` (N, 2) of its map neighbours among its first ``positives`` in ``nbr`` ((M, K) ids into
+    the map's N rows, then the unseen ones). One with none there (all unseen) starts where its nearest
+    unseen neighbour with a start does, else at the map's median. The refinement moves the encoder's codes
+    far from where the encoder put them, so a start from the encoder's code would begin in the wrong place.
+    (M, 2) float32."""
+    ref = np.asarray(reference, np.float64)
+    ids = np.asarray(nbr)[:, :positives].astype(np.int64)
+    n = len(ref)
+    known = ids < n
+    start = np.full((len(ids), 2), np.nan)
+    some = known.any(1)
+    if some.any():
+        near = np.vstack([ref, [[np.nan, np.nan]]])[np.where(known, ids, n)[some]]
+        start[some] = np.nanmedian(near, axis=1)
+    for _ in range(len(ids)):  # the unplaced take an unseen neighbour's start, nearest first
+        todo = np.flatnonzero(np.isnan(start[:, 0]))
+        if not len(todo):
+            break
+        moved = False
+        for i in todo:
+            for j in ids[i]:
+                if j >= n and not np.isnan(start[j - n, 0]):
+                    start[i], moved = start[j - n], True
+                    break
+        if not moved:
+            start[todo] = np.median(ref, axis=0)
+    return start.astype(np.float32)
+
+
 def place(codes: np.ndarray | Tensor, reference: np.ndarray | Tensor, nbr: np.ndarray | Tensor, cfg: KeepConfig,
           epochs: int, lr: float = REFINE_LR, positives: int = PLACE_POSITIVES) -> np.ndarray:
-    """Unseen samples onto a refined map: their encoder codes ``codes`` (M, 2) moved as free points under
+    """Unseen samples onto a refined map: their starts ``codes`` (M, 2; :func:`map_start`) moved as free points under
     the same loss against the map's fixed codes ``reference`` (N, 2), each pulled towards one of its
     positives (:func:`place_positives`: its first ``positives`` neighbours in ``nbr`` ((M, K) ids, nearest
     first, into the map's N rows and then the M unseen ones: an unseen sample's neighbours may be training

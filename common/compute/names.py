@@ -28,8 +28,11 @@ USER_NAME_RULE = "1 to 32 letters, digits, '_', '.' or '-', starting with a lett
 
 
 # relu_keep trains in two phases: its encoder for this share of the study's epochs (at least one), then the
-# map of its training codes refined for the study's epochs (common/compute/keeping.py)
-KEEP_ENCODER_SHARE = 0.6
+# map of its training codes refined under t-SNE's objective (common/compute/refining.py): this many iterations
+# of early exaggeration, then this many more (chosen by measurement: docs/keeping.md)
+KEEP_ENCODER_SHARE = 0.3
+KEEP_EARLY_ITERATIONS = 100
+KEEP_LATE_ITERATIONS = 1250
 
 
 def keep_encoder_epochs(epochs: int) -> int:

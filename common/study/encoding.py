@@ -3,8 +3,9 @@ each model, its 2-D code, its exact top-k among the experiment's samples in pixe
 code space, and how much the two lists share.
 
 - the autoencoders encode it with their encoder;
-- relu_keep encodes it, then places it on its refined map held still (keeping.place, its first
-  neighbours in pixel space as positives), as the study places unseen images;
+- relu_keep places it on its refined map held still, from the median of its nearest samples' codes
+  (keeping.map_start, keeping.place: its first neighbours in pixel space as positives), as the study places
+  unseen images;
 - PCA projects it on the axes of the experiment's data (recomputed here, exactly as the study fits them);
 - UMAP, t-SNE and uploaded embeddings cannot place it and say why.
 
@@ -139,15 +140,14 @@ def _encoder(m: db.ModelRow, cfg: StudyConfig, values: np.ndarray, codes: np.nda
 
     if m.name not in KEEP_MODELS:
         return each
-    from common.compute.keeping import PLACE_EPOCHS, PLACE_POSITIVES, place
+    from common.compute.keeping import PLACE_EPOCHS, PLACE_POSITIVES, map_start, place
     from common.study.stages import keep_config, keep_distance
 
     kcfg, distance = keep_config(cfg), keep_distance(cfg)
 
     def keep(rows: np.ndarray) -> np.ndarray:
-        first = each(rows)
         nbr = np.stack([ids for ids, _ in loaded.pixels.neighbors(rows, distance, PLACE_POSITIVES)])
-        return place(first, codes, nbr, kcfg, PLACE_EPOCHS)  # placed together, as the study places its test
+        return place(map_start(codes, nbr), codes, nbr, kcfg, PLACE_EPOCHS)  # as the study places its test
 
     return keep
 

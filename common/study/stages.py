@@ -21,6 +21,7 @@ from common.compute.keeping import KeepConfig, keep_map, train_keeping
 from common.compute.models import is_autoencoder
 from common.compute.names import REFERENCE_MAPS, keep_encoder_epochs
 from common.compute.references import check_available, fit_map
+from common.compute.refining import refine_columns
 from common.compute.sources import has_test_split, locate, read_source
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.errors import DataError
@@ -245,8 +246,9 @@ def keep_config(cfg: StudyConfig) -> KeepConfig:
     its learning rate and seed; its own batch (256 anchors and their positives: the other 510 samples of a
     batch are each anchor's negatives), no weight decay, positives among the first 15 neighbours
     narrowing to the first keeping.FINAL_POSITIVES (each at most K), the pull weighted by
-    keeping.ATTRACTION, each anchor's input with keeping.NOISE's noise; then its codes refined for the
-    study's epochs (the two together take about one seed model's time)."""
+    keeping.ATTRACTION, each anchor's input with keeping.NOISE's noise; then its codes refined under
+    t-SNE's objective over the exact table (common/compute/refining.py; the two together take less time
+    than openTSNE on the same images)."""
     return KeepConfig(epochs=keep_encoder_epochs(cfg.epochs), lr=cfg.lr, seed=cfg.seed,
                       positives=min(KeepConfig.positives, cfg.k),
                       final_positives=min(KeepConfig.final_positives, cfg.k), refine_epochs=cfg.epochs)
@@ -266,7 +268,8 @@ def stage_keep(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -
         table = db.find_table(session=s, experiment_id=experiment_id, space=db.ORIGINAL, distance=distance)
         if table is None:
             raise RuntimeError(f"relu_keep needs the stored original/{distance} table, which is not complete")
-        nbr = db.load_table_ids(session=s, table_id=table.id, n=ds.n, k=table.k, cols=kcfg.columns)
+        nbr = db.load_table_ids(session=s, table_id=table.id, n=ds.n, k=table.k,
+                                cols=min(table.k, max(kcfg.columns, refine_columns())))
     resume = Checkpoint.from_bytes(row.checkpoint) if row.checkpoint else None
     t0 = time.perf_counter()
     rt.progress.begin("train relu_keep", kcfg.epochs, "epochs")
@@ -285,9 +288,9 @@ def stage_keep(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -
     x = ds.scaled()
     model, _ = train_keeping(x, nbr, kcfg, resume=resume, on_epoch_end=on_epoch_end)
     rt.progress.end()
-    codes = keep_map(model, x, nbr, kcfg)  # not checkpointed: a resume after the last epoch redoes the same bits
+    codes = keep_map(model, x, nbr, kcfg, ds.images, distance)  # not checkpointed: a resume redoes the same bits
     test, t1 = stored_test(rt.factory, experiment_id), time.perf_counter()
-    test_codes = None if test is None else place_test(model, codes, ds, test, kcfg, distance)
+    test_codes = None if test is None else place_test(codes, ds, test, kcfg, distance)
     if test is not None:
         _timed(rt, experiment_id, "place test split relu_keep", t1)
     _store_trained(rt, row.id, model, x, time.perf_counter() - t0, recon_ids=[], recon_epoch=None,
@@ -295,16 +298,15 @@ def stage_keep(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -
     _timed(rt, experiment_id, "train relu_keep", t0)
 
 
-def place_test(model: torch.nn.Module, codes: np.ndarray, ds: Dataset, test: Dataset, kcfg: KeepConfig,
-               distance: str) -> np.ndarray:
-    """The held-out test split on relu_keep's refined map, held still: encoded, then placed together as
-    keeping.place places unseen samples (each pulled towards its first pixel-space neighbours among the
-    training and test samples)."""
-    from common.compute.keeping import PLACE_EPOCHS, PLACE_POSITIVES, place
+def place_test(codes: np.ndarray, ds: Dataset, test: Dataset, kcfg: KeepConfig, distance: str) -> np.ndarray:
+    """The held-out test split on relu_keep's refined map, held still: each started at the median of its
+    nearest training images' codes, then placed together as keeping.place places unseen samples (each
+    pulled towards its first pixel-space neighbours among the training and test samples)."""
+    from common.compute.keeping import PLACE_EPOCHS, PLACE_POSITIVES, map_start, place
     from common.compute.placing import unseen_neighbors
 
     nbr = unseen_neighbors(ds.images, test.images, distance, PLACE_POSITIVES)
-    return place(encode(model, scaled_like(test, ds)).numpy(), codes, nbr, kcfg, PLACE_EPOCHS)
+    return place(map_start(codes, nbr), codes, nbr, kcfg, PLACE_EPOCHS)
 
 
 def stage_maps(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Dataset) -> None:

@@ -9,7 +9,14 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.compute import kernels
-from common.compute.names import KEEP_MODELS, REFERENCE_MAPS, keep_encoder_epochs, model_kind
+from common.compute.names import (
+    KEEP_EARLY_ITERATIONS,
+    KEEP_LATE_ITERATIONS,
+    KEEP_MODELS,
+    REFERENCE_MAPS,
+    keep_encoder_epochs,
+    model_kind,
+)
 from common.settings import Settings
 from common.store import db as db
 from common.study import datasets, embeddings, jobs
@@ -150,8 +157,10 @@ def _phases(model: str, epochs: int) -> str | None:
     if model not in KEEP_MODELS:
         return None
     first = keep_encoder_epochs(epochs)
+    iterations = KEEP_EARLY_ITERATIONS + KEEP_LATE_ITERATIONS
     return (f"its encoder trains {first} epoch{'s' * (first != 1)}, then its map of the training codes is "
-            f"refined for {epochs} more (not counted in the epochs; done when the model is trained)")
+            f"refined under t-SNE's objective, {iterations:,} iterations (not counted in the epochs; done when "
+            "the model is trained)")
 
 
 def describe(session: Session, experiment_id: int) -> dict[str, Any] | None:
