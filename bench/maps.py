@@ -4,15 +4,17 @@
     .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
         [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
         [--keep-final-positives 15,5] [--keep-noise 0,0.3] [--keep-seeds 0,1,2] [--keep-epochs 100]
-        [--keep-refine 0,100] [--place-epochs 300]
+        [--keep-refine 0,100] [--keep-refiner tsne,infonce] [--place-epochs 300] [--reference-runs 3]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
 data set with --db, or trained here with --seed-epochs), the neighbourhood-keeping encoder
 (common/compute/keeping.py, trained here, one row per --keep-loss, --keep-attraction,
---keep-final-positives, --keep-noise, --keep-refine and --keep-seeds: the encoder trained for the
-product's share of --keep-epochs and its map refined for --keep-refine epochs, or at 0 the encoder alone
-for all --keep-epochs; unseen images placed on the refined map as keeping.place does),
+--keep-final-positives, --keep-noise, --keep-refine, --keep-refiner and --keep-seeds: the encoder trained
+for the product's share of --keep-epochs and its map refined (under t-SNE's objective, or with --keep-refiner
+infonce for --keep-refine epochs as until 2026-12-06), or at --keep-refine 0 the encoder alone for all
+--keep-epochs; unseen images placed on the refined map as keeping.place does, together and each as if
+alone (its neighbours among the training images only), from keeping.map_start),
 PCA (2 components, exact), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
 defaults), as the product fits them for an experiment that asks for them (common/compute/references.py;
 here unseeded, every core). Every map's own exact top-50 table (L2, the project's engine) is compared
@@ -23,7 +25,8 @@ beside the first 10,000 training images scored among themselves (the same N: sco
 how many samples share the map). A last row regresses the seed's encoder onto t-SNE's map
 (--fit-epochs): how much of that map this encoder can draw at all. Times are each method's fit on the
 training split. The budget line is one seed model (relu_mse) trained alone for 100 epochs, estimated
-from --reference-epochs epochs on this machine.
+from --reference-epochs epochs on this machine. With t-SNE, each row's least margin over t-SNE's first run at
+any k from 5 to 50 (issue 45's test); --reference-runs fits each reference map several times (its spread).
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ def exact_table_rows(points: np.ndarray, start: int, stop: int, k: int,
 
 
 def scores(pixel_table: np.ndarray, points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    from common.compute.metrics import knn_accuracy, r_nx, score_at_k
+    from common.compute.metrics import knn_accuracy, overlap_sums, r_nx, score_at_k
 
     table = exact_table(np.ascontiguousarray(points, dtype=np.float32), max(KS))
     out = {f"score@{k}": score_at_k(pixel_table, table, k) for k in KS}
+    ks = np.arange(1, max(KS) + 1)
+    out["curve"] = (overlap_sums(pixel_table[:, :max(KS)], table)[0] / (len(points) * ks)).tolist()  # every k
     out["knn@5"] = knn_accuracy(table, labels, 5)
     out["R_NX(10)"] = r_nx(out["score@10"], points.shape[0], 10)
     return out
@@ -162,10 +167,14 @@ def main() -> None:
     ap.add_argument("--keep-refine", default=None,
                     help="comma list of the map's refinement epochs, a row each (0: the encoder alone; "
                          "default: --keep-epochs, as the product)")
+    ap.add_argument("--keep-refiner", default="tsne",
+                    help="comma list of map refiners, a row each: tsne (the product's), infonce (until 2026-12-06)")
     ap.add_argument("--place-epochs", type=int, default=None,
                     help="epochs to place the test images on a refined map (default: keeping.PLACE_EPOCHS)")
     ap.add_argument("--keep-seeds", default="0", help="comma list of seeds, a row each: the spread of a recipe")
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
+    ap.add_argument("--reference-runs", type=int, default=1,
+                    help="fit each reference map this many times (their libraries' defaults, unseeded: the spread)")
     ap.add_argument("--fit-epochs", type=int, default=100,
                     help="with tsne: also regress the seed's encoder onto t-SNE's map this long (0: no)")
     ap.add_argument("--figure", default=None, help="write the maps side by side to this PNG")
@@ -182,6 +191,7 @@ def main() -> None:
         PLACE_POSITIVES,
         KeepConfig,
         keep_map,
+        map_start,
         place,
         train_keeping,
     )
@@ -205,6 +215,7 @@ def main() -> None:
     print(f"  pixel tables {time.perf_counter() - t0:.1f} s", flush=True)
 
     maps: dict[str, tuple[np.ndarray, np.ndarray | None, float | None]] = {}
+    placed_alone: dict[str, np.ndarray] = {}  # relu_keep's test images each placed among the training images only
     if "seed" in methods:
         maps.update(seed_codes(args, x, x_test))
     if "keep" in methods:
@@ -215,36 +226,47 @@ def main() -> None:
         seeds = [int(v) for v in args.keep_seeds.split(",")]
         refines = [int(v) for v in args.keep_refine.split(",")] if args.keep_refine else [args.keep_epochs]
         joint = None  # each test image's nearest among the training and test images, for placing it
-        for loss, pull, final, noise, refine, seed in itertools.product(
-                args.keep_loss.split(","), pulls, finals, noises, refines, seeds):
+        alone = None  # ... among the training images only: each placed as if alone
+        for loss, pull, final, noise, refine, refiner, seed in itertools.product(
+                args.keep_loss.split(","), pulls, finals, noises, refines, args.keep_refiner.split(","), seeds):
             epochs = max(1, round(args.keep_epochs * ENCODER_SHARE)) if refine else args.keep_epochs
             cfg = KeepConfig(epochs=epochs, batch_size=args.keep_batch, positives=args.keep_positives,
                              final_positives=final, loss=loss, attraction=pull, noise=noise, seed=seed,
-                             refine_epochs=refine)
+                             refine_epochs=refine, refiner=refiner)
             t0 = time.perf_counter()
             model, ck = train_keeping(x, pix, cfg)
-            codes = keep_map(model, x, pix, cfg)
+            codes = keep_map(model, x, pix, cfg, train.images, "l2")
             seconds = time.perf_counter() - t0
             codes_test = encode(model, x_test).numpy()
             if refine:
                 if joint is None:
                     both = np.concatenate([train.images, test.images])
                     joint = exact_table_rows(both, train.n, both.shape[0], PLACE_POSITIVES)
-                codes_test = place(codes_test, codes, joint, cfg,
-                                   PLACE_EPOCHS if args.place_epochs is None else args.place_epochs)
-            name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, "
-                    f"{epochs}+{refine} ep" + (f", seed {seed})" if len(seeds) > 1 else ")"))
+                if alone is None:
+                    from common.compute.placing import pixel_cross_table
+
+                    alone = pixel_cross_table(train.images, test.images, "l2", PLACE_POSITIVES)
+                placing = PLACE_EPOCHS if args.place_epochs is None else args.place_epochs
+                codes_test = place(map_start(codes, joint), codes, joint, cfg, placing)
+                placed_alone[f"relu_keep {seed}"] = place(map_start(codes, alone), codes, alone, cfg, placing)
+            mapped = f", map {cfg.refiner}" + (f" {refine} ep" if cfg.refiner == "infonce" else "") if refine else ""
+            name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, {epochs} ep{mapped}"
+                    + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
             maps[name] = (codes, codes_test, seconds)
+            if f"relu_keep {seed}" in placed_alone:
+                placed_alone[name] = placed_alone.pop(f"relu_keep {seed}")
     from common.compute.references import fit_map
 
     xs, xts = x.numpy(), x_test.numpy()
     for method, title in (("pca", "PCA"), ("umap", "UMAP"), ("tsne", "t-SNE")):
-        if method in methods:  # the product's reference maps, each library with its defaults on every core
+        for run in range(args.reference_runs if method in methods else 0):
+            # the product's reference maps, each library with its defaults on every core
             t0 = time.perf_counter()
             emb, transform = fit_map(method, xs, seed=None)
             seconds = time.perf_counter() - t0  # the fit alone
-            maps[title] = (emb, None if transform is None else transform(xts), seconds)
+            maps[title + (f" (run {run + 1})" if run else "")] = (emb, None if transform is None else transform(xts),
+                                                                  seconds)
     if "tsne" in methods:
         emb = maps["t-SNE"][0]
         if args.fit_epochs:  # how much of t-SNE's map the seed's encoder can draw at all
@@ -262,11 +284,17 @@ def main() -> None:
             u = scores(pix_sub, codes[:sub], train.labels[:sub])
             r.update({f"train{sub // 1000}k score@10": u["score@10"], "test score@10": t["score@10"],
                       f"train{sub // 1000}k knn@5": u["knn@5"], "test knn@5": t["knn@5"]})
+        if name in placed_alone:
+            r["alone score@10"] = scores(pix_test, placed_alone[name], test.labels)["score@10"]
         rows.append(r)
         print(f"  scored {name}", flush=True)
+    tsne = next((r["curve"] for r in rows if r["map"] == "t-SNE"), None)
+    for r in rows:  # the least margin over t-SNE's first run at any k from 5 to 50 (issue 45's test)
+        if tsne is not None:
+            r["min gap k5-50"] = min(a - b for a, b in zip(r["curve"][4:], tsne[4:], strict=True))
 
     cols = [*(f"score@{k}" for k in KS), "knn@5", "R_NX(10)", f"train{sub // 1000}k score@10", "test score@10",
-            f"train{sub // 1000}k knn@5", "test knn@5"]
+            f"train{sub // 1000}k knn@5", "test knn@5", "alone score@10", "min gap k5-50"]
     print(f"\n{args.dataset}, N = {train.n} (L2, exact tables)")
     print(f"{'map':34}" + "".join(f"{c:>18}" for c in cols) + f"{'fit s':>10}")
     for r in rows:
