@@ -124,6 +124,8 @@ def _scaled(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def _encoder(m: db.ModelRow, cfg: StudyConfig, values: np.ndarray, codes: np.ndarray, loaded: Loaded):
+    if m.name in KEEP_MODELS:  # placed on the stored map; its encoder only started that map (not loaded)
+        return _keep_placer(cfg, codes, loaded)
     import io
 
     import torch
@@ -138,8 +140,10 @@ def _encoder(m: db.ModelRow, cfg: StudyConfig, values: np.ndarray, codes: np.nda
         x = torch.from_numpy(_scaled(rows, values))
         return np.vstack([encode(model, x[i: i + 1]).numpy() for i in range(len(x))])
 
-    if m.name not in KEEP_MODELS:
-        return each
+    return each
+
+
+def _keep_placer(cfg: StudyConfig, codes: np.ndarray, loaded: Loaded):
     from common.compute.keeping import PLACE_EPOCHS, PLACE_POSITIVES, map_start, place
     from common.study.stages import keep_config, keep_distance
 
