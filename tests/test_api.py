@@ -379,7 +379,7 @@ def test_relu_keeps_progress_counts_its_encoders_epochs_and_names_its_phases(tmp
     engine.dispose()
     assert keep_encoder_epochs(5) == 2 and m["relu_keep"]["epochs_done"] == m["relu_keep"]["epochs"] == 2
     assert m["relu_keep"]["phases"].startswith("its encoder trains 2 epochs, then its map of the training codes "
-                                               "is refined under t-SNE's objective, 1,350 iterations")
+                                               "is refined under t-SNE's objective, 850 iterations")
     assert m["pca"]["epochs"] == 1 and m["pca"]["phases"] is None
 
 

@@ -31,8 +31,8 @@ USER_NAME_RULE = "1 to 32 letters, digits, '_', '.' or '-', starting with a lett
 # map of its training codes refined under t-SNE's objective (common/compute/refining.py): this many iterations
 # of early exaggeration, then this many more (chosen by measurement: docs/keeping.md)
 KEEP_ENCODER_SHARE = 0.3
-KEEP_EARLY_ITERATIONS = 100
-KEEP_LATE_ITERATIONS = 1250
+KEEP_EARLY_ITERATIONS = 250
+KEEP_LATE_ITERATIONS = 600
 
 
 def keep_encoder_epochs(epochs: int) -> int:

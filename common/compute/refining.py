@@ -36,9 +36,9 @@ try:
 except ImportError:  # pragma: no cover - only where the extension could not be built
     _embed = None
 
-PERPLEXITY = 50.0  # chosen by measurement: docs/keeping.md
+PERPLEXITY = 35.0  # chosen by measurement: docs/keeping.md
 EXAGGERATION = 12.0  # t-SNE's early exaggeration
-EARLY = KEEP_EARLY_ITERATIONS  # at EXAGGERATION (the encoder has laid out the clusters); docs/keeping.md
+EARLY = KEEP_EARLY_ITERATIONS  # at EXAGGERATION, as t-SNE; chosen by measurement: docs/keeping.md
 LATE = KEEP_LATE_ITERATIONS  # then at 1; chosen by measurement: docs/keeping.md
 SPACING = 0.5  # the repulsion grid's spacing, in map units (the Cauchy kernel's width is 1)
 MAX_DIM = 33_000  # uint8 rows: a squared L2 distance below 255^2 * MAX_DIM fits int32
