@@ -4,13 +4,15 @@
     .venv/bin/python bench/maps.py [--db sqlite:///aeknn.db --experiment ID] [--dataset mnist]
         [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
         [--keep-final-positives 15,5] [--keep-noise 0,0.3] [--keep-seeds 0,1,2] [--keep-epochs 100]
-        [--keep-refine 0,100] [--keep-refiner tsne,infonce] [--place-epochs 300] [--reference-runs 3]
+        [--keep-refine 0,100] [--keep-refiner tsne,infonce] [--keep-perplexity 30,35]
+        [--keep-iterations 250+500,250+600] [--place-epochs 300] [--reference-runs 3] [--joint]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
 data set with --db, or trained here with --seed-epochs), the neighbourhood-keeping encoder
 (common/compute/keeping.py, trained here, one row per --keep-loss, --keep-attraction,
---keep-final-positives, --keep-noise, --keep-refine, --keep-refiner and --keep-seeds: the encoder trained
+--keep-final-positives, --keep-noise, --keep-refine, --keep-refiner, --keep-perplexity, --keep-iterations
+(early + late, t-SNE's objective) and --keep-seeds: the encoder trained
 for the product's share of --keep-epochs and its map refined (under t-SNE's objective, or with --keep-refiner
 infonce for --keep-refine epochs as until 2026-12-06), or at --keep-refine 0 the encoder alone for all
 --keep-epochs; unseen images placed on the refined map as keeping.place does, together and each as if
@@ -27,6 +29,8 @@ how many samples share the map). A last row regresses the seed's encoder onto t-
 training split. The budget line is one seed model (relu_mse) trained alone for 100 epochs, estimated
 from --reference-epochs epochs on this machine. With t-SNE, each row's least margin over t-SNE's first run at
 any k from 5 to 50 (issue 45's test); --reference-runs fits each reference map several times (its spread).
+--joint adds the limit of placing unseen images: relu_keep's refinement over the training and test images at
+once (started from PCA), the test images then part of the map, not unseen, scored as the others.
 """
 
 from __future__ import annotations
@@ -169,6 +173,12 @@ def main() -> None:
                          "default: --keep-epochs, as the product)")
     ap.add_argument("--keep-refiner", default="tsne",
                     help="comma list of map refiners, a row each: tsne (the product's), infonce (until 2026-12-06)")
+    ap.add_argument("--keep-perplexity", default=None,
+                    help="comma list: t-SNE's perplexity for the tsne refiner (default: the product's)")
+    ap.add_argument("--keep-iterations", default=None,
+                    help="comma list of EARLY+LATE iterations for the tsne refiner (default: the product's)")
+    ap.add_argument("--joint", action="store_true",
+                    help="also refine the training and test images together: the test split's limit")
     ap.add_argument("--place-epochs", type=int, default=None,
                     help="epochs to place the test images on a refined map (default: keeping.PLACE_EPOCHS)")
     ap.add_argument("--keep-seeds", default="0", help="comma list of seeds, a row each: the spread of a recipe")
@@ -225,17 +235,28 @@ def main() -> None:
         noises = [float(v) for v in args.keep_noise.split(",")] if args.keep_noise else [NOISE]
         seeds = [int(v) for v in args.keep_seeds.split(",")]
         refines = [int(v) for v in args.keep_refine.split(",")] if args.keep_refine else [args.keep_epochs]
+        from common.compute.refining import EARLY, LATE, PERPLEXITY, refine_map
+
+        perplexities = ([float(v) for v in args.keep_perplexity.split(",")] if args.keep_perplexity
+                        else [PERPLEXITY])
+        schedules = ([tuple(int(p) for p in v.split("+")) for v in args.keep_iterations.split(",")]
+                     if args.keep_iterations else [(EARLY, LATE)])
         joint = None  # each test image's nearest among the training and test images, for placing it
         alone = None  # ... among the training images only: each placed as if alone
-        for loss, pull, final, noise, refine, refiner, seed in itertools.product(
-                args.keep_loss.split(","), pulls, finals, noises, refines, args.keep_refiner.split(","), seeds):
+        for loss, pull, final, noise, refine, refiner, perplexity, (early, late), seed in itertools.product(
+                args.keep_loss.split(","), pulls, finals, noises, refines, args.keep_refiner.split(","),
+                perplexities, schedules, seeds):
+            if (not refine or refiner != "tsne") and (perplexity, (early, late)) != (perplexities[0], schedules[0]):
+                continue  # the perplexity and iterations are the tsne refiner's alone
             epochs = max(1, round(args.keep_epochs * ENCODER_SHARE)) if refine else args.keep_epochs
             cfg = KeepConfig(epochs=epochs, batch_size=args.keep_batch, positives=args.keep_positives,
                              final_positives=final, loss=loss, attraction=pull, noise=noise, seed=seed,
                              refine_epochs=refine, refiner=refiner)
             t0 = time.perf_counter()
             model, ck = train_keeping(x, pix, cfg)
-            codes = keep_map(model, x, pix, cfg, train.images, "l2")
+            own = refine and refiner == "tsne" and (perplexity, early, late) != (PERPLEXITY, EARLY, LATE)
+            codes = (refine_map(encode(model, x).numpy(), train.images, pix, "l2", perplexity=perplexity,
+                                early=early, late=late) if own else keep_map(model, x, pix, cfg, train.images, "l2"))
             seconds = time.perf_counter() - t0
             codes_test = encode(model, x_test).numpy()
             if refine:
@@ -249,7 +270,8 @@ def main() -> None:
                 placing = PLACE_EPOCHS if args.place_epochs is None else args.place_epochs
                 codes_test = place(map_start(codes, joint), codes, joint, cfg, placing)
                 placed_alone[f"relu_keep {seed}"] = place(map_start(codes, alone), codes, alone, cfg, placing)
-            mapped = f", map {cfg.refiner}" + (f" {refine} ep" if cfg.refiner == "infonce" else "") if refine else ""
+            mapped = (f", map {cfg.refiner}" + (f" {refine} ep" if cfg.refiner == "infonce" else
+                                                f" p{perplexity:g} {early}+{late}") if refine else "")
             name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, {epochs} ep{mapped}"
                     + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
@@ -259,6 +281,15 @@ def main() -> None:
     from common.compute.references import fit_map
 
     xs, xts = x.numpy(), x_test.numpy()
+    if args.joint:  # the test images drawn into the map with the training images: what placing them cannot beat
+        from common.compute.references import pca
+        from common.compute.refining import refine_columns, refine_map
+
+        t0 = time.perf_counter()
+        both = np.concatenate([train.images, test.images])
+        start, _ = pca(np.concatenate([xs, xts]))
+        y = refine_map(start, both, exact_table(both, refine_columns()), "l2")
+        maps["refinement over train + test (not unseen)"] = (y[:train.n], y[train.n:], time.perf_counter() - t0)
     for method, title in (("pca", "PCA"), ("umap", "UMAP"), ("tsne", "t-SNE")):
         for run in range(args.reference_runs if method in methods else 0):
             # the product's reference maps, each library with its defaults on every core
