@@ -18,7 +18,8 @@ affinities come from and how the gradient is computed, not what is minimised:
   delta-bar-delta gains; the map is re-centred each iteration.
 
 Deterministic: the attraction sums each row's edges in order however rows are split between threads, the
-FFTs are numpy's (one thread), the spreading is serial. Imports only numpy (and torch for the thread pool).
+FFTs are numpy's (one thread), the spreading is serial. Imports only numpy, scipy (a fast FFT length) and torch
+(the thread pool).
 Chosen by measurement: docs/keeping.md, "t-SNE's objective, optimised in full".
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.fft import next_fast_len
 
 from common.compute import neighbors as nb
 from common.compute.names import KEEP_EARLY_ITERATIONS, KEEP_LATE_ITERATIONS
@@ -133,18 +135,6 @@ def refine_columns(perplexity: float = PERPLEXITY) -> int:
     return int(3 * perplexity)
 
 
-def _fft_size(n: int) -> int:
-    """The smallest m >= n whose only prime factors are 2, 3 and 5 (a fast FFT length)."""
-    while True:
-        m = n
-        for f in (2, 3, 5):
-            while m % f == 0:
-                m //= f
-        if m == 1:
-            return n
-        n += 1
-
-
 class Repulsion:
     """For points y (N, 2): sum over j of q_ij (q = 1 / (1 + |y_i - y_j|^2)) and of q_ij^2 (y_i - y_j), each i,
     through a grid of ``spacing``: the points spread bilinearly, the grid convolved (zero-padded FFT) with
@@ -171,7 +161,7 @@ class Repulsion:
         h = self.h
         lo = y.min(0) - h
         nx, ny = (((y.max(0) - lo) / h).astype(np.int64) + 2).tolist()
-        shape = (_fft_size(2 * nx), _fft_size(2 * ny))  # twice the points' span: no wrap-around
+        shape = (next_fast_len(2 * nx, real=True), next_fast_len(2 * ny, real=True))  # twice the span: no wrap
         kernels = self.kernels(shape)
         rho = np.zeros(shape)
         _embed.spread(y, float(lo[0]), float(lo[1]), h, nx, shape[1], rho)
