@@ -1,4 +1,4 @@
-"""A 2-D encoder trained to keep neighbourhoods (beyond the study; README, "Keeping neighbourhoods").
+"""A 2-D encoder trained to keep neighbourhoods (beyond the study; docs/keeping.md).
 
 The seed's ReLU encoder (784-128-64-12-2, no activation on the code), fed each image less its training
 set's mean image (:func:`mean_image`: without it a third of the first layer's units die), is trained
@@ -10,14 +10,14 @@ positive among all the batch's samples), which approaches t-SNE's objective as t
 et al., ICLR 2023). On a CPU
 each InfoNCE step is one TorchScript call with the backward written out, on autograd's bits. The pull
 towards the positive is weighted by ``attraction`` (t-SNE's exaggeration; 1.3, chosen by measurement:
-tighter clusters and more of each neighbourhood kept, on every seed; README, "Keeping neighbourhoods").
+tighter clusters and more of each neighbourhood kept, on every seed; docs/keeping.md).
 The positives narrow as training goes: among the first 15 neighbours at the first epoch, the first 5
 at the last, linearly in between (chosen by measurement, likewise: more of each neighbourhood kept).
 Each anchor's input carries Gaussian noise of standard deviation ``noise`` (0.3 on the [-1, 1] pixel
 scale; its positive and the negatives none): the encoder learns to map an image and its perturbations
 alike, and so maps unseen images more as it maps the training images (chosen by measurement: the test
 split within 10 % of the training split, kNN accuracy up on both, at a cost to the training split's
-score@10; README, "Keeping neighbourhoods").
+score@10; docs/keeping.md).
 After training, the map is refined: the encoder's codes of the training images, moved as free 2-D points
 under t-SNE's objective over the exact table with the gradient in full (common/compute/refining.py), keep
 each image's nearest neighbours as t-SNE does and more (chosen by measurement: docs/keeping.md; ``refiner``
@@ -53,14 +53,14 @@ from common.compute.training import (
 
 LOSSES = ("infonce", "neg")
 REFINERS = ("tsne", "infonce")  # the map's refinement: t-SNE's objective in full (refining.py), or as before
-ATTRACTION = 1.3  # chosen by measurement: README, "Keeping neighbourhoods"
-FINAL_POSITIVES = 5  # chosen by measurement: README, "Keeping neighbourhoods"
-NOISE = 0.3  # chosen by measurement: README, "Keeping neighbourhoods"
+ATTRACTION = 1.3  # chosen by measurement: docs/keeping.md
+FINAL_POSITIVES = 5  # chosen by measurement: docs/keeping.md
+NOISE = 0.3  # chosen by measurement: docs/keeping.md
 NOISE_ROWS = 2048  # the noise bank: each step's anchors take a run of its rows at a seeded offset
 ENCODER_SHARE = KEEP_ENCODER_SHARE  # the encoder's share of the study's epochs (common/compute/names.py)
-REFINE_LR = 0.03  # Adam on the free codes; chosen by measurement: README, "Keeping neighbourhoods"
+REFINE_LR = 0.03  # Adam on the free codes; chosen by measurement: docs/keeping.md
 PLACE_POSITIVES = 10  # an unseen sample's first neighbours it may be pulled to; chosen by measurement (README)
-PLACE_EPOCHS = 300  # epochs to place unseen samples; chosen by measurement: README, "Keeping neighbourhoods"
+PLACE_EPOCHS = 300  # epochs to place unseen samples; chosen by measurement: docs/keeping.md
 REFINE_SEED = 7_919  # the refinement's draws differ from the encoder's: epoch e draws as epoch e + 7,919 would
 
 
@@ -136,7 +136,7 @@ def mean_image(x: Tensor) -> Tensor:
     [-1, 1] with a background of -1: trained on them as they are, the first-layer units that learn to
     weigh the background negatively fall below zero for every image and stay there (48 or 49 of 128 in
     the first layer and 16 or 17 of 64 in the second after 100 epochs); centred, none in the first layer
-    and 2 in the second, and each neighbourhood keeps more (README, "Keeping neighbourhoods")."""
+    and 2 in the second, and each neighbourhood keeps more (docs/keeping.md)."""
     return x.mean(0)
 
 
@@ -156,7 +156,7 @@ def cauchy_q(a: Tensor, z: Tensor) -> Tensor:
     """q(a_i, z_j) = 1 / (1 + |a_i - z_j|^2) for every pair, outside autograd: (B, 2), (M, 2) -> (B, M). The
     same operations as ``torch.reciprocal(1 + squared_distances(a, z))`` on the same operands, so the same
     bits, but in place on one (B, M) buffer: on the free points' steps the three fresh buffers of that size
-    cost a fifth of the refinement's time (README, "Keeping neighbourhoods")."""
+    cost a fifth of the refinement's time (docs/keeping.md)."""
     return _pair_terms(a, z).clamp_(min=0).add_(1).reciprocal_()
 
 
@@ -304,7 +304,7 @@ def _epochs(model: KeepingEncoder, optim: torch.optim.Optimizer, ck: Checkpoint,
 # the encoder's forward, the loss, the backward that autograd runs for them, written out with the same
 # kernels on the same operands in the same order (so the same bits, tested), and the fused Adam kernel.
 # Compiled, a step has no interpreter between its some 80 kernels: 100 epochs fit the budget of one seed
-# model's 100 epochs again once those were compiled too (README, "Keeping neighbourhoods").
+# model's 100 epochs again once those were compiled too (docs/keeping.md).
 
 
 def _batch(x: Tensor, ids: Tensor, nb: int, center: Tensor, noise: Tensor) -> Tensor:
@@ -415,7 +415,7 @@ def _compiled_step(model: KeepingEncoder, optim: torch.optim.Optimizer, x: Tenso
 # The map's refinement. The encoder lays out the clusters and each sample's rough place, but a 784-128-64-12-2
 # function draws each sample's nearest few beside it only so far (score@10 0.065, and 0.074 after 400 epochs);
 # the same loss on free 2-D points, started from the encoder's codes, moves each training sample the rest of
-# the way (README, "Keeping neighbourhoods"). Each step's gradient is written out (a step is a few small
+# the way (docs/keeping.md). Each step's gradient is written out (a step is a few small
 # matrix products on 2B rows: no autograd), and Adam updates only the rows of the batch, as SparseAdam does.
 
 
