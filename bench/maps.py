@@ -258,7 +258,7 @@ def main() -> None:
             codes = (refine_map(encode(model, x).numpy(), train.images, pix, "l2", perplexity=perplexity,
                                 early=early, late=late) if own else keep_map(model, x, pix, cfg, train.images, "l2"))
             seconds = time.perf_counter() - t0
-            codes_test = encode(model, x_test).numpy()
+            codes_test, codes_alone = encode(model, x_test).numpy(), None
             if refine:
                 if joint is None:
                     both = np.concatenate([train.images, test.images])
@@ -269,15 +269,15 @@ def main() -> None:
                     alone = pixel_cross_table(train.images, test.images, "l2", PLACE_POSITIVES)
                 placing = PLACE_EPOCHS if args.place_epochs is None else args.place_epochs
                 codes_test = place(map_start(codes, joint), codes, joint, cfg, placing)
-                placed_alone[f"relu_keep {seed}"] = place(map_start(codes, alone), codes, alone, cfg, placing)
+                codes_alone = place(map_start(codes, alone), codes, alone, cfg, placing)
             mapped = (f", map {cfg.refiner}" + (f" {refine} ep" if cfg.refiner == "infonce" else
                                                 f" p{perplexity:g} {early}+{late}") if refine else "")
             name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, {epochs} ep{mapped}"
                     + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
             maps[name] = (codes, codes_test, seconds)
-            if f"relu_keep {seed}" in placed_alone:
-                placed_alone[name] = placed_alone.pop(f"relu_keep {seed}")
+            if codes_alone is not None:
+                placed_alone[name] = codes_alone
     from common.compute.references import fit_map
 
     xs, xts = x.numpy(), x_test.numpy()
