@@ -5,7 +5,8 @@
         [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
         [--keep-final-positives 15,5] [--keep-noise 0,0.3] [--keep-seeds 0,1,2] [--keep-epochs 100]
         [--keep-refine 0,100] [--keep-refiner tsne,infonce] [--keep-perplexity 30,35]
-        [--keep-iterations 250+500,250+600] [--place-epochs 300] [--reference-runs 3] [--joint]
+        [--keep-iterations 250+500,250+600] [--place-epochs 300] [--place-positives 10] [--reference-runs 3]
+        [--joint]
         [--figure maps.png] [--json maps.json]
 
 Rows: the seed's four autoencoders (their codes and weights read from a finished experiment of the
@@ -181,6 +182,9 @@ def main() -> None:
                     help="also refine the training and test images together: the test split's limit")
     ap.add_argument("--place-epochs", type=int, default=None,
                     help="epochs to place the test images on a refined map (default: keeping.PLACE_EPOCHS)")
+    ap.add_argument("--place-positives", type=int, default=None,
+                    help="each test image's nearest images it starts from and is pulled to when placed "
+                         "(default: keeping.PLACE_POSITIVES)")
     ap.add_argument("--keep-seeds", default="0", help="comma list of seeds, a row each: the spread of a recipe")
     ap.add_argument("--reference-epochs", type=int, default=3, help="0: skip the budget line")
     ap.add_argument("--reference-runs", type=int, default=1,
@@ -241,6 +245,7 @@ def main() -> None:
                         else [PERPLEXITY])
         schedules = ([tuple(int(p) for p in v.split("+")) for v in args.keep_iterations.split(",")]
                      if args.keep_iterations else [(EARLY, LATE)])
+        near = PLACE_POSITIVES if args.place_positives is None else args.place_positives
         joint = None  # each test image's nearest among the training and test images, for placing it
         alone = None  # ... among the training images only: each placed as if alone
         for loss, pull, final, noise, refine, refiner, perplexity, (early, late), seed in itertools.product(
@@ -262,14 +267,14 @@ def main() -> None:
             if refine:
                 if joint is None:
                     both = np.concatenate([train.images, test.images])
-                    joint = exact_table_rows(both, train.n, both.shape[0], PLACE_POSITIVES)
+                    joint = exact_table_rows(both, train.n, both.shape[0], near)
                 if alone is None:
                     from common.compute.placing import pixel_cross_table
 
-                    alone = pixel_cross_table(train.images, test.images, "l2", PLACE_POSITIVES)
+                    alone = pixel_cross_table(train.images, test.images, "l2", near)
                 placing = PLACE_EPOCHS if args.place_epochs is None else args.place_epochs
-                codes_test = place(map_start(codes, joint), codes, joint, cfg, placing)
-                codes_alone = place(map_start(codes, alone), codes, alone, cfg, placing)
+                codes_test = place(map_start(codes, joint, near), codes, joint, cfg, placing, positives=near)
+                codes_alone = place(map_start(codes, alone, near), codes, alone, cfg, placing, positives=near)
             mapped = (f", map {cfg.refiner}" + (f" {refine} ep" if cfg.refiner == "infonce" else
                                                 f" p{perplexity:g} {early}+{late}") if refine else "")
             name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, {epochs} ep{mapped}"
