@@ -5,7 +5,7 @@
         [--methods seed,keep,pca,umap,tsne] [--keep-loss infonce,neg] [--keep-attraction 1,1.3]
         [--keep-final-positives 15,5] [--keep-noise 0,0.3] [--keep-seeds 0,1,2] [--keep-epochs 100]
         [--keep-refine 0,100] [--keep-refiner tsne,infonce] [--keep-perplexity 30,35]
-        [--keep-iterations 250+500,250+600] [--place-epochs 300] [--place-positives 10] [--reference-runs 3]
+        [--keep-iterations 250+500,250+600] [--place-epochs 300,900] [--place-positives 10] [--reference-runs 3]
         [--joint]
         [--figure maps.png] [--json maps.json]
 
@@ -17,7 +17,8 @@ data set with --db, or trained here with --seed-epochs), the neighbourhood-keepi
 for the product's share of --keep-epochs and its map refined (under t-SNE's objective, or with --keep-refiner
 infonce for --keep-refine epochs as until 2026-12-06), or at --keep-refine 0 the encoder alone for all
 --keep-epochs; unseen images placed on the refined map as keeping.place does, together and each as if
-alone (its neighbours among the training images only), from keeping.map_start),
+alone (its neighbours among the training images only), from keeping.map_start, for each --place-epochs:
+a row each, with the time placing the test split together took),
 PCA (2 components, exact), UMAP (umap-learn, 2-D, its defaults) and t-SNE (openTSNE, 2-D, its
 defaults), as the product fits them for an experiment that asks for them (common/compute/references.py;
 here unseeded, every core). Every map's own exact top-50 table (L2, the project's engine) is compared
@@ -180,8 +181,9 @@ def main() -> None:
                     help="comma list of EARLY+LATE iterations for the tsne refiner (default: the product's)")
     ap.add_argument("--joint", action="store_true",
                     help="also refine the training and test images together: the test split's limit")
-    ap.add_argument("--place-epochs", type=int, default=None,
-                    help="epochs to place the test images on a refined map (default: keeping.PLACE_EPOCHS)")
+    ap.add_argument("--place-epochs", default=None,
+                    help="comma list of epochs to place the test images on a refined map, a row each with its "
+                         "time (default: keeping.PLACE_EPOCHS)")
     ap.add_argument("--place-positives", type=int, default=None,
                     help="each test image's nearest images it starts from and is pulled to when placed "
                          "(default: keeping.PLACE_POSITIVES)")
@@ -230,6 +232,7 @@ def main() -> None:
 
     maps: dict[str, tuple[np.ndarray, np.ndarray | None, float | None]] = {}
     placed_alone: dict[str, np.ndarray] = {}  # relu_keep's test images each placed among the training images only
+    place_seconds: dict[str, float] = {}  # how long the test split took to place (together), or to transform
     if "seed" in methods:
         maps.update(seed_codes(args, x, x_test))
     if "keep" in methods:
@@ -263,7 +266,8 @@ def main() -> None:
             codes = (refine_map(encode(model, x).numpy(), train.images, pix, "l2", perplexity=perplexity,
                                 early=early, late=late) if own else keep_map(model, x, pix, cfg, train.images, "l2"))
             seconds = time.perf_counter() - t0
-            codes_test, codes_alone = encode(model, x_test).numpy(), None
+            codes_test = encode(model, x_test).numpy()
+            placed = {}  # epochs -> (together, alone, seconds together)
             if refine:
                 if joint is None:
                     both = np.concatenate([train.images, test.images])
@@ -272,17 +276,23 @@ def main() -> None:
                     from common.compute.placing import pixel_cross_table
 
                     alone = pixel_cross_table(train.images, test.images, "l2", near)
-                placing = PLACE_EPOCHS if args.place_epochs is None else args.place_epochs
-                codes_test = place(map_start(codes, joint, near), codes, joint, cfg, placing, positives=near)
-                codes_alone = place(map_start(codes, alone, near), codes, alone, cfg, placing, positives=near)
+                for placing in ([int(v) for v in args.place_epochs.split(",")] if args.place_epochs
+                                else [PLACE_EPOCHS]):
+                    t1 = time.perf_counter()
+                    together = place(map_start(codes, joint, near), codes, joint, cfg, placing, positives=near)
+                    took = time.perf_counter() - t1
+                    placed[placing] = (together, place(map_start(codes, alone, near), codes, alone, cfg, placing,
+                                                       positives=near), took)
             mapped = (f", map {cfg.refiner}" + (f" {refine} ep" if cfg.refiner == "infonce" else
                                                 f" p{perplexity:g} {early}+{late}") if refine else "")
             name = (f"relu_keep ({loss}, x{pull:g}, {cfg.positives}->{final}, noise {noise:g}, {epochs} ep{mapped}"
                     + (f", seed {seed})" if len(seeds) > 1 else ")"))
             print(f"  {name} {seconds:.1f} s, loss {ck.losses[0]:.4f} -> {ck.losses[-1]:.4f}", flush=True)
-            maps[name] = (codes, codes_test, seconds)
-            if codes_alone is not None:
-                placed_alone[name] = codes_alone
+            if not placed:
+                maps[name] = (codes, codes_test, seconds)
+            for placing, (on_map, each_alone, took) in placed.items():
+                row = name if len(placed) == 1 else f"{name[:-1]}, placed {placing} ep)"
+                maps[row], placed_alone[row], place_seconds[row] = (codes, on_map, seconds), each_alone, took
     from common.compute.references import fit_map
 
     xs, xts = x.numpy(), x_test.numpy()
@@ -301,8 +311,11 @@ def main() -> None:
             t0 = time.perf_counter()
             emb, transform = fit_map(method, xs, seed=None)
             seconds = time.perf_counter() - t0  # the fit alone
-            maps[title + (f" (run {run + 1})" if run else "")] = (emb, None if transform is None else transform(xts),
-                                                                  seconds)
+            row = title + (f" (run {run + 1})" if run else "")
+            t0 = time.perf_counter()
+            maps[row] = (emb, None if transform is None else transform(xts), seconds)
+            if transform is not None:
+                place_seconds[row] = time.perf_counter() - t0
     if "tsne" in methods:
         emb = maps["t-SNE"][0]
         if args.fit_epochs:  # how much of t-SNE's map the seed's encoder can draw at all
@@ -322,6 +335,8 @@ def main() -> None:
                       f"train{sub // 1000}k knn@5": u["knn@5"], "test knn@5": t["knn@5"]})
         if name in placed_alone:
             r["alone score@10"] = scores(pix_test, placed_alone[name], test.labels)["score@10"]
+        if name in place_seconds:
+            r["place s"] = place_seconds[name]
         rows.append(r)
         print(f"  scored {name}", flush=True)
     tsne = next((r["curve"] for r in rows if r["map"] == "t-SNE"), None)
@@ -330,7 +345,7 @@ def main() -> None:
             r["min gap k5-50"] = min(a - b for a, b in zip(r["curve"][4:], tsne[4:], strict=True))
 
     cols = [*(f"score@{k}" for k in KS), "knn@5", "R_NX(10)", f"train{sub // 1000}k score@10", "test score@10",
-            f"train{sub // 1000}k knn@5", "test knn@5", "alone score@10", "min gap k5-50"]
+            f"train{sub // 1000}k knn@5", "test knn@5", "alone score@10", "min gap k5-50", "place s"]
     print(f"\n{args.dataset}, N = {train.n} (L2, exact tables)")
     print(f"{'map':34}" + "".join(f"{c:>18}" for c in cols) + f"{'fit s':>10}")
     for r in rows:
