@@ -519,8 +519,12 @@ def test_a_whole_worker_lost_mid_training_and_mid_chunk_is_replaced_within_minut
     timeout), but its items' heartbeats stop: the next worker's sweeper sends them again, and the study
     ends equal to an uninterrupted run."""
     cfg = {"limit": 3000, "epochs": 12, "models": ["linear_mse", "relu_mse"], "distances": ["l2"]}
-    stack.env.update({"AEKNN_LOST_AFTER": "6", "AEKNN_HEARTBEAT_EVERY": "1", "AEKNN_SWEEP_EVERY": "2",
-                      "AEKNN_MEMORY_BUDGET": "1000000"})
+    # The product's timeouts scaled down to the test's: a running item is lost after AEKNN_LOST_AFTER with no
+    # heartbeat; a queued one is sent again after AEKNN_STALE_AFTER (600 s by default). The second applies
+    # when the kill lands between a message's receipt and its start, or between an advance creating an
+    # item and sending it: the item stays queued, its message held by the dead worker or never sent.
+    stack.env.update({"AEKNN_LOST_AFTER": "6", "AEKNN_STALE_AFTER": "20", "AEKNN_HEARTBEAT_EVERY": "1",
+                      "AEKNN_SWEEP_EVERY": "2", "AEKNN_MEMORY_BUDGET": "1000000"})
     first = stack.worker("a", beat=True)
     eid = stack.submit(**cfg)
 
