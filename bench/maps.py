@@ -211,6 +211,7 @@ def main() -> None:
         place,
         train_keeping,
     )
+    from common.compute.refining import EARLY, LATE, PERPLEXITY, refine_columns, refine_map
     from common.compute.training import configure_numerics, encode
     from common.settings import get_settings
 
@@ -242,13 +243,12 @@ def main() -> None:
         noises = [float(v) for v in args.keep_noise.split(",")] if args.keep_noise else [NOISE]
         seeds = [int(v) for v in args.keep_seeds.split(",")]
         refines = [int(v) for v in args.keep_refine.split(",")] if args.keep_refine else [args.keep_epochs]
-        from common.compute.refining import EARLY, LATE, PERPLEXITY, refine_map
-
         perplexities = ([float(v) for v in args.keep_perplexity.split(",")] if args.keep_perplexity
                         else [PERPLEXITY])
         schedules = ([tuple(int(p) for p in v.split("+")) for v in args.keep_iterations.split(",")]
                      if args.keep_iterations else [(EARLY, LATE)])
         near = PLACE_POSITIVES if args.place_positives is None else args.place_positives
+        placings = [int(v) for v in args.place_epochs.split(",")] if args.place_epochs else [PLACE_EPOCHS]
         joint = None  # each test image's nearest among the training and test images, for placing it
         alone = None  # ... among the training images only: each placed as if alone
         for loss, pull, final, noise, refine, refiner, perplexity, (early, late), seed in itertools.product(
@@ -276,8 +276,7 @@ def main() -> None:
                     from common.compute.placing import pixel_cross_table
 
                     alone = pixel_cross_table(train.images, test.images, "l2", near)
-                for placing in ([int(v) for v in args.place_epochs.split(",")] if args.place_epochs
-                                else [PLACE_EPOCHS]):
+                for placing in placings:
                     t1 = time.perf_counter()
                     together = place(map_start(codes, joint, near), codes, joint, cfg, placing, positives=near)
                     took = time.perf_counter() - t1
@@ -298,7 +297,6 @@ def main() -> None:
     xs, xts = x.numpy(), x_test.numpy()
     if args.joint:  # the test images drawn into the map with the training images: what placing them cannot beat
         from common.compute.references import pca
-        from common.compute.refining import refine_columns, refine_map
 
         t0 = time.perf_counter()
         both = np.concatenate([train.images, test.images])

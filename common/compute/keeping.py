@@ -59,7 +59,7 @@ NOISE = 0.3  # chosen by measurement: docs/keeping.md
 NOISE_ROWS = 2048  # the noise bank: each step's anchors take a run of its rows at a seeded offset
 ENCODER_SHARE = KEEP_ENCODER_SHARE  # the encoder's share of the study's epochs (common/compute/names.py)
 REFINE_LR = 0.03  # Adam on the free codes; chosen by measurement: docs/keeping.md
-PLACE_POSITIVES = 10  # an unseen sample's first neighbours it may be pulled to; chosen by measurement (README)
+PLACE_POSITIVES = 10  # an unseen sample's first neighbours it may be pulled to; chosen by measurement: docs/keeping.md
 PLACE_EPOCHS = 900  # epochs to place unseen samples (300 until 2026-12-07); chosen by measurement: docs/keeping.md
 REFINE_SEED = 7_919  # the refinement's draws differ from the encoder's: epoch e draws as epoch e + 7,919 would
 
