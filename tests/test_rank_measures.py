@@ -101,6 +101,26 @@ def test_ranks_equal_a_brute_force(pixels, kind, distance):
     assert got.min() >= 1 and (got == want).all()
 
 
+@pytest.mark.parametrize("distance", ["l1", "l2"])
+def test_ranks_where_many_asked_ids_share_one_value(pixels, distance):
+    """Twenty copies of one image asked of every row, two of them twice: a row's bucket holding them holds
+    more than the four thresholds the kernel compares at once, and more than the 16 its insertion sort
+    takes; ties go to the lower id."""
+    n = 600
+    x = pixels[:n].copy()
+    copies = np.arange(100, 120)
+    x[copies] = x[5]
+    rng = np.random.default_rng(4)
+    asked = np.concatenate([np.tile(copies, (n, 1)), np.tile(copies[[0, 3]], (n, 1)),
+                            rng.integers(0, n, (n, 20))], axis=1).astype(np.int32)
+    own = asked == np.arange(n)[:, None]
+    asked[own] = ((np.arange(n) + 1) % n)[np.nonzero(own)[0]]
+    for pts in (x, codes_of(x, ties=False)):
+        got = np.concatenate([b for _, b in rank_rows(prepare(pts, distance), asked)])
+        want = brute_ranks(pts, distance)[np.arange(n)[:, None], asked]
+        assert (got == want).all()
+
+
 @pytest.mark.parametrize("far", [1.0, 1e5])
 def test_the_rank_grid_cuts_evenly_or_by_counts_each_cell_inside_its_box(far):
     from common.compute.ranks import rank_grid

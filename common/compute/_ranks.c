@@ -4,7 +4,9 @@
  * A row's asked ids are its thresholds: their values are sorted by (value, id), every other sample l of
  * the row is placed among them (pos = how many thresholds are at or below (value_l, l)), a histogram of
  * the positions is summed, and rank(j) = 1 + the samples strictly below (value_j, j). Far samples (above
- * every threshold) cost one comparison; 2-D codes go by cells of a grid (grid_rows). No rounding: the values are
+ * every threshold) cost one comparison; 2-D codes go by cells of a grid (grid_rows). Where a sample's place
+ * depends on its value, no branch does: each row's values fall anew, and such branches mispredicted at
+ * random cost about a third of a row's counting (docs/benchmarks.md, Rank measures). No rounding: the values are
  *   block(g, kind, base, a, rows, q, out)   a block of whole rows: value = base[l] + a * g[r, l] with g
  *       int32 (kind 0) or float32 holding exact integers (kind 1), as the pixel paths score; or g float64
  *       values as they are (kind 2, base and a unused)
@@ -31,9 +33,10 @@ typedef struct {
 } thr_t;
 
 typedef struct {
-    thr_t *t;
+    thr_t *t, *t2; /* (T,) the thresholds as asked, then sorted (t2 while sorting) */
     double *tv;
-    int32_t *ti;
+    int64_t *tk;    /* (T + 4,) the sorted values as ordered integers (okey), then 4 above every value */
+    int32_t *ti;    /* (T + 4,) their ids, then 4 above every id */
     int64_t *hist;
     int32_t *first; /* (nb + 3,) per bucket: the first threshold in it or after it */
     Py_ssize_t nb;  /* buckets among the thresholds: 16 per threshold, at least 64 */
@@ -47,8 +50,10 @@ typedef struct {
 
 static int scratch_of(scratch_t *s, Py_ssize_t T, Py_ssize_t n) {
     s->t = malloc(sizeof(thr_t) * (T + 1));
+    s->t2 = malloc(sizeof(thr_t) * (T + 1));
     s->tv = malloc(sizeof(double) * (T + 1));
-    s->ti = malloc(sizeof(int32_t) * (T + 1));
+    s->tk = malloc(sizeof(int64_t) * (T + 4));
+    s->ti = malloc(sizeof(int32_t) * (T + 4));
     s->hist = malloc(sizeof(int64_t) * (T + 2));
     s->nb = T * 16 > 64 ? T * 16 : 64;
     s->first = malloc(sizeof(int32_t) * (s->nb + 3));
@@ -58,13 +63,13 @@ static int scratch_of(scratch_t *s, Py_ssize_t T, Py_ssize_t n) {
     s->idx = malloc(sizeof(int32_t) * (n + 1));
     s->near = malloc(sizeof(int32_t) * (n + 1));
     s->ids = malloc(sizeof(int32_t) * (n + 1));
-    return s->t && s->tv && s->ti && s->hist && s->first && s->cnt && s->mk && s->vals && s->idx && s->near &&
-           s->ids;
+    return s->t && s->t2 && s->tv && s->tk && s->ti && s->hist && s->first && s->cnt && s->mk && s->vals && s->idx &&
+           s->near && s->ids;
 }
 
 static void scratch_free(scratch_t *s) {
-    free(s->t), free(s->tv), free(s->ti), free(s->hist), free(s->first), free(s->cnt), free(s->mk), free(s->vals);
-    free(s->idx), free(s->near), free(s->ids);
+    free(s->t), free(s->t2), free(s->tv), free(s->tk), free(s->ti), free(s->hist), free(s->first), free(s->cnt);
+    free(s->mk), free(s->vals), free(s->idx), free(s->near), free(s->ids);
 }
 
 /* A row's sorted thresholds and their bucket table. Bucket 0 holds the samples below every threshold,
@@ -75,6 +80,7 @@ static void scratch_free(scratch_t *s) {
  * its own bucket (usually none or one) need comparing. */
 typedef struct {
     const double *tv;
+    const int64_t *tk;
     const int32_t *ti;
     const int32_t *first;
     int64_t *hist;
@@ -87,6 +93,14 @@ static inline int32_t bucket_of(double v, double lo, double scale, double top) {
     f = f > 0.0 ? f : 0.0;
     f = f < top ? f : top;
     return (int32_t)f;
+}
+
+/* a double as an integer of the same order (-0.0 read as 0.0; no NaN reaches here: codes are checked finite) */
+static inline int64_t okey(double v) {
+    v += 0.0;
+    int64_t b;
+    memcpy(&b, &v, 8);
+    return b ^ ((b >> 63) & INT64_MAX);
 }
 
 static inline int before(const thr_t *a, const thr_t *b) { return a->v < b->v || (a->v == b->v && a->id < b->id); }
@@ -123,16 +137,36 @@ static void sort_thr(thr_t *t, Py_ssize_t n) {
     }
 }
 
+/* The thresholds s->t[0..T) sorted by (value, id) and their bucket table. They are counted into their
+ * buckets first, which are in order already, so an insertion sort after it has only the disorder within
+ * a bucket to mend (a comparison sort's branches go either way at random, a row at a time). Where one
+ * bucket holds more than 16 (many asked ids at one value), sort_thr sorts them instead. */
 static row_t row_of(scratch_t *s, Py_ssize_t T) {
-    sort_thr(s->t, T);
-    for (Py_ssize_t t = 0; t < T; t++) s->tv[t] = s->t[t].v, s->ti[t] = s->t[t].id;
-    double lo = s->tv[0], hi = s->tv[T - 1];
-    row_t r = {s->tv, s->ti, s->first, s->hist, T, s->nb, lo, hi > lo ? (double)(s->nb - 1) / (hi - lo) : 0.0,
-               (double)(s->nb + 1)};
+    double lo = s->t[0].v, hi = s->t[0].v;
+    for (Py_ssize_t t = 1; t < T; t++) lo = fmin(lo, s->t[t].v), hi = fmax(hi, s->t[t].v);
+    Py_ssize_t nb = s->nb;
+    row_t r = {s->tv, s->tk, s->ti, s->first, s->hist, T, nb, lo, hi > lo ? (double)(nb - 1) / (hi - lo) : 0.0,
+               (double)(nb + 1)};
     /* first[b] = how many thresholds lie in buckets below b: a count per bucket, summed */
-    memset(s->first, 0, sizeof(int32_t) * (s->nb + 3));
-    for (Py_ssize_t t = 0; t < T; t++) s->first[bucket_of(s->tv[t], r.lo_v, r.scale, r.top) + 1]++;
-    for (Py_ssize_t bk = 1; bk <= s->nb + 2; bk++) s->first[bk] += s->first[bk - 1];
+    memset(s->first, 0, sizeof(int32_t) * (nb + 3));
+    for (Py_ssize_t t = 0; t < T; t++) s->first[bucket_of(s->t[t].v, r.lo_v, r.scale, r.top) + 1]++;
+    int32_t most = 0;
+    for (Py_ssize_t bk = 1; bk <= nb + 2; bk++) most = s->first[bk] > most ? s->first[bk] : most;
+    for (Py_ssize_t bk = 1; bk <= nb + 2; bk++) s->first[bk] += s->first[bk - 1];
+    int32_t *cur = s->cnt; /* each bucket's next free place; place_row counts into it afterwards */
+    memcpy(cur, s->first, sizeof(int32_t) * (nb + 2));
+    for (Py_ssize_t t = 0; t < T; t++) s->t2[cur[bucket_of(s->t[t].v, r.lo_v, r.scale, r.top)]++] = s->t[t];
+    thr_t *u = s->t2;
+    if (most > 16) sort_thr(u, T);
+    for (Py_ssize_t i = 1; i < T; i++) {
+        thr_t x = u[i];
+        Py_ssize_t j = i;
+        for (; j > 0 && before(&x, &u[j - 1]); j--) u[j] = u[j - 1];
+        u[j] = x;
+    }
+    memcpy(s->t, u, sizeof(thr_t) * T);
+    for (Py_ssize_t t = 0; t < T; t++) s->tv[t] = s->t[t].v, s->tk[t] = okey(s->t[t].v), s->ti[t] = s->t[t].id;
+    for (Py_ssize_t t = T; t < T + 4; t++) s->tk[t] = INT64_MAX, s->ti[t] = INT32_MAX;
     memset(s->hist, 0, sizeof(int64_t) * (T + 1));
     return r;
 }
@@ -141,8 +175,16 @@ static row_t row_of(scratch_t *s, Py_ssize_t T) {
  * in hist[T], which no rank reads) */
 static inline void place_in(const row_t *r, int32_t bk, double v, int32_t l) {
     Py_ssize_t pos = r->first[bk], end = r->first[bk + 1];
-    while (pos < end && (r->tv[pos] < v || (r->tv[pos] == v && r->ti[pos] <= l))) pos++;
-    r->hist[pos]++;
+    int64_t k = okey(v);
+    const int64_t *tk = r->tk + pos;
+    const int32_t *ti = r->ti + pos;
+    /* No branch on the values (a row's samples would mispredict it at random): the next four thresholds
+     * compared at once. One of a later bucket is above the sample, as are the four past the last. */
+    Py_ssize_t c = 0;
+    for (int u = 0; u < 4; u++) c += (tk[u] < k) | ((tk[u] == k) & (ti[u] <= l));
+    if (end - pos > 4) /* rare: more than four thresholds in one bucket */
+        for (Py_ssize_t at = pos + 4; at < end && (r->tk[at] < k || (r->tk[at] == k && r->ti[at] <= l)); at++) c++;
+    r->hist[pos + c]++;
 }
 
 /* how many thresholds have a value below v (strict) or at most v (!strict) */
@@ -186,8 +228,7 @@ static void place_row(const row_t *r, scratch_t *s, const double *v, const int32
         m += s->mk[b];
     }
     for (Py_ssize_t j = 0; j < m; j++) place_in(r, idx[near[j]], v[near[j]], ids ? ids[near[j]] : near[j]);
-    for (Py_ssize_t b = 0; b <= r->nb; b++)
-        if (!s->mk[b]) r->hist[r->first[b]] += s->cnt[b];
+    for (Py_ssize_t b = 0; b <= r->nb; b++) r->hist[r->first[b]] += s->mk[b] ? 0 : s->cnt[b];
 }
 
 /* the ranks from the histogram: rank(threshold t) = 1 + the samples placed before it */
