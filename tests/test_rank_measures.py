@@ -123,18 +123,19 @@ def test_ranks_where_many_asked_ids_share_one_value(pixels, distance):
 
 @pytest.mark.parametrize("far", [1.0, 1e5])
 def test_the_rank_grid_cuts_evenly_or_by_counts_each_cell_inside_its_box(far):
-    from common.compute.ranks import rank_grid
+    from common.compute.ranks import PER_CELL, rank_grid
 
     rng = np.random.default_rng(3)
     x = np.round(rng.normal(size=(5000, 2)), 4)
     x[:10] *= far  # far codes: even cuts of the bounding box would leave the rest in a few cells
     start, ids, cell_of, xy, box = rank_grid(x)
     counts = np.diff(start)
-    assert len(counts) == 17 * 17 and np.array_equal(np.sort(ids), np.arange(5000)) and np.array_equal(xy, x[ids])
-    if far > 1:  # cut by counts: 5000 / 289 a cell
-        assert counts.min() >= 17 and counts.max() <= 18
+    side = int(np.sqrt(5000 / PER_CELL))  # 10 for 48 a cell
+    assert len(counts) == side * side and np.array_equal(np.sort(ids), np.arange(5000)) and np.array_equal(xy, x[ids])
+    if far > 1:  # cut by counts: 5000 / side^2 a cell
+        assert counts.min() >= 5000 // side**2 and counts.max() <= -(-5000 // side**2)
     else:  # cut evenly: the normal's middle holds more than its tails
-        assert counts.max() > 40 and counts.min() == 0
+        assert counts.max() > 2.5 * 5000 / side**2 and counts.min() == 0
     for c in np.flatnonzero(counts):
         part = ids[start[c]:start[c + 1]]
         assert (np.diff(part) > 0).all() and (cell_of[part] == c).all()  # id order within a cell

@@ -276,7 +276,7 @@ static inline double pair2(double x0, double x1, double a, double b, int l1) {
     return l1 ? fabs(d0) + fabs(d1) : d0 * d0 + d1 * d1;
 }
 
-/* 2-D codes sorted into a grid of cells (about 16 points each: common/compute/ranks.py's equal_grid builds
+/* 2-D codes sorted into a grid of cells (about 48 points each: common/compute/ranks.py's rank_grid builds
  * it once a pass), each with the tight box of its points. For
  * a query row, a cell's values lie in [lo, hi] computed from its box by the same operations as a pair's
  * (x_i - a rounds monotonically in a, and so do |.|, squaring and the sum): a cell above every threshold

@@ -42,19 +42,23 @@ def _split(fn, count: int) -> None:
     nb._parallel(fn, count)  # one slice of rows per torch thread; the kernel releases the GIL
 
 
-CROWDED = 512  # a point's cell-mates on average (even cuts) past which the rank grid cuts by counts instead
+# Points a cell of the rank grid holds on average. A row tests every cell and places one by one the points of
+# the cells its asked distances cross: larger cells, fewer tests and more points. 48 took 12 % less than 16
+# over the seed study's eight code passes, 200 asked ids a row (docs/benchmarks.md, Rank measures).
+PER_CELL = 48
+CROWDED = 32 * PER_CELL  # a point's cell-mates on average (even cuts) past which the grid cuts by counts instead
 
 
 def rank_grid(x: np.ndarray) -> tuple[np.ndarray, ...]:
     """The grid of 2-D codes (N, 2) float64 that a rank pass places rows by (common/compute/_ranks.c, grid): about
-    16 points a cell. Even cuts of the codes' bounding box, where the codes spread over it; where a few far
+    PER_CELL points a cell. Even cuts of the codes' bounding box, where the codes spread over it; where a few far
     codes crowd the rest into a handful of cells (a point sharing its cell with more than CROWDED others on
     average), cells of equal counts: the codes sorted by their first coordinate into slabs, each slab by its
     second into cells. Either way each cell's points in id order, with the cell's tight box (any partition
     gives exact ranks). Returns (start (cells + 1,) int64, id (N,) int32, cell_of (N,) int32, xy (N, 2),
     box (cells, 4)); an empty cell's box is empty (inf, -inf)."""
     n = len(x)
-    side = int(min(2048, max(1, int(np.sqrt(n / 16.0)))))
+    side = int(min(2048, max(1, int(np.sqrt(n / PER_CELL)))))
     lo, span = x.min(axis=0), np.ptp(x, axis=0)
     scale = np.divide(side, span, out=np.zeros(2), where=span > 0)
     even = np.clip(((x - lo) * scale).astype(np.int64), 0, side - 1)
