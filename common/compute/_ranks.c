@@ -243,20 +243,13 @@ static void finish_row(const row_t *r, const scratch_t *s, int64_t *out) {
 static void block_rows(const void *g, int kind, Py_ssize_t n, const int32_t *base, int a, const int64_t *rows,
                        Py_ssize_t b, const int32_t *q, Py_ssize_t T, int64_t *outs, scratch_t *s) {
     for (Py_ssize_t rr = 0; rr < b; rr++) {
-        Py_ssize_t self = (Py_ssize_t)rows[rr];
-        const int32_t *gi = kind == 0 ? (const int32_t *)g + rr * n : NULL;
-        const float *gf = kind == 1 ? (const float *)g + rr * n : NULL;
-        const double *gd = kind == 2 ? (const double *)g + rr * n : NULL;
-        const int32_t *qr = q + rr * T;
-#define VALUE(l) (kind == 0 ? (double)base[l] + (double)a * (double)gi[l] \
-                  : kind == 1 ? (double)base[l] + (double)a * (double)gf[l] : gd[l])
-        for (Py_ssize_t t = 0; t < T; t++) s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = VALUE(qr[t]);
+        const double *v = (const double *)g + rr * n; /* kind 2: the values as they are */
+        if (kind == 0) values_i32((const int32_t *)g + rr * n, base, (double)a, n, s->vals), v = s->vals;
+        if (kind == 1) values_f32((const float *)g + rr * n, base, (double)a, n, s->vals), v = s->vals;
+        const int32_t *qr = q + rr * T; /* the asked values read from the row just written: in the cache */
+        for (Py_ssize_t t = 0; t < T; t++) s->t[t].id = qr[t], s->t[t].at = (int32_t)t, s->t[t].v = v[qr[t]];
         row_t r = row_of(s, T);
-        const double *v = gd;
-        if (kind == 0) values_i32(gi, base, (double)a, n, s->vals), v = s->vals;
-        if (kind == 1) values_f32(gf, base, (double)a, n, s->vals), v = s->vals;
-        place_row(&r, s, v, NULL, n, self);
-#undef VALUE
+        place_row(&r, s, v, NULL, n, (Py_ssize_t)rows[rr]);
         finish_row(&r, s, outs + rr * T);
     }
 }
