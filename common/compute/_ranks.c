@@ -273,8 +273,9 @@ static inline double pair2(double x0, double x1, double a, double b, int l1) {
  * it once a pass), each with the tight box of its points. For
  * a query row, a cell's values lie in [lo, hi] computed from its box by the same operations as a pair's
  * (x_i - a rounds monotonically in a, and so do |.|, squaring and the sum): a cell above every threshold
- * is skipped, one wholly between two threshold values is counted at once, and only the others are
- * placed point by point, so a row costs its cells plus the points near its thresholds. */
+ * is skipped, one wholly between two threshold values is counted at once, one whose range holds at most
+ * three threshold values has each point compared with those three (cell_at_once), and only the others
+ * are listed and placed point by point, so a row costs its cells plus the points near its thresholds. */
 typedef struct {
     Py_ssize_t cells;
     Py_ssize_t *start; /* (cells + 1,) */
@@ -289,6 +290,24 @@ static inline void spread(double x, double lo, double hi, double *least, double 
     double a = x - hi, b = x - lo; /* fl(x - a) runs from a to b */
     *least = (a <= 0.0 && b >= 0.0) ? 0.0 : fmin(fabs(a), fabs(b));
     *most = fmax(fabs(a), fabs(b));
+}
+
+/* The points at[c0..c1) of one cell whose values lie in [lo, hi], where only the w <= 3 thresholds p..p+w-1
+ * have their values in [lo, hi]: a point lies at p + how many of those it is not below. As the thresholds
+ * are sorted, the points at p + j or later are those not below threshold p + j - 1: w counts, one
+ * comparison each a point, and no list. */
+static void cell_at_once(const row_t *r, const grid_t *G, Py_ssize_t c0, Py_ssize_t c1, double x0, double x1,
+                         int l1, Py_ssize_t p, Py_ssize_t w) {
+    int64_t tk[3] = {r->tk[p], r->tk[p + 1], r->tk[p + 2]}, up[3] = {0, 0, 0};
+    int32_t ti[3] = {r->ti[p], r->ti[p + 1], r->ti[p + 2]};
+    for (Py_ssize_t at = c0; at < c1; at++) {
+        int64_t k = okey(pair2(x0, x1, G->xy[2 * at], G->xy[2 * at + 1], l1));
+        int32_t id = G->id[at];
+        for (Py_ssize_t j = 0; j < w; j++) up[j] += (tk[j] < k) | ((tk[j] == k) & (ti[j] <= id));
+    }
+    int64_t before = c1 - c0; /* the points at p or later */
+    for (Py_ssize_t j = 0; j < w; j++) r->hist[p + j] += before - up[j], before = up[j];
+    r->hist[p + w] += before;
 }
 
 static void grid_rows(const grid_t *G, const double *x, int l1, const int64_t *rows, Py_ssize_t b, const int32_t *q,
@@ -311,9 +330,13 @@ static void grid_rows(const grid_t *G, const double *x, int l1, const int64_t *r
                 spread(x0, bx[0], bx[1], &m0, &M0);
                 spread(x1, bx[2], bx[3], &m1, &M1);
                 double lo = l1 ? m0 + m1 : m0 * m0 + m1 * m1, hi = l1 ? M0 + M1 : M0 * M0 + M1 * M1;
-                Py_ssize_t p = count_below(&r, lo, 1);
-                if (p == count_below(&r, hi, 0)) { /* no threshold value in [lo, hi]: all at one place */
+                Py_ssize_t p = count_below(&r, lo, 1), w = count_below(&r, hi, 0) - p;
+                if (w == 0) { /* no threshold value in [lo, hi]: all at one place */
                     r.hist[p] += c1 - c0;
+                    continue;
+                }
+                if (w <= 3) { /* a few: each point compared with them */
+                    cell_at_once(&r, G, c0, c1, x0, x1, l1, p, w);
                     continue;
                 }
             }
