@@ -105,6 +105,15 @@ static inline int64_t okey(double v) {
 
 static inline int before(const thr_t *a, const thr_t *b) { return a->v < b->v || (a->v == b->v && a->id < b->id); }
 
+static void insertion_sort(thr_t *t, Py_ssize_t n) {
+    for (Py_ssize_t i = 1; i < n; i++) {
+        thr_t x = t[i];
+        Py_ssize_t j = i;
+        for (; j > 0 && before(&x, &t[j - 1]); j--) t[j] = t[j - 1];
+        t[j] = x;
+    }
+}
+
 /* sort by (value, id): an insertion sort below 16, else a median-of-three quicksort (qsort's callback per
  * comparison cost as much as the rest of a row's set-up) */
 static void sort_thr(thr_t *t, Py_ssize_t n) {
@@ -129,12 +138,7 @@ static void sort_thr(thr_t *t, Py_ssize_t n) {
             n = j + 1;
         }
     }
-    for (Py_ssize_t i = 1; i < n; i++) {
-        thr_t x = t[i];
-        Py_ssize_t j = i;
-        for (; j > 0 && before(&x, &t[j - 1]); j--) t[j] = t[j - 1];
-        t[j] = x;
-    }
+    insertion_sort(t, n);
 }
 
 /* The thresholds s->t[0..T) sorted by (value, id) and their bucket table. They are counted into their
@@ -156,15 +160,9 @@ static row_t row_of(scratch_t *s, Py_ssize_t T) {
     int32_t *cur = s->cnt; /* each bucket's next free place; place_row counts into it afterwards */
     memcpy(cur, s->first, sizeof(int32_t) * (nb + 2));
     for (Py_ssize_t t = 0; t < T; t++) s->t2[cur[bucket_of(s->t[t].v, r.lo_v, r.scale, r.top)]++] = s->t[t];
-    thr_t *u = s->t2;
-    if (most > 16) sort_thr(u, T);
-    for (Py_ssize_t i = 1; i < T; i++) {
-        thr_t x = u[i];
-        Py_ssize_t j = i;
-        for (; j > 0 && before(&x, &u[j - 1]); j--) u[j] = u[j - 1];
-        u[j] = x;
-    }
-    memcpy(s->t, u, sizeof(thr_t) * T);
+    if (most > 16) sort_thr(s->t2, T);
+    else insertion_sort(s->t2, T);
+    memcpy(s->t, s->t2, sizeof(thr_t) * T);
     for (Py_ssize_t t = 0; t < T; t++) s->tv[t] = s->t[t].v, s->tk[t] = okey(s->t[t].v), s->ti[t] = s->t[t].id;
     for (Py_ssize_t t = T; t < T + 4; t++) s->tk[t] = INT64_MAX, s->ti[t] = INT32_MAX;
     memset(s->hist, 0, sizeof(int64_t) * (T + 1));
@@ -269,7 +267,7 @@ static inline double pair2(double x0, double x1, double a, double b, int l1) {
     return l1 ? fabs(d0) + fabs(d1) : d0 * d0 + d1 * d1;
 }
 
-/* 2-D codes sorted into a grid of cells (about 48 points each: common/compute/ranks.py's rank_grid builds
+/* 2-D codes sorted into a grid of cells (about PER_CELL points each: common/compute/ranks.py's rank_grid builds
  * it once a pass), each with the tight box of its points. For
  * a query row, a cell's values lie in [lo, hi] computed from its box by the same operations as a pair's
  * (x_i - a rounds monotonically in a, and so do |.|, squaring and the sum): a cell above every threshold

@@ -42,9 +42,10 @@ def _split(fn, count: int) -> None:
     nb._parallel(fn, count)  # one slice of rows per torch thread; the kernel releases the GIL
 
 
-# Points a cell of the rank grid holds on average. A row tests every cell and places one by one the points of
+# Points a cell of the rank grid holds on average. A row tests every cell, and compares or lists the points of
 # the cells its asked distances cross: larger cells, fewer tests and more points. 48 took 12 % less than 16
-# over the seed study's eight code passes, 200 asked ids a row (docs/benchmarks.md, Rank measures).
+# over the seed study's eight code passes, 200 asked ids a row, and as little as 64 or 80 once the cells
+# crossed by a few asked distances were compared in place (docs/benchmarks.md, Rank measures).
 PER_CELL = 48
 CROWDED = 32 * PER_CELL  # a point's cell-mates on average (even cuts) past which the grid cuts by counts instead
 
