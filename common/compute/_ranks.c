@@ -226,7 +226,10 @@ static void place_row(const row_t *r, scratch_t *s, const double *v, const int32
         m += s->mk[b];
     }
     for (Py_ssize_t j = 0; j < m; j++) place_in(r, idx[near[j]], v[near[j]], ids ? ids[near[j]] : near[j]);
-    for (Py_ssize_t b = 0; b <= r->nb; b++) r->hist[r->first[b]] += s->mk[b] ? 0 : s->cnt[b];
+    /* cnt[b] becomes the samples of the buckets up to b that hold no threshold (a running sum in a register:
+     * adding each bucket into hist[first[b]] would chain every store to the last one) */
+    int32_t acc = 0;
+    for (Py_ssize_t b = 0; b <= r->nb + 1; b++) acc += s->cnt[b] & ((int32_t)s->mk[b] - 1), s->cnt[b] = acc;
 }
 
 /* the ranks from the histogram: rank(threshold t) = 1 + the samples placed before it */
@@ -234,7 +237,7 @@ static void finish_row(const row_t *r, const scratch_t *s, int64_t *out) {
     int64_t below = 0;
     for (Py_ssize_t t = 0; t < r->T; t++) {
         below += r->hist[t];
-        out[s->t[t].at] = below + 1;
+        out[s->t[t].at] = below + 1 + s->cnt[bucket_of(r->tv[t], r->lo_v, r->scale, r->top)];
     }
 }
 
@@ -267,13 +270,13 @@ static inline double pair2(double x0, double x1, double a, double b, int l1) {
     return l1 ? fabs(d0) + fabs(d1) : d0 * d0 + d1 * d1;
 }
 
-/* 2-D codes sorted into a grid of cells (about PER_CELL points each: common/compute/ranks.py's rank_grid builds
- * it once a pass), each with the tight box of its points. For
- * a query row, a cell's values lie in [lo, hi] computed from its box by the same operations as a pair's
- * (x_i - a rounds monotonically in a, and so do |.|, squaring and the sum): a cell above every threshold
- * is skipped, one wholly between two threshold values is counted at once, one whose range holds at most
- * three threshold values has each point compared with those three (cell_at_once), and only the others
- * are listed and placed point by point, so a row costs its cells plus the points near its thresholds. */
+/* 2-D codes sorted into a grid of cells (PER_CELL points each: common/compute/ranks.py's rank_grid builds it
+ * once a pass), each with the tight box of its points. For a query row, a cell's values lie in [lo, hi]
+ * computed from its box by the same operations as a pair's (x_i - a rounds monotonically in a, and so do |.|,
+ * squaring and the sum): a cell above every threshold is skipped, one wholly between two threshold values is
+ * counted at once, one whose range holds at most AT_ONCE threshold values has each point compared with those
+ * (cell_at_once, vectorised over the points), and only the others are listed and placed point by point, so a
+ * row costs its cells plus the points near its thresholds. */
 typedef struct {
     Py_ssize_t cells;
     Py_ssize_t *start; /* (cells + 1,) */
@@ -290,19 +293,48 @@ static inline void spread(double x, double lo, double hi, double *least, double 
     *most = fmax(fabs(a), fabs(b));
 }
 
-/* The points at[c0..c1) of one cell whose values lie in [lo, hi], where only the w <= 3 thresholds p..p+w-1
- * have their values in [lo, hi]: a point lies at p + how many of those it is not below. As the thresholds
- * are sorted, the points at p + j or later are those not below threshold p + j - 1: w counts, one
- * comparison each a point, and no list. */
+/* How many thresholds a cell's points are compared with at once, at most: where more than that many lie in
+ * the cell's range its points are listed and placed one by one instead. */
+#define AT_ONCE 8
+
+/* up[j] = the points at[c0..c1) of one cell not below threshold j of the W (tk, ti). One pass over the
+ * points with no branch and W comparisons each: the compiler vectorises it over the points. */
+#define NOT_BELOW(W)                                                                                            \
+    __attribute__((target_clones("avx512f", "avx2", "default")))                                               \
+    static void not_below_##W(const double *xy, const int32_t *id, Py_ssize_t c0, Py_ssize_t c1, double x0,    \
+                              double x1, int l1, const int64_t *tk, const int64_t *ti, int64_t *up) {          \
+        int64_t u[W] = {0};                                                                                     \
+        for (Py_ssize_t at = c0; at < c1; at++) {                                                               \
+            double d0 = x0 - xy[2 * at], d1 = x1 - xy[2 * at + 1];                                              \
+            double v = l1 ? fabs(d0) + fabs(d1) : d0 * d0 + d1 * d1;                                            \
+            int64_t k = okey(v), l = id[at];                                                                    \
+            for (int j = 0; j < W; j++) u[j] += (tk[j] < k) | ((tk[j] == k) & (ti[j] <= l));                    \
+        }                                                                                                       \
+        for (int j = 0; j < W; j++) up[j] = u[j];                                                               \
+    }
+NOT_BELOW(1)
+NOT_BELOW(2)
+NOT_BELOW(3)
+NOT_BELOW(4)
+NOT_BELOW(5)
+NOT_BELOW(6)
+NOT_BELOW(7)
+NOT_BELOW(8)
+
+/* The points at[c0..c1) of one cell whose values lie in [lo, hi], where only the w <= AT_ONCE thresholds
+ * p..p+w-1 have their values in [lo, hi]: a point lies at p + how many of those it is not below. As the
+ * thresholds are sorted, the points at p + j or later are those not below threshold p + j - 1: w counts and
+ * no list. */
 static void cell_at_once(const row_t *r, const grid_t *G, Py_ssize_t c0, Py_ssize_t c1, double x0, double x1,
                          int l1, Py_ssize_t p, Py_ssize_t w) {
-    int64_t tk[3] = {r->tk[p], r->tk[p + 1], r->tk[p + 2]}, up[3] = {0, 0, 0};
-    int32_t ti[3] = {r->ti[p], r->ti[p + 1], r->ti[p + 2]};
-    for (Py_ssize_t at = c0; at < c1; at++) {
-        int64_t k = okey(pair2(x0, x1, G->xy[2 * at], G->xy[2 * at + 1], l1));
-        int32_t id = G->id[at];
-        for (Py_ssize_t j = 0; j < w; j++) up[j] += (tk[j] < k) | ((tk[j] == k) & (ti[j] <= id));
-    }
+    int64_t tk[AT_ONCE], ti[AT_ONCE], up[AT_ONCE];
+    for (Py_ssize_t j = 0; j < w; j++) tk[j] = r->tk[p + j], ti[j] = r->ti[p + j];
+    static void (*const fns[AT_ONCE])(const double *, const int32_t *, Py_ssize_t, Py_ssize_t, double, double, int,
+                                      const int64_t *, const int64_t *, int64_t *) = {
+        not_below_1, not_below_2, not_below_3, not_below_4, not_below_5, not_below_6, not_below_7, not_below_8};
+    void (*fn)(const double *, const int32_t *, Py_ssize_t, Py_ssize_t, double, double, int, const int64_t *,
+               const int64_t *, int64_t *) = fns[w - 1];
+    fn(G->xy, G->id, c0, c1, x0, x1, l1, tk, ti, up);
     int64_t before = c1 - c0; /* the points at p or later */
     for (Py_ssize_t j = 0; j < w; j++) r->hist[p + j] += before - up[j], before = up[j];
     r->hist[p + w] += before;
@@ -333,7 +365,7 @@ static void grid_rows(const grid_t *G, const double *x, int l1, const int64_t *r
                     r.hist[p] += c1 - c0;
                     continue;
                 }
-                if (w <= 3) { /* a few: each point compared with them */
+                if (w <= AT_ONCE) { /* a few: each point compared with them */
                     cell_at_once(&r, G, c0, c1, x0, x1, l1, p, w);
                     continue;
                 }
