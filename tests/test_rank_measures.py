@@ -122,7 +122,7 @@ def test_ranks_where_many_asked_ids_share_one_value(pixels, distance):
 
 
 @pytest.mark.parametrize("far", [1.0, 1e5])
-def test_the_rank_grid_cuts_evenly_or_by_counts_each_cell_inside_its_box(far):
+def test_the_rank_grid_cuts_by_counts_each_cell_inside_its_box(far):
     from common.compute.ranks import PER_CELL, rank_grid
 
     rng = np.random.default_rng(3)
@@ -130,16 +130,17 @@ def test_the_rank_grid_cuts_evenly_or_by_counts_each_cell_inside_its_box(far):
     x[:10] *= far  # far codes: even cuts of the bounding box would leave the rest in a few cells
     start, ids, cell_of, xy, box = rank_grid(x)
     counts = np.diff(start)
-    side = int(np.sqrt(5000 / PER_CELL))  # 10 for 48 a cell
+    side = int(np.sqrt(5000 / PER_CELL))  # 7 for 96 a cell
     assert len(counts) == side * side and np.array_equal(np.sort(ids), np.arange(5000)) and np.array_equal(xy, x[ids])
-    if far > 1:  # cut by counts: 5000 / side^2 a cell
-        assert counts.min() >= 5000 // side**2 and counts.max() <= -(-5000 // side**2)
-    else:  # cut evenly: the normal's middle holds more than its tails
-        assert counts.max() > 2.5 * 5000 / side**2 and counts.min() == 0
+    # equal counts however the codes spread: 5000 / side^2 a cell, give or take the rounding of the splits
+    slab_most = -(-5000 // side)  # a slab's points, rounded up, then a cell's
+    assert counts.min() >= 5000 // side // side and counts.max() <= -(-slab_most // side)
     for c in np.flatnonzero(counts):
         part = ids[start[c]:start[c + 1]]
         assert (np.diff(part) > 0).all() and (cell_of[part] == c).all()  # id order within a cell
         assert np.array_equal(box[c], [x[part, 0].min(), x[part, 0].max(), x[part, 1].min(), x[part, 1].max()])
+    s0 = cell_of[np.argsort(x[:, 0], kind="stable")] // side  # slabs follow the first coordinate
+    assert (np.diff(s0) >= 0).all()
 
 
 def test_ranks_of_the_table_itself_are_its_columns(pixels):

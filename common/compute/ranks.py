@@ -42,36 +42,29 @@ def _split(fn, count: int) -> None:
     nb._parallel(fn, count)  # one slice of rows per torch thread; the kernel releases the GIL
 
 
-# Points a cell of the rank grid holds on average. A row tests every cell, and compares or lists the points of
-# the cells its asked distances cross: larger cells, fewer tests and more points. 48 took 12 % less than 16
-# over the seed study's eight code passes, 200 asked ids a row, and as little as 64 or 80 once the cells
-# crossed by a few asked distances were compared in place (docs/benchmarks.md, Rank measures).
-PER_CELL = 48
-CROWDED = 32 * PER_CELL  # a point's cell-mates on average (even cuts) past which the grid cuts by counts instead
+# Points a cell of the rank grid holds. A row tests every cell, and compares or lists the points of the cells
+# its asked distances cross: larger cells, fewer tests and more points. 96 took 8 % less than 48 over the seed
+# study's eight code passes once the points of a cell crossed by a few asked distances were compared in one
+# vectorised loop (docs/benchmarks.md, Rank measures).
+PER_CELL = 96
 
 
 def rank_grid(x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The grid of 2-D codes (N, 2) float64 that a rank pass places rows by (common/compute/_ranks.c, grid): about
-    PER_CELL points a cell. Even cuts of the codes' bounding box, where the codes spread over it; where a few far
-    codes crowd the rest into a handful of cells (a point sharing its cell with more than CROWDED others on
-    average), cells of equal counts: the codes sorted by their first coordinate into slabs, each slab by its
-    second into cells. Either way each cell's points in id order, with the cell's tight box (any partition
-    gives exact ranks). Returns (start (cells + 1,) int64, id (N,) int32, cell_of (N,) int32, xy (N, 2),
-    box (cells, 4)); an empty cell's box is empty (inf, -inf)."""
+    """The grid of 2-D codes (N, 2) float64 that a rank pass places rows by (common/compute/_ranks.c, grid): cells
+    of equal counts, about PER_CELL points each: the codes sorted by their first coordinate into slabs, each slab
+    by its second into cells (even cuts of the bounding box were as fast at best, and several times slower where
+    a few far codes crowd the rest into a handful of cells). Each cell's points in id order, with the cell's
+    tight box (any partition gives exact ranks). Returns (start (cells + 1,) int64, id (N,) int32, cell_of (N,)
+    int32, xy (N, 2), box (cells, 4)); an empty cell's box is empty (inf, -inf)."""
     n = len(x)
     side = int(min(2048, max(1, int(np.sqrt(n / PER_CELL)))))
-    lo, span = x.min(axis=0), np.ptp(x, axis=0)
-    scale = np.divide(side, span, out=np.zeros(2), where=span > 0)
-    even = np.clip(((x - lo) * scale).astype(np.int64), 0, side - 1)
-    cell_of = (even[:, 1] * side + even[:, 0]).astype(np.int32)
+    ids = np.arange(n)
+    cell_of = np.empty(n, np.int32)
+    for s, slab in enumerate(np.array_split(np.lexsort((ids, x[:, 0])), side)):
+        for c, cell in enumerate(np.array_split(slab[np.lexsort((slab, x[slab, 1]))], side)):
+            cell_of[cell] = s * side + c
     counts = np.bincount(cell_of, minlength=side * side)
-    if (counts.astype(np.float64) ** 2).sum() / n > CROWDED:  # equal counts instead
-        ids = np.arange(n)
-        for s, slab in enumerate(np.array_split(np.lexsort((ids, x[:, 0])), side)):
-            for c, cell in enumerate(np.array_split(slab[np.lexsort((slab, x[slab, 1]))], side)):
-                cell_of[cell] = s * side + c
-        counts = np.bincount(cell_of, minlength=side * side)
-    order = np.lexsort((np.arange(n), cell_of)).astype(np.int32)  # cell by cell, in id order within each
+    order = np.lexsort((ids, cell_of)).astype(np.int32)  # cell by cell, in id order within each
     start = np.zeros(side * side + 1, np.int64)
     start[1:] = np.cumsum(counts)
     xy = np.ascontiguousarray(x[order])
