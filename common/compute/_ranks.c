@@ -300,9 +300,9 @@ static inline void spread(double x, double lo, double hi, double *least, double 
 /* up[j] = the points at[c0..c1) of one cell not below threshold j of the W (tk, ti). One pass over the
  * points with no branch and W comparisons each: the compiler vectorises it over the points. */
 #define NOT_BELOW(W)                                                                                            \
-    __attribute__((target_clones("avx512f", "avx2", "default")))                                               \
-    static void not_below_##W(const double *xy, const int32_t *id, Py_ssize_t c0, Py_ssize_t c1, double x0,    \
-                              double x1, int l1, const int64_t *tk, const int64_t *ti, int64_t *up) {          \
+    __attribute__((target_clones("avx512f", "avx2", "sse4.2", "default")))                                      \
+    static void not_below_##W(const double *xy, const int32_t *id, Py_ssize_t c0, Py_ssize_t c1, double x0,     \
+                              double x1, int l1, const int64_t *tk, const int64_t *ti, int64_t *up) {           \
         int64_t u[W] = {0};                                                                                     \
         for (Py_ssize_t at = c0; at < c1; at++) {                                                               \
             double d0 = x0 - xy[2 * at], d1 = x1 - xy[2 * at + 1];                                              \
