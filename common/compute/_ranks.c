@@ -299,15 +299,15 @@ static inline void spread(double x, double lo, double hi, double *least, double 
 
 /* up[j] = the points at[c0..c1) of one cell not below threshold j of the W (tk, ti). One pass over the
  * points with no branch and W comparisons each: the compiler vectorises it over the points. */
+typedef void (*not_below_fn)(const double *xy, const int32_t *id, Py_ssize_t c0, Py_ssize_t c1, double x0,
+                             double x1, int l1, const int64_t *tk, const int64_t *ti, int64_t *up);
 #define NOT_BELOW(W)                                                                                            \
     __attribute__((target_clones("avx512f", "avx2", "sse4.2", "default")))                                      \
     static void not_below_##W(const double *xy, const int32_t *id, Py_ssize_t c0, Py_ssize_t c1, double x0,     \
                               double x1, int l1, const int64_t *tk, const int64_t *ti, int64_t *up) {           \
         int64_t u[W] = {0};                                                                                     \
         for (Py_ssize_t at = c0; at < c1; at++) {                                                               \
-            double d0 = x0 - xy[2 * at], d1 = x1 - xy[2 * at + 1];                                              \
-            double v = l1 ? fabs(d0) + fabs(d1) : d0 * d0 + d1 * d1;                                            \
-            int64_t k = okey(v), l = id[at];                                                                    \
+            int64_t k = okey(pair2(x0, x1, xy[2 * at], xy[2 * at + 1], l1)), l = id[at];                        \
             for (int j = 0; j < W; j++) u[j] += (tk[j] < k) | ((tk[j] == k) & (ti[j] <= l));                    \
         }                                                                                                       \
         for (int j = 0; j < W; j++) up[j] = u[j];                                                               \
@@ -329,12 +329,9 @@ static void cell_at_once(const row_t *r, const grid_t *G, Py_ssize_t c0, Py_ssiz
                          int l1, Py_ssize_t p, Py_ssize_t w) {
     int64_t tk[AT_ONCE], ti[AT_ONCE], up[AT_ONCE];
     for (Py_ssize_t j = 0; j < w; j++) tk[j] = r->tk[p + j], ti[j] = r->ti[p + j];
-    static void (*const fns[AT_ONCE])(const double *, const int32_t *, Py_ssize_t, Py_ssize_t, double, double, int,
-                                      const int64_t *, const int64_t *, int64_t *) = {
-        not_below_1, not_below_2, not_below_3, not_below_4, not_below_5, not_below_6, not_below_7, not_below_8};
-    void (*fn)(const double *, const int32_t *, Py_ssize_t, Py_ssize_t, double, double, int, const int64_t *,
-               const int64_t *, int64_t *) = fns[w - 1];
-    fn(G->xy, G->id, c0, c1, x0, x1, l1, tk, ti, up);
+    static const not_below_fn by_count[AT_ONCE] = {not_below_1, not_below_2, not_below_3, not_below_4,
+                                                   not_below_5, not_below_6, not_below_7, not_below_8};
+    by_count[w - 1](G->xy, G->id, c0, c1, x0, x1, l1, tk, ti, up);
     int64_t before = c1 - c0; /* the points at p or later */
     for (Py_ssize_t j = 0; j < w; j++) r->hist[p + j] += before - up[j], before = up[j];
     r->hist[p + w] += before;

@@ -55,7 +55,7 @@ def rank_grid(x: np.ndarray) -> tuple[np.ndarray, ...]:
     by its second into cells (even cuts of the bounding box were as fast at best, and several times slower where
     a few far codes crowd the rest into a handful of cells). Each cell's points in id order, with the cell's
     tight box (any partition gives exact ranks). Returns (start (cells + 1,) int64, id (N,) int32, cell_of (N,)
-    int32, xy (N, 2), box (cells, 4)); an empty cell's box is empty (inf, -inf)."""
+    int32, xy (N, 2), box (cells, 4)). No cell is empty: there are at most N / PER_CELL of them, or one."""
     n = len(x)
     side = int(min(2048, max(1, int(np.sqrt(n / PER_CELL)))))
     ids = np.arange(n)
@@ -68,12 +68,9 @@ def rank_grid(x: np.ndarray) -> tuple[np.ndarray, ...]:
     start = np.zeros(side * side + 1, np.int64)
     start[1:] = np.cumsum(counts)
     xy = np.ascontiguousarray(x[order])
-    box = np.empty((side * side, 4))
-    live = counts > 0
-    at = start[:-1][live]
-    box[live] = np.stack([np.minimum.reduceat(xy[:, 0], at), np.maximum.reduceat(xy[:, 0], at),
-                          np.minimum.reduceat(xy[:, 1], at), np.maximum.reduceat(xy[:, 1], at)], axis=1)
-    box[~live] = [np.inf, -np.inf, np.inf, -np.inf]
+    at = start[:-1]
+    box = np.stack([np.minimum.reduceat(xy[:, 0], at), np.maximum.reduceat(xy[:, 0], at),
+                    np.minimum.reduceat(xy[:, 1], at), np.maximum.reduceat(xy[:, 1], at)], axis=1)
     return start, order, cell_of, xy, np.ascontiguousarray(box)
 
 
