@@ -107,21 +107,23 @@ def _save(path: Path, data: dict) -> None:
         log.debug("kernel cache not written: %s", exc)
 
 
-def time_paths(candidates: list[str], probe: Callable[[str], None], repeat: int = 3) -> dict[str, float]:
-    """Seconds of one probe block per path: the best of ``repeat`` runs after one warm-up (one run
-    only where a run takes over 0.1 s: such a path is far from the fastest, and need not be timed closely)."""
-    out = {}
+def time_paths(candidates: list[str], probe: Callable[[str], None], repeat: int = 5) -> dict[str, float]:
+    """Seconds of one probe block per path: the best of ``repeat`` rounds after one warm-up of each (which
+    builds the path's copy of the points), every path once a round, in turn. A slow spell of a shared machine
+    then falls on every path alike; timed one path after the other, a spell during one path's runs picked the
+    slower path (sad-avx2 over sad-avx512 on a Zen 4, whose full rows it computes 1.5 times slower). A path
+    whose run takes over 0.1 s is timed once: it is far from the fastest, and need not be timed closely."""
     for path in candidates:
         probe(path)
-        best = float("inf")
-        for _ in range(repeat):
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(repeat):
+        for path in candidates:
+            if 0.1 < best[path] < float("inf"):
+                continue
             t0 = time.perf_counter()
             probe(path)
-            best = min(best, time.perf_counter() - t0)
-            if best > 0.1:
-                break
-        out[path] = best
-    return out
+            best[path] = min(best[path], time.perf_counter() - t0)
+    return best
 
 
 def choose(distance: str, dim: int, candidates: list[str], probe: Callable[[str], None], *,
