@@ -171,6 +171,24 @@ def test_rank_sums_do_not_depend_on_how_the_rows_are_split():
     assert all(np.array_equal(w, h) for w, h in zip(whole, halves, strict=True))
 
 
+def test_the_kernels_error_sums_equal_the_definitions_block_by_block_and_group_by_group():
+    """What the rank passes add up in C (ErrorSums) equals rank_error_sums, to the bit and in its dtypes, for
+    ranks below, at and above each p, past K + 1, and far beyond (60,000), over blocks and column groups."""
+    from common.compute.ranks import ErrorSums
+
+    r = np.random.default_rng(6).integers(1, 60, (500, 90))
+    r[::7, 3] = 60_000
+    r[:, 0] = 1
+    for lo, hi in ((0, 40), (40, 90)):
+        acc = ErrorSums(hi - lo)
+        for b0 in range(0, 500, 128):
+            acc.add(r[b0:b0 + 128], lo)
+        got, want = acc.sums(), M.rank_error_sums(r[:, lo:hi])
+        assert all(g.dtype == w.dtype and np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    with pytest.raises(ValueError, match="error_sums"):
+        ErrorSums(100).add(r, 0)
+
+
 def test_measures_by_hand_on_five_points():
     """Five samples on a line, x = 0..4 (pixel space); the map swaps the middle two: y = 0, 2, 1, 3, 4.
     Ties go to the lower id. k = 1 (N = 5, so k < N/2 means k = 1, 2):

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.compute import metrics as M
-from common.compute.ranks import rank_rows
+from common.compute.ranks import ErrorSums, rank_rows
 from common.compute.sizes import DEFAULT_MEMORY_BUDGET
 from common.study.tables import prepare_space
 
@@ -55,12 +54,12 @@ class RankSettings:
 
 def _sums(space, asked: np.ndarray, budget: int, splits: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
     """rank_error_sums of each column group of ``asked`` (split at ``splits``), over every row."""
-    out: list[list[np.ndarray]] | None = None
+    bounds = [0, *splits, asked.shape[1]]
+    groups = [(c0, ErrorSums(c1 - c0)) for c0, c1 in zip(bounds, bounds[1:], strict=False)]
     for _, r in rank_rows(space, asked, budget):
-        parts = [M.rank_error_sums(p) for p in np.split(r, splits, axis=1)]
-        out = [[a + b for a, b in zip(acc, part, strict=True)] for acc, part in zip(out, parts, strict=True)] \
-            if out is not None else [list(p) for p in parts]
-    return [(a, b) for a, b in out]
+        for c0, acc in groups:
+            acc.add(r, c0)
+    return [acc.sums() for _, acc in groups]
 
 
 def rank_sums(pixels: np.ndarray, codes: Mapping[str, np.ndarray], orig: Mapping[str, np.ndarray],
