@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - only where the extension could not be 
     _ranks = None
 
 MAX_BLOCK = 512  # query rows per block at most: their (rows, N) values stay in the tens of MB
+CODE_PIECES = 8  # ranges of a block's rows a thread on a code pass: 64 rows each, a few ms
 
 
 def _need_kernel() -> None:
@@ -38,8 +39,15 @@ def block_rows(n: int, memory_budget: int) -> int:
     return int(max(1, min(MAX_BLOCK, n, memory_budget // 4 // max(1, n * 8))))
 
 
-def _split(fn, count: int) -> None:
-    nb._parallel(fn, count)  # one slice of rows per torch thread; the kernel releases the GIL
+def _split(fn, count: int, pieces: int = 1) -> None:
+    """fn(lo, hi) over ``count`` rows in ``pieces`` ranges a torch thread, each taken by the first thread free (the
+    kernel releases the GIL). Rows of 2-D codes differ in cost, and two halves of a block left one thread idle for
+    a tenth of a pass."""
+    ranges = nb._ranges(count, torch.get_num_threads() * pieces)
+    if len(ranges) == 1:
+        fn(*ranges[0])
+        return
+    list(nb._threads().map(lambda r: fn(*r), ranges))
 
 
 # Points a cell of the rank grid holds. A row tests every cell, and compares or lists the points of the cells
@@ -91,7 +99,7 @@ def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndar
         def part(lo: int, hi: int) -> None:
             _ranks.coords(x, m, l1, rows[lo:hi], asked[lo:hi], out[lo:hi], *(grid or ()))
 
-        _split(part, len(rows))
+        _split(part, len(rows), CODE_PIECES)
         return out
     if isinstance(space, nb.FusedPixels):
         g = space._block(rows, 0, n)  # exact int32 scores, or float32 exact integers
