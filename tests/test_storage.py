@@ -136,6 +136,14 @@ def test_ids_pack_in_three_bytes_below_2_24_and_rows_stored_whole_before_still_r
         np.testing.assert_array_equal(db.unpack_ids(blob, 7, 3), ids[0, :3])
     with pytest.raises(ValueError, match="holds no 7 ids"):
         db.unpack_ids(b"12345", 7)
+    # many rows at once (a table read): packed alike, or both ways in one read, as one row at a time reads them
+    rows = np.concatenate([small, small[:, ::-1], big])
+    for blobs in (db.pack_ids(rows[:2]), db.pack_ids(rows[:2]) + db.pack_ids(rows[2:]), db.pack_ids(rows[2:])):
+        for cols in (7, 3):
+            np.testing.assert_array_equal(db.unpack_rows(blobs, 7, cols), [db.unpack_ids(b, 7, cols) for b in blobs])
+    assert db.unpack_rows([], 7, 3).shape == (0, 3)
+    with pytest.raises(ValueError, match="holds no 7 ids"):
+        db.unpack_rows(db.pack_ids(small) + [b"12345"], 7, 7)
     f = db.session_factory(engine)
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 10, 20).astype(np.uint8)

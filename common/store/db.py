@@ -549,10 +549,6 @@ def _driver_sql(session: Session, sql: str, params):
     return conn.exec_driver_sql(sql if conn.dialect.name == "sqlite" else sql.replace("?", "%s"), params)
 
 
-_INSERT_NEIGHBORS = (f"INSERT INTO {NeighborRow.__tablename__} (table_id, sample_id, ids, labels, distances) "
-                     "VALUES (?, ?, ?, ?, ?)")
-
-
 ID_BYTES = 3  # a stored id's bytes while every id is below 2^24 (16.7 million samples)
 
 
@@ -576,6 +572,21 @@ def unpack_ids(blob: bytes, k: int, cols: int | None = None) -> np.ndarray:
     out = np.zeros((cols, 4), np.uint8)
     out[:, :ID_BYTES] = np.frombuffer(blob, np.uint8, count=ID_BYTES * cols).reshape(cols, ID_BYTES)
     return out.view("<i4").reshape(cols)
+
+
+def unpack_rows(blobs: Sequence[bytes], k: int, cols: int) -> np.ndarray:
+    """unpack_ids of many stored rows, (len, cols) int32: rows packed alike are joined and read as one array."""
+    if not blobs:
+        return np.empty((0, cols), np.int32)
+    sizes = {len(b) for b in blobs}
+    if sizes == {ID_BYTES * k}:
+        raw = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), k, ID_BYTES)
+        out = np.zeros((len(blobs), cols, 4), np.uint8)
+        out[:, :, :ID_BYTES] = raw[:, :cols]
+        return out.view("<i4").reshape(len(blobs), cols)
+    if sizes == {4 * k}:
+        return np.frombuffer(b"".join(blobs), "<i4").reshape(len(blobs), k)[:, :cols]
+    return np.stack([unpack_ids(b, k, cols) for b in blobs])  # packed both ways, or a bad row (named there)
 
 
 _INSERT_NEIGHBORS = (f"INSERT INTO {NeighborRow.__tablename__} (table_id, sample_id, ids, labels, distances) "
@@ -645,12 +656,12 @@ def load_table_ids(*, session: Session, table_id: int, n: int, k: int, cols: int
         raise ValueError(f"cols must be in 1..{k} (the table's K), got {cols}")
     out = np.empty((n, cols), np.int32)
     seen = 0
-    res = session.execute(select(NeighborRow.sample_id, NeighborRow.ids)
-                          .where(NeighborRow.table_id == table_id)
-                          .execution_options(yield_per=5000))
-    for sample_id, blob in res:
-        out[sample_id] = unpack_ids(blob, k, cols)
-        seen += 1
+    res = session.connection().execute(select(NeighborRow.sample_id, NeighborRow.ids)  # Core rows, no ORM
+                                       .where(NeighborRow.table_id == table_id)
+                                       .execution_options(yield_per=5000))
+    for part in res.partitions():  # 5,000 rows at once: one at a time, through the ORM, took 0.45 s of 60,000
+        out[np.fromiter((r[0] for r in part), np.int64, len(part))] = unpack_rows([r[1] for r in part], k, cols)
+        seen += len(part)
     if seen != n:
         raise RuntimeError(f"neighbour table {table_id} holds {seen} rows, expected {n}")
     return out
