@@ -57,8 +57,8 @@ PANEL = 1024  # query rows per block of a whole-table sweep: a wider GEMM runs n
 # library's buffers after its first GEMM (33 MiB) and each panel's temporaries (up to 17 MiB)
 SWEEP_RESERVE = 56 << 20
 # the points a path's probe block is scored against: 16,384 MNIST images (12 MB), as a table's, are more than
-# the L2 caches hold. Against 8,192 sad-avx2 once timed as fast as sad-avx512 (1 probe in 13), whose full rows
-# it computes 1.5 times slower; against 16,384 it was 1.16 to 1.32 times slower in 8 probes of 8
+# the L2 caches hold. Against 8,192 sad-avx2 won 2 probes of 18 over sad-avx512, whose full rows it computes 1.5
+# times slower; against 16,384 it lost 11 of 11 (docs/benchmarks.md, Rank measures)
 PROBE_POINTS = 16384
 F32_EXACT_DIM = 1024  # shifted pixels: |a.b| <= 128 * 128 * D < 2^24 for D <= 1024, so float32 is exact
 
