@@ -187,10 +187,15 @@ def rank_error_sums(other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     start, stop, qq = p[live], np.minimum(q[live], k + 1), q[live]
     weight = np.bincount(start, qq, minlength=k + 2) - np.bincount(stop, qq, minlength=k + 2)  # exact below 2^53
     count = np.bincount(start, minlength=k + 2) - np.bincount(stop, minlength=k + 2)
-    ks = np.arange(k + 2)
-    false = (np.cumsum(weight) - ks * np.cumsum(count))[1:k + 1]
     gaps = np.abs(q - p).sum(axis=0)
-    return false, gaps
+    return false_sums(weight, count), gaps
+
+
+def false_sums(weight: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """rank_error_sums' ``false`` (K,) from its per-p differences (K + 2,): at k, the sum of q over the false
+    neighbours less k times their count."""
+    k = len(weight) - 2
+    return (np.cumsum(weight) - np.arange(k + 2) * np.cumsum(count))[1:k + 1]
 
 
 def rank_measure_ks(n: int, top: int) -> np.ndarray:

@@ -118,9 +118,10 @@ def _ranges(count: int, parts: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
 
 
-def _parallel(fn: Callable[[int, int], None], count: int) -> None:
-    """fn(lo, hi) over ``count`` items, one range per torch thread (the C kernels release the GIL)."""
-    ranges = _ranges(count, torch.get_num_threads())
+def _parallel(fn: Callable[[int, int], None], count: int, pieces: int = 1) -> None:
+    """fn(lo, hi) over ``count`` items in ``pieces`` ranges per torch thread, each range taken by the first thread
+    free (the C kernels release the GIL); more than one a thread evens out items of unequal cost."""
+    ranges = _ranges(count, torch.get_num_threads() * pieces)
     if len(ranges) == 1:
         fn(*ranges[0])
         return

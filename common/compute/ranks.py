@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from common.compute import metrics as M
 from common.compute import neighbors as nb
 from common.compute.sizes import DEFAULT_MEMORY_BUDGET
 
@@ -25,7 +26,9 @@ except ImportError:  # pragma: no cover - only where the extension could not be 
     _ranks = None
 
 MAX_BLOCK = 512  # query rows per block at most: their (rows, N) values stay in the tens of MB
-CODE_PIECES = 8  # ranges of a block's rows a thread on a code pass: 64 rows each, a few ms
+# ranges of a block's rows a thread on a code pass, 64 rows each: rows of 2-D codes differ in cost, and two
+# halves of a block left one thread idle for a tenth of a pass
+CODE_PIECES = 8
 
 
 def _need_kernel() -> None:
@@ -37,17 +40,6 @@ def _need_kernel() -> None:
 def block_rows(n: int, memory_budget: int) -> int:
     """Query rows per block: a (rows, N) block of 8-byte values within a quarter of the budget."""
     return int(max(1, min(MAX_BLOCK, n, memory_budget // 4 // max(1, n * 8))))
-
-
-def _split(fn, count: int, pieces: int = 1) -> None:
-    """fn(lo, hi) over ``count`` rows in ``pieces`` ranges a torch thread, each taken by the first thread free (the
-    kernel releases the GIL). Rows of 2-D codes differ in cost, and two halves of a block left one thread idle for
-    a tenth of a pass."""
-    ranges = nb._ranges(count, torch.get_num_threads() * pieces)
-    if len(ranges) == 1:
-        fn(*ranges[0])
-        return
-    list(nb._threads().map(lambda r: fn(*r), ranges))
 
 
 # Points a cell of the rank grid holds. A row tests every cell, and compares or lists the points of the cells
@@ -99,7 +91,7 @@ def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndar
         def part(lo: int, hi: int) -> None:
             _ranks.coords(x, m, l1, rows[lo:hi], asked[lo:hi], out[lo:hi], *(grid or ()))
 
-        _split(part, len(rows), CODE_PIECES)
+        nb._parallel(part, len(rows), CODE_PIECES)
         return out
     if isinstance(space, nb.FusedPixels):
         g = space._block(rows, 0, n)  # exact int32 scores, or float32 exact integers
@@ -120,7 +112,7 @@ def ranks_block(space: nb.Space, rows: np.ndarray, asked: np.ndarray) -> np.ndar
     def part(lo: int, hi: int) -> None:
         _ranks.block(g[lo:hi], kind, n, base, int(a), rows[lo:hi], asked[lo:hi], out[lo:hi])
 
-    _split(part, len(rows))
+    nb._parallel(part, len(rows))
     return out
 
 
@@ -141,9 +133,7 @@ class ErrorSums:
 
     def sums(self) -> tuple[np.ndarray, np.ndarray]:
         """(false (k,) float64, gaps (k,) int64), as rank_error_sums returns them."""
-        ks = np.arange(self.k + 2)
-        false = (np.cumsum(self.weight) - ks * np.cumsum(self.count))[1:self.k + 1]
-        return false.astype(np.float64), self.gaps.copy()
+        return M.false_sums(self.weight, self.count).astype(np.float64), self.gaps.copy()
 
 
 def rank_rows(space: nb.Space, asked: np.ndarray, memory_budget: int = DEFAULT_MEMORY_BUDGET,
