@@ -7,7 +7,8 @@
  * rows of A between cores.
  *
  *   l1_block(a, b, out, d, isa="best")   a: (m, d) uint8, b: (n, d) uint8, out: (m, n) int32, all C-contiguous;
- *                                        isa: "best", "avx512", "avx2" or "portable" (one the CPU runs)
+ *                                        isa: "best", "avx512", "avx2" or "portable" (one the CPU runs);
+ *                                        d at most (2^31 - 1) / 255 bytes, so that every sum fits int32
  *   ssd_block(a, b, out, d, isa="best")  the same for squared L2, sum (a - b)^2 as int32 (exact below 33,000
  *                                        bytes a row); "avx512" runs the AVX2 kernel. For a few query rows
  *                                        (new images): no blocking, one pass over b per row of a
@@ -109,6 +110,28 @@ __attribute__((target("avx2"))) static void l1_avx2(const uint8_t *A, const uint
     }
 }
 
+/* The 16 sums of a 4 x 4 tile at once: each accumulator's 8 lanes added up and stored as int32 (a row's
+ * distance is below 2^31, so two sums share a 64-bit lane without carrying into each other). Pairs of
+ * accumulators packed into one vector, then 8 vectors folded into one by a tree of unpacks and 128-bit
+ * shuffles: 37 instructions where 16 horizontal sums took about 120, a quarter of the tile's work at 784 bytes. */
+__attribute__((target("avx512f,avx512bw"))) static inline void store4x4(__m512i s[4][4], int32_t *out,
+                                                                        Py_ssize_t n) {
+    __m512i v[8], w[4];
+    for (int r = 0; r < 4; r++)
+        for (int h = 0; h < 2; h++) v[2 * r + h] = _mm512_add_epi64(s[r][2 * h], _mm512_slli_epi64(s[r][2 * h + 1], 32));
+    for (int k = 0; k < 4; k++) /* each 128-bit lane: [part of v[2k], part of v[2k + 1]] */
+        w[k] = _mm512_add_epi64(_mm512_unpacklo_epi64(v[2 * k], v[2 * k + 1]),
+                                _mm512_unpackhi_epi64(v[2 * k], v[2 * k + 1]));
+    __m512i x0 = _mm512_add_epi64(_mm512_shuffle_i64x2(w[0], w[1], 0x88), _mm512_shuffle_i64x2(w[0], w[1], 0xdd));
+    __m512i x1 = _mm512_add_epi64(_mm512_shuffle_i64x2(w[2], w[3], 0x88), _mm512_shuffle_i64x2(w[2], w[3], 0xdd));
+    /* lane k of y: the sum of v[k], that is out[k / 2][2 (k % 2)] below and out[k / 2][2 (k % 2) + 1] above */
+    __m512i y = _mm512_add_epi64(_mm512_shuffle_i64x2(x0, x1, 0x88), _mm512_shuffle_i64x2(x0, x1, 0xdd));
+    _mm_storeu_si128((__m128i *)out, _mm512_extracti32x4_epi32(y, 0));
+    _mm_storeu_si128((__m128i *)(out + n), _mm512_extracti32x4_epi32(y, 1));
+    _mm_storeu_si128((__m128i *)(out + 2 * n), _mm512_extracti32x4_epi32(y, 2));
+    _mm_storeu_si128((__m128i *)(out + 3 * n), _mm512_extracti32x4_epi32(y, 3));
+}
+
 __attribute__((target("avx512f,avx512bw"))) static void l1_avx512(const uint8_t *A, const uint8_t *B,
                                                                   int32_t *out, Py_ssize_t m, Py_ssize_t n,
                                                                   Py_ssize_t d) {
@@ -132,8 +155,7 @@ __attribute__((target("avx512f,avx512bw"))) static void l1_avx512(const uint8_t 
                         for (int c = 0; c < 4; c++) s[r][c] = _mm512_add_epi64(s[r][c], _mm512_sad_epu8(x, y[c]));
                     }
                 }
-                for (int r = 0; r < 4; r++)
-                    for (int c = 0; c < 4; c++) out[(i + r) * n + j + c] = (int32_t)_mm512_reduce_add_epi64(s[r][c]);
+                store4x4(s, out + i * n + j, n);
             }
             for (; j < j1; j++) {
                 for (int r = 0; r < 4; r++) {
@@ -252,6 +274,11 @@ static PyObject *run_block(PyObject *args, kernel_fn (*named)(const char *, cons
     }
     if (d <= 0 || d % 64 != 0 || a.len % d != 0 || b.len % d != 0) {
         PyErr_SetString(PyExc_ValueError, "row length d must be a positive multiple of 64 dividing both inputs");
+        goto done;
+    }
+    Py_ssize_t most = named == kernel_named ? INT32_MAX / 255 : INT32_MAX / (255 * 255);
+    if (d > most) { /* every distance must fit int32 (and two L1 sums one 64-bit lane: store4x4) */
+        PyErr_Format(PyExc_ValueError, "row length d must be at most %zd bytes: a distance must fit int32", most);
         goto done;
     }
     Py_ssize_t m = a.len / d, n = b.len / d;
