@@ -397,26 +397,30 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a user's codes beside an experiment's models: stored as the space NAME (its code-space tables
     at the experiment's K for its distances, every metric at every k), then the tables as `aeknn run`
-    prints them. Run again with the same file and name, it goes on where it stopped."""
-    from pathlib import Path
-
+    prints them. Several maps (--codes and --name again) are stored together and share one pass over the
+    pixels for their rank measures. Run again with the same files and names, it goes on where it stopped."""
     from common.study import embeddings, reads
 
+    if len(args.codes) != len(args.name):
+        raise Usage(f"aeknn evaluate: each --codes needs its --name: {len(args.codes)} --codes and "
+                    f"{len(args.name)} --name given")
     settings = _settings(args)
     factory = _read_factory(settings, "evaluate")
-    try:
-        data = Path(args.codes).read_bytes()
-    except OSError as exc:
-        raise Usage(f"aeknn evaluate: cannot read --codes {args.codes}: {exc.strerror}") from None
-    codes = embeddings.read_codes(data, f"--codes {args.codes}")
+    uploads = []
+    for path, name in zip(args.codes, args.name, strict=True):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise Usage(f"aeknn evaluate: cannot read --codes {path}: {exc.strerror}") from None
+        uploads.append((name, embeddings.read_codes(data, f"--codes {path}"), f"--codes {path}"))
     experiment_id = args.experiment
     if experiment_id is None:
         with factory() as s:
             experiment_id = reads.finished(s, None).id
-    embeddings.record(factory, experiment_id, args.name, codes, f"--codes {args.codes}")
-    from common.study.stages import stage_embedding
+    embeddings.record_all(factory, experiment_id, uploads)
+    from common.study.stages import stage_embeddings
 
-    stage_embedding(_runtime(settings, factory), experiment_id, args.name)
+    stage_embeddings(_runtime(settings, factory), experiment_id, args.name)
     print_tables(factory, experiment_id, "table")
     return 0
 

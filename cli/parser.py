@@ -198,10 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     met.set_defaults(func=c.cmd_metrics)
 
     ev = sub.add_parser("evaluate", help="score your own codes (any map, N x m) beside an experiment's models")
-    ev.add_argument("--codes", required=True, metavar="FILE",
+    ev.add_argument("--codes", required=True, metavar="FILE", action="append",
                     help="a .npy of N x m numbers, one row per sample in the experiment's order (or an .npz "
-                         "holding an array named codes)")
-    ev.add_argument("--name", required=True, help="the space's name (1 to 32 letters, digits, _ . -)")
+                         "holding an array named codes); give --codes and --name again for more maps, which "
+                         "then share one pass over the pixels for their rank measures")
+    ev.add_argument("--name", required=True, action="append",
+                    help="the space's name (1 to 32 letters, digits, _ . -), one for each --codes, in order")
     ev.add_argument("--experiment", type=int, help="the experiment's id (default: the latest succeeded one)")
     common_opts(ev, compute=True)
     ev.set_defaults(func=c.cmd_evaluate)

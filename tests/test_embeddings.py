@@ -159,6 +159,54 @@ def test_pca_codes_uploaded_on_workers_are_exact_and_scored_as_computed_independ
     assert vals == again and len(vals) > 100
 
 
+def metric_values(factory, eid: int, space: str) -> dict:
+    with factory() as s:
+        return {(v.metric, v.distance, v.k, v.label): v.value for v in s.scalars(db.select(db.MetricValue).where(
+            db.MetricValue.experiment_id == eid, db.MetricValue.space == space))}
+
+
+def test_several_maps_in_one_evaluate_share_the_pixel_pass_and_score_as_each_alone(stack):
+    """`aeknn evaluate` with two maps: both stored at once, their rank measures from one pass over the pixels
+    per distance (its log line names both), every metric equal, bit for bit, to the same codes uploaded
+    alone; a --codes without its --name, and a name given twice, refused in one line with nothing stored."""
+    url, eid, factory = stack["url"], stack["id"], stack["factory"]
+    if httpx.get(f"{url}/experiments/{eid}/embeddings/pca12").status_code != 200:
+        pytest.skip("needs the uploads of the test above")
+    paths = {}
+    for m in (2, 12):
+        paths[m] = stack["dir"] / f"both{m}.npy"
+        paths[m].write_bytes(npy(pca(stack["pixels"], m)))
+
+    def evaluate(*args):
+        return subprocess.run([sys.executable, "-m", "cli", "evaluate", "--db", stack["db"], "--experiment", str(eid),
+                               *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, **stack["env"]})
+
+    with factory() as s:
+        before = sorted(m.name for m in db.list_models(session=s, experiment_id=eid))
+    for args, words in ((("--codes", paths[2], "--codes", paths[12], "--name", "x1"),
+                         "each --codes needs its --name: 2 --codes and 1 --name given"),
+                        (("--codes", paths[2], "--name", "x2", "--codes", paths[12], "--name", "x2"),
+                         "a name is given twice")):
+        out = evaluate(*args)
+        assert out.returncode in (1, 2) and words in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    with factory() as s:
+        assert sorted(m.name for m in db.list_models(session=s, experiment_id=eid)) == before
+    out = evaluate("--codes", paths[2], "--name", "both2", "--codes", paths[12], "--name", "both12")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "both2" in out.stdout and "both12" in out.stdout
+    passes = [line for line in out.stderr.splitlines() if "exact ranks:" in line]
+    assert passes, out.stderr[-2000:]
+    assert passes[-1].count("ranks original l1") == 1 and passes[-1].count("ranks original l2") == 1
+    assert all(f"ranks {name} {d}" in passes[-1] for name in ("both2", "both12") for d in ("l1", "l2"))
+    for alone, both in (("pca2", "both2"), ("pca12", "both12")):
+        want = metric_values(factory, eid, alone)
+        assert any(m == "trustworthiness" for m, *_ in want) and metric_values(factory, eid, both) == want
+    timings = httpx.get(f"{url}/experiments/{eid}").json()["timings"]
+    assert {"embedding both2 rank measures", "embedding both12 rank measures"} <= set(timings)
+
+
 def test_two_spaces_compared_share_what_their_tables_share(stack):
     url, eid = stack["url"], stack["id"]
     if httpx.get(f"{url}/experiments/{eid}/embeddings/pca2").status_code != 200:

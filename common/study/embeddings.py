@@ -4,7 +4,7 @@ The record side, importable without torch (the API reads and stores an upload wi
 read from a ``.npy`` (or an ``.npz`` holding ``codes``), checked against the experiment (N rows in its
 sample order, m >= 1 finite columns, a name of its own), and stored whole in the database as an
 uploaded space (float64, as given), so that a worker on any machine reads them from there. Scoring (its
-code-space tables at the experiment's K, every metric at every k) is ``stages.stage_embedding``.
+code-space tables at the experiment's K, every metric at every k) is ``stages.stage_embeddings``.
 """
 
 from __future__ import annotations
@@ -96,19 +96,32 @@ def record(factory: sessionmaker[Session], experiment_id: int, name: str, codes:
            source: str = "the codes") -> tuple[int, bool]:
     """Check and store an upload (state queued). The same name with the same codes again is the same
     upload (a retried request): its id, and False for "not new". Nothing is stored when a check fails."""
+    return record_all(factory, experiment_id, [(name, codes, source)])[0]
+
+
+def record_all(factory: sessionmaker[Session], experiment_id: int,
+               uploads: list[tuple[str, np.ndarray, str]]) -> list[tuple[int, bool]]:
+    """``record`` for several (name, codes, source) at once, in one transaction: all are stored or, when one
+    check fails, none."""
+    if len({name for name, _, _ in uploads}) < len(uploads):
+        raise Invalid("each space needs a name of its own: a name is given twice")
+    out = []
     with db.transaction(factory) as s:
         exp, n = experiment_for_upload(s, experiment_id)
-        codes = check_codes(codes, n, source)
-        rows = {m.name: m for m in db.list_models(session=s, experiment_id=experiment_id)}
-        same = rows.get(name)
-        if same is not None and same.source == UPLOADED and same.codes == codes.tobytes():
-            return same.id, False
-        check_name(name, spaces(s, exp))
-        row = db.ModelRow(experiment_id=experiment_id, name=name, epochs_done=0, losses=[], source=UPLOADED,
-                          code_dim=codes.shape[1], codes=codes.tobytes(), created_at=db.utcnow(), state=QUEUED)
-        s.add(row)
-        s.flush()
-        return row.id, True
+        for name, codes, source in uploads:
+            codes = check_codes(codes, n, source)
+            rows = {m.name: m for m in db.list_models(session=s, experiment_id=experiment_id)}
+            same = rows.get(name)
+            if same is not None and same.source == UPLOADED and same.codes == codes.tobytes():
+                out.append((same.id, False))
+                continue
+            check_name(name, spaces(s, exp))
+            row = db.ModelRow(experiment_id=experiment_id, name=name, epochs_done=0, losses=[], source=UPLOADED,
+                              code_dim=codes.shape[1], codes=codes.tobytes(), created_at=db.utcnow(), state=QUEUED)
+            s.add(row)
+            s.flush()
+            out.append((row.id, True))
+    return out
 
 
 def submit(factory: sessionmaker[Session], settings: Settings, experiment_id: int, name: str, codes: np.ndarray,

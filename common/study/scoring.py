@@ -248,20 +248,24 @@ def has_rank_measures(session: Session, experiment_id: int, space: str) -> bool:
         db.MetricValue.metric == RANK_MEASURES[0]).limit(1)) is not None
 
 
-def store_space_ranks(factory: sessionmaker[Session], experiment_id: int, space: str, settings=None) -> None:
-    """The rank measures of one code space (an upload), from exact ranks (common/study/ranking.py: a pass
-    over the pixels per distance), replacing that space's; the experiment's revision is bumped, so cached
-    answers about all its spaces are revalidated."""
+def store_space_ranks(factory: sessionmaker[Session], experiment_id: int, spaces: str | list[str],
+                      settings=None) -> None:
+    """The rank measures of code spaces (uploads), from exact ranks (common/study/ranking.py: one pass over the
+    pixels per distance, shared by every space given), replacing those spaces'; the experiment's revision is
+    bumped, so cached answers about all its spaces are revalidated."""
+    names = [spaces] if isinstance(spaces, str) else list(spaces)
     with factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         cfg = StudyConfig.model_validate(exp.config)
         n = s.get(db.DatasetRow, exp.dataset_id).n
-        ranks = rank_sums_of(s, experiment_id, cfg, [space], settings)
-        labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n), [space])
+        ranks = rank_sums_of(s, experiment_id, cfg, names, settings)
+        labels, orig, enc = _tables(s, experiment_id, cfg, top_k(cfg, n), names)
         values = [v for v in compute_metrics(cfg, labels, orig, enc, ranks)
-                  if v["space"] == space and v["metric"] in RANK_MEASURES]
+                  if v["space"] in names and v["metric"] in RANK_MEASURES]
     with db.transaction(factory) as s:
-        db.save_metrics(session=s, experiment_id=experiment_id, values=values, space=space, metrics=RANK_MEASURES)
+        for name in names:
+            db.save_metrics(session=s, experiment_id=experiment_id, values=[v for v in values if v["space"] == name],
+                            space=name, metrics=RANK_MEASURES)
         row = s.get(db.Experiment, experiment_id)
         row.revision = (row.revision or 0) + 1
 

@@ -352,20 +352,33 @@ def stage_code_table(rt: Runtime, experiment_id: int, cfg: StudyConfig, ds: Data
 
 
 def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
-    """Score an uploaded embedding (common/study/embeddings.py): its code-space tables at the experiment's
-    K for each of its distances, then every metric at every k. Ready, and the experiment's revision
-    bumped, once all are stored but the rank measures, which follow (a pass over the pixels each: they read
-    null until then); a repeated run continues where one stopped, a ready one with its rank measures does
-    nothing."""
+    """Score one uploaded embedding: ``stage_embeddings`` of it alone (a worker's task)."""
+    stage_embeddings(rt, experiment_id, [name])
+
+
+def stage_embeddings(rt: Runtime, experiment_id: int, names: list[str]) -> None:
+    """Score uploaded embeddings (common/study/embeddings.py): each one's code-space tables at the experiment's
+    K for each of its distances, then every metric at every k. Each is ready, and the experiment's revision
+    bumped, once all are stored but the rank measures, which follow for all of them at once (one pass over
+    the pixels per distance, however many spaces: they read null until then); a repeated run continues where
+    one stopped, a ready one with its rank measures costs nothing."""
+    pending = [name for name in names if _score_embedding(rt, experiment_id, name)]
+    if pending:
+        t1 = time.perf_counter()
+        store_space_ranks(rt.factory, experiment_id, pending, rank_settings(rt))
+        for name in pending:  # the time until its measures were stored: one pass shared by all of them
+            _timed(rt, experiment_id, f"embedding {name} rank measures", t1)
+
+
+def _score_embedding(rt: Runtime, experiment_id: int, name: str) -> bool:
+    """An upload's tables and every metric but the rank measures, then ready; whether its rank measures are
+    still to be stored."""
     t0 = time.perf_counter()
     with rt.factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         row = embeddings.upload(s, experiment_id, name)
         if row.state == embeddings.READY:
-            if not has_rank_measures(s, experiment_id, name):
-                s.close()
-                store_space_ranks(rt.factory, experiment_id, name, rank_settings(rt))
-            return
+            return not has_rank_measures(s, experiment_id, name)
         cfg = StudyConfig.model_validate(exp.config)
         labels = db.dataset_labels(session=s, dataset_id=exp.dataset_id).copy()
         codes = db.model_codes(row).copy()
@@ -386,9 +399,7 @@ def stage_embedding(rt: Runtime, experiment_id: int, name: str) -> None:
         raise
     embeddings.set_state(rt.factory, row.id, embeddings.READY)
     _timed(rt, experiment_id, f"embedding {name}", t0)
-    t1 = time.perf_counter()
-    store_space_ranks(rt.factory, experiment_id, name, rank_settings(rt))
-    _timed(rt, experiment_id, f"embedding {name} rank measures", t1)
+    return True
 
 
 def rank_settings(rt: Runtime) -> RankSettings:
