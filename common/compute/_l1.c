@@ -276,9 +276,10 @@ static PyObject *run_block(PyObject *args, kernel_fn (*named)(const char *, cons
         PyErr_SetString(PyExc_ValueError, "row length d must be a positive multiple of 64 dividing both inputs");
         goto done;
     }
-    Py_ssize_t most = named == kernel_named ? INT32_MAX / 255 : INT32_MAX / (255 * 255);
-    if (d > most) { /* every distance must fit int32 (and two L1 sums one 64-bit lane: store4x4) */
-        PyErr_Format(PyExc_ValueError, "row length d must be at most %zd bytes: a distance must fit int32", most);
+    if (named == kernel_named && d > INT32_MAX / 255) { /* an L1 sum fits int32, and two share a 64-bit lane
+                                                          (store4x4) without carrying; zero padding adds nothing */
+        PyErr_Format(PyExc_ValueError, "row length d must be at most %d bytes: a distance must fit int32",
+                     INT32_MAX / 255);
         goto done;
     }
     Py_ssize_t m = a.len / d, n = b.len / d;

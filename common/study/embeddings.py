@@ -108,9 +108,9 @@ def record_all(factory: sessionmaker[Session], experiment_id: int,
     out = []
     with db.transaction(factory) as s:
         exp, n = experiment_for_upload(s, experiment_id)
+        rows = {m.name: m for m in db.list_models(session=s, experiment_id=experiment_id)}  # the names differ
         for name, codes, source in uploads:
             codes = check_codes(codes, n, source)
-            rows = {m.name: m for m in db.list_models(session=s, experiment_id=experiment_id)}
             same = rows.get(name)
             if same is not None and same.source == UPLOADED and same.codes == codes.tobytes():
                 out.append((same.id, False))

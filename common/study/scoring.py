@@ -248,12 +248,10 @@ def has_rank_measures(session: Session, experiment_id: int, space: str) -> bool:
         db.MetricValue.metric == RANK_MEASURES[0]).limit(1)) is not None
 
 
-def store_space_ranks(factory: sessionmaker[Session], experiment_id: int, spaces: str | list[str],
-                      settings=None) -> None:
+def store_space_ranks(factory: sessionmaker[Session], experiment_id: int, names: list[str], settings=None) -> None:
     """The rank measures of code spaces (uploads), from exact ranks (common/study/ranking.py: one pass over the
     pixels per distance, shared by every space given), replacing those spaces'; the experiment's revision is
     bumped, so cached answers about all its spaces are revalidated."""
-    names = [spaces] if isinstance(spaces, str) else list(spaces)
     with factory() as s:
         exp = db.get_experiment(session=s, experiment_id=experiment_id)
         cfg = StudyConfig.model_validate(exp.config)
