@@ -51,7 +51,7 @@ class TableProgress(BaseModel):
     seconds: float | None = Field(description="wall time of the whole table, storing included")
     compute_seconds: float | None = Field(description="computing its rows only (summed over its chunks)")
     path: str | None = Field(description="how it was computed: int8, f32, f32-numpy, sad-avx512, sad-avx2, "
-                                         "sad-portable, torch, kdtree ('a+b' when workers differed)")
+                                         "sad-portable, sparse, torch, kdtree ('a+b' when workers differed)")
     rows_per_s: float | None
     gflops: float | None = Field(description="GFLOP/s of the pixel L2 GEMM")
     gsads_per_s: float | None = Field(description="billions of pixel L1 pair sums per second")

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     # How pixel tables are computed: auto = the fastest exact path here, measured once per machine and
     # cached in cache_dir; or path names, comma-separated, to force them (int8, f32, f32-numpy, torch for
-    # L2; sad-avx512, sad-avx2, sad-portable, torch for L1). A forced path this machine lacks is an error.
+    # L2; sad-avx512, sad-avx2, sad-portable, torch for L1; sparse for both). A forced path this machine lacks
+    # is an error.
     kernel: str = "auto"
 
     # --- the Celery path (aeknn submit / worker); `aeknn run` needs none of this

@@ -70,7 +70,7 @@ def test_run_prints_the_tables_and_succeeds(study):
         assert line.startswith(f"table {t['space']} {t['distance']}: {t['path']}, ") and "rows/s" in line
         assert t["rows_per_s"] > 0
         if t["space"] == "original":
-            assert t["path"] in ("int8", "f32", "f32-numpy", "sad-avx512", "sad-avx2", "sad-portable")
+            assert t["path"] in ("int8", "f32", "f32-numpy", "sad-avx512", "sad-avx2", "sad-portable", "sparse")
             assert (t["gflops"] if t["distance"] == "l2" else t["gsads_per_s"]) > 0
             assert ("GFLOP/s" if t["distance"] == "l2" else "G pair-SADs/s") in line
         else:

@@ -161,6 +161,82 @@ def test_l1_kernel_sums_the_widest_rows_it_takes_exactly_and_refuses_wider(isa):
         neighbors._l1.l1_block(wide, wide, np.empty((1, 1), np.int32), d + 64, isa)
 
 
+def _sparse_layout(x: np.ndarray, l2: bool):
+    """Rows of bytes as common/compute/_l1.c's sparse kernels take them: (rows, pairs) and the chunked columns."""
+    from common.compute import neighbors
+
+    js, (n, d) = neighbors._l1.SPARSE_CHUNK, x.shape
+    pairs, chunks = -(-d // 2), -(-n // js)
+    wide = np.zeros((chunks * js, 2 * pairs), np.int16 if l2 else np.uint8)
+    wide[:n, :d] = x
+    rows = wide.view(np.uint32 if l2 else np.uint16)
+    cols = np.ascontiguousarray(rows.reshape(chunks, js, pairs).transpose(0, 2, 1))
+    norms = wide.astype(np.int32).sum(1).astype(np.int32)
+    return np.ascontiguousarray(rows[:n]), cols, norms, pairs
+
+
+@pytest.mark.parametrize("isa", ["best", "avx2", "portable"])
+def test_sparse_kernels_give_the_exact_integers_from_any_column_to_any_other(isa):
+    """The sparse path's kernels (dot products for L2, |a| + |b| - 2 sum min(a, b) for L1): mostly-zero rows,
+    dense rows, rows of 255 (the L1 minimums' 16-bit sums widened every 128 pairs), an empty row, an odd width,
+    and column ranges that start and end inside a chunk."""
+    from common.compute import neighbors
+
+    if neighbors._l1 is None or (isa == "avx2" and "avx2" not in neighbors._l1.supported()):
+        pytest.skip("no AVX2 here")
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, (150, 785)).astype(np.uint8)
+    x[rng.random(x.shape) < 0.8] = 0
+    x[:3] = 255
+    x[3] = 0
+    x[4:8] = rng.integers(1, 256, (4, 785))
+    xi = x.astype(np.int64)
+    for c0, c1 in ((0, 150), (5, 77), (33, 33), (31, 150), (64, 96)):
+        q = np.r_[0:10, 140:150]
+        rows, cols, norms, pairs = _sparse_layout(x, True)
+        out = np.empty((len(q), c1 - c0), np.int32)
+        neighbors._l1.dot_sparse(rows[q], cols, out, pairs, c0, c1, isa)
+        np.testing.assert_array_equal(out, xi[q] @ xi[c0:c1].T)
+        rows, cols, norms, pairs = _sparse_layout(x, False)
+        neighbors._l1.min_sparse(rows[q], cols, norms[q], norms, out, pairs, c0, c1, isa)
+        np.testing.assert_array_equal(out, np.abs(xi[q][:, None] - xi[None, c0:c1]).sum(-1))
+    row = np.empty((1, 4), np.int32)  # 255 everywhere against 255 and against an empty row
+    neighbors._l1.min_sparse(rows[:1], cols, norms[:1], norms, row, pairs, 0, 4, isa)
+    assert row[0, 1] == 0 and row[0, 3] == 255 * 785
+
+
+def test_sparse_kernels_refuse_rows_whose_sums_could_pass_int32_and_a_bad_layout():
+    from common.compute import neighbors
+
+    if neighbors._l1 is None:
+        pytest.skip("no compiled kernel on this platform")
+    js, out = neighbors._l1.SPARSE_CHUNK, np.empty((1, 1), np.int32)
+    wide = (2**31 - 1) // 130050 + 1  # pairs of 255 * 255 products that could pass 2^31
+    with pytest.raises(ValueError, match="P at most 16512"):
+        neighbors._l1.dot_sparse(np.zeros(wide, np.uint32), np.zeros(wide * js, np.uint32), out, wide, 0, 1)
+    with pytest.raises(ValueError, match="cols"):  # columns that are not whole chunks
+        neighbors._l1.dot_sparse(np.zeros(4, np.uint32), np.zeros(4 * js - 4, np.uint32), out, 4, 0, 1)
+    with pytest.raises(ValueError, match="c0 <= c1"):
+        neighbors._l1.min_sparse(np.zeros(4, np.uint16), np.zeros(4 * js, np.uint16), np.zeros(1, np.int32),
+                                 np.zeros(js, np.int32), out, 4, 0, js + 1)
+    with pytest.raises(ValueError, match="instruction set sse9 is unknown"):
+        neighbors._l1.dot_sparse(np.zeros(4, np.uint32), np.zeros(4 * js, np.uint32), out, 4, 0, 1, "sse9")
+
+
+def test_the_sparse_path_is_offered_where_avx2_runs_and_loses_the_probe_on_dense_rows(tmp_path):
+    """pixel_paths offers ``sparse`` for both distances on an AVX2 CPU, up to the widths whose sums fit int32;
+    on rows with no zero the probe takes a dense path (BLAS or the SAD kernel), here by a wide margin."""
+    from common.compute.neighbors import SPARSE_DIM, _l1, choose_pixel_path, pixel_paths
+
+    if _l1 is None or "avx2" not in _l1.supported():
+        pytest.skip("no AVX2 here")
+    assert "sparse" in pixel_paths("l1", 784) and "sparse" in pixel_paths("l2", 784)
+    assert "sparse" not in pixel_paths("l2", SPARSE_DIM["l2"] + 1)
+    dense = np.random.default_rng(3).integers(1, 256, (20000, 784)).astype(np.uint8)
+    for distance in ("l1", "l2"):
+        assert choose_pixel_path(dense, distance, cache_dir=str(tmp_path)) != "sparse"
+
+
 def test_l1_kernel_refuses_an_instruction_set_it_does_not_know():
     from common.compute import neighbors
 

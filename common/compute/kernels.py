@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 # Every path by distance. The C-selection paths come first; "torch" is the portable path (a GPU's, or a
 # CPU's where the C kernels are not built): float32 scores, top-k with a pad, a proven cut.
 PATHS = {
-    "l2": ("int8", "f32", "f32-numpy", "torch"),
-    "l1": ("sad-avx512", "sad-avx2", "sad-portable", "torch"),
+    "l2": ("int8", "f32", "f32-numpy", "sparse", "torch"),
+    "l1": ("sad-avx512", "sad-avx2", "sad-portable", "sparse", "torch"),
 }
 ALL_PATHS = tuple(dict.fromkeys(p for ps in PATHS.values() for p in ps))
 

@@ -10,7 +10,9 @@ How "exact" is kept while the bulk work runs fast:
   L2 pixels shifted to -128..127 go through an int8 GEMM (``int8``, torch._int_mm: fast with VNNI,
   very slow without) or a float32 GEMM (``f32``: every dot product is an integer below 2^24, so
   float32 holds it exactly); L1 sums come from the SAD kernel (common/compute/_l1.c) at the widest
-  instruction set that is fastest (``sad-avx512``, ``sad-avx2``, ``sad-portable``). Columns that are
+  instruction set that is fastest (``sad-avx512``, ``sad-avx2``, ``sad-portable``). Where most pixels
+  are 0 (MNIST: 150 of 784), ``sparse`` (common/compute/_l1.c, AVX2) scores each row by its nonzero pixel
+  pairs only: dot products for L2, |a| + |b| - 2 sum min(a, b) for L1. Columns that are
   the same in every sample (MNIST's empty border) add nothing to any distance and are dropped.
 - A whole table (:meth:`FusedPixels.sweep`) reads each block of the distance matrix once for two row
   sets: rows i0..i1 against columns i0..N also give columns i1..N their candidates from rows i0..i1.
@@ -60,6 +62,8 @@ SWEEP_RESERVE = 56 << 20
 # the L2 caches hold. Against 8,192 sad-avx2 won 2 probes of 18 over sad-avx512, whose full rows it computes 1.5
 # times slower; against 16,384 it lost 11 of 11 (docs/benchmarks.md, Rank measures)
 PROBE_POINTS = 16384
+# the sparse path's widest rows: its scores |b|^2 - 2 a.b (L2: 2 a.b <= 2 * 255^2 D) and |a| + |b| (L1) in int32
+SPARSE_DIM = {"l2": (2**31 - 1) // (2 * 255 * 255), "l1": (2**31 - 1) // 510}
 F32_EXACT_DIM = 1024  # shifted pixels: |a.b| <= 128 * 128 * D < 2^24 for D <= 1024, so float32 is exact
 
 
@@ -236,7 +240,9 @@ class FusedPixels(Space):
         xs = np.ascontiguousarray(x[:, keep] if keep.any() else x[:, :1])  # a copy (boolean indexing)
         self.kept = xs.shape[1]
         self.pair_work = 2.0 * self.kept if self.l2 else 1.0  # a dot product's flops, or one sum of bytes
-        if self.l2:
+        if path == "sparse":
+            self._sparse(xs)
+        elif self.l2:
             xs ^= np.uint8(0x80)  # in place: no second copy of the points at once
             s8 = xs.view(np.int8)  # v ^ 0x80 read as int8 is v - 128
             self.base = _row_norms(s8)  # (N,) |x|^2, exact integers < 2^24
@@ -257,14 +263,37 @@ class FusedPixels(Space):
             self.base = np.zeros(self.n, np.int32)
             self.a = 1
         # this space's own copy of the points: part of the memory a table's sweep is budgeted for
-        copy = (self.s8 if path == "int8" else self.sf) if self.l2 else self.padded
-        self.own = copy.nbytes + self.base.nbytes
+        copy = "cols" if path == "sparse" else ("s8" if path == "int8" else "sf") if self.l2 else "padded"
+        self.own = getattr(self, copy).nbytes + self.base.nbytes + getattr(self, "norms", self.base[:0]).nbytes
+
+    def _sparse(self, xs: np.ndarray) -> None:
+        """The points as common/compute/_l1.c's sparse kernels read them: pixel pairs (two int16 for L2's dot
+        products, two bytes for L1's minimums), in chunks of SPARSE_CHUNK points side by side, zeros after the
+        last; the scores are those of the other paths (L2: |b|^2 - 2 a.b, here of the unshifted bytes)."""
+        js, n = _l1.SPARSE_CHUNK, self.n
+        pairs = -(-self.kept // 2)
+        chunks = -(-n // js)
+        x = np.zeros((chunks * js, 2 * pairs), np.int16 if self.l2 else np.uint8)
+        x[:n, : self.kept] = xs
+        rows = x.view(np.uint32 if self.l2 else np.uint16)  # (chunks * js, pairs)
+        self.pairs = pairs
+        self.cols = np.ascontiguousarray(rows.reshape(chunks, js, pairs).transpose(0, 2, 1))
+        sums = np.zeros(chunks * js, np.int64)
+        for r0 in range(0, n, 8192):  # a few thousand rows at a time: no full wide copy
+            b = xs[r0:r0 + 8192].astype(np.int32)
+            sums[r0:r0 + len(b)] = (b * b).sum(1) if self.l2 else b.sum(1)
+        if self.l2:
+            self.base, self.a = sums[:n].astype(np.int32), -2  # |b|^2 <= 255^2 D: int32 up to D = 33,025
+        else:
+            self.norms, self.base, self.a = sums.astype(np.int32), np.zeros(n, np.int32), 1
 
     # ------------------------------------------------------------ blocks of exact scores
 
     def _block(self, q: np.ndarray | slice, c0: int, c1: int) -> np.ndarray:
         """Exact values of query rows ``q`` against points c0..c1: int32 dot products / SAD sums, or
         float32 dot products (exact integers); one reused buffer."""
+        if self.path == "sparse":
+            return self._sparse_block(q, c0, c1)
         if self.l2:
             a = self.s8 if self.path == "int8" else self.sf
             lhs = a[torch.from_numpy(q)] if isinstance(q, np.ndarray) else a[q]
@@ -284,6 +313,22 @@ class FusedPixels(Space):
             _l1.l1_block(lhs[lo:hi], rhs, out[lo:hi], self.width, self.isa)
 
         _parallel(part, lhs.shape[0])
+        return out
+
+    def _sparse_block(self, q: np.ndarray | slice, c0: int, c1: int) -> np.ndarray:
+        ids = np.arange(self.n)[q] if isinstance(q, slice) else np.asarray(q)
+        js = _l1.SPARSE_CHUNK
+        lhs = np.ascontiguousarray(self.cols[ids // js, :, ids % js])  # (rows, pairs): the rows' own pairs
+        out = _buffer((len(ids), c1 - c0), np.int32)
+        qn = self.norms[ids] if not self.l2 else None
+
+        def part(lo: int, hi: int) -> None:  # the kernel releases the GIL: one slice of query rows per thread
+            if self.l2:
+                _l1.dot_sparse(lhs[lo:hi], self.cols, out[lo:hi], self.pairs, c0, c1)
+            else:
+                _l1.min_sparse(lhs[lo:hi], self.cols, qn[lo:hi], self.norms, out[lo:hi], self.pairs, c0, c1)
+
+        _parallel(part, len(ids))
         return out
 
     def ordered_scores(self, q: np.ndarray, c0: int, c1: int) -> np.ndarray:
@@ -593,6 +638,8 @@ def pixel_paths(distance: str, dim: int, device: str | torch.device = "cpu") -> 
         fused += ["f32", "f32-numpy"] if f32_gemm_exact(dim) else []  # the same float32 GEMM, two BLAS
     else:
         fused = [f"sad-{isa}" for isa in (_l1.supported() if _l1 is not None else ())]
+    if _l1 is not None and "avx2" in _l1.supported() and dim <= SPARSE_DIM[distance]:
+        fused.append("sparse")
     return [*fused, "torch"]
 
 
