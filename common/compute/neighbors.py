@@ -283,7 +283,7 @@ class FusedPixels(Space):
             b = xs[r0:r0 + 8192].astype(np.int32)
             sums[r0:r0 + len(b)] = (b * b).sum(1) if self.l2 else b.sum(1)
         if self.l2:
-            self.base, self.a = sums[:n].astype(np.int32), -2  # |b|^2 <= 255^2 D: int32 up to D = 33,025
+            self.base, self.a = sums[:n].astype(np.int32), -2  # |b|^2 <= 255^2 D: int32 within SPARSE_DIM
         else:
             self.norms, self.base, self.a = sums.astype(np.int32), np.zeros(n, np.int32), 1
 
