@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ds = None
     if cfg.data is not None:  # your data: read and checked before anything is stored (DataError: exit 1)
-        from common.study.stages import read_data
+        from common.study.datasets import read_data  # numpy only: a bad file fails before torch loads
 
         ds = read_data(cfg, settings.data_dir, settings.cache_dir)
     if cfg.upload is not None:  # an upload: stored in this database, and large enough (Invalid: exit 2)

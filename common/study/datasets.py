@@ -1,20 +1,22 @@
 """Uploaded data sets (``POST /datasets``): an ``.npz`` of arrays X and y, checked as a file on disk is
 (common/compute/sources.py), stored whole in the database under a name and the SHA-256 of its bytes, so the
 same bytes are one data set and workers on any machine read it from there. An experiment names it by id or
-name in its config's ``dataset``. numpy and SQL only: the API calls this."""
+name in its config's ``dataset``. Also read_data: the data a study's config names, of any source. numpy and SQL
+only: the API calls this, and `aeknn run` reads your data through it before torch is loaded."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.compute.data import Dataset
+from common.compute.data import Dataset, load_dataset
 from common.compute.names import DATASETS, USER_NAME, USER_NAME_RULE
-from common.compute.sources import read_upload
+from common.compute.sources import locate, read_source, read_upload
 from common.errors import Conflict, DataError, Invalid, NotFound
 from common.store import db as db
 from common.study.config import StudyConfig
@@ -103,3 +105,27 @@ def check_study(session: Session, cfg: StudyConfig) -> None:
         cfg.check_n(row.n)
     except ValueError as exc:
         raise Invalid(f"{exc} (the data set {row.name!r})") from None
+
+
+def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path,
+              factory: sessionmaker[Session] | None = None) -> Dataset:
+    """The data the config names (a named data set, your data: common/compute/sources.py, or an upload read
+    through ``factory``), its first ``limit`` samples, checked against the study's sizes (K, ks, each model's
+    least N) before any work."""
+    if cfg.named is not None:
+        ds = load_dataset(cfg.named, data_dir, cache_dir, cfg.limit)
+    else:
+        if cfg.upload is not None:
+            if factory is None:
+                raise ValueError("an uploaded data set is read from the database: give the factory")
+            ds = uploaded(factory, cfg.upload)
+        else:
+            ds = read_source(locate(cfg.data, data_dir, cache_dir), cfg.labels)
+        if cfg.limit is not None and cfg.limit < ds.n:
+            ds = Dataset(ds.name, np.ascontiguousarray(ds.images[: cfg.limit]),
+                         np.ascontiguousarray(ds.labels[: cfg.limit]), ds.shape, ds.labelled)
+    try:
+        cfg.check_n(ds.n)
+    except ValueError as exc:
+        raise DataError(f"{cfg.source}: {ds.n} samples: {exc}") from exc
+    return ds

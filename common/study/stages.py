@@ -26,8 +26,9 @@ from common.compute.sources import has_test_split, locate, read_source
 from common.compute.training import Checkpoint, TrainConfig, encode, load_trained, train_group
 from common.errors import DataError
 from common.store import db as db
-from common.study import datasets, embeddings
+from common.study import embeddings
 from common.study.config import StudyConfig
+from common.study.datasets import read_data
 from common.study.ranking import RankSettings
 from common.study.runtime import Runtime
 from common.study.scoring import has_rank_measures, store_metrics, store_space_metrics, store_space_ranks
@@ -57,30 +58,6 @@ def _timed(rt: Runtime, experiment_id: int, stage: str, t0: float) -> None:
 
 
 # ---------------------------------------------------------------- stages
-
-
-def read_data(cfg: StudyConfig, data_dir: Path, cache_dir: Path,
-              factory: sessionmaker[Session] | None = None) -> Dataset:
-    """The data the config names (a named data set, your data: common/compute/sources.py, or an upload read
-    through ``factory``), its first ``limit`` samples, checked against the study's sizes (K, ks, each model's
-    least N) before any work."""
-    if cfg.named is not None:
-        ds = load_dataset(cfg.named, data_dir, cache_dir, cfg.limit)
-    else:
-        if cfg.upload is not None:
-            if factory is None:
-                raise ValueError("an uploaded data set is read from the database: give the factory")
-            ds = datasets.uploaded(factory, cfg.upload)
-        else:
-            ds = read_source(locate(cfg.data, data_dir, cache_dir), cfg.labels)
-        if cfg.limit is not None and cfg.limit < ds.n:
-            ds = Dataset(ds.name, np.ascontiguousarray(ds.images[: cfg.limit]),
-                         np.ascontiguousarray(ds.labels[: cfg.limit]), ds.shape, ds.labelled)
-    try:
-        cfg.check_n(ds.n)
-    except ValueError as exc:
-        raise DataError(f"{cfg.source}: {ds.n} samples: {exc}") from exc
-    return ds
 
 
 def test_name(name: str) -> str:
