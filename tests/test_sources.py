@@ -102,7 +102,7 @@ def test_cifar_asked_by_name_is_found_in_the_data_directory_or_downloaded_only_w
     read as its path would be; nowhere there, torchvision downloads it, and where that fails (here: every
     request sent to a closed port) the error names the folder, where it was looked for and why."""
     from common.errors import DataError
-    from common.study.stages import read_data
+    from common.study.datasets import read_data
 
     rng = np.random.default_rng(2)
     rgb, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 4
@@ -239,9 +239,10 @@ def test_the_config_takes_data_or_a_named_data_set_not_both():
 
 
 def run_in_process(tmp_path: Path, data_dir: Path, **fields) -> tuple[db.sessionmaker, int]:
+    from common.study.datasets import read_data
     from common.study.run import run_experiment
     from common.study.runtime import Runtime
-    from common.study.stages import read_data, record_experiment
+    from common.study.stages import record_experiment
 
     engine = db.make_engine(f"sqlite:///{tmp_path / 'study.db'}")
     db.init_db(engine)
@@ -474,9 +475,12 @@ def test_mnist_scaled_to_float_has_exact_rows_at_full_size(mnist):
         for block in range(0, 200, 50):
             q = rows[block:block + 50]
             v = np.zeros((len(q), len(x)))
-            for j in range(x.shape[1]):  # the engine's one formula: coordinates in order, in float64
-                diff = xd[q, j][:, None] - xd[:, j][None, :]
-                v += np.abs(diff) if distance == "l1" else diff * diff
+            xq = xd[q]
+            for c0 in range(0, len(x), 2048):  # a few columns at a time, held in the cache over the coordinates
+                xc, vc = xd[c0:c0 + 2048].T.copy(), v[:, c0:c0 + 2048]
+                for j in range(x.shape[1]):  # the engine's one formula: coordinates in order, in float64
+                    diff = xq[:, j, None] - xc[j]
+                    vc += np.abs(diff) if distance == "l1" else diff * diff
             v[np.arange(len(q)), q] = np.inf
             want = np.lexsort((np.broadcast_to(np.arange(len(x)), v.shape), v), axis=1)[:, :50]
             np.testing.assert_array_equal(got[block:block + 50], want)
