@@ -365,6 +365,27 @@ def test_the_probe_takes_the_paths_in_turn_and_a_slow_one_once():
     assert t["slow"] > 0.1 > max(t["a"], t["b"])
 
 
+def test_a_path_whose_warm_up_is_long_enough_is_not_run_again(monkeypatch):
+    """The warm-up is timed too: one over WARM_UP_ENOUGH (the int8 GEMM without VNNI) is that path's time,
+    and the others are timed as before."""
+    import time
+
+    from common.compute import kernels
+
+    monkeypatch.setattr(kernels, "WARM_UP_ENOUGH", 0.2)
+    calls = []
+
+    def probe(path):
+        calls.append(path)
+        if path == "glacial":
+            time.sleep(0.25)
+
+    t = kernels.time_paths(["a", "glacial", "b"], probe, repeat=3)
+    assert calls == ["a", "glacial", "b"] + ["a", "b"] * 3
+    assert t["glacial"] > 0.2 > max(t["a"], t["b"])
+    assert kernels.choose("l2", 7, ["glacial", "a"], probe, timer=kernels.time_paths) == "a"
+
+
 def test_the_probe_times_real_blocks_and_the_choice_is_one_that_runs(tmp_path, mnist):
     from common.compute.neighbors import choose_pixel_path, pixel_paths
 

@@ -107,15 +107,25 @@ def _save(path: Path, data: dict) -> None:
         log.debug("kernel cache not written: %s", exc)
 
 
+# a warm-up (the path's copy of the points built, then one block) longer than this is the path's time
+WARM_UP_ENOUGH = 1.0
+
+
 def time_paths(candidates: list[str], probe: Callable[[str], None], repeat: int = 5) -> dict[str, float]:
     """Seconds of one probe block per path: the best of ``repeat`` rounds after one warm-up of each (which
     builds the path's copy of the points), every path once a round, in turn. A slow spell of a shared machine
     then falls on every path alike; timed one path after the other, a spell during one path's runs picked the
     slower path (sad-avx2 over sad-avx512 on a Zen 4, whose full rows it computes 1.5 times slower). A path
-    whose run takes over 0.1 s is timed once: it is far from the fastest, and need not be timed closely."""
-    for path in candidates:
-        probe(path)
+    whose run takes over 0.1 s is timed once: it is far from the fastest, and need not be timed closely. One
+    whose warm-up took over WARM_UP_ENOUGH s is not run again: that warm-up is its time (the int8 GEMM without
+    VNNI, 1.6 s a probe block on a Zen 3, where the fastest path took 37 ms)."""
     best = dict.fromkeys(candidates, float("inf"))
+    for path in candidates:
+        t0 = time.perf_counter()
+        probe(path)
+        took = time.perf_counter() - t0
+        if took > WARM_UP_ENOUGH:
+            best[path] = took
     for _ in range(repeat):
         for path in candidates:
             if 0.1 < best[path] < float("inf"):
