@@ -24,7 +24,7 @@ from tests.services import REDIS_START, TcpProxy, Worker, fresh_database, wait_f
 
 pytestmark = pytest.mark.workers
 REDIS_URL = "redis://127.0.0.1:6379/15"
-SMALL = {"limit": 2000, "epochs": 3}
+SMALL = {"limit": 1000, "epochs": 3}
 # the study's four, relu_keep and the reference maps, its held-out test split placed by each and scored too
 EVERY = {**SMALL, "models": list(MODEL_NAMES), "split": "all"}
 
