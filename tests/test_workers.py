@@ -456,9 +456,9 @@ def test_a_cancel_among_the_chunks_closes_every_work_item(stack, space):
     chunks close at once, the running one when it ends, and a chunk delivered later runs nothing."""
     from common.study import submissions
 
-    stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"  # ~450 pixel chunks, ~150 code chunks
+    stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"  # 112 pixel chunks, 69 code chunks
     stack.worker("w1")
-    eid = stack.submit(limit=6000, epochs=1, models="relu_mse", distances="l2")
+    eid = stack.submit(limit=3000, epochs=1, models="relu_mse", distances="l2")
 
     def chunks_of_space_done() -> bool:
         with stack.factory() as s:
