@@ -203,8 +203,8 @@ def test_worker_killed_during_training_resumes_from_its_checkpoint(stack, tmp_pa
 
 
 def test_worker_killed_among_the_chunks_loses_and_repeats_nothing(stack, tmp_path_factory, data_dir):
-    cfg = {"limit": 2000, "epochs": 2, "models": ["relu_mse"]}
-    stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"  # ~40 chunks per pixel table
+    cfg = {"limit": 1000, "epochs": 2, "models": ["relu_mse"]}
+    stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"  # 13 chunks per pixel table, 23 per code table
     w = stack.worker("w1")
     eid = stack.submit(**cfg)
 
@@ -353,7 +353,7 @@ def test_postgres_cut_during_writes_rolls_back_retries_and_completes(stack, tmp_
     try:
         stack.env["AEKNN_DATABASE_URL"] = proxy.url("aeknn_workers")
         stack.env["AEKNN_MEMORY_BUDGET"] = "1000000"
-        cfg = {"limit": 2000, "epochs": 2, "models": ["relu_mse"]}
+        cfg = {"limit": 1000, "epochs": 2, "models": ["relu_mse"]}
         stack.worker("w1")
         eid = stack.submit(**cfg)
 
