@@ -346,21 +346,25 @@ def test_the_fastest_path_is_chosen_by_its_timing_and_cached(tmp_path):
     assert len(__import__("json").loads((tmp_path / "kernels.json").read_text())) == 2
 
 
-def test_the_probe_takes_the_paths_in_turn_and_a_slow_one_once():
-    """After a warm-up of each, a round times every path once, so a slow spell of the machine falls on all of
-    them alike; a path over 0.1 s a run is timed once."""
+def _sleepy_probe(calls: list, slow: str, seconds: float):
+    """A probe that records each path it runs and takes ``seconds`` on the path ``slow``, none on the others."""
     import time
-
-    from common.compute import kernels
-
-    calls = []
 
     def probe(path):
         calls.append(path)
-        if path == "slow":
-            time.sleep(0.11)
+        if path == slow:
+            time.sleep(seconds)
 
-    t = kernels.time_paths(["a", "b", "slow"], probe, repeat=3)
+    return probe
+
+
+def test_the_probe_takes_the_paths_in_turn_and_a_slow_one_once():
+    """After a warm-up of each, a round times every path once, so a slow spell of the machine falls on all of
+    them alike; a path over 0.1 s a run is timed once."""
+    from common.compute import kernels
+
+    calls = []
+    t = kernels.time_paths(["a", "b", "slow"], _sleepy_probe(calls, "slow", 0.11), repeat=3)
     assert calls == ["a", "b", "slow"] * 2 + ["a", "b"] * 2
     assert t["slow"] > 0.1 > max(t["a"], t["b"])
 
@@ -368,22 +372,15 @@ def test_the_probe_takes_the_paths_in_turn_and_a_slow_one_once():
 def test_a_path_whose_warm_up_is_long_enough_is_not_run_again(monkeypatch):
     """The warm-up is timed too: one over WARM_UP_ENOUGH (the int8 GEMM without VNNI) is that path's time,
     and the others are timed as before."""
-    import time
-
     from common.compute import kernels
 
     monkeypatch.setattr(kernels, "WARM_UP_ENOUGH", 0.2)
     calls = []
-
-    def probe(path):
-        calls.append(path)
-        if path == "glacial":
-            time.sleep(0.25)
-
+    probe = _sleepy_probe(calls, "glacial", 0.25)
     t = kernels.time_paths(["a", "glacial", "b"], probe, repeat=3)
     assert calls == ["a", "glacial", "b"] + ["a", "b"] * 3
     assert t["glacial"] > 0.2 > max(t["a"], t["b"])
-    assert kernels.choose("l2", 7, ["glacial", "a"], probe, timer=kernels.time_paths) == "a"
+    assert kernels.choose("l2", 7, ["glacial", "a"], probe) == "a"
 
 
 def test_the_probe_times_real_blocks_and_the_choice_is_one_that_runs(tmp_path, mnist):
